@@ -1,0 +1,352 @@
+"""LeRobot → lake ingestion as a Ray Data job: workers write fragments, the driver commits once.
+
+1. ``read_source`` parses ``meta/`` on the driver and groups episodes into units by data file (v3.0: many
+   episodes per parquet/mp4, so each file is opened once per task, not once per episode).
+2. Scan stage (Ray): read each unit's parquet, validate every episode (columns, shapes vs info.json, row
+   counts, NaN/inf) and compute its content id. The driver drops ids already in the lake (idempotence).
+3. Write stage (Ray): per unit, demux each mp4 once, cut every new episode's GOPs, decode them to check
+   the frames line up with the episode's timestamps, compute stats, and write Lance fragments
+   (frames / videos / episodes). Bad episodes go to the quarantine instead; good ones still land.
+4. The driver commits one lake version (``_versions.commit``), retrying on a lost race.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+
+from . import _stats, _tables, _versions
+from ._lerobot import EpisodeError, EpisodeRef, Source, SourceError, content_id, episode_frames, frame_fields, read_source
+from ._schema import EPISODES, QUARANTINE, SOURCES, TASKS, VIDEOS, frames_schema, frames_table_name, nest, quarantine_key, task_id
+from ._store import Store, filesystem
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What one ``ingest`` did. ``quarantined`` lists (source, episode or file, reason) that did not land."""
+
+    version: int | None
+    episodes_added: int
+    frames_added: int
+    quarantined: list[tuple[str, str, str]] = field(default_factory=list)
+    episodes_skipped: int = 0  # already in the lake (or duplicated within the source)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Unit:
+    data_path: str
+    episodes: tuple[EpisodeRef, ...]
+
+
+class _Replan(Exception):
+    """Another writer committed episodes this job also holds: plan again against the new head."""
+
+
+def split_of(episode_id: str, ratios: dict[str, float]) -> str:
+    """Deterministic split from the id alone, so an episode's split never depends on what else is ingested."""
+    total = sum(ratios.values())
+    if total <= 0 or any(r < 0 for r in ratios.values()):
+        raise ValueError(f"split ratios must be non-negative and sum > 0, got {ratios}")
+    u = int(hashlib.sha256(episode_id.encode()).hexdigest()[:15], 16) / 16**15
+    acc = 0.0
+    for name in sorted(ratios):
+        acc += ratios[name] / total
+        if u < acc:
+            return name
+    return sorted(ratios)[-1]
+
+
+def units_of(src: Source, per_unit: int = 8) -> list[Unit]:
+    """Episodes grouped by data file; single-episode files (v2.x) are batched ``per_unit`` at a time."""
+    by_file: dict[str, list[EpisodeRef]] = defaultdict(list)
+    for ep in src.episodes:
+        by_file[ep.data_path].append(ep)
+    units, pending = [], []
+    for path, eps in by_file.items():
+        if len(eps) > 1:
+            units.append(Unit(path, tuple(eps)))
+        else:
+            pending += eps
+            if len(pending) >= per_unit:
+                units.append(Unit("", tuple(pending)))
+                pending = []
+    if pending:
+        units.append(Unit("", tuple(pending)))
+    return units
+
+
+# --- worker stages (run inside Ray tasks) -------------------------------------------------------------------
+
+def _episode_tables(src: Source, unit: Unit, fields: list[pa.Field]):
+    """Yield (episode, frames table | EpisodeError), reading each data file once."""
+    from ._lerobot import _Reader
+
+    r = _Reader(src.uri, _source_options(src))
+    cache: dict[str, pa.Table | EpisodeError] = {}
+    for ep in unit.episodes:
+        if ep.data_path not in cache:
+            try:
+                cache[ep.data_path] = r.parquet(ep.data_path)
+            except EpisodeError as e:
+                cache[ep.data_path] = e
+        table = cache[ep.data_path]
+        if isinstance(table, EpisodeError):
+            yield ep, EpisodeError(f"{table.item} episode {ep.index}", table.reason)
+            continue
+        try:
+            yield ep, episode_frames(table, ep, fields, ep.data_path)
+        except EpisodeError as e:
+            yield ep, e
+
+
+def _source_options(src: Source) -> dict | None:
+    return src.info.get("__storage_options__")
+
+
+def scan_unit(row: dict, *, src: Source, units: list[Unit], fields: list[pa.Field]) -> dict:
+    out = []
+    for ep, frames in _episode_tables(src, units[row["unit"]], fields):
+        if isinstance(frames, EpisodeError):
+            out.append((ep.index, None, frames.item, frames.reason))
+        else:
+            out.append((ep.index, content_id(frames, ep.tasks), "", ""))
+    return {"unit": row["unit"], "result": json.dumps(out)}
+
+
+def write_unit(row: dict, *, src: Source, units: list[Unit], fields: list[pa.Field], store: Store,
+               frames_table: str, selected: dict[int, tuple[str, str]]) -> dict:
+    from ._video import cut, decode, demux, image_stats, select
+
+    unit = units[row["unit"]]
+    todo = [ep for ep in unit.episodes if ep.index in selected]
+    fs, root = filesystem(src.uri, _source_options(src))
+    streams: dict[str, object] = {}  # each mp4 demuxed once per task
+
+    def stream(path: str):
+        if path not in streams:
+            try:
+                full = f"{root.rstrip('/')}/{path}"
+                if not fs.exists(full):
+                    raise EpisodeError(path, "video file not found")
+                with fs.open(full, "rb") as f:
+                    streams[path] = demux(f, path)
+            except EpisodeError as e:
+                streams[path] = e
+        s = streams[path]
+        if isinstance(s, EpisodeError):
+            raise s
+        return s
+
+    frames_parts, video_rows, episode_rows, bad = [], [], [], []
+    for ep, frames in _episode_tables(src, Unit(unit.data_path, tuple(todo)), fields):
+        if isinstance(frames, EpisodeError):
+            bad.append((frames.item, frames.reason))
+            continue
+        eid, split = selected[ep.index]
+        try:
+            stats = _stats.frame_stats(frames)
+            videos = []
+            for cam, ref in ep.videos:
+                item = f"{ref.path} episode {ep.index}"
+                seg = cut(stream(ref.path), ref.from_ts, ref.to_ts, item)
+                try:
+                    imgs, pts = decode(seg)
+                except EpisodeError as e:
+                    raise EpisodeError(item, e.reason) from None
+                seg.skip = select(seg, pts, ref.from_ts, ep.length, src.fps, item)
+                seg.frames = ep.length
+                stats[cam] = image_stats(imgs[seg.skip:seg.skip + ep.length])
+                videos.append(_video_row(eid, cam, ref, seg))
+        except EpisodeError as e:
+            bad.append((e.item if e.item != "video" else f"episode {ep.index}", e.reason))
+            continue
+        frames_parts.append(frames.add_column(0, "episode_id", pa.array([eid] * frames.num_rows, pa.string())))
+        video_rows += videos
+        episode_rows.append({
+            "episode_id": eid, "source": src.name, "source_uri": src.uri, "source_episode_index": ep.index,
+            "task": ep.tasks[0] if ep.tasks else "", "tasks": list(ep.tasks), "length": ep.length, "split": split,
+            "robot_type": src.robot_type, "fps": src.fps, "frames_table": frames_table,
+            "cameras": [c for c, _ in ep.videos], "codebase_version": src.codebase_version,
+            "stats": _stats.to_rows(stats),
+        })
+    fschema = frames_schema(fields)
+    frags = {
+        frames_table: _tables.write_fragments(
+            store, frames_table, nest(pa.concat_tables(frames_parts), fschema) if frames_parts else fschema.empty_table(),
+            fschema),
+        "videos": _tables.write_fragments(store, "videos", pa.Table.from_pylist(video_rows, VIDEOS), VIDEOS),
+        "episodes": _tables.write_fragments(store, "episodes", pa.Table.from_pylist(episode_rows, EPISODES), EPISODES),
+    }
+    return {"unit": row["unit"], "frags": pickle.dumps(frags), "episodes": json.dumps([r["episode_id"] for r in episode_rows]),
+            "frames": sum(r["length"] for r in episode_rows), "bad": json.dumps(bad),
+            "tasks": json.dumps(sorted({t for r in episode_rows for t in r["tasks"]}))}
+
+
+def _video_row(eid: str, cam: str, ref, seg) -> dict:
+    return {
+        "episode_id": eid, "camera": cam, "codec": seg.codec, "width": seg.width, "height": seg.height,
+        "pix_fmt": seg.pix_fmt, "time_base_num": seg.time_base.numerator, "time_base_den": seg.time_base.denominator,
+        "extradata": seg.extradata, "packet_offsets": seg.offsets.tolist(), "packet_pts": seg.pts.tolist(),
+        "packet_key": seg.key.tolist(), "skip": seg.skip, "frames": seg.frames, "from_timestamp": ref.from_ts,
+        "source_file": ref.path, "data": seg.data,
+    }
+
+
+# --- driver -----------------------------------------------------------------------------------------------
+
+def _ray_map(fn, n: int, progress, **kwargs):
+    """Run ``fn`` over unit indices 0..n-1 as a Ray Data job, yielding result rows as they finish."""
+    import ray
+
+    ds = ray.data.from_items([{"unit": i} for i in range(n)], override_num_blocks=max(1, n))
+    for row in ds.map(fn, fn_kwargs=kwargs).iter_rows():
+        progress(row)
+        yield row
+
+
+def _existing(store: Store, head: _versions.LogEntry, table: str, column: str) -> set[str]:
+    if table not in head.tables:
+        return set()
+    return set(store.dataset(table, version=head.tables[table]).to_table(columns=[column])[column].to_pylist())
+
+
+def ingest(store: Store, src_uri: str, *, split_ratios: dict[str, float] | None = None, message: str | None = None,
+           source_name: str | None = None, storage_options: dict | None = None, ray_address: str | None = None,
+           progress: bool = True, max_replans: int = 5) -> IngestReport:
+    """Ingest a LeRobot v2.x/v3.0 folder. Source-level problems are quarantined, not raised."""
+    from tqdm.auto import tqdm
+
+    from ._ray import ensure_ray
+
+    t0 = time.perf_counter()
+    split_ratios = split_ratios or {"train": 0.9, "val": 0.1}
+    split_of("probe", split_ratios)  # validate ratios before any work
+    try:
+        src = read_source(src_uri, storage_options, source_name)
+    except SourceError as e:
+        name = source_name or src_uri.rstrip("/").rsplit("/", 1)[-1]
+        return _quarantine_only(store, name, [(e.path, e.reason)], message, t0)
+    if storage_options:
+        src.info["__storage_options__"] = storage_options
+    fields = frame_fields(src.features)
+    fschema = frames_schema(fields)
+    frames_table = frames_table_name(fschema)
+    units = units_of(src)
+    ensure_ray(ray_address)
+
+    for _ in range(max_replans):
+        head = _versions.head(store)
+        # Scan: ids and validation.
+        ids: dict[int, str] = {}
+        bad: list[tuple[str, str]] = []
+        with tqdm(total=len(src.episodes), desc=f"scan {src.name}", unit="ep", disable=not progress) as bar:
+            for row in _ray_map(scan_unit, len(units), lambda r: bar.update(len(json.loads(r["result"]))),
+                                src=src, units=units, fields=fields):
+                for index, eid, item, reason in json.loads(row["result"]):
+                    if eid is None:
+                        bad.append((item, reason))
+                    else:
+                        ids[index] = eid
+        present = _existing(store, head, "episodes", "episode_id")
+        selected: dict[int, tuple[str, str]] = {}
+        seen: set[str] = set()
+        for index in sorted(ids):
+            eid = ids[index]
+            if eid not in present and eid not in seen:
+                selected[index] = (eid, split_of(eid, split_ratios))
+            seen.add(eid)
+        skipped = len(ids) - len(selected)
+        # Write: video cut + verify, fragments.
+        frags: dict[str, list] = defaultdict(list)
+        landed: list[str] = []
+        tasks: set[str] = set()
+        frames_added = 0
+        todo = [i for i, u in enumerate(units) if any(e.index in selected for e in u.episodes)]
+        total_frames = sum(e.length for e in src.episodes if e.index in selected)
+        with tqdm(total=total_frames, desc=f"ingest {src.name}", unit="frame", disable=not progress or not todo) as bar:
+            rows = _ray_map(write_unit, len(todo), lambda r: bar.update(r["frames"]), src=src,
+                            units=[units[i] for i in todo], fields=fields, store=store,
+                            frames_table=frames_table, selected=selected) if todo else []
+            for row in rows:
+                for table, fl in pickle.loads(row["frags"]).items():
+                    frags[table] += pickle.loads(fl)
+                landed += json.loads(row["episodes"])
+                tasks.update(json.loads(row["tasks"]))
+                frames_added += row["frames"]
+                bad += [tuple(b) for b in json.loads(row["bad"])]
+        try:
+            return _commit(store, src, head, frags, landed, tasks, frames_added, bad, skipped, fschema,
+                           frames_table, message, t0)
+        except _Replan:
+            continue
+    raise _versions.LakeBusy(f"ingest of {src_uri}: other writers kept committing the same episodes")
+
+
+def _commit(store, src, planned_head, frags, landed, landed_tasks, frames_added, bad, skipped, fschema, frames_table,
+            message, t0):
+    quarantined = [(src.name, item, reason) for item, reason in bad]
+    summary = {"source": src.name, "episodes_added": len(landed), "frames_added": frames_added,
+               "quarantined": len(quarantined)}
+
+    def build(head: _versions.LogEntry) -> dict[str, int]:
+        if head.version != planned_head.version and set(landed) & _existing(store, head, "episodes", "episode_id"):
+            raise _Replan()
+        batches: dict[str, tuple[pa.Schema, list]] = {
+            frames_table: (fschema, frags.get(frames_table, [])),
+            "videos": (VIDEOS, frags.get("videos", [])),
+            "episodes": (EPISODES, frags.get("episodes", [])),
+        }
+        if landed:
+            tasks = sorted(landed_tasks - _existing(store, head, "tasks", "task"))
+            rows = pa.table({"task_id": [task_id(t) for t in tasks], "task": tasks}, schema=TASKS)
+            batches["tasks"] = (TASKS, _tables.write_rows(store, "tasks", rows, TASKS))
+            if frames_table not in _existing(store, head, "sources", "frames_table") or \
+                    src.uri not in _existing(store, head, "sources", "source_uri"):
+                info = {k: v for k, v in src.info.items() if not k.startswith("__")}
+                srow = pa.Table.from_pylist([{
+                    "source": src.name, "source_uri": src.uri, "codebase_version": src.codebase_version,
+                    "info_json": json.dumps(info), "modality_json": json.dumps(src.modality) if src.modality else None,
+                    "frames_table": frames_table}], SOURCES)
+                batches["sources"] = (SOURCES, _tables.write_rows(store, "sources", srow, SOURCES))
+        batches["quarantine"] = (QUARANTINE, _quarantine_rows(store, head, quarantined))
+        return _tables.append_tables(store, head.tables, batches)
+
+    if not landed and not _new_quarantine(store, _versions.head(store), quarantined):
+        return IngestReport(None, 0, 0, quarantined, skipped, time.perf_counter() - t0)
+    entry = _versions.commit(store, build, message or f"ingest {src.name}", summary)
+    return IngestReport(entry.version, len(landed), frames_added, quarantined, skipped, time.perf_counter() - t0)
+
+
+def _new_quarantine(store, head, quarantined) -> bool:
+    keys = _existing(store, head, "quarantine", "key")
+    return any(quarantine_key(*q) not in keys for q in quarantined)
+
+
+def _quarantine_rows(store, head, quarantined) -> list:
+    keys = _existing(store, head, "quarantine", "key")
+    now = datetime.now(timezone.utc)
+    rows = [{"key": quarantine_key(*q), "source": q[0], "item": q[1], "reason": q[2], "timestamp": now}
+            for q in dict.fromkeys(quarantined) if quarantine_key(*q) not in keys]
+    return _tables.write_rows(store, "quarantine", pa.Table.from_pylist(rows, QUARANTINE), QUARANTINE) if rows else []
+
+
+def _quarantine_only(store, name, bad, message, t0) -> IngestReport:
+    quarantined = [(name, item, reason) for item, reason in bad]
+    if not _new_quarantine(store, _versions.head(store), quarantined):
+        return IngestReport(None, 0, 0, quarantined, 0, time.perf_counter() - t0)
+
+    def build(head):
+        return _tables.append_tables(store, head.tables,
+                                     {"quarantine": (QUARANTINE, _quarantine_rows(store, head, quarantined))})
+
+    entry = _versions.commit(store, build, message or f"quarantine {name}", {"source": name, "quarantined": len(bad)})
+    return IngestReport(entry.version, 0, 0, quarantined, 0, time.perf_counter() - t0)

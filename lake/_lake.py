@@ -1,0 +1,215 @@
+"""The ``Lake`` handle: reads one lake version; a writable handle moves forward with its own commits."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+import pyarrow as pa
+
+from . import _stats, _versions
+from ._store import Store, normalize_uri
+
+_ID = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+@dataclass(frozen=True)
+class Diff:
+    """Episodes in ``b`` and not in ``a`` (added) and the reverse (removed), sorted ids."""
+
+    a: int
+    b: int
+    episodes_added: list[str]
+    episodes_removed: list[str]
+
+
+class ReadOnlyError(RuntimeError):
+    """Writing through a handle made by ``checkout``."""
+
+
+def open(uri, create: bool = True, storage_options: dict | None = None) -> "Lake":  # noqa: A001 - contract name
+    """Open (or create) the lake at ``uri``: a local folder or ``s3://bucket/prefix``.
+
+    Raises FileNotFoundError when there is no lake and ``create`` is False.
+    """
+    store = Store(normalize_uri(uri), dict(storage_options) if storage_options else None)
+    if not store.exists(_versions.LOG):
+        if not create:
+            raise FileNotFoundError(f"no lake at {store.uri} (create=True makes one)")
+        _versions.create(store)
+    return Lake(store, _versions.head(store))
+
+
+class Lake:
+    def __init__(self, store: Store, entry: _versions.LogEntry, read_only: bool = False):
+        self._store, self._entry, self._read_only = store, entry, read_only
+
+    def __repr__(self) -> str:
+        return f"Lake({self.uri!r}, version={self.version}{', read-only' if self._read_only else ''})"
+
+    @property
+    def uri(self) -> str:
+        return self._store.uri
+
+    @property
+    def version(self) -> int:
+        return self._entry.version
+
+    @property
+    def storage_options(self) -> dict | None:
+        return self._store.storage_options
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    def table(self, name: str):
+        """The Lance dataset ``name`` at the version this handle pins (KeyError if absent)."""
+        if name not in self._entry.tables:
+            raise KeyError(f"table {name!r} is not in lake version {self.version} (has: {sorted(self._entry.tables)})")
+        return self._store.dataset(name, version=self._entry.tables[name])
+
+    def refresh(self) -> "Lake":
+        """Move a writable handle to the newest version."""
+        if not self._read_only:
+            self._entry = _versions.head(self._store)
+        return self
+
+    # --- writing ------------------------------------------------------------------------------------------
+
+    def _writable(self):
+        if self._read_only:
+            raise ReadOnlyError(f"lake handle at version {self.version} is read-only (made by checkout)")
+
+    def ingest(self, src, split_ratios: dict[str, float] | None = None, message: str | None = None, *,
+               source_name: str | None = None, source_storage_options: dict | None = None,
+               ray_address: str | None = None, progress: bool = True):
+        """Ingest a LeRobot v2.x/v3.0 folder as one lake version (a Ray Data job). Returns an IngestReport."""
+        import os
+
+        from ._ingest import ingest
+
+        self._writable()
+        src = os.fspath(src)
+        src = src if "://" in src else normalize_uri(src)
+        rep = ingest(self._store, src, split_ratios=split_ratios, message=message, source_name=source_name,
+                     storage_options=source_storage_options, ray_address=ray_address, progress=progress)
+        self.refresh()
+        return rep
+
+    def tag(self, name: str, version: int | None = None) -> None:
+        """Name lake ``version`` (default: this handle's). Raises ValueError if the tag exists."""
+        if not name or not _ID.match(name) or name.isdigit():
+            raise ValueError(f"tag names are letters, digits, '_', '-', '.', and not all digits: {name!r}")
+        _versions.create_tag(self._store, name, self.version if version is None else int(version))
+
+    # --- versions -----------------------------------------------------------------------------------------
+
+    def log(self) -> list[_versions.LogEntry]:
+        """Lake versions, newest first, each with its tags."""
+        by_version: dict[int, list[str]] = {}
+        for name, v in _versions.tags(self._store).items():
+            by_version.setdefault(v, []).append(name)
+        entries = _versions.chain(self._store)
+        return [
+            _versions.LogEntry(e.version, e.timestamp, e.message, e.tables, e.summary,
+                               tuple(sorted(by_version.get(e.version, ()))), e.writer)
+            for e in reversed(entries)
+        ]
+
+    def checkout(self, version_or_tag) -> "Lake":
+        """A read-only handle at a lake version number or tag."""
+        return Lake(self._store, _versions.resolve(self._store, version_or_tag), read_only=True)
+
+    def _ids_at(self, version_or_tag) -> set[str]:
+        entry = _versions.resolve(self._store, version_or_tag)
+        if "episodes" not in entry.tables:
+            return set()
+        ds = self._store.dataset("episodes", version=entry.tables["episodes"])
+        return set(ds.to_table(columns=["episode_id"])["episode_id"].to_pylist())
+
+    def diff(self, a, b) -> Diff:
+        """Episodes added and removed going from lake version (or tag) ``a`` to ``b``."""
+        ea, eb = _versions.resolve(self._store, a), _versions.resolve(self._store, b)
+        ia, ib = self._ids_at(ea.version), self._ids_at(eb.version)
+        return Diff(ea.version, eb.version, sorted(ib - ia), sorted(ia - ib))
+
+    # --- reading ------------------------------------------------------------------------------------------
+
+    def _scan(self, name: str, filter: str | None = None, columns=None) -> pa.Table:
+        if name not in self._entry.tables:
+            from ._schema import EPISODES, QUARANTINE, SOURCES, TASKS
+
+            empty = {"episodes": EPISODES, "quarantine": QUARANTINE, "tasks": TASKS, "sources": SOURCES}
+            schema = empty.get(name, pa.schema([]))
+            return schema.empty_table().select(columns) if columns else schema.empty_table()
+        return self.table(name).to_table(filter=filter, columns=columns)
+
+    def episodes(self, split: str | None = None, filter: str | None = None, columns: list[str] | None = None) -> pa.Table:
+        """One row per episode; ``filter`` is a SQL predicate pushed down to Lance (e.g. "length > 50")."""
+        from ._schema import EPISODES
+
+        preds = [f"({filter})"] if filter else []
+        if split is not None:
+            preds.append(f"split = '{_quote(split)}'")
+        cols = columns or [n for n in EPISODES.names if n != "stats"]
+        return self._scan("episodes", " AND ".join(preds) or None, cols)
+
+    def _episode(self, episode_id: str) -> dict:
+        if not isinstance(episode_id, str) or not _ID.match(episode_id):
+            raise KeyError(f"not an episode id: {episode_id!r}")
+        rows = self._scan("episodes", f"episode_id = '{episode_id}'",
+                          ["episode_id", "frames_table", "cameras", "length", "fps"]).to_pylist()
+        if not rows:
+            raise KeyError(f"no episode {episode_id!r} in lake version {self.version}")
+        return rows[0]
+
+    def frames(self, episode_id: str, columns: list[str] | None = None) -> pa.Table:
+        """One row per frame of the episode, features under their source names, in frame order."""
+        ep = self._episode(episode_id)
+        cols = None if columns is None else list(dict.fromkeys(["frame_index", *columns]))
+        from ._schema import unnest
+
+        t = unnest(self.table(ep["frames_table"]).to_table(filter=f"episode_id = '{episode_id}'", columns=cols))
+        if "frame_index" in t.column_names:
+            t = t.sort_by("frame_index")
+        return t.select(columns) if columns is not None else t
+
+    def video(self, episode_id: str, camera: str) -> np.ndarray:
+        """Decoded frames of one camera, uint8 (T, H, W, 3) RGB, T = episode length."""
+        from ._video import Segment, decode
+
+        ep = self._episode(episode_id)
+        if camera not in (ep["cameras"] or []):
+            raise KeyError(f"episode {episode_id} has no camera {camera!r} (has: {ep['cameras']})")
+        ds = self.table("videos")
+        meta = ds.to_table(filter=f"episode_id = '{episode_id}' AND camera = '{_quote(camera)}'",
+                           columns=[n for n in ds.schema.names if n != "data"], with_row_id=True).to_pylist()[0]
+        data = ds.take_blobs("data", ids=[meta["_rowid"]])[0].read()
+        seg = Segment(meta["codec"], meta["extradata"], meta["width"], meta["height"], meta["pix_fmt"],
+                      Fraction(meta["time_base_num"], meta["time_base_den"]), data,
+                      np.asarray(meta["packet_offsets"], np.int64), np.asarray(meta["packet_pts"], np.int64),
+                      np.asarray(meta["packet_key"], bool), meta["skip"], meta["frames"])
+        frames, _ = decode(seg)
+        return np.stack(frames[seg.skip:seg.skip + seg.frames])
+
+    def stats(self, split: str | None = None, filter: str | None = None) -> dict:
+        """{feature: {"mean","std","min","max","q01","q99": arrays, "count"}} over the chosen episodes."""
+        t = self.episodes(split=split, filter=filter, columns=["stats"])
+        return _stats.aggregate([_stats.from_rows(rows) for rows in t["stats"].to_pylist()])
+
+    def features(self) -> dict:
+        """LeRobot ``features`` of every ingested source, by source name (as in its info.json)."""
+        import json
+
+        return {r["source"]: json.loads(r["info_json"])["features"] for r in self._scan("sources").to_pylist()}
+
+    def quarantine(self) -> pa.Table:
+        """What did not land: source, item (file / episode), reason, when."""
+        return self._scan("quarantine", columns=["source", "item", "reason", "timestamp"])
+
+
+def _quote(s: str) -> str:
+    return str(s).replace("'", "''")

@@ -1,0 +1,22 @@
+"""Starting (or joining) Ray for the lake's batch jobs: embedded by default, a cluster via its address."""
+
+from __future__ import annotations
+
+import os
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Initialise Ray once per process. ``address`` joins a running cluster (``ray start --head``)."""
+    import ray
+
+    if not ray.is_initialized():
+        address = address or os.environ.get("LAKE_RAY_ADDRESS")
+        if address:
+            # Ray >= 2.60 turns on token auth for clusters; both sides must agree on the mode.
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # the lake shows its own progress, in frames
+    ctx.print_on_execution_start = False

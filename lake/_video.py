@@ -1,0 +1,174 @@
+"""Video segments: cut an episode out of a source mp4 without re-encoding, and decode it back.
+
+What the lake stores per (episode, camera) is the *elementary stream* of the GOPs that cover the episode:
+the compressed packets back to back, their offsets, pts and keyframe flags, and the codec's extradata.
+Compared with keeping an mp4 per episode this drops the container (no demuxing on read, no muxer quirks
+with B-frames or edit lists), keeps the source bits exactly (decoded frames equal the source's, bit for bit),
+and the packet index lets a reader start at any keyframe. Decoding goes straight to a codec context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from ._lerobot import EpisodeError
+
+
+@dataclass
+class Stream:
+    """All packets of one video stream, in decode order."""
+
+    codec: str
+    extradata: bytes | None
+    width: int
+    height: int
+    pix_fmt: str
+    time_base: Fraction
+    data: list[bytes]
+    pts: np.ndarray  # int64, in time_base
+    key: np.ndarray  # bool
+
+
+@dataclass
+class Segment:
+    """Packets covering one episode; ``skip`` decoded frames precede the episode's first frame."""
+
+    codec: str
+    extradata: bytes | None
+    width: int
+    height: int
+    pix_fmt: str
+    time_base: Fraction
+    data: bytes
+    offsets: np.ndarray  # int64 (P+1,)
+    pts: np.ndarray  # int64 (P,)
+    key: np.ndarray  # bool (P,)
+    skip: int = 0
+    frames: int = 0
+
+
+def demux(file, item: str) -> Stream:
+    """Read every packet of the first video stream of ``file`` (path or file object)."""
+    import av
+
+    try:
+        with av.open(file) as c:
+            if not c.streams.video:
+                raise EpisodeError(item, "no video stream")
+            s = c.streams.video[0]
+            data, pts, key = [], [], []
+            for p in c.demux(s):
+                if p.size == 0:
+                    continue  # the flush packet
+                if p.pts is None:
+                    raise EpisodeError(item, "packet without pts")
+                data.append(bytes(p))
+                pts.append(p.pts)
+                key.append(p.is_keyframe)
+            cc = s.codec_context
+            return Stream(cc.name, bytes(cc.extradata) if cc.extradata else None, cc.width, cc.height,
+                          cc.pix_fmt or "yuv420p", Fraction(s.time_base), data,
+                          np.asarray(pts, np.int64), np.asarray(key, bool))
+    except EpisodeError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError) as e:
+        raise EpisodeError(item, f"unreadable video ({str(e).splitlines()[0][:160]})") from None
+
+
+def cut(s: Stream, from_ts: float, to_ts: float, item: str) -> Segment:
+    """The whole GOPs (decode order, keyframe to keyframe) that hold every frame shown in [from_ts, to_ts)."""
+    times = s.pts.astype(np.float64) * float(s.time_base)
+    eps = 1e-6
+    keys = np.flatnonzero(s.key)
+    if len(keys) == 0:
+        raise EpisodeError(item, "video has no keyframe")
+    inside = np.flatnonzero((times >= from_ts - eps) & (times < to_ts - eps))
+    if len(inside) == 0:
+        raise EpisodeError(item, f"video has no frame in [{from_ts:.3f}, {to_ts:.3f}) s")
+    first, last = inside.min(), inside.max()
+    start = keys[keys <= first]
+    if len(start) == 0:
+        raise EpisodeError(item, "episode starts before the first keyframe")
+    start = start[-1]
+    after = keys[keys > last]
+    stop = after[0] if len(after) else len(s.data)
+    chunk = s.data[start:stop]
+    offsets = np.zeros(len(chunk) + 1, np.int64)
+    np.cumsum([len(b) for b in chunk], out=offsets[1:])
+    return Segment(s.codec, s.extradata, s.width, s.height, s.pix_fmt, s.time_base, b"".join(chunk), offsets,
+                   s.pts[start:stop].copy(), s.key[start:stop].copy())
+
+
+def decode(seg: Segment, fmt: str | None = "rgb24"):
+    """Decode a segment; returns (frames in presentation order, their pts). ``fmt=None`` keeps av.VideoFrame."""
+    import av
+
+    ctx = av.CodecContext.create(_decoder(seg.codec), "r")
+    if seg.extradata:
+        ctx.extradata = seg.extradata
+    ctx.thread_type = "AUTO"
+    out, pts = [], []
+
+    def take(frames):
+        for fr in frames:
+            out.append(fr.to_ndarray(format=fmt) if fmt else fr)
+            pts.append(fr.pts)
+
+    mv = memoryview(seg.data)
+    try:
+        for i in range(len(seg.pts)):
+            pkt = av.Packet(mv[seg.offsets[i]:seg.offsets[i + 1]])
+            pkt.pts = int(seg.pts[i])
+            pkt.time_base = seg.time_base
+            take(ctx.decode(pkt))
+        take(ctx.decode(None))
+    except av.error.FFmpegError as e:
+        raise EpisodeError("video", f"corrupt video data ({str(e).splitlines()[0][:160]})") from None
+    order = np.argsort(np.asarray(pts, np.int64), kind="stable")
+    return [out[i] for i in order], np.asarray(pts, np.int64)[order]
+
+
+def _decoder(codec: str) -> str:
+    # libdav1d is the fast AV1 decoder shipped with PyAV; FFmpeg's native "av1" needs hwaccel.
+    if codec in ("av1", "libdav1d", "libaom-av1", "libsvtav1"):
+        import av
+
+        return "libdav1d" if "libdav1d" in av.codecs_available else "av1"
+    return codec
+
+
+def select(seg: Segment, pts: np.ndarray, from_ts: float, length: int, fps: float, item: str) -> int:
+    """Index of the episode's first frame among decoded frames; checks all ``length`` frames line up.
+
+    Frame i of the episode is the one shown at ``from_ts + i / fps`` (as LeRobot queries it), within a
+    quarter frame. Raises EpisodeError when the video is short or frames are missing.
+    """
+    times = pts.astype(np.float64) * float(seg.time_base)
+    want = from_ts + np.arange(length) / fps
+    tol = 0.25 / fps
+    j = np.searchsorted(times, want - tol)
+    ok = (j < len(times)) & (np.abs(times[np.minimum(j, len(times) - 1)] - want) <= tol)
+    if not ok.all():
+        found = int(ok.sum())
+        raise EpisodeError(item, f"video is shorter than its episode: {found} of {length} frames present"
+                           if not ok[found:].any() else f"video frame for timestamp {want[np.argmin(ok)]:.3f}s is missing")
+    if not (np.diff(j) == 1).all():
+        raise EpisodeError(item, "video frames do not match the episode's timestamps one to one")
+    return int(j[0])
+
+
+def image_stats(frames: list[np.ndarray], max_frames: int = 32) -> dict[str, np.ndarray]:
+    """LeRobot-style per-channel image stats in [0, 1], shape (3, 1, 1), over up to ``max_frames`` frames."""
+    step = max(1, len(frames) // max_frames)
+    x = np.stack(frames[::step]).astype(np.float32) / 255.0  # (T, H, W, 3)
+    flat = x.reshape(-1, 3)
+    q01, q99 = np.quantile(flat, [0.01, 0.99], axis=0)
+    return {
+        "count": np.array([len(frames)]),
+        "mean": flat.mean(0).reshape(3, 1, 1), "std": flat.std(0).reshape(3, 1, 1),
+        "min": flat.min(0).reshape(3, 1, 1), "max": flat.max(0).reshape(3, 1, 1),
+        "q01": q01.reshape(3, 1, 1), "q99": q99.reshape(3, 1, 1),
+    }
