@@ -105,8 +105,8 @@ class _PushT:
         import pygame
 
         self._cv2, self._pygame = cv2, pygame
-        # obs_type "state" skips the env's own rendering; we render once below with the env's own
-        # _draw/_get_img path, which is exactly what obs_type="pixels_agent_pos" returns as pixels.
+        # obs_type "state" skips the env's per-step render; frames() draws the scene once with the
+        # env's own _draw and derives both cameras from it (top == obs["pixels"] of pixels_agent_pos).
         self.env = gym.make("gym_pusht/PushT-v0", obs_type="state", render_mode="rgb_array",
                             max_episode_steps=max_steps + 1)
         self.u = self.env.unwrapped
@@ -372,9 +372,11 @@ def write_pusht_dataset(
 
     features = _features(cameras, fps, version)
     schema = _data_schema(features)
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(min_len, max_len + 1, size=episodes)
-    env_seeds = rng.integers(0, 2**31 - 1, size=episodes)
+    # One generator per episode (not one stream for all): a dataset written with more episodes starts
+    # with exactly the same episodes, as a recording session that goes on would.
+    ep_rngs = [np.random.default_rng([seed, i, 1]) for i in range(episodes)]
+    lengths = [int(r.integers(min_len, max_len + 1)) for r in ep_rngs]
+    env_seeds = [int(r.integers(0, 2**31 - 1)) for r in ep_rngs]
     # Episodes cycle through the distinct tasks; LeRobot numbers tasks by first appearance and only
     # lists tasks that some episode uses.
     distinct = list(dict.fromkeys(tasks))

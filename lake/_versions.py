@@ -133,6 +133,7 @@ def commit(
     for attempt in range(max_attempts):
         base = head(store)
         pins = {**base.tables, **build(base)}
+        _fault_point("before_log_append")
         row = {
             "version": [base.version + 1], "parent": [base.version], "writer": [writer],
             "timestamp": [datetime.now(timezone.utc)], "message": [message or ""],
@@ -147,6 +148,17 @@ def commit(
                 break  # another writer took this version first: rebuild on the new head
         time.sleep(min(0.05 * 2**attempt, 1.0))
     raise LakeBusy(f"gave up committing to {store.uri} after {max_attempts} lost races")
+
+
+def _fault_point(name: str) -> None:
+    """Test hook: with EPISODE_LAKE_FAULT=<name>:<marker path>, touch the marker and hang here (to be killed)."""
+    import os
+
+    spec = os.environ.get("EPISODE_LAKE_FAULT", "")
+    if spec.startswith(name + ":"):
+        with open(spec.split(":", 1)[1], "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(3600)
 
 
 # --- tags -------------------------------------------------------------------------------------------------

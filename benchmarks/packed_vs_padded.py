@@ -1,0 +1,169 @@
+"""Packed (varlen, no pad, no dense mask) vs padded (dense 4-D mask) training throughput.
+
+Same π0.5-like model (training.Pi05Policy), same samples, fwd+bwd of the flow-matching loss
+plus a stand-in loss on the prefix outputs. Reports effective (non-pad) tokens/s.
+
+    .venv/bin/python benchmarks/packed_vs_padded.py [--quick] [--no-write]
+
+Sample lengths (π0.5-like): image tokens = cameras x tokens per camera (3 x 256 by default,
+every camera present), instruction 5-200 tokens uniform (padded to 200 in the baseline, as
+openpi's tokenizer does), 50 action tokens. Measurements alternate baseline and packed per
+repeat, so background load hits both alike; medians are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import training
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+SECTION = "## training/: packed varlen attention, π0.5 attention, FP8"
+
+
+def make_pi05_samples(n, width, *, cam_tokens=256, cameras=(3, 3), text=(5, 200), seed=0):
+    """Per-sample prefix embeddings `(image + text tokens, width)`; cameras uniform in the range."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        cams = int(torch.randint(cameras[0], cameras[1] + 1, (1,), generator=g))
+        txt = int(torch.randint(text[0], text[1] + 1, (1,), generator=g))
+        out.append((cams * cam_tokens, txt, torch.randn(cams * cam_tokens + txt, width, generator=g)))
+    return out
+
+
+def pad_samples(samples, *, max_cams_tokens, max_text):
+    """openpi layout: [image slots (missing cameras = pad) ∥ text padded to max_text]."""
+    b, width = len(samples), samples[0][2].shape[1]
+    prefix = torch.zeros(b, max_cams_tokens + max_text, width)
+    mask = torch.zeros(b, max_cams_tokens + max_text, dtype=torch.bool)
+    for i, (img, txt, x) in enumerate(samples):
+        prefix[i, :img], mask[i, :img] = x[:img], True
+        prefix[i, max_cams_tokens : max_cams_tokens + txt] = x[img:]
+        mask[i, max_cams_tokens : max_cams_tokens + txt] = True
+    return prefix, mask
+
+
+def pack_samples(samples):
+    lens = [x.shape[0] for _, _, x in samples]
+    return torch.cat([x for _, _, x in samples]), training.cu_seqlens_from_lengths(lens)
+
+
+def interleaved(fns: dict, reps: int, warmup: int = 1) -> dict:
+    """Median seconds per call of each fn, alternating fns every repeat."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def machine() -> str:
+    return f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), no GPU, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def write_block(name: str, body: str) -> None:
+    """Replace (or append) this script's block inside the training/ section of RESULTS.md."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{body.rstrip()}\n{end}\n"
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    if start in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end) + r"\n?", lambda _: block, text, flags=re.S)
+    elif SECTION in text:
+        head, _, tail = text.partition(SECTION)
+        nxt = re.search(r"^## ", tail, flags=re.M)  # end of our section = next level-2 heading
+        cut = nxt.start() if nxt else len(tail)
+        text = head + SECTION + tail[:cut].rstrip() + "\n\n" + block + ("\n" + tail[cut:] if nxt else "")
+    else:
+        text = text.rstrip() + f"\n\n{SECTION}\n\n" + block
+    RESULTS.write_text(text)
+
+
+def run_case(pol, samples, cfg, *, cam_tokens, reps):
+    b = len(samples)
+    g = torch.Generator().manual_seed(1)
+    actions = torch.randn(b, cfg.action_horizon, cfg.action_dim, generator=g)
+    noise = torch.randn(actions.shape, generator=g)
+    t = torch.rand(b, generator=g)
+    x_t, u_t = training.flow_matching_targets(actions, noise, t)
+    prefix_pad, mask = pad_samples(samples, max_cams_tokens=3 * cam_tokens, max_text=200)
+    packed, cu = pack_samples(samples)
+
+    def padded_step():
+        pol.zero_grad(set_to_none=True)
+        p_out, s_out = pol.backbone.forward_dense(prefix_pad, mask, pol.embed_suffix(x_t, t))
+        loss = (pol.action_out(s_out) - u_t).pow(2).mean() + 1e-3 * training.packed_token_mean(p_out[mask].pow(2))
+        loss.backward()
+
+    def packed_step():
+        pol.zero_grad(set_to_none=True)
+        p_out, s_out = pol.backbone.forward_packed(packed, cu, pol.embed_suffix(x_t, t))
+        loss = (pol.action_out(s_out) - u_t).pow(2).mean() + 1e-3 * training.packed_token_mean(p_out.pow(2))
+        loss.backward()
+
+    real = int(mask.sum()) + b * cfg.action_horizon
+    slots = mask.numel() + b * cfg.action_horizon
+    sec = interleaved({"padded": padded_step, "packed": packed_step}, reps)
+    return real, slots, sec
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    ap.add_argument("--no-write", action="store_true", help="print only, do not touch RESULTS.md")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    cfg = training.Pi05Config(width=512, depth=2, heads=8, kv_heads=1, head_dim=64, mlp_ratio=4)
+    cam = 256
+    if args.quick:
+        cfg, cam, args.reps = training.Pi05Config(width=64, depth=1, heads=4, kv_heads=1, head_dim=16), 16, 1
+    pol = training.Pi05Policy(cfg)
+    cases = [("3 cameras always present (as specified)", (3, 3)), ("1-3 cameras present (missing = pad, sensitivity)", (1, 3))]
+    load0 = os.getloadavg()[0]
+    rows = []
+    for label, cams in cases:
+        samples = make_pi05_samples(args.batch, cfg.width, cam_tokens=cam, cameras=cams, seed=len(rows))
+        real, slots, sec = run_case(pol, samples, cfg, cam_tokens=cam, reps=args.reps)
+        tp_pad, tp_pack = real / sec["padded"], real / sec["packed"]
+        rows.append((label, real, slots, sec["padded"], sec["packed"], tp_pad, tp_pack, tp_pack / tp_pad))
+        print(f"{label}: real {real} / padded {slots} tokens; padded {sec['padded']:.2f}s ({tp_pad:,.0f} tok/s), "
+              f"packed {sec['packed']:.2f}s ({tp_pack:,.0f} tok/s) -> {tp_pack / tp_pad:.2f}x", flush=True)  # fmt: skip
+    load1 = os.getloadavg()[0]
+    body = [
+        "### Packed varlen vs padded dense-mask training throughput (π0.5-like)",
+        "",
+        f"`.venv/bin/python benchmarks/packed_vs_padded.py` — {datetime.date.today()}, {machine()}; "
+        f"load average {load0:.1f} -> {load1:.1f} (other jobs shared the machine; baseline and packed alternate per repeat, medians of {args.reps}).",
+        "",
+        f"Model: Pi05Policy width {cfg.width}, depth {cfg.depth}, {cfg.heads} heads / {cfg.kv_heads} KV head x {cfg.head_dim}, "
+        f"MLP x{cfg.mlp_ratio}, fp32, fwd+bwd, batch {args.batch}. Lengths: {cam} tokens per camera (no scaling), text 5-200 "
+        f"uniform (baseline pads to 200), {cfg.action_horizon} action tokens.",
+        "",
+        "| case | real tokens | padded slots | padded s/step | packed s/step | padded tok/s | packed tok/s | speedup |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    body += [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]:.2f} | {r[5]:,.0f} | {r[6]:,.0f} | **{r[7]:.2f}x** |" for r in rows]
+    body += ["", "Effective tokens/s counts real (non-pad) prefix + action tokens only."]
+    print("\n".join(body))
+    if not args.no_write and not args.quick:
+        write_block("training:packed_vs_padded", "\n".join(body))
+
+
+if __name__ == "__main__":
+    main()

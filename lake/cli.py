@@ -1,0 +1,197 @@
+"""The ``lake`` command line. Exit 0 on success; non-zero with one line per failure on stderr.
+
+    lake ingest SRC --lake URI [--split train=0.9,val=0.1] [--message M] [--ray-address ADDR]
+    lake log --lake URI
+    lake tag NAME [--version N] --lake URI
+    lake diff A B --lake URI
+    lake episodes --lake URI [--split S] [--filter SQL] [--limit N]
+    lake stats --lake URI [--split S]
+    lake quarantine --lake URI
+
+``--lake`` defaults to $LAKE_URI. S3 credentials come from the usual AWS_* variables (see ``storage_options``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+
+def _parse_split(text: str) -> dict[str, float]:
+    out = {}
+    for part in filter(None, text.split(",")):
+        name, _, ratio = part.partition("=")
+        try:
+            out[name.strip()] = float(ratio)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad split {part!r}: expected name=ratio") from None
+    if not out:
+        raise argparse.ArgumentTypeError("empty split")
+    return out
+
+
+def storage_options_from_env(uri: str) -> dict | None:
+    """Lance-style S3 options from AWS_* variables, for s3:// lakes."""
+    if not uri.startswith("s3://"):
+        return None
+    env = os.environ
+    opts = {
+        "aws_access_key_id": env.get("AWS_ACCESS_KEY_ID"),
+        "aws_secret_access_key": env.get("AWS_SECRET_ACCESS_KEY"),
+        "aws_session_token": env.get("AWS_SESSION_TOKEN"),
+        "aws_region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
+        "aws_endpoint": env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),
+    }
+    opts = {k: v for k, v in opts.items() if v}
+    if opts.get("aws_endpoint", "").startswith("http://"):
+        opts["allow_http"] = "true"
+    return opts or None
+
+
+def _lake(args, create: bool = False):
+    import lake
+
+    uri = args.lake or os.environ.get("LAKE_URI")
+    if not uri:
+        raise SystemExit("error: no lake given (--lake URI or $LAKE_URI)")
+    return lake.open(uri, create=create, storage_options=storage_options_from_env(uri))
+
+
+def _table(title: str, columns: list[str], rows: list[list]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title, show_lines=False)
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*[str(x) for x in r])
+    Console(width=max(120, int(os.environ.get("COLUMNS", 0) or 0))).print(t)
+
+
+def _fmt(x) -> str:
+    a = np.asarray(x, dtype=np.float64).ravel()
+    s = ", ".join(f"{v:.4g}" for v in a[:4])
+    return f"[{s}{', …' if len(a) > 4 else ''}]" if len(a) > 1 else s
+
+
+def cmd_ingest(args) -> int:
+    lk = _lake(args, create=True)
+    rep = lk.ingest(args.src, split_ratios=args.split, message=args.message, ray_address=args.ray_address,
+                    progress=not args.quiet)
+    print(f"lake {lk.uri}: version {rep.version if rep.version is not None else lk.version} "
+          f"({'new' if rep.version is not None else 'unchanged'}); {rep.episodes_added} episodes, "
+          f"{rep.frames_added} frames added; {rep.episodes_skipped} already present; {rep.seconds:.1f} s")
+    for source, item, reason in rep.quarantined:
+        print(f"quarantined: {source}: {item}: {reason}", file=sys.stderr)
+    return 1 if rep.quarantined else 0
+
+
+def cmd_log(args) -> int:
+    rows = [[e.version, e.timestamp.strftime("%Y-%m-%d %H:%M:%S"), ", ".join(e.tags), e.message,
+             e.summary.get("episodes_added", ""), e.summary.get("frames_added", ""), e.summary.get("quarantined", "")]
+            for e in _lake(args).log()]
+    _table("lake log", ["version", "time (UTC)", "tags", "message", "episodes+", "frames+", "quarantined"], rows)
+    return 0
+
+
+def cmd_tag(args) -> int:
+    lk = _lake(args)
+    lk.tag(args.name, args.version)
+    print(f"tagged version {lk.version if args.version is None else args.version} as {args.name!r}")
+    return 0
+
+
+def cmd_diff(args) -> int:
+    d = _lake(args).diff(args.a, args.b)
+    print(f"{d.a} -> {d.b}: +{len(d.episodes_added)} episodes, -{len(d.episodes_removed)} episodes")
+    for e in d.episodes_added:
+        print(f"+ {e}")
+    for e in d.episodes_removed:
+        print(f"- {e}")
+    return 0
+
+
+def cmd_episodes(args) -> int:
+    t = _lake(args).episodes(split=args.split, filter=args.filter)
+    cols = ["episode_id", "source", "source_episode_index", "task", "length", "split", "robot_type"]
+    rows = [[r[c] for c in cols] for r in t.select(cols).slice(0, args.limit).to_pylist()]
+    _table(f"{t.num_rows} episodes" + (f" (first {args.limit})" if t.num_rows > args.limit else ""), cols, rows)
+    return 0
+
+
+def cmd_stats(args) -> int:
+    st = _lake(args).stats(split=args.split)
+    rows = [[f, int(np.asarray(s["count"]).ravel()[0])] + [_fmt(s[k]) for k in ("mean", "std", "min", "max", "q01", "q99")]
+            for f, s in st.items()]
+    _table(f"stats{f' ({args.split})' if args.split else ''}", ["feature", "count", "mean", "std", "min", "max", "q01", "q99"], rows)
+    return 0
+
+
+def cmd_quarantine(args) -> int:
+    t = _lake(args).quarantine()
+    _table(f"{t.num_rows} quarantined", ["source", "item", "reason"],
+           [[r["source"], r["item"], r["reason"]] for r in t.to_pylist()])
+    return 0
+
+
+def cmd_not_yet(args) -> int:
+    print(f"error: 'lake {args.cmd}' is not available in this build yet", file=sys.stderr)
+    return 2
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lake", description="episode-lake: a versioned lake of robot episodes")
+    p.add_argument("--lake", help="lake URI (local folder or s3://bucket/prefix); default $LAKE_URI")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def add(name, fn, help_):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--lake", default=argparse.SUPPRESS, help="lake URI; default $LAKE_URI")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = add("ingest", cmd_ingest, "ingest a LeRobot v2.1/v3.0 dataset folder")
+    sp.add_argument("src")
+    sp.add_argument("--split", type=_parse_split, default=None, help="e.g. train=0.9,val=0.1")
+    sp.add_argument("--message", "-m", default=None)
+    sp.add_argument("--ray-address", default=None, help="join a Ray cluster instead of starting one in-process")
+    sp.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    add("log", cmd_log, "lake versions, newest first")
+    sp = add("tag", cmd_tag, "name a lake version")
+    sp.add_argument("name")
+    sp.add_argument("--version", type=int, default=None)
+    sp = add("diff", cmd_diff, "episodes added/removed between two versions or tags")
+    sp.add_argument("a")
+    sp.add_argument("b")
+    sp = add("episodes", cmd_episodes, "list episodes")
+    sp.add_argument("--split", default=None)
+    sp.add_argument("--filter", default=None, help="SQL predicate, e.g. \"length > 50 AND task LIKE '%%T%%'\"")
+    sp.add_argument("--limit", type=int, default=50)
+    sp = add("stats", cmd_stats, "feature statistics")
+    sp.add_argument("--split", default=None)
+    add("quarantine", cmd_quarantine, "what did not land, and why")
+    sp = add("pack", cmd_not_yet, "pack samples for training (packers)")
+    sp.add_argument("recipe", nargs="?")
+    sp = add("eval", cmd_not_yet, "closed-loop evaluation in simulation")
+    sp.add_argument("checkpoint")
+    sp.add_argument("--env")
+    sp.add_argument("--episodes", type=int)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {msg}".splitlines()[0], file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
