@@ -101,6 +101,7 @@ class Lake:
 
     def tag(self, name: str, version: int | None = None) -> None:
         """Name lake ``version`` (default: this handle's). Raises ValueError if the tag exists."""
+        self._writable()
         if not name or not _ID.match(name) or name.isdigit():
             raise ValueError(f"tag names are letters, digits, '_', '-', '.', and not all digits: {name!r}")
         _versions.create_tag(self._store, name, self.version if version is None else int(version))

@@ -51,8 +51,9 @@ def overwrite_with(store: Store, table: str, schema: pa.Schema, pinned: int | No
             ds = lance.LanceDataset.commit(store.table_uri(table), LanceOperation.Overwrite(schema, frags),
                                            read_version=latest, storage_options=store.storage_options)
             return ds.version
-        except Exception as e:  # Overwrite vs a concurrent Overwrite: retryable by design
-            if "conflict" not in str(e).lower() or attempt == 19:
+        except Exception as e:  # Overwrite vs a concurrent Overwrite (or creation): retryable by design
+            msg = str(e).lower()
+            if not ("conflict" in msg or "already exists" in msg) or attempt == 19:
                 raise
             time.sleep(0.02 * (attempt + 1))
     raise AssertionError("unreachable")
