@@ -65,8 +65,8 @@ def _table(title: str, columns: list[str], rows: list[list]) -> None:
     from rich.table import Table
 
     t = Table(title=title, show_lines=False)
-    for c in columns:
-        t.add_column(c, overflow="fold")
+    for i, c in enumerate(columns):
+        t.add_column(c, overflow="fold", no_wrap=i == 0)  # ids and feature names stay whole
     for r in rows:
         t.add_row(*[str(x) for x in r])
     Console(width=max(120, int(os.environ.get("COLUMNS", 0) or 0))).print(t)
@@ -81,7 +81,7 @@ def _fmt(x) -> str:
 def cmd_ingest(args) -> int:
     lk = _lake(args, create=True)
     rep = lk.ingest(args.src, split_ratios=args.split, message=args.message, ray_address=args.ray_address,
-                    progress=not args.quiet)
+                    source_storage_options=storage_options_from_env(args.src), progress=not args.quiet)
     print(f"lake {lk.uri}: version {rep.version if rep.version is not None else lk.version} "
           f"({'new' if rep.version is not None else 'unchanged'}); {rep.episodes_added} episodes, "
           f"{rep.frames_added} frames added; {rep.episodes_skipped} already present; {rep.seconds:.1f} s")
