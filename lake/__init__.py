@@ -18,6 +18,11 @@ from ._lerobot import EpisodeError, SourceError  # noqa: E402
 from ._versions import LakeBusy, LogEntry  # noqa: E402
 
 
+def stream(split: str, uri=None, **opts):
+    """``lake.open(uri).stream(split, **opts)``; ``uri`` defaults to $LAKE_URI, then ./lake."""
+    return open(uri or _os.environ.get("LAKE_URI") or "lake", create=False).stream(split, **opts)
+
+
 def write_pusht_dataset(*args, **kwargs):
     """Write a genuine LeRobot dataset from PushT simulation (see ``lake._sample``)."""
     from ._sample import write_pusht_dataset as _write
@@ -27,5 +32,5 @@ def write_pusht_dataset(*args, **kwargs):
 
 __all__ = [
     "Diff", "EpisodeError", "IngestReport", "Lake", "LakeBusy", "LogEntry", "ReadOnlyError", "SourceError",
-    "open", "split_of", "write_pusht_dataset",
+    "open", "split_of", "stream", "write_pusht_dataset",
 ]

@@ -203,16 +203,6 @@ def _video_row(eid: str, cam: str, ref, seg) -> dict:
 
 # --- driver -----------------------------------------------------------------------------------------------
 
-def _ray_map(fn, n: int, progress, **kwargs):
-    """Run ``fn`` over unit indices 0..n-1 as a Ray Data job, yielding result rows as they finish."""
-    import ray
-
-    ds = ray.data.from_items([{"unit": i} for i in range(n)], override_num_blocks=max(1, n))
-    for row in ds.map(fn, fn_kwargs=kwargs).iter_rows():
-        progress(row)
-        yield row
-
-
 def _existing(store: Store, head: _versions.LogEntry, table: str, column: str) -> set[str]:
     if table not in head.tables:
         return set()
@@ -225,7 +215,7 @@ def ingest(store: Store, src_uri: str, *, split_ratios: dict[str, float] | None 
     """Ingest a LeRobot v2.x/v3.0 folder. Source-level problems are quarantined, not raised."""
     from tqdm.auto import tqdm
 
-    from ._ray import ensure_ray
+    from ._ray import ensure_ray, map_units
 
     t0 = time.perf_counter()
     split_ratios = split_ratios or {"train": 0.9, "val": 0.1}
@@ -249,7 +239,7 @@ def ingest(store: Store, src_uri: str, *, split_ratios: dict[str, float] | None 
         ids: dict[int, str] = {}
         bad: list[tuple[str, str]] = []
         with tqdm(total=len(src.episodes), desc=f"scan {src.name}", unit="ep", disable=not progress) as bar:
-            for row in _ray_map(scan_unit, len(units), lambda r: bar.update(len(json.loads(r["result"]))),
+            for row in map_units(scan_unit, len(units), lambda r: bar.update(len(json.loads(r["result"]))),
                                 src=src, units=units, fields=fields):
                 for index, eid, item, reason in json.loads(row["result"]):
                     if eid is None:
@@ -273,7 +263,7 @@ def ingest(store: Store, src_uri: str, *, split_ratios: dict[str, float] | None 
         todo = [i for i, u in enumerate(units) if any(e.index in selected for e in u.episodes)]
         total_frames = sum(e.length for e in src.episodes if e.index in selected)
         with tqdm(total=total_frames, desc=f"ingest {src.name}", unit="frame", disable=not progress or not todo) as bar:
-            rows = _ray_map(write_unit, len(todo), lambda r: bar.update(r["frames"]), src=src,
+            rows = map_units(write_unit, len(todo), lambda r: bar.update(r["frames"]), src=src,
                             units=[units[i] for i in todo], fields=fields, store=store,
                             frames_table=frames_table, selected=selected) if todo else []
             for row in rows:

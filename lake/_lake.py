@@ -207,6 +207,23 @@ class Lake:
 
         return {r["source"]: json.loads(r["info_json"])["features"] for r in self._scan("sources").to_pylist()}
 
+    # --- training data (packers / loaders) ------------------------------------------------------------------
+
+    def pack(self, recipe=None, **kw):
+        """Decode, tokenize and bin-pack every split into a packed table (a Ray Data job); see ``packers``."""
+        from packers import pack
+
+        self._writable()
+        rep = pack(self, recipe, **kw)
+        self.refresh()
+        return rep
+
+    def stream(self, split: str, recipe=None, **opts):
+        """Iterate PackedBatch from the packed table of ``recipe`` (default: the newest); see ``loaders``."""
+        from loaders import stream
+
+        return stream(self, split, recipe=recipe, **opts)
+
     def quarantine(self) -> pa.Table:
         """What did not land: source, item (file / episode), reason, when."""
         return self._scan("quarantine", columns=["source", "item", "reason", "timestamp"])

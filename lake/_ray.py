@@ -20,3 +20,14 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the lake shows its own progress, in frames
     ctx.print_on_execution_start = False
+
+
+def map_units(fn, n: int, progress, **kwargs):
+    """Run ``fn({"unit": i}, **kwargs)`` for i in 0..n-1 as a Ray Data job (one task per unit), yielding the
+    result rows as they finish and calling ``progress(row)`` on each."""
+    import ray
+
+    ds = ray.data.from_items([{"unit": i} for i in range(n)], override_num_blocks=max(1, n))
+    for row in ds.map(fn, fn_kwargs=kwargs).iter_rows():
+        progress(row)
+        yield row

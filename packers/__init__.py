@@ -1,0 +1,17 @@
+"""Offline packing: decode, tokenize and bin-pack lake episodes into versioned packed tables.
+
+    rep = lk.pack(Recipe(action_horizon=16, token_budget=2048))   # or lk.pack() for the lake's default
+    rep.version, rep.packs, rep.samples, rep.fill
+
+The packed table's contract is in ``packers.schema``; ``loaders`` streams it into torch.
+"""
+
+from ._job import PackReport, pack, packings, resolve_recipe
+from .binpack import SampleTooLong, bfd, fill, get_packer
+from .recipe import Recipe, default_recipe
+from .schema import MODALITIES, PACKINGS, layout_of, packed_schema
+
+__all__ = [
+    "MODALITIES", "PACKINGS", "PackReport", "Recipe", "SampleTooLong", "bfd", "default_recipe", "fill", "get_packer",
+    "layout_of", "pack", "packed_schema", "packings", "resolve_recipe",
+]

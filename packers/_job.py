@@ -1,0 +1,255 @@
+"""The packing job: decode → sample → tokenize → pack → write, as a Ray Data pipeline; one lake commit.
+
+Episodes of a split are shuffled (seeded) and cut into groups of ``recipe.episodes_per_group``; each Ray task
+reads its group's frames and video segments, builds every sample, bin-packs them and writes the packs as
+fragments of ``packed_<recipe hash>``. Memory is bounded by the group, not the dataset. The driver commits
+the fragments and a row of ``packings`` (lineage: recipe, source lake version, counts) as one lake version.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from fractions import Fraction
+
+import numpy as np
+import pyarrow as pa
+
+from .binpack import SampleTooLong, get_packer
+from .images import get_image_tokenizer, resize
+from .recipe import Recipe, default_recipe
+from .samples import Samples, assemble, episode_samples, make_layout
+from .schema import PACKINGS, layout_of, packed_schema
+from .text import get_tokenizer
+
+
+@dataclass(frozen=True)
+class PackReport:
+    """What one ``pack`` did. ``fill`` = real tokens / (packs × budget) over the packs written."""
+
+    version: int | None
+    table: str
+    recipe_hash: str
+    packs: int
+    samples: int
+    fill: float
+    episodes: int
+    repacked: bool = False
+    seconds: float = 0.0
+
+
+def resolve_recipe(lk, recipe) -> Recipe:
+    if recipe is None:
+        feats = list(lk.features().values())
+        if not feats:
+            raise ValueError("the lake has no episodes to pack")
+        return default_recipe(feats[0])
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, dict):
+        return Recipe.from_dict(recipe)
+    return Recipe.from_yaml(recipe)
+
+
+def packings(lk) -> list[dict]:
+    """Rows of the ``packings`` table at this lake version, oldest first."""
+    if "packings" not in lk._entry.tables:
+        return []
+    return lk.table("packings").to_table().to_pylist()
+
+
+# --- worker -------------------------------------------------------------------------------------------------
+
+def _group_columns(lk, episodes: list[dict], features: list[str]) -> dict[str, dict[str, np.ndarray]]:
+    from lake._schema import unnest
+
+    out: dict[str, dict[str, np.ndarray]] = {}
+    by_table: dict[str, list[str]] = {}
+    for e in episodes:
+        by_table.setdefault(e["frames_table"], []).append(e["episode_id"])
+    for table, ids in by_table.items():
+        quoted = ", ".join(f"'{i}'" for i in ids)
+        t = unnest(lk.table(table).to_table(filter=f"episode_id IN ({quoted})",
+                                            columns=["episode_id", "frame_index", *features]))
+        t = t.sort_by([("episode_id", "ascending"), ("frame_index", "ascending")])
+        eid = t["episode_id"].to_numpy(zero_copy_only=False)
+        bounds = np.flatnonzero(np.r_[True, eid[1:] != eid[:-1], True])
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            out[eid[a]] = {f: _np(t[f].slice(a, b - a)) for f in features}
+    return out
+
+
+def _np(col) -> np.ndarray:
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if pa.types.is_fixed_size_list(col.type):
+        return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
+    return col.to_numpy(zero_copy_only=False)
+
+
+def _group_images(lk, episodes: list[dict], layout: dict, tokenize) -> dict[tuple[str, str], np.ndarray]:
+    from lake._video import Segment, decode
+
+    if not layout["cameras"]:
+        return {}
+    ids = ", ".join(f"'{e['episode_id']}'" for e in episodes)
+    cams = ", ".join(f"'{c}'" for c in layout["cameras"])
+    ds = lk.table("videos")
+    meta = ds.to_table(filter=f"episode_id IN ({ids}) AND camera IN ({cams})",
+                       columns=[n for n in ds.schema.names if n != "data"], with_row_id=True).to_pylist()
+    blobs = ds.take_blobs("data", ids=[m["_rowid"] for m in meta])
+    out = {}
+    for m, blob in zip(meta, blobs):
+        seg = Segment(m["codec"], m["extradata"], m["width"], m["height"], m["pix_fmt"],
+                      Fraction(m["time_base_num"], m["time_base_den"]), blob.read(),
+                      np.asarray(m["packet_offsets"]), np.asarray(m["packet_pts"]), np.asarray(m["packet_key"], bool))
+        frames, _ = decode(seg)
+        rgb = np.stack(frames[m["skip"]:m["skip"] + m["frames"]])
+        out[(m["episode_id"], m["camera"])] = tokenize(resize(rgb, tuple(layout["image_size"])))
+    return out
+
+
+def pack_group(row: dict, *, lake_ref, groups: list[tuple], layout: dict, recipe: Recipe, table: str) -> dict:
+    from lake import _tables
+    from lake._lake import Lake
+
+    lk = Lake(*lake_ref, read_only=True)
+    split, episodes, first_id, seed = groups[row["unit"]]
+    tok = get_tokenizer(recipe.tokenizer)
+    image_tok = get_image_tokenizer(recipe.image_encoder, recipe.patch_size, recipe.encoder)
+    columns = _group_columns(lk, episodes, layout["state_features"] + layout["action_features"])
+    images = _group_images(lk, episodes, layout, image_tok)
+    parts = []
+    for e in episodes:
+        eid = e["episode_id"]
+        missing = [c for c in layout["cameras"] if (eid, c) not in images]
+        if missing:
+            raise ValueError(f"episode {eid} has no camera {missing[0]!r}, which the recipe asks for")
+        text = tok.encode(e["task"] or "")
+        if recipe.max_text_tokens is not None:
+            text = text[:recipe.max_text_tokens]
+        parts.append(episode_samples(eid, columns[eid], {c: images[(eid, c)] for c in layout["cameras"]}, text,
+                                     layout, recipe.frame_stride))
+    s = Samples.concat(parts)
+    lengths = s.lengths
+    over = np.flatnonzero(lengths > recipe.token_budget)
+    if len(over):
+        i = int(over[0])
+        if recipe.too_long == "error":
+            raise SampleTooLong(f"sample (episode {s.episode[i]}, frame {s.frame[i]}) has {lengths[i]} tokens, "
+                                f"more than token_budget={recipe.token_budget} (raise it, or too_long: truncate)")
+        for i in over:  # truncate: cut the instruction (keep BOS) until the sample fits
+            cut = lengths[i] - recipe.token_budget
+            if cut >= len(s.text[i]):
+                raise SampleTooLong(f"sample (episode {s.episode[i]}, frame {s.frame[i]}) does not fit "
+                                    f"token_budget={recipe.token_budget} even without text")
+            s.text[i] = s.text[i][: len(s.text[i]) - cut]
+        lengths = s.lengths
+    packs = get_packer(recipe.packer)(lengths, recipe.token_budget, recipe.max_samples_per_pack, seed)
+    rows = assemble(s, packs, split, first_id, layout)
+    frags = _tables.write_fragments(lk.store, table, rows, packed_schema(layout))
+    return {"unit": row["unit"], "frags": frags, "packs": len(packs), "samples": len(lengths),
+            "tokens": int(lengths.sum()), "episodes": len(episodes)}
+
+
+# --- driver -------------------------------------------------------------------------------------------------
+
+def pack(lk, recipe=None, *, repack: bool = False, progress: bool = True, ray_address: str | None = None) -> PackReport:
+    """Pack every split of the lake for ``recipe`` (None: the default recipe). Re-running is a no-op; new
+    episodes since the last packing are packed and appended (with the normalization frozen back then);
+    ``repack=True`` rebuilds the table from scratch."""
+    from tqdm.auto import tqdm
+
+    from lake import _tables, _versions
+    from lake._ray import ensure_ray, map_units
+
+    t0 = time.perf_counter()
+    recipe = resolve_recipe(lk, recipe)
+    table = f"packed_{recipe.hash}"
+    prior = [r for r in packings(lk) if r["recipe_hash"] == recipe.hash]
+    eps = lk.episodes(columns=["episode_id", "split", "length", "task", "fps", "frames_table", "cameras"])
+    current = set(eps["episode_id"].to_pylist())
+    done: set[str] = set()
+    if prior and not repack:
+        packed = lk.table(table)
+        done = {e for lst in packed.to_table(columns=["origin_episode"])["origin_episode"].to_pylist() for e in lst}
+        if not done <= current:
+            repack = True  # episodes left the lake since: the packs that hold them must go
+            done = set()
+    if prior and not repack:
+        layout = layout_of(lk.table(table).schema)
+    else:
+        fps = {float(f) for f in eps["fps"].to_pylist()}
+        if len(fps) > 1:
+            raise ValueError(f"episodes have different fps {sorted(fps)}: pack them with separate recipes/filters")
+        layout = make_layout(recipe, _features(lk), lk.stats(), fps.pop() if fps else 10.0,
+                             get_tokenizer(recipe.tokenizer).vocab_size)
+    todo = [r for r in eps.to_pylist() if r["episode_id"] not in done]
+    if not todo:
+        return PackReport(None, table, recipe.hash, 0, 0, 0.0, 0, False, time.perf_counter() - t0)
+    for r in todo:
+        missing = set(layout["cameras"]) - set(r["cameras"] or [])
+        if missing:
+            raise ValueError(f"episode {r['episode_id']} lacks camera(s) {sorted(missing)} named by the recipe")
+    groups = _groups(todo, recipe, first_group=_next_group(prior, repack))
+    ensure_ray(ray_address)
+    frags, packs_n, samples_n, tokens, n_eps = [], 0, 0, 0, 0
+    with tqdm(total=sum(len(g[1]) for g in groups), desc=f"pack {recipe.name}", unit="ep", disable=not progress) as bar:
+        for row in map_units(pack_group, len(groups), lambda r: bar.update(r["episodes"]),
+                             lake_ref=(lk.store, lk._entry), groups=groups, layout=layout, recipe=recipe, table=table):
+            frags += pickle.loads(row["frags"])
+            packs_n += row["packs"]
+            samples_n += row["samples"]
+            tokens += row["tokens"]
+            n_eps += row["episodes"]
+    fill = tokens / (packs_n * recipe.token_budget) if packs_n else 0.0
+    all_eps = len(done) + n_eps
+    prior_packs = 0 if repack or not prior else prior[-1]["packs"]
+    prior_samples = 0 if repack or not prior else prior[-1]["samples"]
+    schema = packed_schema(layout)
+
+    def build(head):
+        pins = dict(head.tables)
+        if repack:
+            pins.pop(table, None)  # the new table version holds only the new fragments
+        new = {table: _tables.overwrite_with(lk.store, table, schema, pins.get(table), frags)}
+        row = pa.Table.from_pylist([{
+            "recipe_hash": recipe.hash, "table": table, "recipe_json": json.dumps(recipe.to_dict()),
+            "source_version": lk.version, "episodes": all_eps, "packs": prior_packs + packs_n,
+            "samples": prior_samples + samples_n, "fill": fill, "created": datetime.now(timezone.utc)}], PACKINGS)
+        new.update(_tables.append_tables(lk.store, head.tables,
+                                         {"packings": (PACKINGS, _tables.write_rows(lk.store, "packings", row, PACKINGS))}))
+        return new
+
+    entry = _versions.commit(lk.store, build, f"pack {recipe.name} ({recipe.hash}) from version {lk.version}"
+                             + (" (full repack)" if repack and prior else ""),
+                             {"recipe_hash": recipe.hash, "packs": packs_n, "samples": samples_n, "fill": round(fill, 5),
+                              "source_version": lk.version})
+    return PackReport(entry.version, table, recipe.hash, packs_n, samples_n, fill, n_eps, bool(repack and prior),
+                      time.perf_counter() - t0)
+
+
+def _features(lk) -> dict:
+    merged: dict = {}
+    for feats in lk.features().values():
+        merged.update(feats)
+    return merged
+
+
+def _next_group(prior: list[dict], repack: bool) -> int:
+    return 0 if repack or not prior else int(prior[-1]["packs"]) + len(prior)  # strictly above any used id block
+
+
+def _groups(episodes: list[dict], recipe: Recipe, first_group: int) -> list[tuple]:
+    """(split, episodes, first pack id, seed) per group: episodes of one split, shuffled, chunked."""
+    rng = np.random.default_rng(recipe.seed)
+    groups = []
+    for split in sorted({e["split"] for e in episodes}):
+        eps = sorted((e for e in episodes if e["split"] == split), key=lambda e: e["episode_id"])
+        eps = [eps[i] for i in rng.permutation(len(eps))]
+        for i in range(0, len(eps), recipe.episodes_per_group):
+            g = first_group + len(groups)
+            groups.append((split, eps[i:i + recipe.episodes_per_group], g << 20, recipe.seed * 1_000_003 + g))
+    return groups
