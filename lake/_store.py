@@ -63,22 +63,29 @@ class Store:
 
 
 def fsspec_options(storage_options: dict[str, str] | None) -> dict[str, Any]:
-    """Translate Lance-style S3 storage options to s3fs keyword arguments."""
+    """Translate Lance-style S3 storage options to s3fs keyword arguments (Lance's key aliases accepted)."""
     so = {k.lower(): v for k, v in (storage_options or {}).items()}
+
+    def first(*names: str):
+        return next((so[n] for n in names if so.get(n)), None)
+
     out: dict[str, Any] = {}
-    key = so.get("aws_access_key_id") or so.get("access_key_id")
-    secret = so.get("aws_secret_access_key") or so.get("secret_access_key")
+    key = first("aws_access_key_id", "access_key_id")
+    secret = first("aws_secret_access_key", "secret_access_key")
+    token = first("aws_session_token", "aws_token", "session_token", "token")
     if key:
         out["key"] = key
     if secret:
         out["secret"] = secret
-    if so.get("aws_session_token"):
-        out["token"] = so["aws_session_token"]
-    endpoint = so.get("aws_endpoint") or so.get("endpoint") or so.get("aws_endpoint_url")
+    if token:
+        out["token"] = token
+    if str(first("aws_skip_signature", "skip_signature") or "").lower() in ("true", "1", "yes"):
+        out["anon"] = True
+    endpoint = first("aws_endpoint", "aws_endpoint_url", "endpoint", "endpoint_url")
     client_kwargs: dict[str, Any] = {}
     if endpoint:
         client_kwargs["endpoint_url"] = endpoint
-    region = so.get("aws_region") or so.get("region")
+    region = first("aws_region", "region", "aws_default_region", "default_region")
     if region:
         client_kwargs["region_name"] = region
     if client_kwargs:

@@ -7,6 +7,7 @@
     lake episodes --lake URI [--split S] [--filter SQL] [--limit N]
     lake stats --lake URI [--split S]
     lake quarantine --lake URI
+    lake pack [RECIPE.yaml] --lake URI [--repack]
 
 ``--lake`` defaults to $LAKE_URI. S3 credentials come from the usual AWS_* variables (see ``storage_options``).
 """
@@ -138,6 +139,18 @@ def cmd_quarantine(args) -> int:
     return 0
 
 
+def cmd_pack(args) -> int:
+    lk = _lake(args)
+    rep = lk.pack(args.recipe, repack=args.repack, progress=not args.quiet)
+    if rep.version is None:
+        print(f"packed table {rep.table} is up to date with lake version {lk.version} (nothing to pack)")
+    else:
+        print(f"lake {lk.uri}: version {rep.version}: {rep.packs} packs, {rep.samples} samples from {rep.episodes} "
+              f"episodes, fill {rep.fill:.2%}, table {rep.table}{' (full repack)' if rep.repacked else ''}; "
+              f"{rep.seconds:.1f} s")
+    return 0
+
+
 def cmd_not_yet(args) -> int:
     print(f"error: 'lake {args.cmd}' is not available in this build yet", file=sys.stderr)
     return 2
@@ -174,8 +187,10 @@ def parser() -> argparse.ArgumentParser:
     sp = add("stats", cmd_stats, "feature statistics")
     sp.add_argument("--split", default=None)
     add("quarantine", cmd_quarantine, "what did not land, and why")
-    sp = add("pack", cmd_not_yet, "pack samples for training (packers)")
+    sp = add("pack", cmd_pack, "decode, tokenize and bin-pack every split (default recipe without RECIPE.yaml)")
     sp.add_argument("recipe", nargs="?")
+    sp.add_argument("--repack", action="store_true", help="rebuild the packed table from scratch")
+    sp.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     sp = add("eval", cmd_not_yet, "closed-loop evaluation in simulation")
     sp.add_argument("checkpoint")
     sp.add_argument("--env")
@@ -187,10 +202,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError, OSError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}".splitlines()[0], file=sys.stderr)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line per failure, never a traceback
+        print(f"error: {_reason(e)}", file=sys.stderr)
         return 1
+
+
+def _reason(e: BaseException) -> str:
+    """The root cause in one line (a Ray task error wraps the user exception in a long report)."""
+    import re
+
+    if isinstance(e, KeyError) and e.args:
+        return str(e.args[0])
+    lines = str(e).splitlines()
+    causes = [m.group(0) for line in lines if (m := re.match(r"^\s*(\w+\.)*\w*(Error|Exception|TooLong): .+", line))]
+    return (causes[-1].strip() if causes else (lines[0] if lines else type(e).__name__))
 
 
 if __name__ == "__main__":

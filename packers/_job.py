@@ -184,8 +184,10 @@ def pack(lk, recipe=None, *, repack: bool = False, progress: bool = True, ray_ad
         fps = {float(f) for f in eps["fps"].to_pylist()}
         if len(fps) > 1:
             raise ValueError(f"episodes have different fps {sorted(fps)}: pack them with separate recipes/filters")
-        layout = make_layout(recipe, _features(lk), lk.stats(), fps.pop() if fps else 10.0,
+        features = _features(lk)
+        layout = make_layout(recipe.resolved(features), features, lk.stats(), fps.pop() if fps else 10.0,
                              get_tokenizer(recipe.tokenizer).vocab_size)
+        layout["recipe_hash"] = recipe.hash
     todo = [r for r in eps.to_pylist() if r["episode_id"] not in done]
     if not todo:
         return PackReport(None, table, recipe.hash, 0, 0, 0.0, 0, False, time.perf_counter() - t0)

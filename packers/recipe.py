@@ -109,6 +109,12 @@ class Recipe:
     def observation_offsets(self, fps: float) -> list[int]:
         return _to_offsets(self.observation_deltas, fps, "observation_deltas")
 
+    def resolved(self, features: dict[str, dict]) -> "Recipe":
+        """Empty ``cameras`` / ``state_features`` filled from the lake's features (the hash stays the caller's)."""
+        d = default_recipe(features)
+        return dataclasses.replace(self, cameras=self.cameras or d.cameras,
+                                   state_features=self.state_features or d.state_features)
+
     @property
     def patches_per_image(self) -> int:
         h, w = self.image_size
