@@ -99,6 +99,27 @@ class Lake:
         self.refresh()
         return rep
 
+    def append_episodes(self, episodes, *, source: str, fps: float, robot_type: str = "unknown",
+                        split_ratios: dict[str, float] | None = None, split: str | None = None,
+                        message: str | None = None):
+        """Append in-memory episodes (``lake.NewEpisode``: RL rollouts, evaluations) as one lake version."""
+        from ._append import append_episodes
+
+        self._writable()
+        rep = append_episodes(self._store, list(episodes), source=source, fps=fps, robot_type=robot_type,
+                              split_ratios=split_ratios, split=split, message=message)
+        self.refresh()
+        return rep
+
+    def compact(self, min_fragments: int = 8, message: str | None = None):
+        """Merge small fragments of every table (a lake version with the same data); None if nothing to do."""
+        from ._append import compact
+
+        self._writable()
+        entry = compact(self._store, min_fragments=min_fragments, message=message)
+        self.refresh()
+        return entry
+
     def tag(self, name: str, version: int | None = None) -> None:
         """Name lake ``version`` (default: this handle's). Raises ValueError if the tag exists."""
         self._writable()
@@ -156,6 +177,9 @@ class Lake:
         if split is not None:
             preds.append(f"split = '{_quote(split)}'")
         cols = columns or [n for n in EPISODES.names if n != "stats"]
+        if "episodes" in self._entry.tables:  # lakes written before a column existed
+            have = set(self.table("episodes").schema.names)
+            cols = [c for c in cols if c in have]
         return self._scan("episodes", " AND ".join(preds) or None, cols)
 
     def _episode(self, episode_id: str) -> dict:

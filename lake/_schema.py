@@ -38,6 +38,11 @@ EPISODES = pa.schema([
     pa.field("cameras", pa.list_(pa.string())),
     pa.field("codebase_version", pa.string()),
     pa.field("stats", STATS_TYPE),
+    # episodes produced by a policy (RL rollouts, evaluations); null for recorded datasets
+    pa.field("policy_version", pa.int64()),
+    pa.field("episode_return", pa.float64()),
+    pa.field("success", pa.bool_()),
+    pa.field("attrs", pa.string()),  # JSON: anything else the producer wants to keep (checkpoint, env id, ...)
 ])
 
 VIDEOS = pa.schema([
