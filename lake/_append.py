@@ -101,8 +101,11 @@ def encode_segment(frames: np.ndarray, fps: float, item: str, crf: int = 23):
 
 def append_episodes(store: Store, episodes: list[NewEpisode], *, source: str, fps: float, robot_type: str = "unknown",
                     split_ratios: dict[str, float] | None = None, split: str | None = None,
-                    message: str | None = None) -> IngestReport:
-    """Append in-memory episodes as one lake version (see module doc). Returns an IngestReport."""
+                    message: str | None = None, extra: dict[str, pa.Table] | None = None) -> IngestReport:
+    """Append in-memory episodes as one lake version (see module doc). Returns an IngestReport.
+
+    ``extra``: more rows committed in the same version, {table name: pyarrow.Table} (e.g. an eval summary).
+    """
     import time
 
     from ._ingest import _existing, _video_row
@@ -164,6 +167,8 @@ def append_episodes(store: Store, episodes: list[NewEpisode], *, source: str, fp
             batches["sources"] = (SOURCES, _tables.write_rows(store, "sources", pa.Table.from_pylist([{
                 "source": source, "source_uri": "", "codebase_version": "episode-lake", "info_json": json.dumps(info),
                 "modality_json": None, "frames_table": table}], SOURCES), SOURCES))
+        for name, rows in (extra or {}).items():
+            batches[name] = (rows.schema, _tables.write_rows(store, name, rows, rows.schema))
         return _tables.append_tables(store, head.tables, batches)
 
     try:

@@ -101,13 +101,13 @@ class Lake:
 
     def append_episodes(self, episodes, *, source: str, fps: float, robot_type: str = "unknown",
                         split_ratios: dict[str, float] | None = None, split: str | None = None,
-                        message: str | None = None):
+                        message: str | None = None, extra: dict | None = None):
         """Append in-memory episodes (``lake.NewEpisode``: RL rollouts, evaluations) as one lake version."""
         from ._append import append_episodes
 
         self._writable()
         rep = append_episodes(self._store, list(episodes), source=source, fps=fps, robot_type=robot_type,
-                              split_ratios=split_ratios, split=split, message=message)
+                              split_ratios=split_ratios, split=split, message=message, extra=extra)
         self.refresh()
         return rep
 
