@@ -17,6 +17,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             ray.init(address=address, log_to_driver=False)
         else:
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    import logging
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-dataset INFO lines drown the lake's own output
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the lake shows its own progress, in frames
     ctx.print_on_execution_start = False

@@ -85,7 +85,28 @@ def main(argv=None) -> int:
     eid = lk.episodes(split="train")["episode_id"][0].as_py()
     sheet = contact_sheet(lk, eid, Path(args.lake) / "episode.png")
     console.print(f"\ncontact sheet of {eid} decoded from the lake: [bold]{sheet}[/]")
+
+    console.rule("pack: decode, tokenize, bin-pack (offline, once)")
+    from packers import Recipe
+
+    recipe = Recipe(image_size=(64, 64), patch_size=16, action_horizon=16, token_budget=2048, name="demo")
+    rep = lk.pack(recipe)
+    if rep.version is None:
+        console.print(f"packed table {rep.table} is already up to date with lake version {lk.version}")
+    else:
+        console.print(f"→ version {rep.version}: {rep.packs} packs of ≤{recipe.token_budget} tokens hold "
+                      f"{rep.samples} samples (one per frame), fill {rep.fill:.1%} (padding each sample to the "
+                      f"longest would fill {_padded_fill(lk, rep):.1%}); table {rep.table}")
     return 0
+
+
+def _padded_fill(lk: lake.Lake, rep) -> float:
+    """What padding every sample to the longest one would fill, for comparison."""
+    import numpy as np
+
+    cu = lk.table(rep.table).to_table(columns=["cu_seqlens"])["cu_seqlens"].to_pylist()
+    lengths = np.concatenate([np.diff(c) for c in cu])
+    return float(lengths.sum() / (len(lengths) * lengths.max()))
 
 
 if __name__ == "__main__":
