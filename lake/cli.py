@@ -8,6 +8,7 @@
     lake stats --lake URI [--split S]
     lake quarantine --lake URI
     lake pack [RECIPE.yaml] --lake URI [--repack]
+    lake train [CONFIG.yaml] [key=value ...] --lake URI
 
 ``--lake`` defaults to $LAKE_URI. S3 credentials come from the usual AWS_* variables (see ``storage_options``).
 """
@@ -151,6 +152,19 @@ def cmd_pack(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from training.sft import main as sft
+
+    return sft([*([args.config] if args.config else []), *args.overrides,
+                *([f"lake={args.lake}"] if getattr(args, "lake", None) else [])])
+
+
+def cmd_eval(args) -> int:
+    from training.evaluate import cli  # torch and the simulator load only for this command
+
+    return cli(args)
+
+
 def cmd_not_yet(args) -> int:
     print(f"error: 'lake {args.cmd}' is not available in this build yet", file=sys.stderr)
     return 2
@@ -191,7 +205,10 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("recipe", nargs="?")
     sp.add_argument("--repack", action="store_true", help="rebuild the packed table from scratch")
     sp.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    sp = add("eval", cmd_not_yet, "closed-loop evaluation in simulation")
+    sp = add("train", cmd_train, "train the reference VLA on the lake's packed table (training.sft)")
+    sp.add_argument("config", nargs="?", help="YAML config (configs/sft/*.yaml)")
+    sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=100")
+    sp = add("eval", cmd_eval, "closed-loop evaluation in simulation")
     sp.add_argument("checkpoint")
     sp.add_argument("--env")
     sp.add_argument("--episodes", type=int)

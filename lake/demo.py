@@ -57,6 +57,7 @@ def main(argv=None) -> int:
     p.add_argument("--lake", default="lake_demo")
     p.add_argument("--data", default="demo_data", help="where the sample LeRobot datasets are written")
     p.add_argument("--episodes", type=int, default=24)
+    p.add_argument("--steps", type=int, default=200, help="SFT steps (resumes if the demo ran before)")
     args = p.parse_args(argv)
     data = Path(args.data)
     first = _source(data, "pusht_session1", episodes=args.episodes // 2, version="v3.0", seed=0)
@@ -97,6 +98,18 @@ def main(argv=None) -> int:
         console.print(f"→ version {rep.version}: {rep.packs} packs of ≤{recipe.token_budget} tokens hold "
                       f"{rep.samples} samples (one per frame), fill {rep.fill:.1%} (padding each sample to the "
                       f"longest would fill {_padded_fill(lk, rep):.1%}); table {rep.table}")
+
+    console.rule(f"train the reference VLA on lake.stream('train') for {args.steps} steps")
+    from training.sft import SFTConfig, train
+
+    out = train(SFTConfig(lake=lk.uri, recipe=recipe.hash, out_dir=str(Path(args.lake) / "runs" / "sft"),
+                          steps=args.steps, log_every=max(1, args.steps // 10), ckpt_every=args.steps))
+    losses = out["losses"]
+    w = max(1, len(losses) // 10)
+    if losses:
+        console.print(f"→ loss {sum(losses[:w]) / w:.3f} (first {w} steps) → {sum(losses[-w:]) / w:.3f} (last {w}); "
+                      f"checkpoint {out['checkpoint']} trained on lake version {out['lineage']['lake_version']}, "
+                      f"recipe {out['lineage']['recipe_hash']}; loss curve {Path(args.lake) / 'runs' / 'sft' / 'loss.png'}")
     return 0
 
 
