@@ -45,6 +45,11 @@ def open(uri, create: bool = True, storage_options: dict | None = None) -> "Lake
 class Lake:
     def __init__(self, store: Store, entry: _versions.LogEntry, read_only: bool = False):
         self._store, self._entry, self._read_only = store, entry, read_only
+        self._index: tuple[int, dict] | None = None  # (version, episode_id -> row): lookups without a scan each
+        self._datasets: dict[tuple[str, int], object] = {}  # opened Lance datasets at pinned versions
+
+    def __getstate__(self):  # opened datasets stay behind (Lance handles are per process)
+        return {**self.__dict__, "_datasets": {}, "_index": None}
 
     def __repr__(self) -> str:
         return f"Lake({self.uri!r}, version={self.version}{', read-only' if self._read_only else ''})"
@@ -69,7 +74,10 @@ class Lake:
         """The Lance dataset ``name`` at the version this handle pins (KeyError if absent)."""
         if name not in self._entry.tables:
             raise KeyError(f"table {name!r} is not in lake version {self.version} (has: {sorted(self._entry.tables)})")
-        return self._store.dataset(name, version=self._entry.tables[name])
+        key = (name, self._entry.tables[name])
+        if key not in self._datasets:
+            self._datasets[key] = self._store.dataset(name, version=key[1])
+        return self._datasets[key]
 
     def refresh(self) -> "Lake":
         """Move a writable handle to the newest version."""
@@ -185,11 +193,13 @@ class Lake:
     def _episode(self, episode_id: str) -> dict:
         if not isinstance(episode_id, str) or not _ID.match(episode_id):
             raise KeyError(f"not an episode id: {episode_id!r}")
-        rows = self._scan("episodes", f"episode_id = '{episode_id}'",
-                          ["episode_id", "frames_table", "cameras", "length", "fps"]).to_pylist()
-        if not rows:
+        if self._index is None or self._index[0] != self.version:  # the pinned version cannot change under us
+            rows = self._scan("episodes", None, ["episode_id", "frames_table", "cameras", "length", "fps"]).to_pylist()
+            self._index = (self.version, {r["episode_id"]: r for r in rows})
+        row = self._index[1].get(episode_id)
+        if row is None:
             raise KeyError(f"no episode {episode_id!r} in lake version {self.version}")
-        return rows[0]
+        return row
 
     def frames(self, episode_id: str, columns: list[str] | None = None) -> pa.Table:
         """One row per frame of the episode, features under their source names, in frame order."""

@@ -1,0 +1,84 @@
+"""Shared by the benchmarks: machine description, peak-RSS sampling across Ray workers, RESULTS.md sections."""
+
+from __future__ import annotations
+
+import platform
+import re
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return f"{os.cpu_count()}-core {cpu}, no GPU, Python {platform.python_version()}, {date.today().isoformat()}"
+
+
+def record(section: str, body: str) -> None:
+    """Replace (or append) ``## {section}`` in RESULTS.md; other sections are left alone."""
+    head = f"## {section}"
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    block = f"{head}\n\n{body.strip()}\n"
+    m = re.search(rf"^{re.escape(head)}[ \t]*$", text, flags=re.M)
+    if m:
+        nxt = re.search(r"^## ", text[m.end():], flags=re.M)
+        end = m.end() + nxt.start() if nxt else len(text)
+        text = text[:m.start()] + block + ("\n" + text[end:] if nxt else "")
+    else:
+        text = text.rstrip() + "\n\n" + block
+    RESULTS.write_text(text)
+
+
+class PeakRSS:
+    """Samples the RSS of this process and of every Ray worker process ("ray::...") while active.
+
+    ``.driver`` and ``.workers`` are peaks in bytes (workers: the peak of their *sum*)."""
+
+    def __init__(self, interval: float = 0.1):
+        self.interval, self.driver, self.workers = interval, 0, 0
+        self._stop = threading.Event()
+
+    def _sample(self):
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.is_set():
+            try:
+                self.driver = max(self.driver, me.memory_info().rss)
+                total = 0
+                for p in psutil.process_iter(["name", "cmdline"]):
+                    cmd = " ".join(p.info["cmdline"] or [])
+                    if cmd.startswith("ray::") and "IDLE" not in cmd:
+                        try:
+                            total += p.memory_info().rss
+                        except psutil.Error:
+                            pass
+                self.workers = max(self.workers, total)
+            except Exception:  # a process vanished mid-iteration
+                pass
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self._t = threading.Thread(target=self._sample, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def mib(b: float) -> str:
+    return f"{b / 2**20:.0f} MiB"
