@@ -2,12 +2,13 @@
 
 1. ``read_source`` parses ``meta/`` on the driver and groups episodes into units by data file (v3.0: many
    episodes per parquet/mp4, so each file is opened once per task, not once per episode).
-2. Scan stage (Ray): read each unit's parquet, validate every episode (columns, shapes vs info.json, row
-   counts, NaN/inf) and compute its content id. The driver drops ids already in the lake (idempotence).
-3. Write stage (Ray): per unit, demux each mp4 once, cut every new episode's GOPs, decode them to check
-   the frames line up with the episode's timestamps, compute stats, and write Lance fragments
-   (frames / videos / episodes). Bad episodes go to the quarantine instead; good ones still land.
-4. The driver commits one lake version (``_versions.commit``), retrying on a lost race.
+2. One Ray Data pass over the units: read the parquet, validate every episode (columns, shapes vs info.json,
+   row counts, NaN/inf), derive its content id and skip it if the lake holds it (idempotence; the id set is
+   shipped once per worker); demux each mp4 once, cut every new episode's GOPs, decode them to check the
+   frames line up with the episode's timestamps, compute stats, and write Lance fragments (frames / videos /
+   episodes). Bad episodes go to the quarantine instead; good ones still land. Identical episodes in two
+   units (rare) are resolved after the pass by rewriting the later units without them.
+3. The driver commits one lake version (``_versions.commit``), re-running on a lost race that overlaps.
 """
 
 from __future__ import annotations
@@ -112,22 +113,27 @@ def _source_options(src: Source) -> dict | None:
     return src.info.get("__storage_options__")
 
 
-def scan_unit(row: dict, *, src: Source, units: list[Unit], fields: list[pa.Field]) -> dict:
-    out = []
-    for ep, frames in _episode_tables(src, units[row["unit"]], fields):
-        if isinstance(frames, EpisodeError):
-            out.append((ep.index, None, frames.item, frames.reason))
-        else:
-            out.append((ep.index, content_id(frames, ep.tasks), "", ""))
-    return {"unit": row["unit"], "result": json.dumps(out)}
+_PRESENT: dict = {}  # per worker process: the ids already in the lake, fetched once per ingest
+
+
+def _present(ref) -> set[str]:
+    if isinstance(ref, (set, frozenset)):
+        return ref
+    if ref not in _PRESENT:
+        import ray
+
+        _PRESENT.clear()
+        _PRESENT[ref] = ray.get(ref)
+    return _PRESENT[ref]
 
 
 def write_unit(row: dict, *, src: Source, units: list[Unit], fields: list[pa.Field], store: Store,
-               frames_table: str, selected: dict[int, tuple[str, str]]) -> dict:
+               frames_table: str, present, split_ratios: dict[str, float], exclude: dict[int, list[str]]) -> dict:
+    """One unit, one pass: validate, derive ids, skip what the lake holds, cut + verify video, write fragments."""
     from ._video import cut, decode, demux, image_stats, select
 
     unit = units[row["unit"]]
-    todo = [ep for ep in unit.episodes if ep.index in selected]
+    skip = _present(present) | set(exclude.get(row["unit"], ()))
     fs, root = filesystem(src.uri, _source_options(src))
     streams: dict[str, object] = {}  # each mp4 demuxed once per task
 
@@ -146,12 +152,16 @@ def write_unit(row: dict, *, src: Source, units: list[Unit], fields: list[pa.Fie
             raise s
         return s
 
-    frames_parts, video_rows, episode_rows, bad = [], [], [], []
-    for ep, frames in _episode_tables(src, Unit(unit.data_path, tuple(todo)), fields):
+    frames_parts, video_rows, episode_rows, bad, skipped = [], [], [], [], 0
+    for ep, frames in _episode_tables(src, unit, fields):
         if isinstance(frames, EpisodeError):
             bad.append((frames.item, frames.reason))
             continue
-        eid, split = selected[ep.index]
+        eid = content_id(frames, ep.tasks)
+        if eid in skip or eid in {r["episode_id"] for r in episode_rows}:
+            skipped += 1
+            continue
+        split = split_of(eid, split_ratios)
         try:
             stats = _stats.frame_stats(frames)
             videos = []
@@ -187,7 +197,8 @@ def write_unit(row: dict, *, src: Source, units: list[Unit], fields: list[pa.Fie
         "episodes": _tables.write_fragments(store, "episodes", pa.Table.from_pylist(episode_rows, EPISODES), EPISODES),
     }
     return {"unit": row["unit"], "frags": pickle.dumps(frags), "episodes": json.dumps([r["episode_id"] for r in episode_rows]),
-            "frames": sum(r["length"] for r in episode_rows), "bad": json.dumps(bad),
+            "frames": sum(r["length"] for r in episode_rows), "bad": json.dumps(bad), "skipped": skipped,
+            "seen": sum(e.length for e in unit.episodes),
             "tasks": json.dumps(sorted({t for r in episode_rows for t in r["tasks"]}))}
 
 
@@ -233,52 +244,59 @@ def ingest(store: Store, src_uri: str, *, split_ratios: dict[str, float] | None 
     units = units_of(src)
     ensure_ray(ray_address)
 
+    import ray
+
     for _ in range(max_replans):
         head = _versions.head(store)
-        # Scan: ids and validation.
-        ids: dict[int, str] = {}
-        bad: list[tuple[str, str]] = []
-        with tqdm(total=len(src.episodes), desc=f"scan {src.name}", unit="ep", disable=not progress) as bar:
-            for row in map_units(scan_unit, len(units), lambda r: bar.update(len(json.loads(r["result"]))),
-                                src=src, units=units, fields=fields):
-                for index, eid, item, reason in json.loads(row["result"]):
-                    if eid is None:
-                        bad.append((item, reason))
-                    else:
-                        ids[index] = eid
-        present = _existing(store, head, "episodes", "episode_id")
-        selected: dict[int, tuple[str, str]] = {}
-        seen: set[str] = set()
-        for index in sorted(ids):
-            eid = ids[index]
-            if eid not in present and eid not in seen:
-                selected[index] = (eid, split_of(eid, split_ratios))
-            seen.add(eid)
-        skipped = len(ids) - len(selected)
-        # Write: video cut + verify, fragments.
+        present = ray.put(frozenset(_existing(store, head, "episodes", "episode_id")))
+        kw = dict(src=src, fields=fields, store=store, frames_table=frames_table, present=present,
+                  split_ratios=split_ratios)
+        results: dict[int, dict] = {}
+        with tqdm(total=sum(e.length for e in src.episodes), desc=f"ingest {src.name}", unit="frame",
+                  disable=not progress) as bar:
+            for row in map_units(write_unit, len(units), lambda r: bar.update(r["seen"]), units=units, exclude={},
+                                 **kw):
+                results[row["unit"]] = row
+            # The same content in two units (identical episodes in two files): keep the first, rewrite the others.
+            exclude = _duplicates_across_units(results)
+            if exclude:
+                redo = sorted(exclude)
+                for row in map_units(write_unit, len(redo), lambda r: None, units=[units[i] for i in redo],
+                                     exclude={j: exclude[i] for j, i in enumerate(redo)}, **kw):
+                    results[redo[row["unit"]]] = {**row, "unit": redo[row["unit"]]}
         frags: dict[str, list] = defaultdict(list)
         landed: list[str] = []
         tasks: set[str] = set()
-        frames_added = 0
-        todo = [i for i, u in enumerate(units) if any(e.index in selected for e in u.episodes)]
-        total_frames = sum(e.length for e in src.episodes if e.index in selected)
-        with tqdm(total=total_frames, desc=f"ingest {src.name}", unit="frame", disable=not progress or not todo) as bar:
-            rows = map_units(write_unit, len(todo), lambda r: bar.update(r["frames"]), src=src,
-                            units=[units[i] for i in todo], fields=fields, store=store,
-                            frames_table=frames_table, selected=selected) if todo else []
-            for row in rows:
-                for table, fl in pickle.loads(row["frags"]).items():
-                    frags[table] += pickle.loads(fl)
-                landed += json.loads(row["episodes"])
-                tasks.update(json.loads(row["tasks"]))
-                frames_added += row["frames"]
-                bad += [tuple(b) for b in json.loads(row["bad"])]
+        bad: list[tuple[str, str]] = []
+        frames_added = skipped = 0
+        for i in sorted(results):
+            row = results[i]
+            for table, fl in pickle.loads(row["frags"]).items():
+                frags[table] += pickle.loads(fl)
+            landed += json.loads(row["episodes"])
+            tasks.update(json.loads(row["tasks"]))
+            frames_added += row["frames"]
+            skipped += row["skipped"]
+            bad += [tuple(b) for b in json.loads(row["bad"])]
         try:
             return _commit(store, src, head, frags, landed, tasks, frames_added, bad, skipped, fschema,
                            frames_table, message, t0)
         except _Replan:
             continue
     raise _versions.LakeBusy(f"ingest of {src_uri}: other writers kept committing the same episodes")
+
+
+def _duplicates_across_units(results: dict[int, dict]) -> dict[int, list[str]]:
+    """unit -> ids it wrote that an earlier unit also wrote."""
+    first: dict[str, int] = {}
+    out: dict[int, list[str]] = defaultdict(list)
+    for i in sorted(results):
+        for eid in json.loads(results[i]["episodes"]):
+            if eid in first:
+                out[i].append(eid)
+            else:
+                first[eid] = i
+    return dict(out)
 
 
 def _commit(store, src, planned_head, frags, landed, landed_tasks, frames_added, bad, skipped, fschema, frames_table,

@@ -35,11 +35,18 @@ def make_layout(recipe: Recipe, features: dict, stats: dict, fps: float, vocab_s
         else:
             shift, scale = np.zeros_like(s["mean"]), np.ones_like(s["mean"])
         norm[name] = {"shift": np.ravel(shift).tolist(), "scale": np.ravel(scale).tolist()}
-    token_dim = recipe.patch_size**2 * 3
+    token_dim, patches = recipe.patch_size**2 * 3, recipe.patches_per_image
+    if recipe.image_encoder == "frozen":  # the encoder decides its token count and width: ask it once
+        from .images import get_image_tokenizer
+
+        probe = get_image_tokenizer("frozen", recipe.patch_size, recipe.encoder)(
+            np.zeros((1, *recipe.image_size, 3), np.uint8))
+        patches, token_dim = int(probe.shape[1]), int(probe.shape[2])
     return {
         "recipe_hash": recipe.hash, "cameras": list(recipe.cameras), "image_size": list(recipe.image_size),
         "patch_size": recipe.patch_size, "image_encoder": recipe.image_encoder, "token_dim": token_dim,
-        "patches_per_image": recipe.patches_per_image, "fps": fps,
+        "patches_per_image": patches, "fps": fps, "encoder": recipe.encoder,
+        "embed_dim": token_dim if recipe.image_encoder == "frozen" else None,
         "observation_offsets": recipe.observation_offsets(fps), "action_offsets": recipe.action_offsets(fps),
         "state_features": list(recipe.state_features), "state_dims": dims(recipe.state_features),
         "state_dim": sum(dims(recipe.state_features)),

@@ -4,17 +4,34 @@ Importing this package pulls in torch only (no ray, no lance; torchao / flash-at
 Transformer Engine are imported lazily where used).
 """
 
-from training.fp8 import FP8_ENGINES, FP8_RECIPES, convert_to_fp8, fp8_hardware_supported, fp8_module_filter
-from training.layers import RMSNorm, apply_rope, sincos_embedding
-from training.losses import packed_sequence_means, packed_token_mean
+from training.fp8 import (
+    FP8_ENGINES,
+    FP8_RECIPES,
+    EmulatedFloat8Linear,
+    convert_to_fp8,
+    fake_quantize_fp8,
+    fp8_autocast,
+    fp8_hardware_supported,
+    fp8_module_filter,
+    get_fp8_converter,
+)
+from training._attn_backends import BACKENDS as ATTENTION_BACKENDS
+from training._attn_backends import get_attention_backend
 from training.masks import make_attn_mask, sequence_mask, varlen_dense_mask
-from training.pi05 import Pi05Backbone, Pi05Config, Pi05KVCache
+from training.packing import (
+    check_cu_seqlens,
+    cu_seqlens_from_lengths,
+    packed_sequence_means,
+    packed_token_mean,
+    position_ids_from_cu_seqlens,
+)
+from training.pi05 import Pi05Backbone, Pi05Config, Pi05KVCache, RMSNorm, apply_rope, sincos_embedding, suffix_packing
 from training.pi05_policy import Pi05Policy, flow_matching_targets, sample_actions, sample_actions_dense
-from training.varlen import check_cu_seqlens, cu_seqlens_from_lengths, position_ids_from_cu_seqlens, varlen_attention
-from training._attn_backends import BACKENDS as ATTENTION_BACKENDS, get_attention_backend
+from training.varlen import varlen_attention
 
 __all__ = [
     "ATTENTION_BACKENDS",
+    "EmulatedFloat8Linear",
     "FP8_ENGINES",
     "FP8_RECIPES",
     "Pi05Backbone",
@@ -26,10 +43,13 @@ __all__ = [
     "check_cu_seqlens",
     "convert_to_fp8",
     "cu_seqlens_from_lengths",
+    "fake_quantize_fp8",
     "flow_matching_targets",
+    "fp8_autocast",
     "fp8_hardware_supported",
     "fp8_module_filter",
     "get_attention_backend",
+    "get_fp8_converter",
     "make_attn_mask",
     "packed_sequence_means",
     "packed_token_mean",
@@ -38,6 +58,7 @@ __all__ = [
     "sample_actions_dense",
     "sequence_mask",
     "sincos_embedding",
+    "suffix_packing",
     "varlen_attention",
     "varlen_dense_mask",
 ]

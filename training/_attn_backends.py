@@ -58,7 +58,8 @@ def _split_prefix(kernel: Backend, q, k, v, cu_q, cu_k, max_q, max_k, *, causal,
     if idx_pre.numel():
         cu_pre = torch.cat([zero, torch.cumsum(pre, 0).to(torch.int32)])
         max_pre = int(pre.max())
-        o = kernel(q[idx_pre], k[idx_pre], v[idx_pre], cu_pre, cu_pre, max_pre, max_pre, causal=False, window=window, scale=scale)
+        qp, kp, vp = q[idx_pre], k[idx_pre], v[idx_pre]
+        o = kernel(qp, kp, vp, cu_pre, cu_pre, max_pre, max_pre, causal=False, window=window, scale=scale)
         out = out.index_copy(0, idx_pre, o)
     if idx_suf.numel():
         suf = lens - pre
@@ -94,7 +95,10 @@ def _torch_varlen_kernel(q, k, v, cu_q, cu_k, max_q, max_k, *, causal, window, s
 def _with_prefix_split(kernel) -> Backend:
     def backend(q, k, v, cu_q, cu_k, max_q, max_k, *, causal, window, prefix_lens, scale):
         if prefix_lens is not None:
-            return _split_prefix(kernel, q, k, v, cu_q, cu_k, max_q, max_k, causal=causal, window=window, prefix_lens=prefix_lens, scale=scale)
+            return _split_prefix(
+                kernel, q, k, v, cu_q, cu_k, max_q, max_k,
+                causal=causal, window=window, prefix_lens=prefix_lens, scale=scale,
+            )  # fmt: skip
         return kernel(q, k, v, cu_q, cu_k, max_q, max_k, causal=causal, window=window, scale=scale)
 
     return backend
@@ -116,7 +120,9 @@ def _sdpa_loop(q, k, v, cu_q, cu_k, max_q, max_k, *, causal, window, prefix_lens
             outs.append(qi)
             continue
         plain_causal = causal and window is None and p == 0 and lq == lk
-        mask = None if plain_causal else sequence_mask(lq, lk, causal=causal, window=window, prefix_len=p, device=q.device)
+        mask = None
+        if not plain_causal:
+            mask = sequence_mask(lq, lk, causal=causal, window=window, prefix_len=p, device=q.device)
         o = F.scaled_dot_product_attention(
             qi.transpose(0, 1)[None], ki.transpose(0, 1)[None], vi.transpose(0, 1)[None],
             attn_mask=mask, is_causal=plain_causal, scale=scale, enable_gqa=gqa,
@@ -144,14 +150,16 @@ BACKENDS: dict[str, Backend] = {
 }
 
 
-def backend_available(name: str, device: torch.device, dtype: torch.dtype) -> str | None:
-    """None when backend `name` can run on `device`/`dtype`, else the reason it cannot."""
+def backend_available(name: str, device: torch.device, dtype: torch.dtype, head_dim: int = 64) -> str | None:
+    """None when backend `name` can run on `device`/`dtype`/`head_dim`, else why it cannot."""
     if name in ("sdpa_loop", "dense"):
         return None
     if device.type != "cuda":
         return f"{name!r} needs a CUDA device, got {device.type!r}"
     if dtype not in _HALF:
         return f"{name!r} needs float16 or bfloat16 inputs, got {dtype}"
+    if head_dim > 256 or head_dim % 8:
+        return f"{name!r} needs head_dim <= 256 and a multiple of 8, got {head_dim}"
     if name == "flash" and _flash_attn_varlen_func() is None:
         return "flash-attn is not installed (pip install flash-attn)"
     if name == "torch_varlen" and _torch_varlen_attn() is None:
@@ -159,7 +167,9 @@ def backend_available(name: str, device: torch.device, dtype: torch.dtype) -> st
     return None
 
 
-def get_attention_backend(name: str | None, device: torch.device, dtype: torch.dtype) -> tuple[str, Backend]:
+def get_attention_backend(
+    name: str | None, device: torch.device, dtype: torch.dtype, head_dim: int = 64
+) -> tuple[str, Backend]:
     """Resolve a backend name (None = fastest available) to `(name, fn)`.
 
     Raises:
@@ -168,12 +178,12 @@ def get_attention_backend(name: str | None, device: torch.device, dtype: torch.d
     """
     if name is None:
         for candidate in ("flash", "torch_varlen"):
-            if backend_available(candidate, device, dtype) is None:
+            if backend_available(candidate, device, dtype, head_dim) is None:
                 return candidate, BACKENDS[candidate]
         return "sdpa_loop", BACKENDS["sdpa_loop"]
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose one of {sorted(BACKENDS)} or None")
-    reason = backend_available(name, device, dtype)
+    reason = backend_available(name, device, dtype, head_dim)
     if reason is not None:
         raise RuntimeError(f"attention backend {name!r} unavailable: {reason}")
     return name, BACKENDS[name]

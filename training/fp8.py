@@ -120,7 +120,7 @@ class EmulatedFloat8Linear(nn.Linear):
 
 def _swap_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module], module_filter_fn: FilterFn) -> nn.Module:
     """Replace every accepted `nn.Linear` child (and `model` itself) by `make(child)`."""
-    if isinstance(model, nn.Linear) and module_filter_fn(model, ""):
+    if type(model) is nn.Linear and module_filter_fn(model, ""):
         return make(model)
     for fqn, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
@@ -140,8 +140,10 @@ def _convert_torchao(model, recipe, emulate, module_filter_fn):
     except ImportError as e:
         raise RuntimeError("engine 'torchao' needs torchao (pip install torchao)") from e
     config = Float8LinearConfig.from_recipe_name(recipe)
-    # torchao >= 0.7 keeps emulate as a config field; older releases took it as a kwarg
-    config = dataclasses.replace(config, emulate=emulate)
+    try:  # `emulate` is a Float8LinearConfig field (checked with torchao 0.18)
+        config = dataclasses.replace(config, emulate=emulate)
+    except TypeError as e:
+        raise RuntimeError("this torchao's Float8LinearConfig has no `emulate` field; use engine='emulated'") from e
     return convert_to_float8_training(model, config=config, module_filter_fn=module_filter_fn)
 
 

@@ -13,21 +13,78 @@ Two formulations of the same function:
   [prefix KV ∥ suffix KV] (varlen with separate key packing).
 Inference (`prefill` + `forward_suffix`) computes prefix K/V once into a preallocated
 buffer and writes only the suffix slots in place each denoising step (`training.pi05_policy`).
+Layers are Gemma-like: RMSNorm, RoPE at positions counted over real tokens, GeGLU MLP.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.layers import RMSNorm, apply_rope
 from training.masks import make_attn_mask
-from training.varlen import check_cu_seqlens, cu_seqlens_from_lengths, position_ids_from_cu_seqlens, varlen_attention
+from training.packing import check_cu_seqlens, cu_seqlens_from_lengths, position_ids_from_cu_seqlens
+from training.varlen import varlen_attention
 
-__all__ = ["Pi05Config", "Pi05Backbone", "Pi05KVCache", "SuffixPacking", "suffix_packing"]
+__all__ = [
+    "Pi05Config",
+    "Pi05Backbone",
+    "Pi05KVCache",
+    "RMSNorm",
+    "SuffixPacking",
+    "apply_rope",
+    "sincos_embedding",
+    "suffix_packing",
+]
+
+
+class RMSNorm(nn.Module):
+    """Gemma-style RMSNorm: `x / rms(x) * (1 + weight)`, weight initialised to 0."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # normalise in at least fp32: bf16 squares lose too much precision
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * (1 + self.weight.to(y.dtype))).to(x.dtype)
+
+
+def apply_rope(x: torch.Tensor, positions: torch.Tensor, base: float = 10_000.0) -> torch.Tensor:
+    """Rotary embedding (rotate-half) of `x` `(..., heads, head_dim)` at int `positions` `(...)`.
+
+    Raises:
+        ValueError: odd head_dim, or positions not matching x's leading dims.
+    """
+    d = x.shape[-1]
+    if d % 2:
+        raise ValueError(f"RoPE needs an even head_dim, got {d}")
+    if positions.shape != x.shape[:-2]:
+        raise ValueError(f"positions {tuple(positions.shape)} must match x's leading dims {tuple(x.shape[:-2])}")
+    # angles in fp32 or better: large positions times small frequencies lose digits in half precision
+    ang_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    inv_freq = base ** (-torch.arange(0, d, 2, device=x.device, dtype=ang_dtype) / d)
+    ang = positions.to(ang_dtype)[..., None] * inv_freq  # (..., d/2)
+    cos, sin = ang.cos()[..., None, :].to(x.dtype), ang.sin()[..., None, :].to(x.dtype)
+    x1, x2 = x[..., : d // 2], x[..., d // 2 :]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def sincos_embedding(t: torch.Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0) -> torch.Tensor:
+    """Sine-cosine embedding `(B, dim)` of scalar times `t` `(B,)` (π0's flow-matching time
+    embedding: periods from `min_period` to `max_period`, sensitive on [0, 1])."""
+    if dim % 2:
+        raise ValueError(f"dim must be even, got {dim}")
+    frac = torch.linspace(0.0, 1.0, dim // 2, device=t.device, dtype=t.dtype)
+    period = min_period * (max_period / min_period) ** frac
+    arg = t[:, None] * (2 * math.pi / period)
+    return torch.cat([arg.sin(), arg.cos()], dim=-1)
 
 
 @dataclass(frozen=True)
@@ -85,6 +142,12 @@ class _Expert(nn.Module):
         return x + self.down(F.gelu(self.gate(h), approximate="tanh") * self.up(h))
 
 
+def sdpa_padded(q, k, v, mask):
+    """SDPA on padded `(B, N, heads, hd)` tensors with a bool `(B, 1, Nq, Nk)` mask (GQA allowed)."""
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True).transpose(1, 2)
+
+
 class _Layer(nn.Module):
     def __init__(self, cfg: Pi05Config):
         super().__init__()
@@ -113,8 +176,14 @@ class SuffixPacking:
 
 
 def suffix_packing(cu_prefix: torch.Tensor, horizon: int) -> SuffixPacking:
-    """Build `SuffixPacking` for packed prefixes `cu_prefix` and `horizon` suffix tokens each."""
+    """Build `SuffixPacking` for packed prefixes `cu_prefix` and `horizon` suffix tokens each.
+
+    Raises:
+        TypeError, ValueError: bad `cu_prefix` (see `check_cu_seqlens`) or `horizon` < 1.
+    """
     check_cu_seqlens(cu_prefix)
+    if not isinstance(horizon, int) or horizon < 1:
+        raise ValueError(f"horizon must be an int >= 1, got {horizon!r}")
     dev = cu_prefix.device
     plen = (cu_prefix[1:] - cu_prefix[:-1]).long()
     b, tp = plen.numel(), int(cu_prefix[-1])
@@ -173,8 +242,7 @@ class Pi05Backbone(nn.Module):
         for layer in self.layers:
             qp, kp, vp = layer.prefix.qkv(xp, pos[:, :n_p])
             qs, ks, vs = layer.suffix.qkv(xs, pos[:, n_p:])
-            q, k, v = (torch.cat(t, dim=1).transpose(1, 2) for t in ((qp, qs), (kp, ks), (vp, vs)))
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True).transpose(1, 2)
+            o = sdpa_padded(torch.cat([qp, qs], 1), torch.cat([kp, ks], 1), torch.cat([vp, vs], 1), mask)
             xp, xs = layer.prefix.finish(xp, o[:, :n_p]), layer.suffix.finish(xs, o[:, n_p:])
         return self.prefix_norm(xp), self.suffix_norm(xs)
 
@@ -183,7 +251,9 @@ class Pi05Backbone(nn.Module):
         `(B + 1,)`, suffix `(B, Ns, width)` -> (prefix_out `(total_prefix, width)`, suffix_out)."""
         b, n_s, d = suffix.shape
         if cu_prefix.numel() != b + 1 or prefix.shape[0] != int(cu_prefix[-1]):
-            raise ValueError(f"cu_prefix {tuple(cu_prefix.shape)} must describe {b} prefixes of {prefix.shape[0]} tokens")
+            raise ValueError(
+                f"cu_prefix {tuple(cu_prefix.shape)} must describe {b} prefixes of {prefix.shape[0]} tokens"
+            )
         pk = suffix_packing(cu_prefix, n_s)
         xp, xs = prefix, suffix.reshape(b * n_s, d)
         for layer in self.layers:
@@ -202,13 +272,14 @@ class Pi05Backbone(nn.Module):
         pk = suffix_packing(cu_prefix, horizon)
         c = self.cfg
         keys, values, xp = [], [], prefix
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             qp, kp, vp = layer.prefix.qkv(xp, pk.prefix_positions)
             kbuf = kp.new_zeros(pk.order.numel(), c.kv_heads, c.head_dim)
             vbuf = vp.new_zeros(pk.order.numel(), c.kv_heads, c.head_dim)
             keys.append(kbuf.index_copy_(0, pk.prefix_rows, kp))
             values.append(vbuf.index_copy_(0, pk.prefix_rows, vp))
-            xp = layer.prefix.finish(xp, varlen_attention(qp, kp, vp, cu_prefix, pk.max_prefix, backend=backend))
+            if i + 1 < len(self.layers):  # the last layer's prefix outputs are never read: skip them
+                xp = layer.prefix.finish(xp, varlen_attention(qp, kp, vp, cu_prefix, pk.max_prefix, backend=backend))
         return Pi05KVCache(keys, values, pk)
 
     @torch.no_grad()
@@ -218,12 +289,15 @@ class Pi05Backbone(nn.Module):
         pk = cache.packing
         b, n_s, d = suffix.shape
         if n_s != pk.horizon or b != pk.cu_q.numel() - 1:
-            raise ValueError(f"suffix {tuple(suffix.shape)} does not match the cache ({b} x {pk.horizon} slots)")
+            slots = f"{pk.cu_q.numel() - 1} x {pk.horizon}"
+            raise ValueError(f"suffix {tuple(suffix.shape)} does not match the cache's {slots} suffix slots")
         xs = suffix.reshape(b * n_s, d)
         for layer, kbuf, vbuf in zip(self.layers, cache.keys, cache.values):
             qs, ks, vs = layer.suffix.qkv(xs, pk.suffix_positions)
             kbuf.index_copy_(0, pk.suffix_rows, ks)
             vbuf.index_copy_(0, pk.suffix_rows, vs)
-            os = varlen_attention(qs, kbuf, vbuf, pk.cu_q, n_s, backend=backend, cu_seqlens_k=pk.cu_k, max_seqlen_k=pk.max_k)
+            os = varlen_attention(
+                qs, kbuf, vbuf, pk.cu_q, n_s, backend=backend, cu_seqlens_k=pk.cu_k, max_seqlen_k=pk.max_k
+            )
             xs = layer.suffix.finish(xs, os)
         return self.suffix_norm(xs).reshape(b, n_s, d)

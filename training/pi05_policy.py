@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.layers import sincos_embedding
 from training.masks import make_attn_mask
-from training.pi05 import Pi05Backbone, Pi05Config
+from training.pi05 import Pi05Backbone, Pi05Config, sdpa_padded, sincos_embedding
 
 __all__ = ["Pi05Policy", "flow_matching_targets", "sample_actions", "sample_actions_dense"]
 
@@ -85,11 +84,11 @@ def _dense_prefill(bb: Pi05Backbone, prefix, prefix_mask):
     mask = make_attn_mask(prefix_mask, ar)[:, None]
     pos = torch.cumsum(prefix_mask.long(), dim=1) - 1
     kv, xp = [], prefix
-    for layer in bb.layers:
+    for i, layer in enumerate(bb.layers):
         q, k, v = layer.prefix.qkv(xp, pos)
         kv.append((k, v))
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, enable_gqa=True)
-        xp = layer.prefix.finish(xp, o.transpose(1, 2))
+        if i + 1 < len(bb.layers):  # same saving as `Pi05Backbone.prefill`, to keep the comparison fair
+            xp = layer.prefix.finish(xp, sdpa_padded(q, k, v, mask))
     return kv
 
 
@@ -103,8 +102,7 @@ def _dense_suffix(bb: Pi05Backbone, suffix, prefix_mask, kv):
     for layer, (kp, vp) in zip(bb.layers, kv):
         q, k, v = layer.suffix.qkv(xs, pos)
         k, v = torch.cat([kp, k], dim=1), torch.cat([vp, v], dim=1)
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, enable_gqa=True)
-        xs = layer.suffix.finish(xs, o.transpose(1, 2))
+        xs = layer.suffix.finish(xs, sdpa_padded(q, k, v, mask))
     return bb.suffix_norm(xs)
 
 

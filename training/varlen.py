@@ -12,82 +12,9 @@ import torch
 
 from training._attn_backends import get_attention_backend
 from training.masks import check_window
+from training.packing import check_cu_seqlens
 
-__all__ = [
-    "varlen_attention",
-    "check_cu_seqlens",
-    "cu_seqlens_from_lengths",
-    "position_ids_from_cu_seqlens",
-]
-
-
-def _describe_bad_cu(cu: torch.Tensor, total: int, max_seqlen: int | None, name: str) -> str:
-    """Slow path, only on error: say exactly what is wrong with `cu`."""
-    c = cu.detach().cpu().long()
-    if c[0] != 0:
-        return f"{name} must start at 0, got {int(c[0])}"
-    diffs = c[1:] - c[:-1]
-    if (diffs < 0).any():
-        i = int((diffs < 0).nonzero()[0])
-        return f"{name} must be non-decreasing, but {name}[{i + 1}]={int(c[i + 1])} < {name}[{i}]={int(c[i])}"
-    if c[-1] != total:
-        return f"{name} must end at the token count {total}, got {int(c[-1])}"
-    return f"max_seqlen={max_seqlen} is smaller than the longest sequence ({int(diffs.max())}) in {name}"
-
-
-def check_cu_seqlens(
-    cu_seqlens: torch.Tensor, total: int | None = None, max_seqlen: int | None = None, *, name: str = "cu_seqlens"
-) -> None:
-    """Validate cumulative sequence lengths (one host sync, whatever the device).
-
-    Raises:
-        TypeError: not an int32 tensor.
-        ValueError: not 1-D with >= 2 entries, not starting at 0, decreasing, not ending at
-            `total`, or a sequence longer than `max_seqlen`.
-    """
-    if not isinstance(cu_seqlens, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(cu_seqlens).__name__}")
-    if cu_seqlens.dtype != torch.int32:
-        raise TypeError(f"{name} must have dtype torch.int32 (as flash-attn requires), got {cu_seqlens.dtype}")
-    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
-        raise ValueError(f"{name} must be 1-D with n + 1 >= 2 entries, got shape {tuple(cu_seqlens.shape)}")
-    diffs = cu_seqlens[1:] - cu_seqlens[:-1]
-    bad = (cu_seqlens[0] != 0) | (diffs < 0).any()
-    if total is not None:
-        bad = bad | (cu_seqlens[-1] != total)
-    if max_seqlen is not None:
-        bad = bad | (diffs.max() > max_seqlen)
-    if bool(bad):
-        end = int(cu_seqlens[-1]) if total is None else total
-        raise ValueError(_describe_bad_cu(cu_seqlens, end, max_seqlen, name))
-
-
-def cu_seqlens_from_lengths(lengths, device: torch.device | str | None = None) -> torch.Tensor:
-    """int32 `(n + 1,)` cumulative lengths from per-sequence lengths (list or tensor).
-
-    Raises:
-        ValueError: a negative length.
-    """
-    lengths = torch.as_tensor(lengths, dtype=torch.long, device=device)
-    if lengths.dim() != 1:
-        raise ValueError(f"lengths must be 1-D, got shape {tuple(lengths.shape)}")
-    if lengths.numel() and int(lengths.min()) < 0:
-        raise ValueError(f"lengths must be >= 0, got {lengths.tolist()}")
-    return torch.nn.functional.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
-
-
-def position_ids_from_cu_seqlens(cu_seqlens: torch.Tensor) -> torch.Tensor:
-    """int64 `(total,)` positions restarting at 0 at every sequence start.
-
-    Raises:
-        TypeError, ValueError: as `check_cu_seqlens`.
-    """
-    check_cu_seqlens(cu_seqlens)
-    cu = cu_seqlens.long()
-    lens = cu[1:] - cu[:-1]
-    total = int(cu[-1])
-    starts = torch.repeat_interleave(cu[:-1], lens, output_size=total)
-    return torch.arange(total, device=cu.device) - starts
+__all__ = ["varlen_attention"]
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -111,7 +38,9 @@ def _check_prefix(prefix_lens: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.
         raise ValueError(f"prefix_lens has {prefix_lens.numel()} entries for {n} sequences")
     lens = (cu_seqlens[1:] - cu_seqlens[:-1]).to(prefix_lens.device, torch.long)
     if bool(((prefix_lens < 0) | (prefix_lens > lens)).any()):
-        raise ValueError(f"prefix_lens must lie in [0, sequence length]; got {prefix_lens.tolist()} for {lens.tolist()}")
+        raise ValueError(
+            f"prefix_lens must lie in [0, sequence length]; got {prefix_lens.tolist()} for {lens.tolist()}"
+        )
     return prefix_lens.to(cu_seqlens.device)
 
 
@@ -165,6 +94,9 @@ def varlen_attention(
             raise ValueError("cu_seqlens_k must have as many sequences as cu_seqlens, on q's device")
         if prefix_lens is not None:
             raise ValueError("prefix_lens needs self-attention (no cu_seqlens_k)")
+        no_keys = (cu_k[1:] == cu_k[:-1]) & (cu_seqlens[1:] > cu_seqlens[:-1])
+        if bool(no_keys.any()):
+            raise ValueError("every sequence with queries needs at least one key in cu_seqlens_k")
     window = check_window(window)
     if window == (-1, -1):
         window = None
@@ -172,6 +104,6 @@ def varlen_attention(
         prefix_lens = _check_prefix(prefix_lens, cu_seqlens)
     if softmax_scale is not None and not isinstance(softmax_scale, (int, float)):
         raise TypeError(f"softmax_scale must be a float or None, got {type(softmax_scale).__name__}")
-    _, fn = get_attention_backend(backend, q.device, q.dtype)
+    _, fn = get_attention_backend(backend, q.device, q.dtype, q.shape[2])
     return fn(q, k, v, cu_seqlens, cu_k, max_q, max_k, causal=bool(causal), window=window,
               prefix_lens=prefix_lens, scale=softmax_scale)  # fmt: skip

@@ -180,3 +180,28 @@ def test_ingest_from_a_copied_lake_folder_is_readable(tmp_path, ingested):
     lk = lake.open(dst, create=False)
     assert lk.version == ingested.refresh().version
     assert lk.episodes().sort_by("episode_id").equals(ingested.episodes().sort_by("episode_id"))
+
+
+def test_identical_episodes_in_different_files_land_once(tmp_path, ray_session):
+    """Same content in two units of one job: one episode lands, the other counts as already present."""
+    src = lake.write_pusht_dataset(tmp_path / "dup", episodes=10, version="v2.1", min_len=10, max_len=14, seed=5)
+    a, b = 1, 9  # units are 8 single-episode files: 1 and 9 are in different Ray tasks
+    t = pq.read_table(src / f"data/chunk-000/episode_{a:06d}.parquet")
+    old = pq.read_table(src / f"data/chunk-000/episode_{b:06d}.parquet")
+    t = t.set_column(t.column_names.index("episode_index"), "episode_index", pa.array([b] * t.num_rows, pa.int64()))
+    first = old["index"][0].as_py()
+    t = t.set_column(t.column_names.index("index"), "index", pa.array(range(first, first + t.num_rows), pa.int64()))
+    pq.write_table(t, src / f"data/chunk-000/episode_{b:06d}.parquet")
+    for cam in ("observation.images.top", "observation.images.wrist"):
+        shutil.copy(src / f"videos/chunk-000/{cam}/episode_{a:06d}.mp4", src / f"videos/chunk-000/{cam}/episode_{b:06d}.mp4")
+    rows = [json.loads(line) for line in open(src / "meta/episodes.jsonl")]
+    rows[b].update(length=rows[a]["length"], tasks=rows[a]["tasks"])
+    with open(src / "meta/episodes.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    lk = lake.open(tmp_path / "lake")
+    rep = lk.ingest(src, progress=False)
+    ids = lk.episodes()["episode_id"].to_pylist()
+    assert rep.episodes_added == 9 and rep.episodes_skipped == 1 and not rep.quarantined
+    assert len(ids) == len(set(ids)) == 9
+    frames_table = lk.episodes()["frames_table"][0].as_py()
+    assert lk.table(frames_table).count_rows() == sum(lk.episodes()["length"].to_pylist())

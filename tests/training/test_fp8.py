@@ -17,6 +17,16 @@ ENGINES = ["emulated"] + (["torchao"] if importlib.util.find_spec("torchao") els
 REL_TOL = 0.10
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """These tensors are tiny: a second intra-op thread only adds OpenMP barrier waits, which stall
+    badly when other jobs share the 2 cores (4x slower measured)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def mlp(seed=0):
     torch.manual_seed(seed)
     return nn.Sequential(
@@ -60,7 +70,9 @@ def test_fp8_training_tracks_fp32(engine, recipe):
 
 @pytest.mark.parametrize("recipe", training.FP8_RECIPES)
 def test_fp8_pi05_policy_steps_track_fp32(recipe):
-    cfg = training.Pi05Config(width=64, depth=1, heads=4, kv_heads=1, head_dim=16, mlp_ratio=2, action_dim=8, action_horizon=6)
+    cfg = training.Pi05Config(
+        width=64, depth=1, heads=4, kv_heads=1, head_dim=16, mlp_ratio=2, action_dim=8, action_horizon=6
+    )
     g = torch.Generator().manual_seed(0)
     lens = [20, 13, 17]
     prefix = torch.randn(sum(lens), 64, generator=g)

@@ -12,6 +12,16 @@ import training
 from training import cu_seqlens_from_lengths, position_ids_from_cu_seqlens, varlen_attention
 
 CPU_BACKENDS = ["sdpa_loop", "dense"]
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """These tensors are tiny: a second intra-op thread only adds OpenMP barrier waits, which stall
+    badly when other jobs share the 2 cores (4x slower measured)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 MASKS = {
     "full": {},
     "causal": {"causal": True},
@@ -38,16 +48,18 @@ def reference_mask(length: int, prefix: int, causal: bool, window) -> torch.Tens
     return m
 
 
-def per_sequence(q, k, v, lens, prefixes, causal=False, window=None):
-    """Each sequence alone through SDPA (GQA by repeating K/V heads)."""
+def sdpa_tokens(q, k, v, mask, scale=None):
+    """SDPA on one `(tokens, heads, dim)` sequence; GQA by repeating K/V heads."""
     rep = q.shape[1] // k.shape[1]
-    outs = []
-    for qi, ki, vi, n, p in zip(q.split(lens), k.split(lens), v.split(lens), lens, prefixes):
-        ki, vi = ki.repeat_interleave(rep, 1), vi.repeat_interleave(rep, 1)
-        mask = reference_mask(n, p, causal, window)
-        o = F.scaled_dot_product_attention(qi.transpose(0, 1), ki.transpose(0, 1), vi.transpose(0, 1), attn_mask=mask)
-        outs.append(o.transpose(0, 1))
-    return torch.cat(outs)
+    k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale).transpose(0, 1)
+
+
+def per_sequence(q, k, v, lens, prefixes, causal=False, window=None):
+    """Each sequence alone through SDPA."""
+    splits = zip(q.split(lens), k.split(lens), v.split(lens), lens, prefixes)
+    return torch.cat([sdpa_tokens(qi, ki, vi, reference_mask(n, p, causal, window)) for qi, ki, vi, n, p in splits])
 
 
 def make_qkv(total, heads=4, kv_heads=2, dim=8, seed=0, dtype=torch.float64):
@@ -136,13 +148,11 @@ def test_cross_attention_with_key_packing_is_bottom_right_aligned():
     for causal in (False, True):
         got = varlen_attention(q, k, v, cu_seqlens_from_lengths(lq), 3, causal,
                                cu_seqlens_k=cu_seqlens_from_lengths(lk), max_seqlen_k=5)  # fmt: skip
-        outs = []
-        for qi, ki, vi, a, b in zip(q.split(lq), k.split(lk), v.split(lk), lq, lk):
-            mask = reference_mask(b, 0, causal, None)[b - a :]  # last `a` rows = bottom-right
-            ki, vi = ki.repeat_interleave(2, 1), vi.repeat_interleave(2, 1)
-            o = F.scaled_dot_product_attention(qi.transpose(0, 1), ki.transpose(0, 1), vi.transpose(0, 1), attn_mask=mask)
-            outs.append(o.transpose(0, 1))
-        torch.testing.assert_close(got, torch.cat(outs), rtol=1e-10, atol=1e-10)
+        splits = zip(q.split(lq), k.split(lk), v.split(lk), lq, lk)
+        # the last `a` rows of the full mask = bottom-right alignment
+        want = torch.cat([sdpa_tokens(qi, ki, vi, reference_mask(b, 0, causal, None)[b - a :])
+                          for qi, ki, vi, a, b in splits])  # fmt: skip
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
 def test_auto_backend_on_cpu_is_sdpa_loop_and_fp32_works():
@@ -218,3 +228,61 @@ def test_other_bad_inputs_raise():
         varlen_attention(q, k[:, :1].expand(8, 3, 8).contiguous(), v[:, :1].expand(8, 3, 8).contiguous(), cu, 4)
     with pytest.raises(ValueError, match="cu_seqlens_k"):
         varlen_attention(q, k[:6], v[:6], cu, 4)
+    with pytest.raises(ValueError, match="at least one key"):
+        varlen_attention(q, k[:4], v[:4], cu, 4, cu_seqlens_k=cu_seqlens_from_lengths([4, 0]), max_seqlen_k=4)
+
+
+def _fake_varlen_kernel(q, k, v, cu_q, cu_k, max_q, max_k, *, scale, causal, window):
+    """Stand-in for the CUDA kernels' documented semantics (bottom-right aligned masks)."""
+    bq, bk = cu_q.tolist(), cu_k.tolist()
+    lq = [b - a for a, b in zip(bq[:-1], bq[1:])]
+    lk = [b - a for a, b in zip(bk[:-1], bk[1:])]
+    if max(lq) > max_q or max(lk) > max_k or cu_q.dtype != torch.int32 or cu_k.dtype != torch.int32:
+        raise AssertionError("kernel called with inconsistent cu_seqlens / max_seqlen")
+    splits = zip(q.split(lq), k.split(lk), v.split(lk), lq, lk)
+    return torch.cat([sdpa_tokens(qi, ki, vi, reference_mask(b, 0, causal, window)[b - a :], scale)
+                      for qi, ki, vi, a, b in splits])  # fmt: skip
+
+
+def fake_flash_attn_varlen_func(
+    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0, softmax_scale=None,
+    causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
+    return_attn_probs=False, block_table=None,
+):  # fmt: skip
+    """flash-attn 2's documented signature."""
+    if dropout_p != 0.0 or softcap != 0.0 or alibi_slopes is not None or return_attn_probs:
+        raise AssertionError("unexpected flash-attn options")
+    return _fake_varlen_kernel(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                               scale=softmax_scale, causal=causal, window=tuple(window_size))  # fmt: skip
+
+
+def fake_torch_varlen_attn(
+    query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+    window_size=(-1, -1), enable_gqa=False, seqused_k=None, block_table=None, num_splits=None,
+):  # fmt: skip
+    """torch 2.13's `torch.nn.attention.varlen.varlen_attn`: causal is window (-1, 0)."""
+    if key.shape[1] != query.shape[1] and not enable_gqa:
+        raise ValueError("GQA needs enable_gqa=True")
+    return _fake_varlen_kernel(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k,
+                               scale=scale, causal=False, window=tuple(window_size))  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["flash", "torch_varlen"])
+@pytest.mark.parametrize("mask_name", list(MASKS))
+def test_cuda_backend_wiring_against_documented_kernel_semantics(monkeypatch, name, mask_name):
+    """No GPU here: check the argument wiring and the prefix split with stand-in kernels."""
+    from training import _attn_backends as ab
+
+    monkeypatch.setattr(ab, "_flash_attn_varlen_func", lambda: fake_flash_attn_varlen_func)
+    monkeypatch.setattr(ab, "_torch_varlen_attn", lambda: fake_torch_varlen_attn)
+    spec = dict(MASKS[mask_name])
+    use_prefix = spec.pop("prefix", False)
+    lens = [1, 7, 16, 3, 11]
+    pre = prefixes_for(lens) if use_prefix else [0] * len(lens)
+    cu = cu_seqlens_from_lengths(lens)
+    q, k, v = (t.detach() for t in make_qkv(sum(lens)))
+    got = ab.BACKENDS[name](q, k, v, cu, cu, 16, 16, causal=spec.get("causal", False), window=spec.get("window"),
+                            prefix_lens=torch.tensor(pre) if use_prefix else None, scale=0.3)  # fmt: skip
+    want = varlen_attention(q, k, v, cu, 16, spec.get("causal", False), window=spec.get("window"),
+                            prefix_lens=torch.tensor(pre) if use_prefix else None, softmax_scale=0.3)  # fmt: skip
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)

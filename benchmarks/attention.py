@@ -1,0 +1,205 @@
+"""π0.5 attention: optimized (varlen, no pad, no dense mask, prefix KV cache) vs the eager
+dense-mask baseline, and the CPU varlen backends compared.
+
+    .venv/bin/python benchmarks/attention.py [--quick] [--no-write]
+
+1. attention op of one layer, fwd+bwd: padded q/k/v + 4-D `make_attn_mask` mask + SDPA vs
+   prefix varlen + suffix-over-[prefix ∥ suffix] varlen (K/V gather included);
+2. denoising loop (10 flow-matching steps, whole Pi05Policy): eager dense recompute, eager
+   dense with a concatenated KV cache, optimized with the in-place prefix KV cache;
+3. CPU varlen backends on packs: sdpa_loop, dense block-diagonal mask, padded batch with a
+   key-padding mask, and SDPA grouped by equal length (one batched call per length).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from packed_vs_padded import interleaved, machine, make_pi05_samples, pack_samples, pad_samples, set_clock, write_block
+
+import training
+
+
+def attention_op_case(samples, *, heads, kv_heads, head_dim, horizon, cam_tokens, reps):
+    """One layer's attention, fwd+bwd, both formulations on the same real tokens."""
+    b = len(samples)
+    g = torch.Generator().manual_seed(0)
+    lens = [x.shape[0] for _, _, x in samples]
+    cu = training.cu_seqlens_from_lengths(lens)
+    tp = sum(lens)
+    qp, kp, vp = (torch.randn(tp, h, head_dim, generator=g) for h in (heads, kv_heads, kv_heads))
+    qs, ks, vs = (torch.randn(b * horizon, h, head_dim, generator=g) for h in (heads, kv_heads, kv_heads))
+    leaves = [t.requires_grad_() for t in (qp, kp, vp, qs, ks, vs)]
+    # padded layout [image slots ∥ text padded to 200 ∥ suffix], mask as openpi builds it
+    shapes_only = [(i, t, torch.zeros(i + t, 1)) for i, t, _ in samples]
+    _, mask_p = pad_samples(shapes_only, max_cams_tokens=3 * cam_tokens, max_text=200)
+    n_p = mask_p.shape[1]
+    input_mask = torch.cat([mask_p, torch.ones(b, horizon, dtype=torch.bool)], 1)
+    ar = torch.zeros(n_p + horizon, dtype=torch.bool)
+    ar[n_p] = True
+    mask4 = training.make_attn_mask(input_mask, ar)[:, None]
+    rows_p = mask_p.flatten().nonzero().squeeze(1)
+
+    def dense():
+        def pad(x_p, x_s):
+            out = x_p.new_zeros(b * n_p, *x_p.shape[1:]).index_copy(0, rows_p, x_p).view(b, n_p, *x_p.shape[1:])
+            return torch.cat([out, x_s.view(b, horizon, *x_s.shape[1:])], 1).transpose(1, 2)
+
+        o = F.scaled_dot_product_attention(pad(qp, qs), pad(kp, ks), pad(vp, vs), attn_mask=mask4, enable_gqa=True)
+        o = o.transpose(1, 2)
+        o_p = o[:, :n_p].reshape(b * n_p, heads, head_dim).index_select(0, rows_p)
+        (o_p.sum() + o[:, n_p:].sum()).backward()
+
+    def optimized():
+        pk = training.suffix_packing(cu, horizon)
+        o_p = training.varlen_attention(qp, kp, vp, cu, max(lens))
+        k, v = torch.cat([kp, ks]).index_select(0, pk.order), torch.cat([vp, vs]).index_select(0, pk.order)
+        o_s = training.varlen_attention(qs, k, v, pk.cu_q, horizon, cu_seqlens_k=pk.cu_k, max_seqlen_k=pk.max_k)
+        (o_p.sum() + o_s.sum()).backward()
+
+    sec = interleaved({"dense": dense, "optimized": optimized}, reps)
+    for t in leaves:
+        t.grad = None
+    return sec
+
+
+def denoise_case(samples, cfg, *, cam_tokens, reps, steps=10):
+    pol = training.Pi05Policy(cfg).eval()
+    prefix_pad, mask = pad_samples(samples, max_cams_tokens=3 * cam_tokens, max_text=200)
+    packed, cu = pack_samples(samples)
+    noise = torch.randn(len(samples), cfg.action_horizon, cfg.action_dim, generator=torch.Generator().manual_seed(0))
+    fns = {
+        "dense_recompute": lambda: training.sample_actions_dense(pol, prefix_pad, mask, noise, steps, use_cache=False),
+        "dense_cat_cache": lambda: training.sample_actions_dense(pol, prefix_pad, mask, noise, steps),
+        "optimized_cache": lambda: training.sample_actions(pol, packed, cu, noise, steps),
+    }
+    return interleaved(fns, reps, warmup=0)  # kernels are warm from the attention-op case
+
+
+def sdpa_grouped(q, k, v, cu, causal):
+    """Alternative CPU backend: one batched SDPA per distinct sequence length."""
+    bounds = cu.tolist()
+    groups = defaultdict(list)
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        groups[e - s].append(s)
+    outs, idx = [], []
+    rep = q.shape[1] // k.shape[1]
+    for n, starts in groups.items():
+        rows = (torch.tensor(starts)[:, None] + torch.arange(n)).flatten()
+        qb, kb, vb = (t.index_select(0, rows).view(len(starts), n, *t.shape[1:]).transpose(1, 2) for t in (q, k, v))
+        o = F.scaled_dot_product_attention(qb, kb, vb, is_causal=causal, enable_gqa=rep > 1)
+        outs.append(o.transpose(1, 2).reshape(len(starts) * n, *q.shape[1:]))
+        idx.append(rows)
+    return torch.cat(outs).index_select(0, torch.cat(idx).argsort())
+
+
+def sdpa_padded(q, k, v, cu, causal):
+    """Alternative CPU backend: pad to the longest sequence, one SDPA with a padding mask."""
+    lens = (cu[1:] - cu[:-1]).tolist()
+    n, m = len(lens), max(lens)
+    rows = torch.cat([torch.arange(x) + i * m for i, x in enumerate(lens)])
+    valid = torch.zeros(n * m, dtype=torch.bool)
+    valid[rows] = True
+    mask = valid.view(n, 1, 1, m)
+    if causal:
+        mask = mask & torch.ones(m, m, dtype=torch.bool).tril()
+    def pad(t):
+        return t.new_zeros(n * m, *t.shape[1:]).index_copy(0, rows, t).view(n, m, *t.shape[1:]).transpose(1, 2)
+
+    o = F.scaled_dot_product_attention(pad(q), pad(k), pad(v), attn_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
+    return o.transpose(1, 2).reshape(n * m, *q.shape[1:]).index_select(0, rows)
+
+
+def backends_case(lens, *, heads, kv_heads, head_dim, causal, reps, with_dense=True):
+    g = torch.Generator().manual_seed(0)
+    cu = training.cu_seqlens_from_lengths(lens)
+    q, k, v = (torch.randn(sum(lens), h, head_dim, generator=g).requires_grad_() for h in (heads, kv_heads, kv_heads))
+    ref = training.varlen_attention(q, k, v, cu, max(lens), causal, backend="sdpa_loop")
+    fns = {
+        "sdpa_loop": lambda: training.varlen_attention(q, k, v, cu, max(lens), causal, backend="sdpa_loop"),
+        "sdpa_grouped": lambda: sdpa_grouped(q, k, v, cu, causal),
+        "padded_batch": lambda: sdpa_padded(q, k, v, cu, causal),
+    }
+    if with_dense:
+        fns["dense"] = lambda: training.varlen_attention(q, k, v, cu, max(lens), causal, backend="dense")
+    for name, fn in fns.items():  # every alternative must be exact before it is timed
+        torch.testing.assert_close(fn(), ref, rtol=1e-4, atol=1e-4, msg=name)
+    return interleaved({n: (lambda f=f: f().sum().backward()) for n, f in fns.items()}, reps)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    ap.add_argument("--no-write", action="store_true", help="print only, do not touch RESULTS.md")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--wall", action="store_true", help="time wall clock with default threads (idle machine only)")
+    args = ap.parse_args()
+    clock = set_clock(args.wall)
+    torch.manual_seed(0)
+    cam, batch, reps = 256, 4, args.reps
+    cfg = training.Pi05Config(width=512, depth=2, heads=8, kv_heads=1, head_dim=64, mlp_ratio=4)
+    if args.quick:
+        cam, reps, cfg = 16, 1, training.Pi05Config(width=64, depth=1, heads=4, kv_heads=1, head_dim=16)
+    load0 = os.getloadavg()[0]
+    lines = []
+
+    def out(s=""):
+        print(s, flush=True)
+        lines.append(s)
+
+    out("### π0.5 attention: optimized vs eager dense-mask")
+    out()
+    out(f"`.venv/bin/python benchmarks/attention.py` — {datetime.date.today()}, {machine()}. Timer: {clock}; "
+        f"best of {reps}, baseline and optimized alternating per repeat.")  # fmt: skip
+    out(f"Shapes: batch {batch}, 3 cameras x {cam} image tokens, text 5-200 uniform (padded to 200 in the "
+        f"baseline), {cfg.action_horizon} action tokens, {cfg.heads} query heads / {cfg.kv_heads} KV head x "
+        f"{cfg.head_dim}, fp32.")  # fmt: skip
+    out()
+    out("| measurement | eager dense-mask | optimized | speedup |")
+    out("|---|---:|---:|---:|")
+    samples = make_pi05_samples(batch, cfg.width, cam_tokens=cam)
+    sec = attention_op_case(samples, heads=cfg.heads, kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
+                            horizon=cfg.action_horizon, cam_tokens=cam, reps=reps)  # fmt: skip
+    out(f"| attention op, one layer, fwd+bwd | {sec['dense'] * 1e3:.0f} ms | {sec['optimized'] * 1e3:.0f} ms | "
+        f"**{sec['dense'] / sec['optimized']:.2f}x** |")  # fmt: skip
+    sec = denoise_case(samples, cfg, cam_tokens=cam, reps=max(1, reps - 1))
+    opt = sec["optimized_cache"]
+    base = sec["dense_recompute"]
+    out(f"| denoise 10 steps, Pi05Policy (depth {cfg.depth}, width {cfg.width}), vs dense recompute each step | "
+        f"{base * 1e3:.0f} ms | {opt * 1e3:.0f} ms | **{base / opt:.2f}x** |")  # fmt: skip
+    out(f"| denoise 10 steps, vs dense with concatenated KV cache | {sec['dense_cat_cache'] * 1e3:.0f} ms | "
+        f"{opt * 1e3:.0f} ms | **{sec['dense_cat_cache'] / opt:.2f}x** |")  # fmt: skip
+    out()
+    out("### CPU varlen backends (fwd+bwd, exactness checked before timing)")
+    out()
+    g = torch.Generator().manual_seed(3)
+    pi05_lens = [3 * cam + int(torch.randint(5, 201, (1,), generator=g)) for _ in range(batch)]
+    short = [int(x) for x in torch.randint(16, 257, (16,), generator=g)]
+    bucketed = [int(x) * 64 for x in torch.randint(1, 5, (16,), generator=g)]
+    cases = [("π0.5 prefixes (4 seqs, ~870 tok), bidirectional", pi05_lens, False),
+             ("16 seqs 16-256 tok, causal", short, True),
+             ("16 seqs in 4 length buckets (64..256), causal", bucketed, True)]  # fmt: skip
+    names = ["sdpa_loop", "sdpa_grouped", "padded_batch", "dense"]
+    out("| pack | " + " | ".join(names) + " |")
+    out("|---|" + "---:|" * len(names))
+    for label, lens, causal in cases:
+        if args.quick:
+            lens = [max(1, n // 16) for n in lens]
+        sec = backends_case(lens, heads=cfg.heads, kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
+                            causal=causal, reps=reps)  # fmt: skip
+        best = min(sec.values())
+        cells = [f"**{sec[n] * 1e3:.1f} ms**" if sec[n] == best else f"{sec[n] * 1e3:.1f} ms" for n in names]
+        out(f"| {label} | " + " | ".join(cells) + " |")
+    out()
+    out(f"Load average {load0:.1f} -> {os.getloadavg()[0]:.1f} (the machine was shared with other jobs).")
+    if not args.no_write and not args.quick:
+        write_block("training:attention", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""``PackedBatch``: the packs of one training step as torch tensors, merged into one varlen batch.
+
+Built from an Arrow table of pack rows (``packers.schema``) without copying payloads: every per-token and
+per-modality column of consecutive rows is one contiguous run of its Arrow child buffer (``tensors``).
+Merging ``k`` packs shifts ``cu_seqlens`` by each pack's token offset and ``segment_ids`` by each pack's
+sample offset (small new tensors); all other tensors are views of the Arrow buffers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+from . import tensors as _t
+
+if TYPE_CHECKING:
+    import torch
+
+TENSOR_FIELDS = ("cu_seqlens", "position_ids", "segment_ids", "modality", "loss_mask", "prefix_lens", "text_ids",
+                 "image_patches", "image_embeds", "state", "state_is_pad", "actions", "action_is_pad",
+                 "action_bins", "pack_ids")
+
+
+@dataclass(frozen=True)
+class PackedBatch:
+    """Samples packed end to end: ``n`` samples, ``T`` tokens (sample ``i`` is ``cu_seqlens[i]:cu_seqlens[i+1]``).
+
+    Per sample: ``cu_seqlens`` int32 (n+1,), ``prefix_lens`` int32 (n,) (image + text tokens, attended
+    bidirectionally), ``origin`` [(episode_id, frame_index)] (n). Per token: ``position_ids`` int32 (restart
+    at 0 per sample), ``segment_ids`` int32 (sample index in the batch), ``modality`` int8
+    (``packers.schema.MODALITIES``), ``loss_mask`` uint8. Payloads, in token order of their modality:
+    ``image_patches`` uint8 (n_image_tokens, token_dim) or ``image_embeds`` float16 (n_image_tokens, dim),
+    ``text_ids`` int32 (n_text_tokens,), ``state`` float32 (n_state_tokens, state_dim) with ``state_is_pad``
+    uint8, ``actions`` float32 (n_action_tokens, action_dim) with ``action_is_pad`` uint8, and ``action_bins``
+    int32 (n_action_tokens, action_dim) when the recipe discretizes. ``pack_ids`` int64 (packs,).
+
+    CPU tensors are read-only views of Arrow memory: ``.clone()`` before writing in place.
+    """
+
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+    position_ids: torch.Tensor
+    segment_ids: torch.Tensor
+    modality: torch.Tensor
+    loss_mask: torch.Tensor
+    prefix_lens: torch.Tensor
+    text_ids: torch.Tensor
+    state: torch.Tensor
+    state_is_pad: torch.Tensor
+    actions: torch.Tensor
+    action_is_pad: torch.Tensor
+    pack_ids: torch.Tensor
+    origin: list[tuple[str, int]]
+    image_patches: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    action_bins: torch.Tensor | None = None
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.origin)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.position_ids.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the batch's tensors."""
+        return sum(t.numel() * t.element_size() for t in self._tensors().values())
+
+    def _tensors(self) -> dict:
+        return {f: getattr(self, f) for f in TENSOR_FIELDS if getattr(self, f) is not None}
+
+    def to(self, device, non_blocking: bool = False) -> "PackedBatch":
+        """The batch on ``device`` (one host-to-device copy per tensor; ``non_blocking`` needs pinned memory)."""
+        return dataclasses.replace(self, **{k: v.to(device, non_blocking=non_blocking) for k, v in self._tensors().items()})
+
+    def pin_memory(self) -> "PackedBatch":
+        """The batch in page-locked memory (one copy), for asynchronous ``.to(cuda, non_blocking=True)``."""
+        return dataclasses.replace(self, **{k: v.pin_memory() for k, v in self._tensors().items()})
+
+
+# (column, layout keys for its width, modality whose token count is its row count)
+_PAYLOAD_2D = {
+    "image_patches": (("token_dim",), "image"),
+    "image_embeds": (("embed_dim",), "image"),  # token_dim is the raw patch size, not the encoder's width
+    "state": (("state_dim",), "state"),
+    "actions": (("action_dim",), "action"),
+    "action_bins": (("action_dim",), "action"),
+}
+
+
+def _width(name: str, n_values: int, n_rows: int, layout: dict) -> int:
+    """Row width of a flattened payload, from the layout (checked against the data) or from the data."""
+    keys, _ = _PAYLOAD_2D[name]
+    dim = next((int(layout[k]) for k in keys if layout.get(k)), None)
+    if dim is None:
+        if n_rows == 0:
+            return 0
+        dim = n_values // n_rows
+    if n_values != dim * n_rows:
+        raise ValueError(f"column {name!r}: {n_values} values are not {n_rows} tokens x width {dim} "
+                         f"(layout {dict((k, layout.get(k)) for k in keys)})")
+    return dim
+
+
+def _merged_cu(cu: pa.Array) -> np.ndarray:
+    """Per-pack cu_seqlens (each 0..n_tokens) -> one cu_seqlens over the packs laid end to end."""
+    vals, offs = _t.list_values(cu, "cu_seqlens"), _t.list_offsets(cu, "cu_seqlens")
+    if len(cu) == 1:
+        return vals
+    lens = np.diff(offs)
+    if (lens < 1).any():
+        raise ValueError("cu_seqlens: every pack needs at least [0]")
+    ends = vals[(offs[1:] - offs[0]) - 1].astype(np.int64)  # tokens per pack
+    base = np.concatenate([[0], np.cumsum(ends)[:-1]])
+    row = np.repeat(np.arange(len(cu)), lens)
+    keep = np.ones(len(vals), bool)
+    keep[(offs[1:] - offs[0]) - 1] = False  # drop each pack's end; the next pack's 0 continues it
+    out = np.concatenate([(vals + base[row])[keep], [ends.sum()]])
+    return out.astype(np.int32)
+
+
+def packed_batch(table: pa.Table, layout: dict | None = None) -> PackedBatch:
+    """Merge the pack rows of ``table`` (packed-table columns) into one PackedBatch.
+
+    ``layout`` gives the payload widths (default: the table's schema metadata; else inferred from the
+    token counts). Raises ValueError when columns disagree with each other or with the layout.
+    """
+    from packers.schema import MODALITIES, layout_of
+
+    if layout is None:
+        layout = layout_of(table.schema)
+    if table.num_rows == 0:
+        raise ValueError("a PackedBatch needs at least one pack")
+    cols = {name: _t.single_chunk(table[name], name) for name in table.column_names}
+    missing = [c for c in ("cu_seqlens", "modality", "position_ids", "segment_ids", "loss_mask", "prefix_lens",
+                           "origin_episode", "origin_frame", "pack_id", "max_seqlen") if c not in cols]
+    if missing:
+        raise ValueError(f"pack rows lack columns {missing}")
+    view = lambda name: _t.list_values(cols[name], name)  # noqa: E731
+    cu = _merged_cu(cols["cu_seqlens"])
+    modality = view("modality")
+    n_tokens = int(cu[-1])
+    counts = np.bincount(modality.astype(np.int64), minlength=len(MODALITIES)) if len(modality) else np.zeros(4, int)
+    pack_ids = _t.primitive(cols["pack_id"], "pack_id")
+    for name in ("modality", "position_ids", "segment_ids", "loss_mask"):
+        n = len(view(name)) if name != "modality" else len(modality)
+        if n != n_tokens:
+            raise ValueError(f"column {name!r} has {n} tokens but cu_seqlens says {n_tokens} (packs {pack_ids.tolist()})")
+
+    segment = view("segment_ids")
+    if len(cols["segment_ids"]) > 1:  # sample index in the batch, not in the pack
+        seg_offs = _t.list_offsets(cols["segment_ids"], "segment_ids")
+        n_per_pack = np.diff(_t.list_offsets(cols["prefix_lens"], "prefix_lens"))
+        base = np.concatenate([[0], np.cumsum(n_per_pack)[:-1]]).astype(np.int32)
+        segment = segment + np.repeat(base, np.diff(seg_offs))
+
+    episodes = cols["origin_episode"].flatten().to_pylist()  # strings: Python objects are the point here
+    frames = view("origin_frame").tolist()
+    if len(episodes) != len(cu) - 1 or len(frames) != len(cu) - 1:
+        raise ValueError(f"origin has {len(episodes)} samples but cu_seqlens {len(cu) - 1} (packs {pack_ids.tolist()})")
+
+    out = {}
+    for name, (_, modality_name) in _PAYLOAD_2D.items():
+        if name not in cols:
+            continue
+        vals = view(name)
+        width = _width(name, len(vals), int(counts[MODALITIES[modality_name]]), layout)
+        out[name] = _t.to_torch(vals.reshape(-1, width) if width else vals.reshape(0, 0))
+    T = _t.to_torch
+    return PackedBatch(
+        cu_seqlens=T(cu), max_seqlen=int(_t.primitive(cols["max_seqlen"], "max_seqlen").max()),
+        position_ids=T(view("position_ids")), segment_ids=T(segment), modality=T(modality),
+        loss_mask=T(view("loss_mask")), prefix_lens=T(view("prefix_lens")),
+        text_ids=T(view("text_ids")) if "text_ids" in cols else T(np.empty(0, np.int32)),
+        state_is_pad=T(view("state_is_pad")), action_is_pad=T(view("action_is_pad")),
+        pack_ids=T(pack_ids), origin=list(zip(episodes, frames)), **out,
+    )

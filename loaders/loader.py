@@ -1,0 +1,228 @@
+"""``stream()`` and its ``Loader``: packs of one split, shuffled, sharded over ranks and workers, resumable.
+
+The epoch's order is ``shuffle(n_packs, seed, epoch)``; ``partition`` deals it to ranks in global steps so
+that what all ranks have consumed is always a prefix of that order. The checkpoint is therefore a handful
+of numbers (``state_dict``): the epoch, the seed, how many packs of the order are consumed, and where the
+current world layout started dealing. The same layout resumes its deal exactly (same batches, same order);
+another world size or batch size re-deals the rest of the order. Inside one rank, DataLoader worker ``k``
+of ``K`` reads the rank's batches ``k, k+K, ...``; the DataLoader's in-order round robin gives them back in
+the rank's order, so the stream is the same with any number of workers.
+
+Reading: one Lance ``take`` per batch (retried on transient I/O errors), a bounded number of batches in
+flight on a small thread pool (``prefetch``), each turned into a ``PackedBatch`` of views over the Arrow
+buffers. Memory is bounded by ``prefetch`` batches, whatever the table's size.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from . import partition as _partition
+from .batch import PackedBatch, packed_batch
+from .packings import PackedSource, resolve
+from .retry import retrying
+from .shuffle import get_shuffle
+from .world import World, detect
+
+STATE_VERSION = 1
+_SKIP = ("split", "n_samples", "n_tokens")  # per-pack bookkeeping the batch does not need
+
+
+def _identity(x):
+    return x
+
+
+class Loader(IterableDataset):
+    """Iterable of ``PackedBatch`` over one split of a packed table (see the module doc).
+
+    Also a ``torch.utils.data.IterableDataset``: inside a DataLoader each worker reads its share (use the
+    "spawn" context: Lance is not fork-safe). ``stream(..., num_workers=K)`` runs that DataLoader itself and
+    keeps ``state_dict()`` exact (it counts the batches it hands out); a DataLoader of your own gives the
+    same stream, but this object does not see its progress.
+
+    Every pack is delivered once per epoch, so when the split's packs do not fill the last global step some
+    ranks get one batch fewer (``len(loader)`` says how many): a synchronous trainer stops the epoch at the
+    minimum over ranks, or calls ``set_epoch`` when any rank runs out.
+    """
+
+    def __init__(self, source: PackedSource, split: str, *, batch_packs: int = 1, shuffle: str = "random",
+                 seed: int = 0, epoch: int = 0, world: World = World(), num_workers: int = 0, prefetch: int = 2,
+                 pin_memory: bool = False, device=None, partition: str = "balanced"):
+        if batch_packs < 1:
+            raise ValueError(f"batch_packs must be >= 1, got {batch_packs}")
+        if num_workers < 0 or prefetch < 0:
+            raise ValueError(f"num_workers and prefetch must be >= 0, got {num_workers}, {prefetch}")
+        get_shuffle(shuffle), _partition.get_partition(partition)  # fail early on unknown names
+        self.source, self.split, self.world = source, split, world
+        self.batch_packs, self.shuffle, self.partition = int(batch_packs), shuffle, partition
+        self.num_workers, self.prefetch, self.pin_memory = int(num_workers), int(prefetch), bool(pin_memory)
+        self.device = torch.device(device) if device is not None else None
+        self.seed, self.epoch, self.consumed = int(seed), int(epoch), 0
+        self.segment = 0  # position in the epoch's order where this world layout started dealing
+        self._ds = None
+        ds = self._dataset()
+        meta = retrying(lambda: ds.to_table(columns=["split", "n_tokens"]), f"reading {source.table} index",
+                        source.backoff)
+        splits = np.asarray(meta["split"].to_numpy(zero_copy_only=False))
+        self.rows = np.flatnonzero(splits == split).astype(np.int64)  # table positions of the split's packs
+        if len(self.rows) == 0:
+            raise ValueError(f"packed table {source.table} has no packs in split {split!r} "
+                             f"(splits: {sorted(set(splits.tolist()))})")
+        self.tokens = np.asarray(meta["n_tokens"].to_numpy())[self.rows].astype(np.int64)
+        self.columns = [n for n in ds.schema.names if n not in _SKIP]
+
+    # --- order ------------------------------------------------------------------------------------------------
+
+    @property
+    def packs(self) -> int:
+        """Packs in the split (one epoch)."""
+        return len(self.rows)
+
+    def _per_step(self) -> int:
+        return self.world.world_size * self.batch_packs
+
+    def _position(self) -> tuple[int, int, int]:
+        """(epoch, consumed, segment) the next ``iter()`` starts from; a finished epoch moves on to the next."""
+        if self.consumed >= self.packs:
+            return self.epoch + 1, 0, 0
+        return self.epoch, self.consumed, self.segment
+
+    def plan(self, world: World | None = None) -> list[np.ndarray]:
+        """Batches (split-local pack numbers) ``world`` (default: this rank) reads from where the next
+        ``iter()`` starts to the epoch's end. Pure: reads nothing."""
+        epoch, consumed, segment = self._position()
+        order = get_shuffle(self.shuffle)(self.packs, self.seed, epoch)[segment:]
+        return _partition.batches_of(order, self.tokens[order], world or self.world, self.batch_packs,
+                                     self.partition, skip_steps=(consumed - segment) // self._per_step())
+
+    def __len__(self) -> int:
+        """Batches the next ``iter()`` yields on this rank."""
+        return len(self.plan())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` from its beginning."""
+        self.epoch, self.consumed, self.segment = int(epoch), 0, 0
+
+    # --- checkpoints --------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Where the stream is: epoch, seed, packs of the epoch's order consumed (by all ranks), and what for."""
+        return {"version": STATE_VERSION, "epoch": self.epoch, "consumed": self.consumed, "seed": self.seed,
+                "packs": self.packs, "split": self.split, "table": self.source.table,
+                "recipe_hash": self.source.recipe_hash, "lake_version": self.source.lake_version,
+                "shuffle": self.shuffle, "partition": self.partition, "world_size": self.world.world_size,
+                "batch_packs": self.batch_packs, "segment_start": self.segment}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state`` (any world size, batch size or partition). Raises ValueError if it is
+        another table, split or shuffle.
+
+        The same world layout continues its deal exactly (same batches, same order); another layout deals
+        what is left of the epoch afresh."""
+        for key, mine in (("table", self.source.table), ("split", self.split), ("packs", self.packs),
+                          ("shuffle", self.shuffle)):
+            if state.get(key) != mine:
+                raise ValueError(f"state is for {key}={state.get(key)!r}, this loader reads {key}={mine!r}")
+        if not 0 <= int(state["consumed"]) <= self.packs:
+            raise ValueError(f"state consumed={state['consumed']} is outside 0..{self.packs}")
+        self.seed, self.epoch, self.consumed = int(state["seed"]), int(state["epoch"]), int(state["consumed"])
+        same = (state.get("world_size"), state.get("batch_packs"), state.get("partition")) == (
+            self.world.world_size, self.batch_packs, self.partition)
+        self.segment = int(state.get("segment_start", self.consumed)) if same else self.consumed
+        misaligned = (self.consumed - self.segment) % self._per_step() != 0 and self.consumed < self.packs
+        if not 0 <= self.segment <= self.consumed or misaligned:
+            raise ValueError(f"state segment_start={self.segment} does not fit consumed={self.consumed}")
+
+    # --- reading ------------------------------------------------------------------------------------------------
+
+    def __getstate__(self):
+        return {**self.__dict__, "_ds": None}  # each process opens the dataset itself
+
+    def _dataset(self):
+        if self._ds is None:
+            self._ds = self.source.open()
+        return self._ds
+
+    def read(self, packs: np.ndarray) -> PackedBatch:
+        """One batch: the split-local packs ``packs``, merged, in that order."""
+        ds, rows = self._dataset(), self.rows[packs]
+        table = retrying(lambda: ds.take(rows, columns=self.columns),
+                         f"reading packs {rows.tolist()} of {self.source.table_uri}", self.source.backoff)
+        return packed_batch(table, self.source.layout)
+
+    def _read_ahead(self, batches: list[np.ndarray], pin: bool):
+        """Yield the batches in order, with up to ``prefetch`` of them being read ahead on threads."""
+        read = (lambda b: self.read(b).pin_memory()) if pin else self.read
+        if self.prefetch == 0:
+            for b in batches:
+                yield read(b)
+            return
+        pool = ThreadPoolExecutor(max_workers=self.prefetch, thread_name_prefix="loaders-read")
+        pending: deque = deque()
+        it = iter(batches)
+        try:
+            for b in it:
+                pending.append(pool.submit(read, b))
+                if len(pending) >= self.prefetch:
+                    break
+            while pending:
+                out = pending.popleft().result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append(pool.submit(read, nxt))
+                yield out
+                del out
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _pin(self) -> bool:
+        if self.pin_memory and not torch.cuda.is_available():
+            import warnings
+
+            warnings.warn("pin_memory=True but no accelerator is available: batches stay in pageable memory",
+                          stacklevel=3)
+            self.pin_memory = False
+        return self.pin_memory
+
+    def __iter__(self):
+        info = get_worker_info()
+        if info is not None:  # inside a DataLoader worker: this worker's share, nothing else
+            yield from self._read_ahead(self.plan(self.world.with_worker(info.id, info.num_workers)), pin=False)
+            return
+        self.epoch, self.consumed, self.segment = self._position()
+        start, per = self.consumed, self._per_step()
+        pin = self._pin()
+        if self.num_workers > 0:
+            source = iter(torch.utils.data.DataLoader(
+                self, batch_size=None, num_workers=self.num_workers, collate_fn=_identity, pin_memory=pin,
+                multiprocessing_context="spawn", prefetch_factor=max(1, self.prefetch), persistent_workers=False))
+        else:
+            source = self._read_ahead(self.plan(), pin=pin)
+        for i, batch in enumerate(source):
+            self.consumed = min(start + (i + 1) * per, self.packs)
+            yield batch.to(self.device, non_blocking=pin) if self.device is not None else batch
+        self.consumed = self.packs
+
+
+def stream(lk, split: str, recipe=None, version=None, batch_packs: int = 1, shuffle: bool | str = True,
+           seed: int = 0, epoch: int = 0, rank: int | None = None, world_size: int | None = None,
+           num_workers: int = 0, prefetch: int = 2, pin_memory: bool = False, device=None,
+           partition: str = "balanced") -> Loader:
+    """Stream ``split`` of the packed table of ``recipe`` (None = newest) at lake ``version`` (number or tag;
+    None = ``lk``'s) as ``PackedBatch`` es of ``batch_packs`` packs.
+
+    ``shuffle``: True / False or a name from ``loaders.shuffle``; ``rank`` / ``world_size`` default to
+    torch.distributed, then $RANK / $WORLD_SIZE, then 0 / 1. ``num_workers`` > 0 reads in spawned DataLoader
+    workers; ``prefetch`` bounds the batches read ahead (per worker). ``pin_memory`` / ``device`` put batches
+    in page-locked memory / on a device (one copy each). Raises PackedTableNotFound when there is nothing
+    packed, ValueError for an unknown split.
+    """
+    name = shuffle if isinstance(shuffle, str) else ("random" if shuffle else "none")
+    return Loader(resolve(lk, recipe, version), split, batch_packs=batch_packs, shuffle=name, seed=seed,
+                  epoch=epoch, world=detect(rank, world_size), num_workers=num_workers, prefetch=prefetch,
+                  pin_memory=pin_memory, device=device, partition=partition)

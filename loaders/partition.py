@@ -1,0 +1,97 @@
+"""Dealing an epoch's pack order to ranks, in steps, so that consumption is always a prefix of the order.
+
+One *global step* takes the next ``world_size * batch_packs`` packs of the order; every rank's batch of that
+step comes from them. So after ``k`` steps on every rank the packs consumed are exactly ``order[:k * per]``,
+and a checkpoint is one number (MosaicML Streaming's ``sample_in_epoch``): resuming on any world re-deals
+``order[consumed:]``. Inside a step, an algorithm decides which rank gets which pack; every algorithm returns,
+per position of the order, ``(step, rank)``. Workers of a DataLoader then take every ``num_workers``-th batch
+of their rank (``batches_of``), which keeps the rank's order whatever the number of workers.
+
+``get_partition(name)`` is the one dispatcher.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .world import World
+
+Partition = Callable[[np.ndarray, int, int, int], tuple[np.ndarray, np.ndarray]]
+
+
+def _steps(n: int, world_size: int, batch_packs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Global step of each position and its index inside the step."""
+    per = world_size * batch_packs
+    pos = np.arange(n, dtype=np.int64)
+    return pos // per, pos % per
+
+
+def balanced(tokens: np.ndarray, world_size: int, batch_packs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per step, the step's packs largest first, dealt in rounds of ``world_size``: in each round the largest
+    pack left goes to the rank with the fewest tokens so far (this epoch segment), the next to the next, ...
+
+    ``tokens`` are the packs' token counts in order. Every rank gets ``batch_packs`` packs per full step (the
+    last, partial step gives each rank the floor or ceiling of its share). Dealing by running totals keeps
+    both each step and the epoch's totals within about one pack's tokens across ranks (greedy LPT under a
+    per-step cardinality). Packs never move between steps, which keeps consumption a prefix of the order.
+    """
+    tokens = np.asarray(tokens, dtype=np.int64)
+    n = len(tokens)
+    step, _ = _steps(n, world_size, batch_packs)
+    if world_size == 1:
+        return step, np.zeros(n, dtype=np.int64)
+    by = np.lexsort((np.arange(n), -tokens, step))  # by step, then tokens descending, ties by order
+    sorted_tokens = tokens[by]
+    rank = np.empty(n, dtype=np.int64)
+    totals = np.zeros(world_size, dtype=np.int64)
+    for lo in range(0, n, world_size):  # rounds never straddle steps: a step is batch_packs whole rounds
+        hi = min(lo + world_size, n)
+        ranks = np.argsort(totals, kind="stable")[: hi - lo]
+        rank[by[lo:hi]] = ranks
+        totals[ranks] += sorted_tokens[lo:hi]
+    return step, rank
+
+
+def interleave(tokens: np.ndarray, world_size: int, batch_packs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per step, pack ``j`` goes to rank ``j % world_size``: no balancing (reference / debugging)."""
+    step, j = _steps(len(tokens), world_size, batch_packs)
+    return step, j % world_size
+
+
+PARTITIONS: dict[str, Partition] = {"balanced": balanced, "interleave": interleave}
+
+
+def get_partition(name: str) -> Partition:
+    """The partition called ``name``. Raises ValueError naming the known ones."""
+    try:
+        return PARTITIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown partition {name!r} (known: {sorted(PARTITIONS)})") from None
+
+
+def batches_of(order: np.ndarray, tokens: np.ndarray, world: World, batch_packs: int, partition: str = "balanced",
+               skip_steps: int = 0) -> list[np.ndarray]:
+    """This rank's and worker's batches (arrays of entries of ``order``), in the order they are yielded.
+
+    ``order`` is the epoch's order from where this world layout started (pack numbers), ``tokens`` their
+    token counts (same order); the first ``skip_steps`` global steps are already consumed. Of the batches
+    left, batch ``i`` of the rank goes to worker ``i % num_workers``.
+    """
+    if batch_packs < 1:
+        raise ValueError(f"batch_packs must be >= 1, got {batch_packs}")
+    order = np.asarray(order, dtype=np.int64)
+    step, rank = get_partition(partition)(tokens, world.world_size, batch_packs)
+    mine = np.flatnonzero((rank == world.rank) & (step >= skip_steps))  # positions, ascending: steps in order, order inside a step
+    if len(mine) == 0:
+        return []
+    cuts = np.flatnonzero(np.diff(step[mine])) + 1
+    batches = np.split(order[mine], cuts)
+    return batches[world.worker::world.num_workers]
+
+
+def steps_in(n: int, world_size: int, batch_packs: int) -> int:
+    """Global steps needed for ``n`` packs."""
+    per = world_size * batch_packs
+    return -(-n // per)

@@ -1,0 +1,104 @@
+"""LeRobotStyleDataset on real PushT data: LeRobot's delta_timestamps, clamping and *_is_pad at the edges."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from loaders import LeRobotStyleDataset
+
+TOP, WRIST = "observation.images.top", "observation.images.wrist"
+FPS = 10
+DELTAS = {TOP: [-0.1, 0.0], "observation.state": [-0.1, 0.0], "action": [i / FPS for i in range(16)]}
+
+
+@pytest.fixture(scope="module")
+def dataset(ingested):
+    return LeRobotStyleDataset(ingested, delta_timestamps=DELTAS)
+
+
+def _expected_indices(i: int, length: int, deltas: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    q = i + np.round(np.array(deltas) * FPS).astype(int)
+    return np.clip(q, 0, length - 1), (q < 0) | (q >= length)
+
+
+def test_items_hold_frames_at_clamped_offsets_with_pads_at_the_episode_edges(ingested, dataset):
+    lk = ingested
+    eps = lk.episodes().to_pylist()
+    assert len(dataset) == sum(e["length"] for e in eps)
+    checked = 0
+    for ep_no, eid in enumerate(dataset.episode_ids):
+        frames = lk.frames(eid)
+        length = frames.num_rows
+        state = np.asarray(frames["observation.state"].to_pylist(), np.float32)
+        action = np.asarray(frames["action"].to_pylist(), np.float32)
+        top = lk.video(eid, TOP)
+        start = int(dataset.starts[ep_no])
+        for i in sorted({0, 1, length // 2, length - 16, length - 2, length - 1} & set(range(length))):
+            item = dataset[start + i]
+            for key, want in (("action", action), ("observation.state", state)):
+                q, pad = _expected_indices(i, length, DELTAS[key])
+                assert item[key].dtype == torch.float32 and item[key].shape == (len(q), 2)
+                np.testing.assert_array_equal(item[key].numpy(), want[q], err_msg=f"{eid}[{i}] {key}")
+                assert item[f"{key}_is_pad"].dtype == torch.bool
+                assert item[f"{key}_is_pad"].tolist() == pad.tolist(), (eid, i, key)
+            q, pad = _expected_indices(i, length, DELTAS[TOP])
+            img = item[TOP]
+            assert img.dtype == torch.float32 and img.shape == (2, 3, 96, 96) and 0.0 <= img.min() <= img.max() <= 1.0
+            np.testing.assert_allclose(img.numpy(), top[q].transpose(0, 3, 1, 2) / 255.0, rtol=0, atol=1e-6)
+            assert item[f"{TOP}_is_pad"].tolist() == pad.tolist()
+            assert item[WRIST].shape == (3, 64, 64) and f"{WRIST}_is_pad" not in item  # no deltas: current frame
+            row = frames.slice(i, 1).to_pylist()[0]
+            for key in ("timestamp", "frame_index", "episode_index", "index", "task_index"):
+                assert item[key].shape == () and item[key].item() == pytest.approx(row[key]), key
+            assert item["task"] == eps[[e["episode_id"] for e in eps].index(eid)]["task"] and item["episode_id"] == eid
+            checked += 1
+    assert checked >= 30
+    # the first frame pads the past, the last frame pads the future
+    first, last = dataset[0], dataset[int(dataset.starts[1]) - 1]
+    assert first["observation.state_is_pad"].tolist() == [True, False] and not first["action_is_pad"].any()
+    assert last["action_is_pad"].tolist() == [False] + [True] * 15
+
+
+def test_dataset_index_is_the_lerobot_index_for_a_single_source_lake(dataset):
+    for idx in (0, 5, len(dataset) // 2, len(dataset) - 1, -1):
+        assert dataset[idx]["index"].item() == idx % len(dataset)
+
+
+def test_random_access_decodes_each_episode_once_while_it_is_cached(ingested, monkeypatch):
+    calls = []
+    real = type(ingested).video
+
+    def counting(self, episode_id, camera):
+        calls.append((episode_id, camera))
+        return real(self, episode_id, camera)
+
+    monkeypatch.setattr(type(ingested), "video", counting)
+    ds = LeRobotStyleDataset(ingested, delta_timestamps=DELTAS, cache_episodes=2)
+    idx = list(range(int(ds.starts[2])))  # the first two episodes, in random order
+    for i in np.random.default_rng(0).permutation(idx):
+        ds[int(i)]
+    assert sorted(calls) == sorted((e, c) for e in ds.episode_ids[:2] for c in (TOP, WRIST))
+
+
+def test_splits_episodes_and_a_dataloader_batch(ingested):
+    train = ingested.episodes(split="train")
+    ds = LeRobotStyleDataset(ingested, split="train", delta_timestamps={"action": [0.0, 0.1]})
+    assert len(ds) == sum(train["length"].to_pylist())
+    one = ingested.episodes()["episode_id"][0].as_py()
+    assert len(LeRobotStyleDataset(ingested, episodes=[one])) == ingested.frames(one).num_rows
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4, shuffle=True)))
+    assert batch["action"].shape == (4, 2, 2) and batch["action_is_pad"].shape == (4, 2)
+    assert batch[TOP].shape == (4, 3, 96, 96) and len(batch["task"]) == 4
+
+
+def test_bad_delta_timestamps_and_keys_are_errors_like_lerobots(ingested):
+    with pytest.raises(ValueError, match="multiples of 1/10"):
+        LeRobotStyleDataset(ingested, delta_timestamps={"action": [0.0, 0.05]})
+    with pytest.raises(KeyError, match="observation.nope"):
+        LeRobotStyleDataset(ingested, delta_timestamps={"observation.nope": [0.0]})
+    with pytest.raises(KeyError, match="ep_missing"):
+        LeRobotStyleDataset(ingested, episodes=["ep_missing"])
+    with pytest.raises(IndexError):
+        LeRobotStyleDataset(ingested)[10_000]

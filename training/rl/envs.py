@@ -1,0 +1,137 @@
+"""Simulators by Gymnasium id, with observations renamed to the lake's feature names.
+
+Policies (RL and SFT alike) see ``{"observation.state": (B, D), "observation.images.top": (B, H, W, 3) uint8,
+...}``, the names the lake stores, so a policy trained on lake data runs in the simulator unchanged. An env
+*family* says how to build the env for the features a policy wants and how to rename its observation keys;
+any registered id with a Box action space works (generic family: a Box observation is ``observation.state``,
+dict keys follow LeRobot's ``agent_pos`` / ``environment_state`` / ``pixels`` convention).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+# LeRobot's names for gym-style observation keys (lerobot.envs.utils.preprocess_observation)
+_LEROBOT_KEYS = {"agent_pos": "observation.state", "environment_state": "observation.environment_state",
+                 "pixels": "observation.image"}
+
+
+@dataclass(frozen=True)
+class EnvFamily:
+    """How to make and read one kind of env. ``make_kwargs(image)`` -> extra ``gymnasium.make`` kwargs."""
+
+    name: str
+    default_task: str
+    key_map: dict = field(default_factory=lambda: dict(_LEROBOT_KEYS))
+    camera: str = "observation.image"  # feature name of the camera (recorded video, image policies)
+    robot_type: str = "unknown"
+    make_kwargs: Callable[[bool], dict] = lambda image: {}
+
+
+def _pusht_kwargs(image: bool) -> dict:
+    # keypoints of the block are a far better state than pixels for a tiny MLP, and 3x cheaper to simulate;
+    # with a camera, obs["pixels"] is the 96x96 frame the lake's PushT recordings call observation.images.top
+    return {"obs_type": "pixels_agent_pos" if image else "environment_state_agent_pos",
+            "visualization_width": 96, "visualization_height": 96, "render_mode": "rgb_array"}
+
+
+PUSHT = EnvFamily("pusht", "push the T into the target",
+                  {**_LEROBOT_KEYS, "pixels": "observation.images.top"}, "observation.images.top", "pusht",
+                  _pusht_kwargs)
+GENERIC = EnvFamily("gymnasium", "")
+
+FAMILIES: dict[str, EnvFamily] = {"gym_pusht/": PUSHT}
+
+
+def get_family(env_id: str) -> EnvFamily:
+    """The family whose prefix ``env_id`` starts with; the generic family otherwise."""
+    for prefix, fam in FAMILIES.items():
+        if env_id.startswith(prefix):
+            return fam
+    return GENERIC
+
+
+def make_env(env_id: str, *, image: bool = False, max_episode_steps: int | None = None, kwargs: dict | None = None,
+             render: bool = False):
+    """One Gymnasium env. Raises ValueError if the id is unknown or its actions are not a Box."""
+    import gymnasium as gym
+
+    ns = env_id.split("/")[0] if "/" in env_id else None
+    if ns:  # namespaced ids register on import (gym_pusht/PushT-v0 needs ``import gym_pusht``)
+        try:
+            importlib.import_module(ns)
+        except ImportError:
+            pass
+    fam = get_family(env_id)
+    kw = {**fam.make_kwargs(image), **(kwargs or {})}
+    if render:
+        kw.setdefault("render_mode", "rgb_array")
+    try:
+        env = gym.make(env_id, max_episode_steps=max_episode_steps, **kw)
+    except gym.error.Error as e:
+        raise ValueError(f"cannot make env {env_id!r}: {e}") from None
+    if not isinstance(env.action_space, gym.spaces.Box):
+        raise ValueError(f"env {env_id!r}: actions are {env.action_space}; the Gaussian policies need a Box")
+    return env
+
+
+def make_vector_env(env_id: str, num_envs: int, *, image: bool = False, max_episode_steps: int | None = None,
+                    kwargs: dict | None = None):
+    """A ``SyncVectorEnv`` of ``num_envs`` copies, autoreset off: the caller resets each env with its seed."""
+    from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+    fns = [lambda: make_env(env_id, image=image, max_episode_steps=max_episode_steps, kwargs=kwargs)] * num_envs
+    return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.DISABLED)
+
+
+def to_features(obs, family: EnvFamily) -> dict[str, np.ndarray]:
+    """Gym observation (single or batched) -> {lake feature name: array}; float64 states become float32."""
+    if not isinstance(obs, dict):
+        return {"observation.state": np.asarray(obs, np.float32)}
+    out = {}
+    for key, value in obs.items():
+        name = family.key_map.get(key, f"observation.{key}")
+        x = np.asarray(value)
+        out[name] = x if x.dtype == np.uint8 else x.astype(np.float32)
+    return out
+
+
+def feature_spaces(observation_space, family: EnvFamily) -> dict[str, tuple[tuple, np.ndarray, np.ndarray]]:
+    """{feature name: (shape, low, high)} of one env's observations (low/high may be +-inf)."""
+    import gymnasium as gym
+
+    spaces = observation_space.spaces if isinstance(observation_space, gym.spaces.Dict) else {None: observation_space}
+    out = {}
+    for key, sp in spaces.items():
+        if not isinstance(sp, gym.spaces.Box):
+            raise ValueError(f"observation {key or 'state'}: {sp} is not a Box")
+        name = "observation.state" if key is None else family.key_map.get(key, f"observation.{key}")
+        out[name] = (tuple(sp.shape), np.broadcast_to(sp.low, sp.shape).astype(np.float64),
+                     np.broadcast_to(sp.high, sp.shape).astype(np.float64))
+    return out
+
+
+def render_frame(env, max_side: int = 128) -> np.ndarray | None:
+    """The env's RGB render, shrunk so its longer side is at most ``max_side``; None if it cannot render."""
+    try:
+        frame = env.render()
+    except Exception:  # noqa: BLE001 - envs without rgb_array rendering raise several kinds of errors
+        return None
+    if frame is None:
+        return None
+    frame = np.asarray(frame, np.uint8)
+    h, w = frame.shape[:2]
+    if max(h, w) > max_side:
+        import cv2
+
+        s = max_side / max(h, w)
+        frame = cv2.resize(frame, (max(2, round(w * s)), max(2, round(h * s))), interpolation=cv2.INTER_AREA)
+    return frame
+
+
+def env_fps(env) -> float:
+    return float(env.metadata.get("render_fps") or 10)

@@ -1,0 +1,314 @@
+"""Trainer (a Ray threaded actor): consumes trajectories as they stream in, publishes versioned weights.
+
+``submit`` (called by env workers, concurrently) only files a trajectory: as its own unit, or into its GRPO
+group until the group is complete. ``run`` is the training loop:
+
+- an optimizer step uses exactly ``batch_trajectories`` trajectories (strict global batch), taken as
+  ``micro_batch_trajectories`` micro-batches whose gradients accumulate; in ``aa`` each micro-batch is
+  processed as soon as it has arrived, while rollouts go on;
+- ``ss`` / ``as`` wait for a whole batch first (``as`` then pauses the rollout workers while it trains);
+- a unit whose oldest step is more than ``max_staleness`` versions behind is dropped and counted when its
+  turn comes, never used;
+- after the batch (``epochs`` optimizer steps over it) the version goes up by one and the weights are
+  published to every rollout worker.
+
+Every trajectory is also forwarded to the lake writer, so the lake holds exactly what the trainer received.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from .ledger import Ledger
+from .trajectory import Trajectory
+
+
+@dataclass(frozen=True)
+class TrainerReport:
+    version: int
+    ledger: Ledger
+    history: tuple[dict, ...]  # one row per published version
+    busy_s: float  # computing (forward/backward/step/publish)
+    started_at: float  # wall clock when run() began
+    weights_sha256: str
+    duplicates: int  # submissions of an id already received (ignored)
+    received: dict  # traj_id -> (return, length, policy version of its oldest step) of every received trajectory
+
+
+def _order(t: Trajectory) -> tuple:
+    return (t.worker, t.incarnation, t.env_index, t.episode)
+
+
+class Trainer:
+    def __init__(self, cfg, policy_config: dict, rollouts: list, writer=None):
+        import torch
+
+        from .advantages import get_advantage
+        from .losses import get_correction
+        from .policy import build_policy
+
+        torch.manual_seed(cfg.seed)
+        torch.set_num_threads(1)
+        self.cfg, self.algo, self.policy_config = cfg, cfg.algo, policy_config
+        self.rollouts, self.writer = rollouts, writer
+        self.policy = build_policy(**policy_config)
+        self.opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.algo.lr, eps=1e-5)
+        self.estimator, self.correction = get_advantage(cfg.algo.advantage), get_correction(cfg.algo.correction)
+        self.version = self._published = 0
+        self._cv = threading.Condition()
+        self._units: deque[list[Trajectory]] = deque()
+        self._groups: dict[str, list[Trajectory]] = {}
+        self._received, self._seen, self._summaries = [], set(), {}
+        self._consumed, self._stale, self._unused, self._staleness = [], [], [], []
+        self._duplicates, self._stop, self._busy, self._started = 0, False, 0.0, 0.0
+        self._history: list[dict] = []
+        self._writer_refs: list = []
+        self._error: BaseException | None = None
+
+    def ready(self) -> bool:
+        return True
+
+    # --- intake -------------------------------------------------------------------------------------------
+
+    def submit(self, traj: Trajectory) -> None:
+        """File one finished trajectory (returns once it is accounted for)."""
+        with self._cv:
+            if traj.traj_id in self._seen:
+                self._duplicates += 1
+                return
+            self._seen.add(traj.traj_id)
+            self._received.append(traj.traj_id)
+            self._summaries[traj.traj_id] = (traj.episode_return, traj.length, traj.min_version)
+            g = self.algo.group_size
+            if g == 1:
+                self._units.append([traj])
+            else:
+                grp = self._groups.setdefault(traj.group, [])
+                grp.append(traj)
+                if len(grp) == g:
+                    self._units.append(self._groups.pop(traj.group))
+            self._cv.notify_all()
+        if self.writer is not None:
+            self._writer_refs.append(self.writer.submit.remote(traj))
+
+    def _drop_stale_locked(self) -> None:
+        keep = deque()
+        for unit in self._units:
+            if self.version - min(t.min_version for t in unit) > self.algo.max_staleness:
+                self._stale.extend(t.traj_id for t in unit)
+            else:
+                keep.append(unit)
+        self._units = keep
+
+    def _available_locked(self) -> int:
+        self._drop_stale_locked()
+        return sum(len(u) for u in self._units)
+
+    def _wait_for(self, n: int) -> bool:
+        """Block until ``n`` fresh trajectories are filed (False if stopped first)."""
+        with self._cv:
+            while self._available_locked() < n:
+                if self._stop:
+                    return False
+                self._cv.wait(0.1)
+            return True
+
+    def _take(self, n: int, ordered: bool) -> list[Trajectory] | None:
+        """The next ``n`` fresh trajectories, whole units; ``ordered``: by id (reproducible), else arrival order."""
+        if not self._wait_for(n):
+            return None
+        with self._cv:
+            if ordered:
+                self._units = deque(sorted(self._units, key=lambda u: _order(u[0])))
+            out = []
+            while len(out) < n:
+                out.extend(self._units.popleft())
+            for t in out:
+                self._consumed.append(t.traj_id)
+                self._staleness.append(self.version - t.min_version)
+            return out
+
+    # --- training -----------------------------------------------------------------------------------------
+
+    def publish(self) -> int:
+        """Send the current weights and version to every rollout worker (they swap between batches)."""
+        import ray
+
+        weights = self.policy.get_weights()
+        ray.get([r.set_weights.remote(self.version, weights) for r in self.rollouts])
+        return self.version
+
+    def run(self) -> int:
+        """Train until ``train_steps`` versions are published or ``stop()``; returns the version."""
+        import ray
+
+        self._started = time.time()
+        a, mode = self.algo, self.cfg.mode
+        try:
+            while self.version < a.train_steps and not self._stop:
+                if mode != "aa" and not self._wait_for(a.batch_trajectories):
+                    break
+                if mode == "as":
+                    ray.get([r.pause.remote() for r in self.rollouts])
+                if not self._train_batch(ordered=mode != "aa"):
+                    break
+                t = time.perf_counter()
+                self.publish()
+                if mode == "as":
+                    ray.get([r.resume.remote() for r in self.rollouts])
+                self._busy += time.perf_counter() - t
+                with self._cv:
+                    self._published = self.version
+                    self._history[-1]["time"] = time.time()  # when this version reached the rollouts
+                    self._cv.notify_all()
+        except BaseException as e:
+            self._error = e
+            raise
+        return self.version
+
+    def _train_batch(self, ordered: bool) -> bool:
+        a = self.algo
+        n_micro = a.batch_trajectories // a.micro_batch_trajectories
+        weight = a.micro_batch_trajectories / a.batch_trajectories
+        self.opt.zero_grad()
+        stored, metrics, trajs = [], [], []
+        for _ in range(n_micro):
+            mb_trajs = self._take(a.micro_batch_trajectories, ordered)
+            if mb_trajs is None:
+                return False
+            t = time.perf_counter()
+            mb = self._prepare(mb_trajs)
+            loss, info = self._loss(mb, first=True)
+            (loss * weight).backward()
+            stored.append(mb)
+            metrics.append(info)
+            trajs.extend(mb_trajs)
+            self._busy += time.perf_counter() - t
+        t = time.perf_counter()
+        self._step()
+        for _ in range(a.epochs - 1):
+            self.opt.zero_grad()
+            for mb in stored:
+                loss, _ = self._loss(mb, first=False)
+                (loss * weight).backward()
+            self._step()
+        with self._cv:
+            self.version += 1
+            self._record(trajs, metrics)
+        self._busy += time.perf_counter() - t
+        return True
+
+    def _step(self) -> None:
+        import torch
+
+        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.algo.max_grad_norm)
+        self.opt.step()
+
+    def _prepare(self, trajs: list[Trajectory]) -> dict:
+        """Tensors of a micro-batch, with advantages (critic values under the current weights)."""
+        import torch
+
+        names = self.policy.input_features
+        obs = {n: torch.as_tensor(np.concatenate([t.obs[n] for t in trajs])) for n in names}
+        mb = {"obs": obs, "raw": torch.as_tensor(np.concatenate([t.raw_actions for t in trajs])),
+              "logp_behav": torch.as_tensor(np.concatenate([t.logprobs for t in trajs])), "trajs": trajs}
+        values = None
+        if self.estimator.uses_critic:
+            with torch.no_grad():
+                v = self.policy.value(obs)
+                v_last = self.policy.value({n: torch.as_tensor(np.stack([t.final_obs[n] for t in trajs])) for n in names})
+            splits = np.cumsum([t.length for t in trajs])[:-1]
+            values = [np.append(x, last) for x, last in zip(np.split(v.numpy(), splits), v_last.numpy())]
+        adv, ret = self.estimator.fn(trajs, values, self.algo.gamma, self.algo.lam)
+        adv = np.concatenate(adv)
+        if self.estimator.uses_critic and len(adv) > 1:
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        mb["adv"] = torch.as_tensor(adv, dtype=torch.float32)
+        mb["ret"] = torch.as_tensor(np.concatenate(ret), dtype=torch.float32) if ret is not None else None
+        return mb
+
+    def _loss(self, mb: dict, first: bool):
+        from .losses import value_loss
+
+        a = self.algo
+        logp, entropy, value = self.policy.evaluate_actions(mb["obs"], mb["raw"])
+        if first:  # the proximal policy is the one at the start of this batch: these very weights
+            mb["logp_prox"] = logp.detach()
+        pg, info = self.correction(logp, mb["logp_prox"], mb["logp_behav"], mb["adv"], a.clip_eps, a.is_cap)
+        loss = pg - a.entropy_coef * entropy.mean()
+        vl = value_loss(value, mb["ret"]) if mb["ret"] is not None else None
+        if vl is not None:
+            loss = loss + a.value_coef * vl
+        return loss, {**info, "policy_loss": float(pg.detach()), "value_loss": float(vl.detach()) if vl is not None else 0.0,
+                      "entropy": float(entropy.detach().mean())}
+
+    def _record(self, trajs: list[Trajectory], metrics: list[dict]) -> None:
+        steps = sum(t.length for t in trajs)
+        prev = self._history[-1] if self._history else {"consumed_steps": 0, "consumed_trajectories": 0}
+        st = self._staleness[-len(trajs):]
+        self._history.append({
+            "version": self.version, "time": time.time(),
+            "consumed_steps": prev["consumed_steps"] + steps,
+            "consumed_trajectories": prev["consumed_trajectories"] + len(trajs),
+            "reward_per_step": float(sum(t.rewards.sum() for t in trajs) / max(steps, 1)),
+            "mean_return": float(np.mean([t.episode_return for t in trajs])),
+            "success_rate": float(np.mean([t.success for t in trajs])),
+            "staleness_mean": float(np.mean(st)), "staleness_max": int(max(st)),
+            "dropped_stale": len(self._stale),
+            **{k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]},
+        })
+
+    # --- control ------------------------------------------------------------------------------------------
+
+    def wait_version(self, version: int, timeout_s: float = 600.0) -> int:
+        """Block until ``version`` is published (or the trainer stopped / failed); returns the version."""
+        deadline = time.time() + timeout_s
+        with self._cv:
+            while self._published < version:
+                if self._stop or self._error is not None or time.time() > deadline:
+                    break
+                self._cv.wait(0.1)
+            return self._published
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+
+    def finish(self) -> TrainerReport:
+        """Stop, count what is still buffered as dropped-unused, wait for the lake writer to have everything."""
+        import ray
+
+        self.stop()
+        with self._cv:
+            for unit in self._units:
+                self._unused.extend(t.traj_id for t in unit)
+            for grp in self._groups.values():  # incomplete GRPO groups (e.g. a worker died mid-group)
+                self._unused.extend(t.traj_id for t in grp)
+            self._units.clear()
+            self._groups.clear()
+        ray.get(self._writer_refs)
+        ledger = Ledger(tuple(self._received), tuple(self._consumed), tuple(self._stale), tuple(self._unused),
+                        tuple(self._staleness))
+        return TrainerReport(self.version, ledger, tuple(self._history), self._busy, self._started,
+                             self.weights_sha256(), self._duplicates, dict(self._summaries))
+
+    def weights_sha256(self) -> str:
+        h = hashlib.sha256()
+        for k, v in sorted(self.policy.get_weights().items()):
+            h.update(k.encode())
+            h.update(np.ascontiguousarray(v).tobytes())
+        return h.hexdigest()
+
+    def save(self, path: str, lineage: dict) -> str:
+        from training.checkpoint import save
+
+        from .policy import FACTORY
+
+        return save(path, self.policy, factory=FACTORY, config=self.policy_config, step=self.version, lineage=lineage)
