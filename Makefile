@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test venv bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,8 +22,29 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Every speed claim, against its baseline, recorded into benchmarks/RESULTS.md (run on an idle machine).
 bench: $(STAMP)
-	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	$(BIN)/python benchmarks/ingest.py --record
+	$(BIN)/python benchmarks/packing.py --record
+	$(BIN)/python benchmarks/pack_memory.py --record
+	$(BIN)/python benchmarks/stream.py --record
+	$(BIN)/python benchmarks/packed_vs_padded.py --record
+	$(BIN)/python benchmarks/attention.py --record
+	$(BIN)/python benchmarks/rl.py --record
+
+# LeRobot 0.4.4 as a peer to benchmark against, in its own venv (it pins its own torch: a CUDA build from PyPI).
+PEERS := .venv-peers
+PEERS_STAMP := $(PEERS)/.installed
+
+$(PEERS_STAMP):
+	test -x $(PEERS)/bin/python || $(PY) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q --upgrade pip
+	$(PEERS)/bin/python -m pip install -q lerobot==0.4.4 psutil
+	touch $(PEERS_STAMP)
+
+bench-peers: $(STAMP) $(PEERS_STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/lerobot_peers.py
 
 clean:
-	rm -rf $(VENV) lake_demo
+	rm -rf $(VENV) $(PEERS) lake_demo

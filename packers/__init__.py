@@ -7,11 +7,12 @@ The packed table's contract is in ``packers.schema``; ``loaders`` streams it int
 """
 
 from ._job import PackReport, pack, packings, resolve_recipe
-from .binpack import SampleTooLong, bfd, fill, get_packer
+from .binpack import SampleTooLong, bfd, bfd_refine, fill, fill_bound, get_packer
 from .recipe import Recipe, default_recipe
 from .schema import MODALITIES, PACKINGS, layout_of, packed_schema
 
 __all__ = [
-    "MODALITIES", "PACKINGS", "PackReport", "Recipe", "SampleTooLong", "bfd", "default_recipe", "fill", "get_packer",
+    "MODALITIES", "PACKINGS", "PackReport", "Recipe", "SampleTooLong", "bfd", "bfd_refine", "default_recipe", "fill",
+    "fill_bound", "get_packer",
     "layout_of", "pack", "packed_schema", "packings", "resolve_recipe",
 ]

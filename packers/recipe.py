@@ -39,7 +39,7 @@ class Recipe:
     too_long: str = "error"  # "error" | "truncate" (cut text tokens to fit the budget)
     frame_stride: int = 1  # one sample every `frame_stride` frames
     episodes_per_group: int = 64  # samples of this many episodes are packed together (bounds memory)
-    packer: str = "bfd"
+    packer: str = "bfd_refine"  # exact BFD, then a fill-to-budget repair where BFD strands gaps
     seed: int = 0
     name: str = field(default="default", compare=False)
 

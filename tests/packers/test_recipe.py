@@ -13,7 +13,7 @@ CHANGES = {
     "action_deltas": (0.0, 0.1), "action_horizon": 8, "state_features": ("observation.state",),
     "action_features": ("other",), "pad": "zero", "tokenizer": "tok.json", "max_text_tokens": 9,
     "normalization": "quantile", "action_bins": 256, "token_budget": 4096, "max_samples_per_pack": 7,
-    "too_long": "truncate", "frame_stride": 2, "episodes_per_group": 3, "packer": "sequential", "seed": 1,
+    "too_long": "truncate", "frame_stride": 2, "episodes_per_group": 3, "packer": "bfd", "seed": 1,
     "image_encoder": "frozen", "encoder": "packers.encoders:patch_embed",
 }
 
