@@ -29,8 +29,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/packing.py --record
 	$(BIN)/python benchmarks/pack_memory.py --record
 	$(BIN)/python benchmarks/stream.py --record
-	$(BIN)/python benchmarks/packed_vs_padded.py --record
-	$(BIN)/python benchmarks/attention.py --record
+	$(BIN)/python benchmarks/packed_vs_padded.py
+	$(BIN)/python benchmarks/attention.py
 	$(BIN)/python benchmarks/rl.py --record
 
 # LeRobot 0.4.4 as a peer to benchmark against, in its own venv (it pins its own torch: a CUDA build from PyPI).

@@ -39,5 +39,7 @@ def test_peak_memory_does_not_grow_with_the_table(tmp_path):
         growth[copies] = _peak_growth(lk.stream("train", batch_packs=2, prefetch=2))
     (g1, s1), (g10, s10) = growth[1], growth[10]
     assert s10 == 10 * s1
-    assert g10 <= 1.1 * g1 + (8 << 20), growth  # flat: 10x the data, the same peak (8 MiB allocator slack)
+    # flat: 10x the data (~120 MB), the same peak up to 16 MiB of slack for the allocator and Lance's per-file
+    # metadata cache (10 files here instead of 1)
+    assert g10 <= 1.1 * g1 + (16 << 20), growth
     assert g10 < 0.25 * 10 * base.nbytes * s1 / n, growth  # far below holding the epoch's packs
