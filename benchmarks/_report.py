@@ -12,18 +12,20 @@ from pathlib import Path
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
+def cpu_model() -> str:
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine() -> str:
     import os
 
-    return f"{os.cpu_count()}-core {cpu}, no GPU, Python {platform.python_version()}, {date.today().isoformat()}"
+    return f"{os.cpu_count()}-core {cpu_model()}, no GPU, Python {platform.python_version()}, {date.today().isoformat()}"
 
 
 def record(section: str, body: str) -> None:

@@ -33,7 +33,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import resource
 import shutil
 import statistics
@@ -52,11 +51,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 import lake  # noqa: E402
+from _report import cpu_model, record  # noqa: E402
 import lake._ingest  # noqa: E402
 import lake._ray  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"
-SECTION = "## Ingestion"
 DATA = HERE / "_data"
 GOAL = 0.9
 
@@ -347,30 +346,12 @@ def profile_stages(src_root: Path, work: Path) -> dict:
 
 # --- report -----------------------------------------------------------------------------------------------------
 
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def mib(b: float) -> str:
     return f"{b / 2**20:.1f} MiB"
 
 
-def record(body: str) -> None:
-    """Replace (or append) the "## Ingestion" section of RESULTS.md; other sections are left alone."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = f"{SECTION}\n\n{body.strip()}\n"
-    m = re.search(rf"^{re.escape(SECTION)}[ \t]*$", text, flags=re.M)
-    if m:
-        nxt = re.search(r"^## ", text[m.end():], flags=re.M)
-        end = m.end() + nxt.start() if nxt else len(text)
-        text = text[:m.start()] + block + ("\n" + text[end:] if nxt else "")
-    else:
-        text = text.rstrip() + "\n\n" + block
-    RESULTS.write_text(text)
 
 
 def main() -> None:
@@ -595,7 +576,7 @@ def main() -> None:
     print()
     print(body)
     if args.record:
-        record(body)
+        record('Ingestion', body)
         print(f"\nrecorded in {RESULTS}")
 
 

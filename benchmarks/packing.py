@@ -33,7 +33,6 @@ import datetime
 import glob
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -44,11 +43,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from packers.binpack import fill, fill_bound, get_packer  # noqa: E402
+from _report import cpu_model, record  # noqa: E402
 from packers.recipe import Recipe  # noqa: E402
 from packers.text import byte_tokenizer  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"
-SECTION = "## Packing"
 SOURCE = HERE / "_data" / "pusht-v3.0-200ep-seed0"
 BUDGETS = (2048, 4096, 8192, 16384)
 PACKERS = ("bfd", "bfd_refine", "sequential")
@@ -150,28 +149,8 @@ def rate(x: float) -> str:
     return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.0f}k"
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
-def record(body: str) -> None:
-    """Replace (or append) the "## Packing" section of RESULTS.md; other sections are left alone."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = f"{SECTION}\n\n{body.strip()}\n"
-    m = re.search(rf"^{re.escape(SECTION)}[ \t]*$", text, flags=re.M)
-    if m:
-        nxt = re.search(r"^## ", text[m.end():], flags=re.M)
-        end = m.end() + nxt.start() if nxt else len(text)
-        text = text[:m.start()] + block + ("\n" + text[end:] if nxt else "")
-    else:
-        text = text.rstrip() + "\n\n" + block
-    RESULTS.write_text(text)
 
 
 def main() -> None:
@@ -198,7 +177,7 @@ def main() -> None:
 
     lines = [f"Command: `.venv/bin/python benchmarks/packing.py --n {args.n} --trl-n {args.trl_n} "
              f"--repeats {args.repeats}{' --no-trl' if args.no_trl else ''} --record`  ",
-             f"Machine: {cpu_name()}, {os.cpu_count()} CPU cores, no GPU; Python {platform.python_version()}, "
+             f"Machine: {cpu_model()}, {os.cpu_count()} CPU cores, no GPU; Python {platform.python_version()}, "
              f"numpy {np.__version__}; {trl_note}; load average {load0:.1f} at start "
              f"(other jobs shared the machine: speeds are best of {args.repeats}, and noisy)  ",
              f"Date: {datetime.date.today().isoformat()}; wall time {time.perf_counter() - t0:.0f} s", ""]
@@ -232,7 +211,7 @@ def main() -> None:
     body = "\n".join(lines)
     print("\n" + body)
     if args.record:
-        record(body)
+        record('Packing', body)
         print(f"\nrecorded in {RESULTS}")
 
 

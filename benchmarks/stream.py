@@ -25,7 +25,6 @@ TODO(lerobot-venv): LeRobotDataset vs ``loaders.LeRobotStyleDataset`` needs LeRo
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import importlib.util
 import json
@@ -47,6 +46,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import lake  # noqa: E402
+from _report import cpu_model, record  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"
 SECTION = "## Streaming"
@@ -243,26 +243,8 @@ def peak_rss(path: Path, batch_packs: int) -> dict:
 
 # --- report ---------------------------------------------------------------------------------------------------------
 
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
-def record(body: str) -> None:
-    """Replace (or append) the "## Streaming" section of RESULTS.md; other sections are left alone."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = f"{SECTION}\n\n{body.strip()}\n"
-    m = re.search(rf"^{re.escape(SECTION)}[ \t]*$", text, flags=re.M)
-    if m:
-        nxt = re.search(r"^## ", text[m.end():], flags=re.M)
-        end = m.end() + nxt.start() if nxt else len(text)
-        text = text[:m.start()] + block + ("\n" + text[end:] if nxt else "")
-    else:
-        text = text.rstrip() + "\n\n" + block
-    RESULTS.write_text(text)
 
 
 def main() -> None:
@@ -368,7 +350,7 @@ Peak RSS 10× / 1× = **{ratio_rss:.3f}** (goal ≤ {GOAL_RSS}: **{"met" if rati
     print(body)
     if args.record:
         section = _merge_mode(body, mode)
-        record(section)
+        record('Streaming', section)
         print(f"recorded in {RESULTS}")
 
 

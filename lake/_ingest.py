@@ -21,7 +21,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-import numpy as np
 import pyarrow as pa
 
 from . import _stats, _tables, _versions
