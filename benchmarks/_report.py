@@ -46,10 +46,11 @@ def record(section: str, body: str) -> None:
 class PeakRSS:
     """Samples the RSS of this process and of every Ray worker process ("ray::...") while active.
 
-    ``.driver`` and ``.workers`` are peaks in bytes (workers: the peak of their *sum*)."""
+    ``.driver`` and ``.workers`` are peaks in bytes (workers: the peak of their *sum*); ``.largest`` is the
+    largest single worker, ``.processes`` the most worker processes seen at once."""
 
     def __init__(self, interval: float = 0.1):
-        self.interval, self.driver, self.workers = interval, 0, 0
+        self.interval, self.driver, self.workers, self.largest, self.processes = interval, 0, 0, 0, 0
         self._stop = threading.Event()
 
     def _sample(self):
@@ -59,15 +60,17 @@ class PeakRSS:
         while not self._stop.is_set():
             try:
                 self.driver = max(self.driver, me.memory_info().rss)
-                total = 0
+                sizes = []
                 for p in psutil.process_iter(["name", "cmdline"]):
                     cmd = " ".join(p.info["cmdline"] or [])
                     if cmd.startswith("ray::") and "IDLE" not in cmd:
                         try:
-                            total += p.memory_info().rss
+                            sizes.append(p.memory_info().rss)
                         except psutil.Error:
                             pass
-                self.workers = max(self.workers, total)
+                self.workers = max(self.workers, sum(sizes))
+                self.largest = max([self.largest, *sizes])
+                self.processes = max(self.processes, len(sizes))
             except Exception:  # a process vanished mid-iteration
                 pass
             time.sleep(self.interval)
