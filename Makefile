@@ -41,6 +41,10 @@ $(PEERS_STAMP):
 	test -x $(PEERS)/bin/python || $(PY) -m venv $(PEERS)
 	$(PEERS)/bin/python -m pip install -q --upgrade pip
 	$(PEERS)/bin/python -m pip install -q lerobot==0.4.4 psutil
+	# torchcodec (LeRobot's default video backend) loads the system FFmpeg 4-8 shared libraries (bookworm: 5.1)
+	$(PEERS)/bin/python -c 'import torchcodec.decoders' 2>/dev/null || { apt-get update -q && \
+	  apt-get install -y -q --no-install-recommends libavutil57 libavcodec59 libavformat59 libavdevice59 \
+	  libavfilter8 libswscale6 libswresample4; } || echo 'no FFmpeg libraries: LeRobot will use video_backend="pyav"'
 	touch $(PEERS_STAMP)
 
 bench-peers: $(STAMP) $(PEERS_STAMP)

@@ -90,7 +90,9 @@ def main(argv=None) -> int:
     console.rule("pack: decode, tokenize, bin-pack (offline, once)")
     from packers import Recipe
 
-    recipe = Recipe(image_size=(64, 64), patch_size=16, action_horizon=16, token_budget=2048, name="demo")
+    # top camera only: the simulator renders it exactly as the recordings have it, so evaluation sees the same
+    recipe = Recipe(cameras=("observation.images.top",), image_size=(64, 64), patch_size=16, action_horizon=16,
+                    token_budget=2048, name="demo")
     rep = lk.pack(recipe)
     if rep.version is None:
         console.print(f"packed table {rep.table} is already up to date with lake version {lk.version}")
