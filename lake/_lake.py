@@ -47,9 +47,10 @@ class Lake:
         self._store, self._entry, self._read_only = store, entry, read_only
         self._index: tuple[int, dict] | None = None  # (version, episode_id -> row): lookups without a scan each
         self._datasets: dict[tuple[str, int], object] = {}  # opened Lance datasets at pinned versions
+        self._video_index: tuple[int, dict] | None = None  # (version, (episode, camera) -> video row sans blob)
 
     def __getstate__(self):  # opened datasets stay behind (Lance handles are per process)
-        return {**self.__dict__, "_datasets": {}, "_index": None}
+        return {**self.__dict__, "_datasets": {}, "_index": None, "_video_index": None}
 
     def __repr__(self) -> str:
         return f"Lake({self.uri!r}, version={self.version}{', read-only' if self._read_only else ''})"
@@ -212,23 +213,56 @@ class Lake:
             t = t.sort_by("frame_index")
         return t.select(columns) if columns is not None else t
 
-    def video(self, episode_id: str, camera: str) -> np.ndarray:
-        """Decoded frames of one camera, uint8 (T, H, W, 3) RGB, T = episode length."""
-        from ._video import Segment, decode
-
+    def _video_meta(self, episode_id: str, camera: str) -> dict:
+        """The videos row of (episode, camera) without its blob, plus ``_rowid``; from a per-version map built by
+        one scan of the non-blob columns (no filtered scan per call)."""
         ep = self._episode(episode_id)
         if camera not in (ep["cameras"] or []):
             raise KeyError(f"episode {episode_id} has no camera {camera!r} (has: {ep['cameras']})")
-        ds = self.table("videos")
-        meta = ds.to_table(filter=f"episode_id = '{episode_id}' AND camera = '{_quote(camera)}'",
-                           columns=[n for n in ds.schema.names if n != "data"], with_row_id=True).to_pylist()[0]
-        data = ds.take_blobs("data", ids=[meta["_rowid"]])[0].read()
+        index = self._video_index
+        if index is None or index[0] != self.version:  # the pinned version cannot change under us
+            ds = self.table("videos")
+            t = ds.to_table(columns=[n for n in ds.schema.names if n != "data"], with_row_id=True)
+            lists = {}
+            for name, dtype in (("packet_offsets", np.int64), ("packet_pts", np.int64), ("packet_key", bool)):
+                col = t.column(name).combine_chunks()
+                values = col.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+                offs = col.offsets.to_numpy() - col.offsets[0].as_py()
+                lists[name] = [values[offs[i]:offs[i + 1]] for i in range(len(col))]
+            rows = t.drop_columns(list(lists)).to_pylist()
+            for i, r in enumerate(rows):
+                r.update({name: v[i] for name, v in lists.items()})
+            index = (self.version, {(r["episode_id"], r["camera"]): r for r in rows})
+            self._video_index = index
+        meta = index[1].get((episode_id, camera))
+        if meta is None:
+            raise KeyError(f"episode {episode_id} has no video for camera {camera!r}")
+        return meta
+
+    def video(self, episode_id: str, camera: str, frames=None) -> np.ndarray:
+        """Decoded frames of one camera, uint8 (T, H, W, 3) RGB, T = episode length.
+
+        ``frames`` (episode-relative indices, any order, repeats allowed, negatives count from the end) decodes
+        only the GOPs holding those frames, reading only their bytes: uint8 (len(frames), H, W, 3), equal to
+        ``video(episode_id, camera)[frames]``. IndexError for indices outside the episode.
+        """
+        from ._video import Segment, decode, decode_frames
+
+        meta = self._video_meta(episode_id, camera)
+        blob = self.table("videos").take_blobs("data", ids=[meta["_rowid"]])[0]
         seg = Segment(meta["codec"], meta["extradata"], meta["width"], meta["height"], meta["pix_fmt"],
-                      Fraction(meta["time_base_num"], meta["time_base_den"]), data,
-                      np.asarray(meta["packet_offsets"], np.int64), np.asarray(meta["packet_pts"], np.int64),
-                      np.asarray(meta["packet_key"], bool), meta["skip"], meta["frames"])
-        frames, _ = decode(seg)
-        return np.stack(frames[seg.skip:seg.skip + seg.frames])
+                      Fraction(meta["time_base_num"], meta["time_base_den"]), b"",
+                      meta["packet_offsets"], meta["packet_pts"], meta["packet_key"], meta["skip"], meta["frames"])
+        if frames is not None:
+            idx = np.asarray(frames, dtype=np.int64).reshape(-1)
+            n = int(seg.frames)
+            if ((idx < -n) | (idx >= n)).any():
+                raise IndexError(f"frame indices out of range for episode {episode_id} of {n} frames: "
+                                 f"{idx[(idx < -n) | (idx >= n)][:8].tolist()}")
+            return decode_frames(seg, blob, idx % n if n else idx)
+        seg.data = blob.read()
+        decoded, _ = decode(seg)
+        return np.stack(decoded[seg.skip:seg.skip + seg.frames])
 
     def stats(self, split: str | None = None, filter: str | None = None) -> dict:
         """{feature: {"mean","std","min","max","q01","q99": arrays, "count"}} over the chosen episodes."""

@@ -186,3 +186,72 @@ def image_stats(frames: list[np.ndarray]) -> dict[str, np.ndarray]:
     out = {"mean": mean, "std": np.sqrt(var), "min": nz.argmax(1).astype(np.float64),
            "max": 255.0 - nz[:, ::-1].argmax(1), "q01": quantile(0.01), "q99": quantile(0.99)}
     return {"count": np.array([len(frames)]), **{k: (val / 255.0).reshape(3, 1, 1) for k, val in out.items()}}
+
+
+def decode_frames(seg: Segment, blob, idx: np.ndarray, fmt: str = "rgb24") -> np.ndarray:
+    """Frames ``idx`` (episode-relative, in range, any order, repeats allowed) of a segment, decoding only the GOPs
+    that hold them; ``seg.data`` is not used: ``blob`` (file-like, seek/read) holds the packets and only the byte
+    ranges of those GOPs are read. Returns (len(idx), H, W, 3) uint8, equal to ``decode(seg)`` frames
+    ``seg.skip + idx``.
+
+    Frame i is the (skip + i)-th in presentation order. Decoding for it starts at the last keyframe packet (decode
+    order, at or before the frame's packet) whose pts is at most the frame's and feeds packets until the frame comes
+    out, flushing the decoder at the end of the GOP run; frames whose runs of packets overlap share one decoder.
+    """
+    import av
+
+    idx = np.asarray(idx, np.int64).reshape(-1)
+    out = np.empty((len(idx), seg.height, seg.width, 3), np.uint8)
+    if len(idx) == 0:
+        return out
+    pts, key, offsets = np.asarray(seg.pts, np.int64), np.asarray(seg.key, bool), np.asarray(seg.offsets, np.int64)
+    order = np.argsort(pts, kind="stable")
+    want = np.unique(idx)
+    targets = pts[order[seg.skip + want]]  # pts of each wanted frame
+    packets = order[seg.skip + want]  # their packets (decode order)
+    keys = np.flatnonzero(key)
+    runs: list[list] = []  # [first packet, stop packet, {pts: frame index}]
+    for f, t, p in sorted(zip(want.tolist(), targets.tolist(), packets.tolist()), key=lambda x: x[2]):
+        ok = keys[(keys <= p) & (pts[keys] <= t)]
+        start = int(ok[-1]) if len(ok) else 0
+        nxt = keys[keys > p]
+        stop = int(nxt[0]) if len(nxt) else len(pts)
+        if runs and start < runs[-1][1]:  # inside the packets this run feeds already: one decoder
+            runs[-1][1] = max(runs[-1][1], stop)
+            runs[-1][2][t] = f
+        else:
+            runs.append([start, stop, {t: f}])
+    got: dict[int, np.ndarray] = {}
+    try:
+        for start, stop, need in runs:
+            ctx = av.CodecContext.create(_decoder(seg.codec), "r")
+            if seg.extradata:
+                ctx.extradata = seg.extradata
+            ctx.thread_type = "AUTO"
+            blob.seek(int(offsets[start]))
+            data = memoryview(blob.read(int(offsets[stop] - offsets[start])))
+            base, left = int(offsets[start]), set(need)
+
+            def take(frames):
+                for fr in frames:
+                    if fr.pts in left:
+                        # threads=1 as in decode(): the same conversion, bit for bit
+                        got[need[fr.pts]] = fr.to_ndarray(format=fmt, threads=1)
+                        left.discard(fr.pts)
+
+            for i in range(start, stop):
+                pkt = av.Packet(data[offsets[i] - base:offsets[i + 1] - base])
+                pkt.pts = int(pts[i])
+                pkt.time_base = seg.time_base
+                take(ctx.decode(pkt))
+                if not left:
+                    break
+            if left:
+                take(ctx.decode(None))
+            if left:
+                raise EpisodeError("video", f"frames with pts {sorted(left)[:8]} did not decode")
+    except av.error.FFmpegError as e:
+        raise EpisodeError("video", f"corrupt video data ({str(e).splitlines()[0][:160]})") from None
+    for j, f in enumerate(idx.tolist()):
+        out[j] = got[f]
+    return out

@@ -5,8 +5,11 @@ item holds the frame's columns as tensors (source names: ``observation.state``, 
 ``frame_index``, ``episode_index``, ``index``, ...), each camera as float32 (C, H, W) in [0, 1], and ``task``.
 For a key in ``delta_timestamps`` the value is stacked at ``frame + round(dt * fps)`` for each ``dt``, the
 query frames clamped to the episode and ``{key}_is_pad`` marking the clamped ones, as LeRobot does (a camera
-with one offset is squeezed to (C, H, W), as LeRobot does). Decoded episodes sit in an LRU cache, so random
-access decodes each episode's video once while it stays cached.
+with one offset is squeezed to (C, H, W), as LeRobot does). The numeric frame columns of all chosen episodes are
+read once per frames table (one scan) and kept in memory. Images are decoded for just the frames an item needs
+(``lk.video(..., frames=...)``: only the GOPs holding them); an episode that keeps being asked for while it sits in
+the LRU cache of ``cache_episodes`` episodes (requested frames reaching a quarter of its length) is decoded whole
+once and served from the cache after that.
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ class LeRobotStyleDataset(Dataset):
             check_delta_timestamps(self.delta_timestamps, self.fps, tolerance_s)
             self.delta_indices = delta_indices(self.delta_timestamps, self.fps)
         self._cache: OrderedDict[int, dict] = OrderedDict()
+        self._columns: dict[str, dict[str, np.ndarray]] = {}  # episode id -> numeric columns (L, ...), loaded by table
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -108,32 +112,63 @@ class LeRobotStyleDataset(Dataset):
         ep = bisect.bisect_right(self.starts, idx) - 1
         return ep, idx - int(self.starts[ep])
 
+    def _load_columns(self, ep: int) -> None:
+        """Read the numeric frame columns of every chosen episode in ``ep``'s frames table (one scan)."""
+        import pyarrow.compute as pc
+
+        from lake._schema import unnest
+
+        table = self.lake._episode(self.episode_ids[ep])["frames_table"]
+        ids = [e for e in self.episode_ids if self.lake._episode(e)["frames_table"] == table]
+        t = self.lake.table(table).to_table()
+        t = t.filter(pc.is_in(t.column("episode_id"), value_set=pa.array(ids, pa.string())))
+        order = [("episode_id", "ascending")] + ([("frame_index", "ascending")] if "frame_index" in t.column_names else [])
+        t = unnest(t.sort_by(order))
+        cols = {name: a for name, col in zip(t.column_names, t.columns) if (a := _column_numpy(col)) is not None}
+        eid = t.column("episode_id").to_numpy(zero_copy_only=False)
+        bounds = np.flatnonzero(eid[1:] != eid[:-1]) + 1 if len(eid) else np.zeros(0, np.int64)
+        starts, stops = np.concatenate([[0], bounds]), np.concatenate([bounds, [len(eid)]])
+        for a, b in zip(starts.tolist(), stops.tolist()):
+            if b > a:
+                self._columns[str(eid[a])] = {name: col[a:b] for name, col in cols.items()}
+        for e in ids:
+            self._columns.setdefault(e, {name: col[:0] for name, col in cols.items()})
+
     def _episode(self, ep: int) -> dict:
-        """{"columns": {name: ndarray (L, ...)}, "videos": {camera: uint8 tensor (L, C, H, W)}}, LRU-cached."""
+        """{"columns": {name: ndarray (L, ...)}, "videos": {camera: uint8 tensor (L, C, H, W)}, "asked": {camera:
+        frames requested}}, LRU-cached (the columns stay in memory regardless)."""
         if ep in self._cache:
             self._cache.move_to_end(ep)
             return self._cache[ep]
-        frames = self.lake.frames(self.episode_ids[ep])
+        eid = self.episode_ids[ep]
+        if eid not in self._columns:
+            self._load_columns(ep)
+        cols = self._columns[eid]
         length = int(self.episodes[ep]["length"])
-        if frames.num_rows != length:
-            raise ValueError(f"episode {self.episode_ids[ep]}: {frames.num_rows} frames, episodes table says {length}")
-        cols = {name: a for name, col in zip(frames.column_names, frames.columns)
-                if (a := _column_numpy(col)) is not None}
-        entry = {"columns": cols, "videos": {}}
+        rows = len(next(iter(cols.values()))) if cols else length
+        if rows != length:
+            raise ValueError(f"episode {eid}: {rows} frames, episodes table says {length}")
+        entry = {"columns": cols, "videos": {}, "asked": {}}
         self._cache[ep] = entry
         while len(self._cache) > self.cache_episodes:
             self._cache.popitem(last=False)
         return entry
 
-    def _video(self, ep: int, entry: dict, camera: str) -> torch.Tensor:
+    def _video(self, ep: int, entry: dict, camera: str, q: np.ndarray) -> torch.Tensor:
+        """Frames ``q`` (in range) of a camera as uint8 (len(q), C, H, W)."""
+        length = int(self.episodes[ep]["length"])
         if camera not in entry["videos"]:
+            asked = entry["asked"].get(camera, 0) + len(q)
+            entry["asked"][camera] = asked
+            if asked * 4 < length:  # few frames of this episode so far: decode just these
+                v = self.lake.video(self.episode_ids[ep], camera, frames=q)
+                return torch.from_numpy(np.ascontiguousarray(v)).permute(0, 3, 1, 2)
             v = self.lake.video(self.episode_ids[ep], camera)
-            length = int(self.episodes[ep]["length"])
             if len(v) != length:
                 raise ValueError(f"episode {self.episode_ids[ep]} camera {camera}: {len(v)} frames decoded, "
                                  f"episode has {length}")
             entry["videos"][camera] = torch.from_numpy(np.ascontiguousarray(v)).permute(0, 3, 1, 2)
-        return entry["videos"][camera]
+        return entry["videos"][camera][torch.from_numpy(q)]
 
     def __getitem__(self, idx: int) -> dict:
         ep, i = self.locate(int(idx))
@@ -145,14 +180,14 @@ class LeRobotStyleDataset(Dataset):
             pad = (q < 0) | (q >= length)
             q = np.clip(q, 0, length - 1)
             if key in self.cameras:
-                frames = self._video(ep, entry, key)[torch.from_numpy(q)].float() / 255.0
+                frames = self._video(ep, entry, key, q).float() / 255.0
                 item[key] = frames.squeeze(0)  # LeRobot squeezes a single query
             else:
                 item[key] = torch.as_tensor(entry["columns"][key][q])
             item[f"{key}_is_pad"] = torch.from_numpy(pad)
         for cam in self.cameras:
             if cam not in self.delta_indices and cam in (self.episodes[ep]["cameras"] or []):
-                item[cam] = self._video(ep, entry, cam)[i].float() / 255.0
+                item[cam] = self._video(ep, entry, cam, np.array([i], np.int64))[0].float() / 255.0
         item["task"] = self.episodes[ep]["task"] or ""
         item["episode_id"] = self.episode_ids[ep]
         return item

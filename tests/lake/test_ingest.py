@@ -205,3 +205,23 @@ def test_identical_episodes_in_different_files_land_once(tmp_path, ray_session):
     assert len(ids) == len(set(ids)) == 9
     frames_table = lk.episodes()["frames_table"][0].as_py()
     assert lk.table(frames_table).count_rows() == sum(lk.episodes()["length"].to_pylist())
+
+
+def test_video_frames_decode_only_what_is_asked_and_equal_whole_decoding(ingested):
+    rng = np.random.default_rng(0)
+    codecs = set()
+    for e in ingested.episodes(columns=["episode_id", "cameras"]).to_pylist():
+        for cam in e["cameras"]:
+            full = ingested.video(e["episode_id"], cam)
+            n = len(full)
+            codecs.add(ingested.table("videos").to_table(
+                columns=["codec"], filter=f"episode_id = '{e['episode_id']}' AND camera = '{cam}'")["codec"][0].as_py())
+            sets = [[0], [n - 1], [n - 1, 0, 0, n - 1], list(range(n)), [], [-1, -n]]
+            sets += [rng.integers(0, n, rng.integers(1, 8)).tolist() + [0, n - 1][: k % 3] for k in range(6)]
+            for fr in sets:
+                got = ingested.video(e["episode_id"], cam, frames=fr)
+                assert got.dtype == np.uint8 and got.shape == (len(fr), *full.shape[1:]), fr
+                assert np.array_equal(got, full[fr]), (e["episode_id"], cam, fr)
+            with pytest.raises(IndexError):
+                ingested.video(e["episode_id"], cam, frames=[n])
+    assert {"h264", "av1"} <= {c if c != "libdav1d" else "av1" for c in codecs}, codecs

@@ -67,19 +67,38 @@ def test_dataset_index_is_the_lerobot_index_for_a_single_source_lake(dataset):
 
 
 def test_random_access_decodes_each_episode_once_while_it_is_cached(ingested, monkeypatch):
-    calls = []
+    calls, partial = [], []
     real = type(ingested).video
 
-    def counting(self, episode_id, camera):
-        calls.append((episode_id, camera))
-        return real(self, episode_id, camera)
+    def counting(self, episode_id, camera, frames=None):
+        (calls if frames is None else partial).append((episode_id, camera))
+        return real(self, episode_id, camera, frames=frames)
 
     monkeypatch.setattr(type(ingested), "video", counting)
     ds = LeRobotStyleDataset(ingested, delta_timestamps=DELTAS, cache_episodes=2)
     idx = list(range(int(ds.starts[2])))  # the first two episodes, in random order
     for i in np.random.default_rng(0).permutation(idx):
         ds[int(i)]
+    # the first items decode just their frames; an episode asked for often is decoded whole, once
     assert sorted(calls) == sorted((e, c) for e in ds.episode_ids[:2] for c in (TOP, WRIST))
+    assert {p for p in partial} <= {(e, c) for e in ds.episode_ids[:2] for c in (TOP, WRIST)} and partial
+
+
+def test_items_from_partial_decoding_equal_items_from_whole_episodes(ingested):
+    few = LeRobotStyleDataset(ingested, delta_timestamps=DELTAS, cache_episodes=1)
+    whole = LeRobotStyleDataset(ingested, delta_timestamps=DELTAS, cache_episodes=100)
+    for i in range(len(whole)):  # in order: every episode decoded whole once
+        whole[i]
+    rng = np.random.default_rng(1)
+    for i in [0, len(few) - 1, *rng.integers(0, len(few), 30).tolist()]:
+        few._cache.clear()  # each item decodes just its frames
+        a, b = few[int(i)], whole[int(i)]
+        assert a.keys() == b.keys()
+        for k in a:
+            if isinstance(a[k], torch.Tensor):
+                assert torch.equal(a[k], b[k]), (i, k)
+            else:
+                assert a[k] == b[k], (i, k)
 
 
 def test_splits_episodes_and_a_dataloader_batch(ingested):
