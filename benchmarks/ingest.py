@@ -10,13 +10,13 @@ One process does all of it:
    process, single-threaded and with ``stream.thread_type = "AUTO"``; plus, for reference only, single-threaded
    with ``to_ndarray(..., threads=1)`` (PyAV's default swscale ``threads=0`` costs ~3x the CPU on small frames);
 3. ``lake.open(tmp).ingest(src)`` on embedded Ray, timed without Ray's startup (``ensure_ray`` first) and
-   with it (first run only); the driver-side stages (read_source / scan job / write job / commit) are timed
+   with it (first run only); the driver-side stages (read_source / Ray job / commit) are timed
    by wrapping the functions ``lake._ingest.ingest`` calls;
 4. bytes on disk per frame (lake folder vs source folder), peak RSS of the driver and of Ray's processes;
 5. ``lk.video`` for every episode x camera vs decoding the same frames per episode from the source mp4s
    (seek + decode, plain PyAV); the frames are also checked to be bit-identical;
 6. (default, ``--no-profile`` skips it) the ingestion work of every unit run serially in this process
-   (``scan_unit`` + ``write_unit``, no Ray) with each stage timed: where ingestion time goes.
+   (``write_unit``: validate, id, cut, verify, stats, write; no Ray) with each stage timed: where ingestion time goes.
 
 Unit: a "frame" is a dataset frame (timestep). Each timestep has 2 camera frames (top + wrist), so decode
 and ingest do the same video work per timestep; camera frames/s = 2 x frames/s. Timings are best-of
@@ -261,7 +261,7 @@ def driver_stages(into: dict[str, float]):
 # --- serial stage profile (worker-equivalent calls, no Ray) ---------------------------------------------------
 
 def profile_stages(src_root: Path, work: Path) -> dict:
-    """Run scan_unit + write_unit for every unit in this process, no Ray, timing each stage in CPU seconds of
+    """Run write_unit for every unit in this process, no Ray, timing each stage in CPU seconds of
     this process (``time.process_time``: every thread, so FFmpeg's and Lance's threads count; a busy machine
     barely moves it). Returns {"cpu": {stage: s}, "wall": total s, "cpu_total": s, "frames": T, "decoded": n}."""
     from lake import _stats, _tables, _video
@@ -318,21 +318,14 @@ def profile_stages(src_root: Path, work: Path) -> dict:
     ftable = frames_table_name(fschema)
     units = ing.units_of(src)
     lk = lake.open(work)
-    ids: dict[int, str] = {}
     w0, c0 = time.perf_counter(), clock()
-    for i in tqdm(range(len(units)), desc="profile: scan_unit", unit="unit", leave=False):
-        for index, eid, _, _ in json.loads(ing.scan_unit({"unit": i}, src=src, units=units, fields=fields)["result"]):
-            if eid is not None:
-                ids[index] = eid
-    t_by["scan_unit (parquet read, validate, content id)"] = clock() - c0
-    selected = {i: (e, "train") for i, e in ids.items()}
     for m, n, f in patches:
         setattr(m, n, f)
     try:
         c1 = clock()
         for i in tqdm(range(len(units)), desc="profile: write_unit", unit="unit", leave=False):
             ing.write_unit({"unit": i}, src=src, units=units, fields=fields, store=lk.store, frames_table=ftable,
-                           selected=selected)
+                           present=frozenset(), split_ratios={"train": 1.0}, exclude={})
         write_total = clock() - c1
     finally:
         for m, n, f in saved:
@@ -545,7 +538,7 @@ def main() -> None:
         pT, tot = prof["frames"], prof["cpu_total"]
         lines += [
             "",
-            f"Stage profile: the Ray tasks' work (`scan_unit` + `write_unit` for every unit) run serially in this "
+            f"Stage profile: the Ray tasks' work (`write_unit` for every unit) run serially in this "
             f"process without Ray: {tot:.2f} CPU s ({prof['wall']:.2f} s wall) = {pT / tot:,.0f} frames per CPU s, "
             f"vs {T / bc['decode 1 thread']:,.0f} for the 1-thread plain decode; the Ray ingest used "
             f"{bc['ingest']:.2f} CPU s, so Ray and the two-job plan add {bc['ingest'] - tot:.2f} CPU s. "
@@ -598,9 +591,8 @@ def interpretation(*, ratio, ratio_cpu, prof, src_bytes, lake_bytes, ingest_cpu,
         top = "the image stats first and the verify decode second" if stats >= dec else \
             "the verify decode first and the image stats second"
         out[-1] += (f"; in the serial profile that decode is {dec / tot:.0%} of the work and the per-camera image "
-                    f"stats (`image_stats`: a float32 copy of every pixel, then numpy reductions along axis 0 of an "
-                    f"(N, 3) array) are {stats / tot:.0%}, so ingestion is bound by {top}; Lance writes, parquet "
-                    f"and demux are about 1% each, and running on Ray (two Ray Data jobs, scan then write) adds "
+                    f"stats (`image_stats`: per-channel 256-bin histograms) are {stats / tot:.0%}, so ingestion is bound by {top}; Lance writes, parquet "
+                    f"and demux are about 1% each, and running on Ray (one Ray Data pass, a few tasks per CPU) adds "
                     f"{max(0.0, ingest_cpu - tot):.1f} CPU s.")
     else:
         out[-1] += "."
@@ -610,8 +602,8 @@ def interpretation(*, ratio, ratio_cpu, prof, src_bytes, lake_bytes, ingest_cpu,
     wr, cr = video_ratio
     out.append(f"Reading back with `lk.video` takes {wr:.2f}× the wall time and {cr:.2f}× the CPU of decoding the "
                f"same episodes from the source mp4s, so it is {'slower' if cr > 1.05 else 'not slower'}"
-               + ("; besides the decode, each call runs two filtered Lance scans (episodes, then videos) over "
-                  "tables with one fragment per ingest task." if cr > 1.05 else "."))
+               + ("; besides the decode, each call reads the video row's blob through Lance (`take_blobs`)."
+                  if cr > 1.05 else "."))
     return " ".join(out)
 
 
