@@ -58,6 +58,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", default="demo_data", help="where the sample LeRobot datasets are written")
     p.add_argument("--episodes", type=int, default=24)
     p.add_argument("--steps", type=int, default=200, help="SFT steps (resumes if the demo ran before)")
+    p.add_argument("--eval-episodes", type=int, default=4)
+    p.add_argument("--eval-steps", type=int, default=100, help="simulator steps per evaluation episode")
     args = p.parse_args(argv)
     data = Path(args.data)
     first = _source(data, "pusht_session1", episodes=args.episodes // 2, version="v3.0", seed=0)
@@ -112,6 +114,16 @@ def main(argv=None) -> int:
         console.print(f"→ loss {sum(losses[:w]) / w:.3f} (first {w} steps) → {sum(losses[-w:]) / w:.3f} (last {w}); "
                       f"checkpoint {out['checkpoint']} trained on lake version {out['lineage']['lake_version']}, "
                       f"recipe {out['lineage']['recipe_hash']}; loss curve {Path(args.lake) / 'runs' / 'sft' / 'loss.png'}")
+
+    console.rule(f"closed-loop evaluation in the simulator ({args.eval_episodes} episodes)")
+    from training.evaluate import evaluate
+
+    ev = evaluate(out["checkpoint"], "gym_pusht/PushT-v0", episodes=args.eval_episodes, lake_uri=lk.uri,
+                  max_steps=args.eval_steps, task="push the T into the target")
+    console.print(f"→ success rate {ev.success_rate:.0%}, mean return {ev.mean_return:.2f}, mean length "
+                  f"{ev.mean_length:.0f}; episodes + summary in lake version {ev.lake_version} "
+                  f"(linked to the checkpoint, lake version {out['lineage']['lake_version']} and recipe "
+                  f"{out['lineage']['recipe_hash']}). A {args.steps}-step CPU model is not expected to solve PushT.")
     return 0
 
 

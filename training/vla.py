@@ -85,6 +85,11 @@ class VLA(nn.Module):
 
     # --- acting (training.checkpoint.Policy) ------------------------------------------------------------
 
+    @property
+    def input_features(self) -> list[str]:
+        """The observation keys ``act`` reads (lake feature names)."""
+        return [*self.layout["cameras"], *self.layout["state_features"]]
+
     def reset(self, batch_size: int) -> None:
         self._queue = [deque() for _ in range(batch_size)]
 

@@ -44,20 +44,17 @@ def env_seed(seed: int, worker: int, incarnation: int, group: int) -> int:
 class EnvWorker:
     def __init__(self, worker_id: int, cfg, rollout, trainer):
         from .envs import get_family, make_vector_env
-        from .latency import LatencyWrapper, make_sampler
+        from .latency import LatencyWrapper
 
         self.id, self.cfg, self.rollout, self.trainer = worker_id, cfg, rollout, trainer
         self.family = get_family(cfg.env.id)
         self.k = cfg.workers.envs_per_worker
         self.task = cfg.env.task or self.family.default_task
-        self._sampler_args = (cfg.latency.dist, cfg.latency.params, cfg.latency.cap_ms)
-        self.env = LatencyWrapper(
-            make_vector_env(cfg.env.id, self.k, image=cfg.policy.image, max_episode_steps=cfg.env.max_episode_steps,
-                            kwargs=cfg.env.kwargs),
-            make_sampler(*self._sampler_args[:2], seed=[cfg.seed, worker_id, 0, 2], cap_ms=self._sampler_args[2]))
-        self._make_sampler = make_sampler
+        vec = make_vector_env(cfg.env.id, self.k, image=cfg.policy.image, max_episode_steps=cfg.env.max_episode_steps,
+                              kwargs=cfg.env.kwargs)
+        self.env = LatencyWrapper(vec, lambda: 0.0)  # the sampler is per incarnation (see _start_incarnation)
         space = self.env.single_action_space
-        self._idle_action = ((space.low + space.high) / 2).astype(np.float32)
+        self._idle_action = ((space.low + space.high) / 2).astype(np.float32)  # for envs done with their round
         self.incarnation: int | None = None
         self.steps_total = 0
 
@@ -65,12 +62,14 @@ class EnvWorker:
         return os.getpid()
 
     def _start_incarnation(self, incarnation: int) -> None:
+        from .latency import make_sampler
+
         cfg = self.cfg
         self.incarnation = incarnation
         self.episodes = [0] * self.k  # per env, across run() calls of this incarnation
         self.row_rng = np.random.default_rng([cfg.seed, self.id, incarnation, 1])
-        self.env.sampler = self._make_sampler(*self._sampler_args[:2], seed=[cfg.seed, self.id, incarnation, 2],
-                                              cap_ms=self._sampler_args[2])
+        self.env.sampler = make_sampler(cfg.latency.dist, cfg.latency.params, seed=[cfg.seed, self.id, incarnation, 2],
+                                        cap_ms=cfg.latency.cap_ms)
 
     def _episode_seed(self, i: int) -> tuple[int, str]:
         n = self.episodes[i] * self.k + i
@@ -128,9 +127,11 @@ class EnvWorker:
             busy += t2 - t1
             restart = np.zeros(k, bool)
             for i in finished:
+                t_fin = time.perf_counter()
                 traj = self._finish(bufs[i], i, {n: x[i] for n, x in nxt.items()}, bool(term[i]), bool(trunc[i]),
                                     bool(success[i]) if success is not None else False)
                 t3 = time.perf_counter()
+                busy += t3 - t_fin
                 ray.get(self.trainer.submit.remote(traj))
                 wait_submit += time.perf_counter() - t3
                 produced.append(traj.traj_id)

@@ -27,7 +27,8 @@ def _clipped(ratio: torch.Tensor, adv: torch.Tensor, eps: float) -> torch.Tensor
 def decoupled(logp, logp_prox, logp_behav, adv, clip_eps: float, is_cap: float):
     w = torch.exp(logp_prox - logp_behav).clamp(max=is_cap).detach()
     ratio = torch.exp(logp - logp_prox.detach())
-    return -(w * _clipped(ratio, adv, clip_eps)).mean(), {"is_weight": float(w.mean()), "ratio": float(ratio.detach().mean())}
+    info = {"is_weight": float(w.mean()), "ratio": float(ratio.detach().mean())}
+    return -(w * _clipped(ratio, adv, clip_eps)).mean(), info
 
 
 def clip(logp, logp_prox, logp_behav, adv, clip_eps: float, is_cap: float):

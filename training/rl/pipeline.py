@@ -39,7 +39,8 @@ class RunReport:
     dropped_unused: int
     staleness_mean: float  # over consumed trajectories, in versions
     staleness_max: int
-    idle: dict  # stage -> fraction of wall_s it was not working (env workers: averaged over workers)
+    idle: dict  # stage -> fraction of wall_s it was not working (env workers: averaged over workers); also
+    #             env_waiting_for_actions and rollouts_paused (``as``), as fractions of wall_s
     restarts: int  # env worker deaths survived
     weights_sha256: str
     history: tuple[dict, ...]  # one row per version: time, consumed steps, reward per step, staleness, losses
@@ -88,7 +89,7 @@ def _check_resources(cfg: RLConfig, wait_s: float = 15.0) -> None:
         time.sleep(0.2)
 
 
-def _create(cfg: RLConfig, pcfg: dict, run_id: str, fps: float, robot_type: str, storage_options) -> _Actors:
+def _create(cfg: RLConfig, spec, run_id: str, fps: float, robot_type: str, storage_options) -> _Actors:
     import ray
 
     from .env_worker import EnvWorker
@@ -105,9 +106,9 @@ def _create(cfg: RLConfig, pcfg: dict, run_id: str, fps: float, robot_type: str,
         writer = ray.remote(LakeWriter).options(**opts(p.lake_writer), max_concurrency=1).remote(
             cfg.lake.uri, cfg.lake, cfg.env.id, run_id, fps, robot_type, storage_options)
     rollouts = [ray.remote(RolloutWorker).options(**opts(p.rollout)).remote(
-        pcfg, cfg.batching.max_batch_size, cfg.batching.batch_timeout_ms, lockstep=cfg.mode == "ss")
+        spec, cfg.batching.max_batch_size, cfg.batching.batch_timeout_ms, lockstep=cfg.mode == "ss")
         for _ in range(cfg.workers.rollout_workers)]
-    trainer = ray.remote(Trainer).options(**opts(p.trainer), max_concurrency=8).remote(cfg, pcfg, rollouts, writer)
+    trainer = ray.remote(Trainer).options(**opts(p.trainer), max_concurrency=8).remote(cfg, spec, rollouts, writer)
     workers = [ray.remote(EnvWorker).options(**opts(p.env_worker), max_restarts=cfg.workers.max_restarts,
                                              max_task_retries=0).remote(i, cfg, rollouts[i % len(rollouts)], trainer)
                for i in range(cfg.workers.env_workers)]
@@ -234,18 +235,18 @@ def run(cfg: RLConfig, *, storage_options: dict | None = None) -> RunReport:
     from lake._ray import ensure_ray
 
     from .envs import env_fps, get_family, make_env
-    from .policy import policy_config
+    from .policy import policy_spec
 
     validate(cfg)
     ensure_ray()
     _check_resources(cfg)
-    pcfg = policy_config(cfg.env.id, image=cfg.policy.image, hidden=cfg.policy.hidden,
-                         image_size=cfg.policy.image_size, init_log_std=cfg.policy.init_log_std, env_kwargs=cfg.env.kwargs)
+    spec = policy_spec(cfg)
+    spec.build()  # fail here, with the reason, rather than in every actor
     env = make_env(cfg.env.id, image=cfg.policy.image, kwargs=cfg.env.kwargs)
     fps = env_fps(env)
     env.close()
     run_id = f"{cfg.mode}-s{cfg.seed}-{uuid.uuid4().hex[:8]}"
-    a = _create(cfg, pcfg, run_id, fps, get_family(cfg.env.id).robot_type, storage_options)
+    a = _create(cfg, spec, run_id, fps, get_family(cfg.env.id).robot_type, storage_options)
     deadline = time.time() + cfg.timeout_s
     try:
         ray.get([x.ready.remote() for x in a.all()], timeout=_remaining(deadline))
@@ -267,24 +268,31 @@ def run(cfg: RLConfig, *, storage_options: dict | None = None) -> RunReport:
         for x in a.all():
             ray.kill(x, no_restart=True)
     tr.ledger.check()
+    return _report(cfg, run_id, t_start, tr, workers, rollout_stats, lake_rep, deaths, ckpt)
+
+
+def _report(cfg, run_id, t_start, tr, workers, rollout_stats, lake_rep, deaths, ckpt) -> RunReport:
     wall = max(tr.history[-1]["time"] - t_start, 1e-9) if tr.history else 0.0
     steps = tr.history[-1]["consumed_steps"] if tr.history else 0
-    st = tr.ledger.staleness
-    n = cfg.workers.env_workers
-    idle = {"env_workers": 1 - min(sum(r.busy_s for r in workers) / max(n * wall, 1e-9), 1.0),
-            "env_waiting_for_actions": sum(r.wait_act_s for r in workers) / max(n * wall, 1e-9),
-            "rollout": 1 - min(sum(r.batcher.busy_s for r in rollout_stats) / max(len(rollout_stats) * wall, 1e-9), 1),
-            "trainer": 1 - min(tr.busy_s / max(wall, 1e-9), 1.0)}
+    st, n = tr.ledger.staleness, cfg.workers.env_workers
+
+    def frac(busy: float, actors: int = 1) -> float:
+        return min(busy / max(actors * wall, 1e-9), 1.0)
+
+    idle = {"env_workers": 1 - frac(sum(r.busy_s for r in workers), n),
+            "env_waiting_for_actions": frac(sum(r.wait_act_s for r in workers), n),
+            "rollout": 1 - frac(sum(r.batcher.busy_s for r in rollout_stats), len(rollout_stats)),
+            "trainer": 1 - frac(tr.busy_s), "rollouts_paused": frac(tr.paused_s)}
     if lake_rep is not None:
-        idle["lake_writer"] = 1 - min(lake_rep.busy_s / max(wall, 1e-9), 1.0)
+        idle["lake_writer"] = 1 - frac(lake_rep.busy_s)
+    led = tr.ledger
     return RunReport(
         run_id=run_id, mode=cfg.mode, seed=cfg.seed, versions=tr.version, wall_s=wall, consumed_steps=steps,
-        consumed_trajectories=len(tr.ledger.consumed), steps_per_s=steps / wall if wall else 0.0,
-        produced=len(tr.ledger.received), dropped_stale=len(tr.ledger.dropped_stale),
-        dropped_unused=len(tr.ledger.dropped_unused), staleness_mean=float(sum(st) / len(st)) if st else 0.0,
-        staleness_max=max(st) if st else 0, idle=idle, restarts=deaths, weights_sha256=tr.weights_sha256,
-        history=tr.history, ledger=tr.ledger, trajectories=tr.received, workers=tuple(workers), rollouts=rollout_stats, lake=lake_rep,
-        checkpoint=ckpt)
+        consumed_trajectories=len(led.consumed), steps_per_s=steps / wall if wall else 0.0, produced=len(led.received),
+        dropped_stale=len(led.dropped_stale), dropped_unused=len(led.dropped_unused),
+        staleness_mean=float(sum(st) / len(st)) if st else 0.0, staleness_max=max(st) if st else 0, idle=idle,
+        restarts=deaths, weights_sha256=tr.weights_sha256, history=tr.history, ledger=led, trajectories=tr.received,
+        workers=tuple(workers), rollouts=rollout_stats, lake=lake_rep, checkpoint=ckpt)
 
 
 def summary(rep: RunReport) -> str:

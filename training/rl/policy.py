@@ -158,6 +158,44 @@ class GaussianActorCritic(nn.Module):
         self.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
 
 
+@dataclass(frozen=True)
+class PolicySpec:
+    """How every actor builds the same policy: ``training.checkpoint.build(factory, config)``, then ``weights``
+    (None: the factory's own initialization, seeded by the trainer)."""
+
+    factory: str
+    config: dict
+    weights: dict | None = None
+
+    def build(self) -> "RLPolicy":
+        """The module; TypeError if it lacks what RL calls."""
+        from training.checkpoint import build
+
+        module = build(self.factory, self.config)
+        if not isinstance(module, RLPolicy):
+            missing = [m for m in ("input_features", "act_with_logprob", "evaluate_actions", "value", "get_weights",
+                                   "set_weights", "reset", "act") if not hasattr(module, m)]
+            raise TypeError(f"{self.factory} builds a {type(module).__name__}, not an RLPolicy (lacks {missing})")
+        if self.weights is not None:
+            module.set_weights(self.weights)
+        return module
+
+
+def policy_spec(cfg) -> PolicySpec:
+    """The PolicySpec of an RLConfig (see ``PolicyConfig``)."""
+    p = cfg.policy
+    if p.init_checkpoint:
+        from training.checkpoint import load
+
+        ckpt = load(p.init_checkpoint)
+        weights = {k: v.detach().cpu().numpy() for k, v in ckpt["state_dict"].items()}
+        return PolicySpec(ckpt["factory"], dict(ckpt["config"]), weights)
+    if p.factory != FACTORY:
+        return PolicySpec(p.factory, dict(p.kwargs))
+    return PolicySpec(FACTORY, policy_config(cfg.env.id, image=p.image, hidden=p.hidden, image_size=p.image_size,
+                                             init_log_std=p.init_log_std, env_kwargs=cfg.env.kwargs))
+
+
 def build_policy(**config) -> GaussianActorCritic:
     """Checkpoint factory (``training.rl.policy:build_policy``)."""
     return GaussianActorCritic(**config)

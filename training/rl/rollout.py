@@ -23,13 +23,11 @@ class RolloutStats:
 
 
 class RolloutWorker:
-    def __init__(self, policy_config: dict, max_batch_size: int, batch_timeout_ms: float, lockstep: bool = False):
+    def __init__(self, spec, max_batch_size: int, batch_timeout_ms: float, lockstep: bool = False):
         import torch
 
-        from .policy import build_policy
-
         torch.set_num_threads(1)
-        self.policy = build_policy(**policy_config).eval()
+        self.policy = spec.build().eval()  # its weights come from the trainer (version 0 first)
         self.version, self.swaps = -1, 0
         self._pending: tuple[int, dict] | None = None
         self._lockstep = lockstep

@@ -36,6 +36,7 @@ class TrainerReport:
     history: tuple[dict, ...]  # one row per published version
     busy_s: float  # computing (forward/backward/step/publish)
     started_at: float  # wall clock when run() began
+    paused_s: float  # ``as``: rollouts held while training
     weights_sha256: str
     duplicates: int  # submissions of an id already received (ignored)
     received: dict  # traj_id -> (return, length, policy version of its oldest step) of every received trajectory
@@ -46,18 +47,18 @@ def _order(t: Trajectory) -> tuple:
 
 
 class Trainer:
-    def __init__(self, cfg, policy_config: dict, rollouts: list, writer=None):
+    def __init__(self, cfg, spec, rollouts: list, writer=None):
         import torch
 
         from .advantages import get_advantage
         from .losses import get_correction
-        from .policy import build_policy
 
         torch.manual_seed(cfg.seed)
         torch.set_num_threads(1)
-        self.cfg, self.algo, self.policy_config = cfg, cfg.algo, policy_config
+        self.cfg, self.algo, self.spec = cfg, cfg.algo, spec
         self.rollouts, self.writer = rollouts, writer
-        self.policy = build_policy(**policy_config)
+        self.policy = spec.build()
+        self.policy.train()
         self.opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.algo.lr, eps=1e-5)
         self.estimator, self.correction = get_advantage(cfg.algo.advantage), get_correction(cfg.algo.correction)
         self.version = self._published = 0
@@ -66,7 +67,7 @@ class Trainer:
         self._groups: dict[str, list[Trajectory]] = {}
         self._received, self._seen, self._summaries = [], set(), {}
         self._consumed, self._stale, self._unused, self._staleness = [], [], [], []
-        self._duplicates, self._stop, self._busy, self._started = 0, False, 0.0, 0.0
+        self._duplicates, self._stop, self._busy, self._started, self._paused = 0, False, 0.0, 0.0, 0.0
         self._history: list[dict] = []
         self._writer_refs: list = []
         self._error: BaseException | None = None
@@ -155,6 +156,7 @@ class Trainer:
                 if mode != "aa" and not self._wait_for(a.batch_trajectories):
                     break
                 if mode == "as":
+                    paused = time.perf_counter()
                     ray.get([r.pause.remote() for r in self.rollouts])
                 if not self._train_batch(ordered=mode != "aa"):
                     break
@@ -162,6 +164,7 @@ class Trainer:
                 self.publish()
                 if mode == "as":
                     ray.get([r.resume.remote() for r in self.rollouts])
+                    self._paused += time.perf_counter() - paused
                 self._busy += time.perf_counter() - t
                 with self._cv:
                     self._published = self.version
@@ -245,8 +248,8 @@ class Trainer:
         vl = value_loss(value, mb["ret"]) if mb["ret"] is not None else None
         if vl is not None:
             loss = loss + a.value_coef * vl
-        return loss, {**info, "policy_loss": float(pg.detach()), "value_loss": float(vl.detach()) if vl is not None else 0.0,
-                      "entropy": float(entropy.detach().mean())}
+        return loss, {**info, "policy_loss": float(pg.detach()), "entropy": float(entropy.detach().mean()),
+                      "value_loss": float(vl.detach()) if vl is not None else 0.0}
 
     def _record(self, trajs: list[Trajectory], metrics: list[dict]) -> None:
         steps = sum(t.length for t in trajs)
@@ -296,7 +299,7 @@ class Trainer:
         ray.get(self._writer_refs)
         ledger = Ledger(tuple(self._received), tuple(self._consumed), tuple(self._stale), tuple(self._unused),
                         tuple(self._staleness))
-        return TrainerReport(self.version, ledger, tuple(self._history), self._busy, self._started,
+        return TrainerReport(self.version, ledger, tuple(self._history), self._busy, self._started, self._paused,
                              self.weights_sha256(), self._duplicates, dict(self._summaries))
 
     def weights_sha256(self) -> str:
@@ -309,6 +312,5 @@ class Trainer:
     def save(self, path: str, lineage: dict) -> str:
         from training.checkpoint import save
 
-        from .policy import FACTORY
-
-        return save(path, self.policy, factory=FACTORY, config=self.policy_config, step=self.version, lineage=lineage)
+        return save(path, self.policy, factory=self.spec.factory, config=self.spec.config, step=self.version,
+                    lineage=lineage)

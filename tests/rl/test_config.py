@@ -1,0 +1,61 @@
+"""Every config in configs/rl loads, validates and fits 2 cores; bad configs fail naming the file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from training.rl import load_config, required_cpus, with_overrides
+from training.rl.config import RLConfig
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "rl").glob("*.yaml"))
+
+
+def test_there_are_configs_for_every_mode():
+    assert {load_config(p).mode for p in CONFIGS} == {"ss", "as", "aa"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_loads_fits_two_cores_and_names_its_command(path):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# ") and "python -m training.rl" in first and f"configs/rl/{path.name}" in first
+    cfg = load_config(path)
+    assert required_cpus(cfg) <= 2.0, f"{path.name} needs {required_cpus(cfg)} CPUs"
+    from training.rl import build_policy, policy_config
+
+    pcfg = policy_config(cfg.env.id, image=cfg.policy.image, env_kwargs=cfg.env.kwargs)
+    policy = build_policy(**pcfg)
+    assert ("observation.images.top" in policy.input_features) == cfg.policy.image
+
+
+def test_unknown_key_names_the_file_and_the_key(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("mode: aa\nalgo:\n  learning_rate: 0.1\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml: unknown key algo\.learning_rate"):
+        load_config(p)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"mode": "sa"}, "mode"),
+    ({"algo.advantage": "grpo"}, "group_size"),  # grpo with groups of 1
+    ({"mode": "ss", "algo.batch_trajectories": 6, "algo.micro_batch_trajectories": 2}, "multiple of the envs"),
+    ({"algo.micro_batch_trajectories": 32}, "larger than the global batch"),
+    ({"latency.dist": "gamma"}, "latency.dist"),
+    ({"algo.max_staleness": -1}, "max_staleness"),
+])
+def test_settings_that_cannot_run_are_rejected(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        with_overrides(RLConfig(), overrides)
+
+
+def test_overrides_replace_nested_fields_and_reject_wrong_types(tmp_path):
+    cfg = with_overrides(RLConfig(), {"algo.lr": 1, "workers.env_workers": 2, "latency": {"dist": "constant"}})
+    assert cfg.algo.lr == 1.0 and isinstance(cfg.algo.lr, float) and cfg.workers.env_workers == 2
+    assert cfg.latency.dist == "constant" and cfg.latency.cap_ms == RLConfig().latency.cap_ms
+    with pytest.raises(ValueError, match="no field"):
+        with_overrides(RLConfig(), {"algo.nope": 1})
+    p = tmp_path / "c.yaml"
+    p.write_text("workers:\n  env_workers: two\n")
+    with pytest.raises(ValueError, match="workers.env_workers: expected a number"):
+        load_config(p)
