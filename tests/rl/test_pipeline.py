@@ -61,6 +61,7 @@ def test_the_lake_holds_exactly_the_trajectories_produced(aa_run):
     assert len(lk.checkout(rep.lake.lake_version).table("episodes").get_fragments()) < cfg.lake.compact_min_fragments
 
 
+@pytest.mark.slow
 def test_ss_with_a_fixed_seed_is_reproducible(ray_session):
     from training.rl import run
 

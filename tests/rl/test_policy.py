@@ -78,3 +78,20 @@ def test_the_image_policy_reads_the_top_camera_and_survives_a_checkpoint(tmp_pat
     np.testing.assert_array_equal(q.act(obs, ["t", "t"]), p.act(obs, ["t", "t"]))
     with pytest.raises(KeyError, match="lacks"):
         p.act({"observation.state": obs["observation.state"]}, ["t", "t"])
+
+
+def test_rl_can_start_from_any_checkpointed_rl_policy_and_rejects_modules_that_cannot_act(tmp_path, state_config):
+    from training.rl import RLConfig, policy_spec, with_overrides
+
+    p = build_policy(**state_config)
+    with torch.no_grad():
+        p.log_std.fill_(-2.0)  # something a fresh build would not have
+    path = save(tmp_path / "sft.pt", p, factory=FACTORY, config=state_config, step=100)
+    spec = policy_spec(with_overrides(RLConfig(), {"policy.init_checkpoint": str(path)}))
+    assert spec.factory == FACTORY and spec.config == state_config
+    q = spec.build()
+    assert torch.equal(q.log_std, p.log_std)
+    bad = policy_spec(with_overrides(RLConfig(), {"policy.factory": "torch.nn:Linear",
+                                                  "policy.kwargs": {"in_features": 2, "out_features": 2}}))
+    with pytest.raises(TypeError, match="not an RLPolicy"):
+        bad.build()

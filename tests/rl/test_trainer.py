@@ -8,7 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from training.rl import Trajectory, policy_config
+from training.rl import PolicySpec, Trajectory, policy_config
+from training.rl.policy import FACTORY
 from training.rl.trainer import Trainer
 
 from rl_configs import small_config
@@ -18,7 +19,7 @@ ENV = "gym_pusht/PushT-v0"
 
 @pytest.fixture(scope="module")
 def pcfg():
-    return policy_config(ENV)
+    return PolicySpec(FACTORY, policy_config(ENV))
 
 
 def _traj(i, version, group=None, T=3, rewards=None, raw=None, logp=None):
@@ -102,3 +103,19 @@ def test_updates_move_the_policy_towards_rewarded_actions(ray_session, pcfg):
     tr.finish().ledger.check()
     after = float(tr.policy.act(obs, ["t"])[0, 0])
     assert after > before + 20, (before, after)  # env units: the box is 0..512, the start ~256
+
+
+def test_a_batch_cut_short_by_stop_counts_its_trajectories_as_unused_not_consumed(ray_session, pcfg):
+    import time
+
+    cfg = small_config(**{"algo.batch_trajectories": 4, "algo.micro_batch_trajectories": 2, "algo.train_steps": 1})
+    tr = Trainer(cfg, pcfg, rollouts=[])
+    th = _start(tr)
+    for i in range(3):  # one micro-batch is taken and back-propagated, the second never fills
+        tr.submit(_traj(i, 0))
+    time.sleep(0.5)
+    tr.stop()
+    th.join(10)
+    rep = tr.finish()
+    led = rep.ledger.check()
+    assert rep.version == 0 and not led.consumed and sorted(led.dropped_unused) == [f"w0.i0.e0.n{i}" for i in range(3)]

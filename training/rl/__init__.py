@@ -18,14 +18,14 @@ from .latency import LATENCIES, get_latency
 from .ledger import Ledger
 from .losses import CORRECTIONS, get_correction
 from .pipeline import RunReport, required_cpus, run, summary
-from .policy import ActionSample, GaussianActorCritic, RLPolicy, build_policy, policy_config
+from .policy import ActionSample, GaussianActorCritic, PolicySpec, RLPolicy, build_policy, policy_config, policy_spec
 from .trajectory import Trajectory, staleness, to_new_episode
 
 __all__ = [
     "ADVANTAGES", "CORRECTIONS", "LATENCIES", "ActReply", "ActRequest", "ActionSample", "AlgoConfig", "BatchingConfig",
     "DynamicBatcher", "EnvConfig", "GaussianActorCritic", "LakeConfig", "LatencyConfig", "Ledger", "PlacementConfig",
-    "PolicyConfig", "RLConfig", "RLPolicy", "RunReport", "Trajectory", "WorkersConfig", "build_policy", "from_dict",
+    "PolicyConfig", "PolicySpec", "RLConfig", "RLPolicy", "RunReport", "Trajectory", "WorkersConfig", "build_policy", "from_dict",
     "gae", "get_advantage", "get_correction", "get_family", "get_latency", "group_relative", "load_config",
-    "make_env", "make_vector_env", "policy_config", "required_cpus", "run", "staleness", "summary", "to_features",
+    "make_env", "make_vector_env", "policy_config", "policy_spec", "required_cpus", "run", "staleness", "summary", "to_features",
     "to_new_episode", "validate", "with_overrides",
 ]

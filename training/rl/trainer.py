@@ -130,10 +130,16 @@ class Trainer:
             out = []
             while len(out) < n:
                 out.extend(self._units.popleft())
-            for t in out:
-                self._consumed.append(t.traj_id)
-                self._staleness.append(self.version - t.min_version)
             return out
+
+    def _settle(self, trajs: list[Trajectory], used: bool) -> None:
+        """Book a batch's trajectories: consumed once its optimizer step happened, else unused."""
+        with self._cv:
+            if used:
+                self._consumed.extend(t.traj_id for t in trajs)
+                self._staleness.extend(self.version - t.min_version for t in trajs)
+            else:
+                self._unused.extend(t.traj_id for t in trajs)
 
     # --- training -----------------------------------------------------------------------------------------
 
@@ -183,7 +189,8 @@ class Trainer:
         stored, metrics, trajs = [], [], []
         for _ in range(n_micro):
             mb_trajs = self._take(a.micro_batch_trajectories, ordered)
-            if mb_trajs is None:
+            if mb_trajs is None:  # stopped mid-batch: what was taken never reached an optimizer step
+                self._settle(trajs, used=False)
                 return False
             t = time.perf_counter()
             mb = self._prepare(mb_trajs)
@@ -194,6 +201,7 @@ class Trainer:
             trajs.extend(mb_trajs)
             self._busy += time.perf_counter() - t
         t = time.perf_counter()
+        self._settle(trajs, used=True)  # staleness is measured against the version these gradients start from
         self._step()
         for _ in range(a.epochs - 1):
             self.opt.zero_grad()
