@@ -23,7 +23,6 @@ import argparse
 import datetime
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -36,6 +35,8 @@ sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 RESULTS = HERE / "RESULTS.md"
 SECTION = "## Async RL"
+sys.path.insert(0, str(HERE))
+from _report import record  # noqa: E402
 PNG = HERE / "rl_returns.png"
 GOAL = 1.85
 MODES = ("ss", "as", "aa")
@@ -208,18 +209,6 @@ def interpret(cfg, reports: dict, evals: dict) -> str:
     return " ".join(out)
 
 
-def record(body: str) -> None:
-    """Replace (or append) the "## Async RL" section of RESULTS.md; other sections are left alone."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = f"{SECTION}\n\n{body.strip()}\n"
-    m = re.search(rf"^{re.escape(SECTION)}[ \t]*$", text, flags=re.M)
-    if m:
-        nxt = re.search(r"^## ", text[m.end():], flags=re.M)
-        end = m.end() + nxt.start() if nxt else len(text)
-        text = text[:m.start()] + block + ("\n" + text[end:] if nxt else "")
-    else:
-        text = text.rstrip() + "\n\n" + block
-    RESULTS.write_text(text)
 
 
 def main() -> int:
@@ -300,7 +289,7 @@ def main() -> int:
     print()
     print(text)
     if args.record:
-        record(body + "\n\n" + text + "\n")
+        record("Async RL", body + "\n\n" + text + "\n")
         print(f"\nrecorded in {RESULTS}")
     return 0
 

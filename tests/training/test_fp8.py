@@ -17,16 +17,6 @@ ENGINES = ["emulated"] + (["torchao"] if importlib.util.find_spec("torchao") els
 REL_TOL = 0.10
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These tensors are tiny: a second intra-op thread only adds OpenMP barrier waits, which stall
-    badly when other jobs share the 2 cores (4x slower measured)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def mlp(seed=0):
     torch.manual_seed(seed)
     return nn.Sequential(

@@ -13,16 +13,6 @@ CFG = Pi05Config(width=32, depth=2, heads=4, kv_heads=2, head_dim=8, mlp_ratio=2
 IMAGE, TEXT_MAX, TEXT = 6, 9, [2, 9, 0, 5]  # text lengths 0 and max included
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These tensors are tiny: a second intra-op thread only adds OpenMP barrier waits, which stall
-    badly when other jobs share the 2 cores (4x slower measured)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def make_policy(seed=0):
     torch.manual_seed(seed)
     pol = Pi05Policy(CFG).double()

@@ -14,14 +14,6 @@ from training import cu_seqlens_from_lengths, position_ids_from_cu_seqlens, varl
 CPU_BACKENDS = ["sdpa_loop", "dense"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These tensors are tiny: a second intra-op thread only adds OpenMP barrier waits, which stall
-    badly when other jobs share the 2 cores (4x slower measured)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 MASKS = {
     "full": {},
     "causal": {"causal": True},
