@@ -20,6 +20,7 @@ from ._ingest import IngestReport, split_of
 from ._lerobot import content_id, frame_fields
 from ._schema import EPISODES, SOURCES, TASKS, VIDEOS, frames_schema, frames_table_name, nest, task_id
 from ._store import Store
+from ._video import image_stats
 
 
 @dataclass
@@ -127,8 +128,6 @@ def append_episodes(store: Store, episodes: list[NewEpisode], *, source: str, fp
         stats = _stats.frame_stats(ft)
         for cam, imgs in ep.images.items():
             seg, decoded = encode_segment(np.asarray(imgs, np.uint8), fps, f"{source} {eid} {cam}")
-            from ._video import image_stats
-
             stats[cam] = image_stats(decoded)
             video_rows.append(_video_row(eid, cam, VideoRef("", 0.0, ft.num_rows / fps), seg))
         frames_parts.append(ft.add_column(0, "episode_id", pa.array([eid] * ft.num_rows, pa.string())))

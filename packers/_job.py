@@ -13,7 +13,6 @@ import pickle
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from fractions import Fraction
 
 import numpy as np
 import pyarrow as pa
@@ -90,25 +89,9 @@ def _np(col) -> np.ndarray:
 
 
 def _group_images(lk, episodes: list[dict], layout: dict, tokenize) -> dict[tuple[str, str], np.ndarray]:
-    from lake._video import Segment, decode
-
-    if not layout["cameras"]:
-        return {}
-    ids = ", ".join(f"'{e['episode_id']}'" for e in episodes)
-    cams = ", ".join(f"'{c}'" for c in layout["cameras"])
-    ds = lk.table("videos")
-    meta = ds.to_table(filter=f"episode_id IN ({ids}) AND camera IN ({cams})",
-                       columns=[n for n in ds.schema.names if n != "data"], with_row_id=True).to_pylist()
-    blobs = ds.take_blobs("data", ids=[m["_rowid"] for m in meta])
-    out = {}
-    for m, blob in zip(meta, blobs):
-        seg = Segment(m["codec"], m["extradata"], m["width"], m["height"], m["pix_fmt"],
-                      Fraction(m["time_base_num"], m["time_base_den"]), blob.read(),
-                      np.asarray(m["packet_offsets"]), np.asarray(m["packet_pts"]), np.asarray(m["packet_key"], bool))
-        frames, _ = decode(seg)
-        rgb = np.stack(frames[m["skip"]:m["skip"] + m["frames"]])
-        out[(m["episode_id"], m["camera"])] = tokenize(resize(rgb, tuple(layout["image_size"])))
-    return out
+    """(episode, camera) -> image tokens of every frame: decoded once per episode by the lake, resized, tokenized."""
+    return {(e["episode_id"], c): tokenize(resize(lk.video(e["episode_id"], c), tuple(layout["image_size"])))
+            for e in episodes for c in layout["cameras"] if c in (e["cameras"] or [])}
 
 
 def pack_group(row: dict, *, lake_ref, groups: list[tuple], layout: dict, recipe: Recipe, table: str) -> dict:
