@@ -84,27 +84,25 @@ class PackedBatch:
         return dataclasses.replace(self, **{k: v.pin_memory() for k, v in self._tensors().items()})
 
 
-# (column, layout keys for its width, modality whose token count is its row count)
-_PAYLOAD_2D = {
-    "image_patches": (("token_dim",), "image"),
-    "image_embeds": (("embed_dim",), "image"),  # token_dim is the raw patch size, not the encoder's width
-    "state": (("state_dim",), "state"),
-    "actions": (("action_dim",), "action"),
-    "action_bins": (("action_dim",), "action"),
-}
+# two-dimensional payload -> the modality whose token count is its row count
+_PAYLOAD_2D = {"image_patches": "image", "image_embeds": "image", "state": "state", "actions": "action",
+               "action_bins": "action"}
 
 
-def _width(name: str, n_values: int, n_rows: int, layout: dict) -> int:
-    """Row width of a flattened payload, from the layout (checked against the data) or from the data."""
-    keys, _ = _PAYLOAD_2D[name]
-    dim = next((int(layout[k]) for k in keys if layout.get(k)), None)
+def _width(name: str, vals: np.ndarray, n_rows: int, layout: dict) -> int:
+    """Row width of a payload (flat, or 2-D from a list of fixed-size lists), from the layout (checked
+    against the data) or from the data."""
+    from packers.schema import WIDTH_KEYS
+
+    key = WIDTH_KEYS[name]  # image_embeds: embed_dim; token_dim is the raw patch size, not the encoder's width
+    dim = int(layout[key]) if layout.get(key) else (vals.shape[1] if vals.ndim == 2 else None)
     if dim is None:
         if n_rows == 0:
             return 0
-        dim = n_values // n_rows
-    if n_values != dim * n_rows:
-        raise ValueError(f"column {name!r}: {n_values} values are not {n_rows} tokens x width {dim} "
-                         f"(layout {dict((k, layout.get(k)) for k in keys)})")
+        dim = vals.size // n_rows
+    if vals.size != dim * n_rows or (vals.ndim == 2 and vals.shape[1] != dim):
+        raise ValueError(f"column {name!r}: {vals.size} values are not {n_rows} tokens x width {dim} "
+                         f"(layout {key}={layout.get(key)})")
     return dim
 
 
@@ -166,11 +164,11 @@ def packed_batch(table: pa.Table, layout: dict | None = None) -> PackedBatch:
         raise ValueError(f"origin has {len(episodes)} samples but cu_seqlens {len(cu) - 1} (packs {pack_ids.tolist()})")
 
     out = {}
-    for name, (_, modality_name) in _PAYLOAD_2D.items():
+    for name, modality_name in _PAYLOAD_2D.items():
         if name not in cols:
             continue
         vals = view(name)
-        width = _width(name, len(vals), int(counts[MODALITIES[modality_name]]), layout)
+        width = _width(name, vals, int(counts[MODALITIES[modality_name]]), layout)
         out[name] = _t.to_torch(vals.reshape(-1, width) if width else vals.reshape(0, 0))
     T = _t.to_torch
     return PackedBatch(

@@ -8,9 +8,12 @@ another world size or batch size re-deals the rest of the order. Inside one rank
 of ``K`` reads the rank's batches ``k, k+K, ...``; the DataLoader's in-order round robin gives them back in
 the rank's order, so the stream is the same with any number of workers.
 
-Reading: one Lance ``take`` per batch (retried on transient I/O errors), a bounded number of batches in
-flight on a small thread pool (``prefetch``), each turned into a ``PackedBatch`` of views over the Arrow
-buffers. Memory is bounded by ``prefetch`` batches, whatever the table's size.
+Reading: consecutive batches of the plan are read with one Lance ``take`` of their rows in plan order
+(up to ``read_bytes`` per take; retried on transient I/O errors) and sliced back into batches: each take
+costs a fixed decode overhead per column, so a 4-pack batch per take spent most of its time there. A
+bounded number of takes are in flight on a small thread pool (``prefetch``); every batch is a
+``PackedBatch`` of views over the Arrow buffers of its take. Memory is bounded by ``prefetch`` takes,
+whatever the table's size.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ class Loader(IterableDataset):
 
     def __init__(self, source: PackedSource, split: str, *, batch_packs: int = 1, shuffle: str = "random",
                  seed: int = 0, epoch: int = 0, world: World = World(), num_workers: int = 0, prefetch: int = 2,
-                 pin_memory: bool = False, device=None, partition: str = "balanced"):
+                 pin_memory: bool = False, device=None, partition: str = "balanced", read_bytes: int = 32 << 20):
         if batch_packs < 1:
             raise ValueError(f"batch_packs must be >= 1, got {batch_packs}")
         if num_workers < 0 or prefetch < 0:
@@ -61,6 +64,8 @@ class Loader(IterableDataset):
         self.source, self.split, self.world = source, split, world
         self.batch_packs, self.shuffle, self.partition = int(batch_packs), shuffle, partition
         self.num_workers, self.prefetch, self.pin_memory = int(num_workers), int(prefetch), bool(pin_memory)
+        self.read_bytes = int(read_bytes)
+        self._pack_bytes = None  # bytes per pack, learnt from the first take (sizes the following ones)
         self.device = torch.device(device) if device is not None else None
         self.seed, self.epoch, self.consumed = int(seed), int(epoch), 0
         self.segment = 0  # position in the epoch's order where this world layout started dealing
@@ -150,33 +155,57 @@ class Loader(IterableDataset):
 
     def read(self, packs: np.ndarray) -> PackedBatch:
         """One batch: the split-local packs ``packs``, merged, in that order."""
-        ds, rows = self._dataset(), self.rows[packs]
+        return self._read_group([packs])[0]
+
+    def _read_group(self, group: list[np.ndarray], pin: bool = False) -> list[PackedBatch]:
+        """Several batches with one take of their rows (in order); each batch a slice of the result."""
+        ds, rows = self._dataset(), self.rows[np.concatenate(group)]
         table = retrying(lambda: ds.take(rows, columns=self.columns),
                          f"reading packs {rows.tolist()} of {self.source.table_uri}", self.source.backoff)
-        return packed_batch(table, self.source.layout)
+        if self._pack_bytes is None and table.num_rows:
+            self._pack_bytes = max(1, table.nbytes // table.num_rows)
+        out, start = [], 0
+        for packs in group:
+            batch = packed_batch(table.slice(start, len(packs)), self.source.layout)
+            out.append(batch.pin_memory() if pin else batch)
+            start += len(packs)
+        return out
+
+    def _groups(self, batches: list[np.ndarray]):
+        """Consecutive batches, grouped so that one take reads about ``read_bytes`` (at least one batch).
+        Until the first take has told the pack size, one batch per take."""
+        group, packs = [], 0
+        for b in batches:
+            limit = self.read_bytes // self._pack_bytes if self._pack_bytes else 0
+            if group and packs + len(b) > limit:
+                yield group
+                group, packs = [], 0
+            group.append(b)
+            packs += len(b)
+        if group:
+            yield group
 
     def _read_ahead(self, batches: list[np.ndarray], pin: bool):
-        """Yield the batches in order, with up to ``prefetch`` of them being read ahead on threads."""
-        read = (lambda b: self.read(b).pin_memory()) if pin else self.read
+        """Yield the batches in order, with up to ``prefetch`` takes being read ahead on threads."""
+        groups = self._groups(batches)
         if self.prefetch == 0:
-            for b in batches:
-                yield read(b)
+            for g in groups:
+                yield from self._read_group(g, pin)
             return
         pool = ThreadPoolExecutor(max_workers=self.prefetch, thread_name_prefix="loaders-read")
         pending: deque = deque()
-        it = iter(batches)
         try:
-            for b in it:
-                pending.append(pool.submit(read, b))
+            for g in groups:
+                pending.append(pool.submit(self._read_group, g, pin))
                 if len(pending) >= self.prefetch:
                     break
             while pending:
                 out = pending.popleft().result()
-                nxt = next(it, None)
+                nxt = next(groups, None)
                 if nxt is not None:
-                    pending.append(pool.submit(read, nxt))
-                yield out
-                del out
+                    pending.append(pool.submit(self._read_group, nxt, pin))
+                while out:
+                    yield out.pop(0)  # drop our reference as soon as the consumer has the batch
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -212,17 +241,18 @@ class Loader(IterableDataset):
 def stream(lk, split: str, recipe=None, version=None, batch_packs: int = 1, shuffle: bool | str = True,
            seed: int = 0, epoch: int = 0, rank: int | None = None, world_size: int | None = None,
            num_workers: int = 0, prefetch: int = 2, pin_memory: bool = False, device=None,
-           partition: str = "balanced") -> Loader:
+           partition: str = "balanced", read_bytes: int = 32 << 20) -> Loader:
     """Stream ``split`` of the packed table of ``recipe`` (None = newest) at lake ``version`` (number or tag;
     None = ``lk``'s) as ``PackedBatch`` es of ``batch_packs`` packs.
 
     ``shuffle``: True / False or a name from ``loaders.shuffle``; ``rank`` / ``world_size`` default to
     torch.distributed, then $RANK / $WORLD_SIZE, then 0 / 1. ``num_workers`` > 0 reads in spawned DataLoader
-    workers; ``prefetch`` bounds the batches read ahead (per worker). ``pin_memory`` / ``device`` put batches
+    workers; ``prefetch`` bounds the Lance takes read ahead (per worker), each of consecutive batches up to
+    ``read_bytes`` (at least one batch). ``pin_memory`` / ``device`` put batches
     in page-locked memory / on a device (one copy each). Raises PackedTableNotFound when there is nothing
     packed, ValueError for an unknown split.
     """
     name = shuffle if isinstance(shuffle, str) else ("random" if shuffle else "none")
     return Loader(resolve(lk, recipe, version), split, batch_packs=batch_packs, shuffle=name, seed=seed,
                   epoch=epoch, world=detect(rank, world_size), num_workers=num_workers, prefetch=prefetch,
-                  pin_memory=pin_memory, device=device, partition=partition)
+                  pin_memory=pin_memory, device=device, partition=partition, read_bytes=read_bytes)

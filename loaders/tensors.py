@@ -66,15 +66,23 @@ def list_offsets(arr: pa.Array, name: str) -> np.ndarray:
 
 
 def list_values(arr: pa.Array, name: str) -> np.ndarray:
-    """All values of a ListArray's rows, concatenated, as a numpy view (respects slicing of the array)."""
+    """All values of a ListArray's rows, concatenated, as a numpy view (respects slicing of the array).
+
+    ``list<T>`` gives a 1-D view; ``list<fixed_size_list<T, w>>`` a 2-D ``(items, w)`` view."""
     offsets = list_offsets(arr, name)
     child = arr.values  # the whole child: ignores arr's slice offset, hence the offsets math
-    if child.type not in _NUMPY:
-        raise TypeError(f"column {name!r}: list of {child.type} has no zero-copy view")
     lo, hi = int(offsets[0]), int(offsets[-1])
-    if child.null_count and child.slice(lo, hi - lo).null_count:
+    width, leaf, start = 1, child, child.offset + lo
+    if pa.types.is_fixed_size_list(child.type):  # .values ignores child's slice offset too: scale it ourselves
+        width, leaf = child.type.list_size, child.values
+        start = leaf.offset + (child.offset + lo) * width
+    if leaf.type not in _NUMPY:
+        raise TypeError(f"column {name!r}: list of {child.type} has no zero-copy view")
+    if (child.null_count and child.slice(lo, hi - lo).null_count) or (
+            width > 1 and leaf.null_count and leaf.slice(start - leaf.offset, (hi - lo) * width).null_count):
         raise ValueError(f"column {name!r} holds null values; a packed table has none")
-    return _buffer_view(child.buffers()[1], _NUMPY[child.type], child.offset + lo, hi - lo)
+    flat = _buffer_view(leaf.buffers()[1], _NUMPY[leaf.type], start, (hi - lo) * width)
+    return flat.reshape(hi - lo, width) if pa.types.is_fixed_size_list(child.type) else flat
 
 
 def to_torch(a: np.ndarray):
@@ -87,5 +95,6 @@ def to_torch(a: np.ndarray):
 def buffer_range(arr: pa.Array) -> tuple[int, int]:
     """[start, end) addresses of the data buffer an array's values live in (for zero-copy checks)."""
     data = arr.values if pa.types.is_list(arr.type) else arr
+    data = data.values if pa.types.is_fixed_size_list(data.type) else data
     buf = data.buffers()[1]
     return buf.address, buf.address + buf.size

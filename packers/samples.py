@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from .recipe import Recipe
-from .schema import MODALITIES, packed_schema
+from .schema import MODALITIES, list_array, packed_schema
 
 EPS = 1e-8
 
@@ -130,13 +130,6 @@ def episode_samples(episode_id: str, columns: dict[str, np.ndarray], images: dic
                    state, obs_pad, actions, act_pad, bins)
 
 
-def _lists(chunks: list[np.ndarray], type_: pa.DataType) -> pa.Array:
-    offsets = np.zeros(len(chunks) + 1, dtype=np.int32)
-    np.cumsum([c.size for c in chunks], out=offsets[1:])
-    values = np.concatenate([c.ravel() for c in chunks]) if chunks else np.zeros(0)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=type_.value_type))
-
-
 def assemble(s: Samples, packs: list[np.ndarray], split: str, first_id: int, layout: dict) -> pa.Table:
     """Pack rows (schema.packed_schema) for ``packs`` (index arrays into ``s``), ids from ``first_id``."""
     schema = packed_schema(layout)
@@ -179,7 +172,7 @@ def assemble(s: Samples, packs: list[np.ndarray], split: str, first_id: int, lay
     for f in schema:
         v = cols[f.name]
         if pa.types.is_list(f.type) and not pa.types.is_string(f.type.value_type):
-            arrays.append(_lists([np.asarray(x) for x in v], f.type))
+            arrays.append(list_array([np.asarray(x) for x in v], f.type))
         else:
             arrays.append(pa.array(v, type=f.type))
     return pa.Table.from_arrays(arrays, schema=schema)

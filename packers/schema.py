@@ -11,11 +11,15 @@ A *pack* concatenates whole samples (never split) up to a token budget. Per pack
   ``origin_episode`` / ``origin_frame`` (where the sample came from);
 - per token (T = n_tokens): ``modality`` int8 (``MODALITIES``), ``position_ids`` int32 (restart at 0 per
   sample), ``segment_ids`` int32 (sample index in the pack), ``loss_mask`` uint8;
-- per modality, the tokens' payload in token order: ``image_patches`` uint8 (n_image_tokens × token_dim,
-  flattened) or ``image_embeds`` float16 (n_image_tokens × dim); ``text_ids`` int32; ``state`` float32
+- per modality, the tokens' payload in token order: ``image_patches`` uint8 (n_image_tokens × token_dim)
+  or ``image_embeds`` float16 (n_image_tokens × dim); ``text_ids`` int32; ``state`` float32
   (n_state_tokens × state_dim) with ``state_is_pad`` uint8; ``actions`` float32 (n_action_tokens × action_dim)
   with ``action_is_pad`` uint8, and ``action_bins`` int32 when the recipe discretizes.
 
+Two-dimensional payloads are lists of fixed-size lists (one per token, ``WIDTH_KEYS`` names the layout key of
+the width): Lance's 2.1+ file format decodes a list of fixed-width tokens several times faster than the same
+bytes as one flat list (measured on PushT patches: 0.16 vs 0.83 CPU s per epoch of 4-row takes). Tables
+written before this hold flat lists; readers accept both.
 Masks are uint8, not bool: Arrow bit-packs booleans, which would force a copy on the way to torch.
 Shapes (token_dim, state_dim, action_dim, ...) are in the schema metadata under ``packers.layout``.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pyarrow as pa
 
 MODALITIES = {"image": 0, "text": 1, "state": 2, "action": 3}
@@ -54,13 +59,38 @@ PAYLOAD = [
 ]
 
 
+# the layout key holding the per-token width of each two-dimensional payload
+WIDTH_KEYS = {"image_patches": "token_dim", "image_embeds": "embed_dim", "state": "state_dim",
+              "actions": "action_dim", "action_bins": "action_dim"}
+
+
 def packed_schema(layout: dict) -> pa.Schema:
     """The packed table's schema for a recipe's ``layout`` (dims and image payload kind)."""
     image = (pa.field("image_embeds", pa.list_(pa.float16())) if layout.get("image_encoder") == "frozen"
              else pa.field("image_patches", pa.list_(pa.uint8())))
     extra = [pa.field("action_bins", pa.list_(pa.int32()))] if layout.get("action_bins") else []
-    return pa.schema(PER_PACK + PER_TOKEN + [image] + PAYLOAD + extra,
-                     metadata={"packers.layout": json.dumps(layout, sort_keys=True)})
+    fields = []
+    for f in PER_PACK + PER_TOKEN + [image] + PAYLOAD + extra:
+        width = int(layout.get(WIDTH_KEYS.get(f.name, ""), 0) or 0)
+        fields.append(pa.field(f.name, pa.list_(pa.list_(f.type.value_type, width))) if width > 0 else f)
+    return pa.schema(fields, metadata={"packers.layout": json.dumps(layout, sort_keys=True)})
+
+
+def list_array(chunks: list[np.ndarray], type_: pa.DataType) -> pa.ListArray:
+    """One list row per numpy array, for a ``list<T>`` or ``list<fixed_size_list<T, w>>`` column (rows of
+    ``chunks[i].size // w`` tokens); built from one flat values buffer and offsets."""
+    item = type_.value_type
+    fsl = pa.types.is_fixed_size_list(item)
+    width, leaf = (item.list_size, item.value_type) if fsl else (1, item)
+    sizes = [c.size for c in chunks]
+    if any(n % width for n in sizes):
+        raise ValueError(f"a row of {type_} holds a multiple of {width} values, got sizes {sorted(set(sizes))}")
+    offsets = np.zeros(len(chunks) + 1, dtype=np.int32)
+    np.cumsum([n // width for n in sizes], out=offsets[1:])
+    values = pa.array(np.concatenate([c.ravel() for c in chunks]) if chunks else np.zeros(0), type=leaf)
+    if fsl:
+        values = pa.FixedSizeListArray.from_arrays(values, width)
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
 
 
 def layout_of(schema: pa.Schema) -> dict:

@@ -121,13 +121,13 @@ def synthetic_packs(layout: dict = LAYOUT, episodes: int = 12, min_len: int = 10
 
 def _to_arrow(cols: dict[str, list], schema: pa.Schema) -> pa.Table:
     """Columns of per-pack numpy arrays -> Arrow, list columns built from flat values + offsets (fast)."""
+    from packers.schema import list_array
+
     arrays = []
     for f in schema:
         vals = cols[f.name]
         if pa.types.is_list(f.type) and not pa.types.is_string(f.type.value_type):
-            offsets = np.concatenate([[0], np.cumsum([len(v) for v in vals])]).astype(np.int32)
-            flat = pa.array(np.concatenate(vals), f.type.value_type)
-            arrays.append(pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), flat))
+            arrays.append(list_array([np.asarray(v) for v in vals], f.type))
         else:
             arrays.append(pa.array(vals, f.type))
     return pa.Table.from_arrays(arrays, schema=schema)

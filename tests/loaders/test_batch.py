@@ -16,7 +16,8 @@ VIEWS = ("position_ids", "modality", "loss_mask", "prefix_lens", "text_ids", "st
 
 
 def _rows(table: pa.Table, name: str) -> list[np.ndarray]:
-    return [np.asarray(v, dtype=object if name == "origin_episode" else None)
+    """Each row's values, flat (2-D payloads are lists of per-token lists)."""
+    return [np.asarray(v, dtype=object if name == "origin_episode" else None).ravel()
             for v in table[name].to_pylist()]
 
 
@@ -93,11 +94,11 @@ def test_optional_payloads_take_their_dtype_and_width_from_the_layout(layout):
     if layout.get("image_encoder") == "frozen":
         assert b.image_patches is None and b.image_embeds.dtype == torch.float16
         assert b.image_embeds.shape == (n_img, layout["embed_dim"])
-        want = np.concatenate([np.asarray(v, np.float16) for v in table["image_embeds"].to_pylist()[1:3]])
+        want = np.concatenate([np.asarray(v, np.float16).ravel() for v in table["image_embeds"].to_pylist()[1:3]])
         assert np.array_equal(b.image_embeds.numpy().ravel(), want)
     else:
         assert b.action_bins.dtype == torch.int32 and b.action_bins.shape == (n_act, layout["action_dim"])
-        want = np.concatenate([np.asarray(v) for v in table["action_bins"].to_pylist()[1:3]])
+        want = np.concatenate([np.asarray(v).ravel() for v in table["action_bins"].to_pylist()[1:3]])
         assert np.array_equal(b.action_bins.numpy().ravel(), want)
 
 
@@ -139,3 +140,26 @@ def test_to_moves_every_tensor_and_keeps_origin(packed):
                            for f in ("cu_seqlens", "position_ids", "segment_ids", "modality", "loss_mask",
                                      "prefix_lens", "text_ids", "image_patches", "state", "state_is_pad", "actions",
                                      "action_is_pad", "pack_ids"))
+
+
+def _flat_lists(table: pa.Table) -> pa.Table:
+    """The table as packers wrote it before 2-D payloads became lists of fixed-size lists."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_list(f.type) and pa.types.is_fixed_size_list(f.type.value_type):
+            col = table[f.name].combine_chunks()
+            w = f.type.value_type.list_size
+            flat = pa.ListArray.from_arrays(pa.array(np.asarray(col.offsets) * w, pa.int32()), col.values.flatten())
+            table = table.set_column(i, pa.field(f.name, flat.type), flat)
+    return table
+
+
+@pytest.mark.parametrize("layout", [LAYOUT, LAYOUT_EMBEDS, LAYOUT_BINS], ids=["patches", "embeds", "bins"])
+def test_tables_with_flat_payload_lists_read_the_same(layout):
+    new = synthetic_packs(layout, episodes=3, seed=4)
+    assert pa.types.is_fixed_size_list(new.schema.field("actions").type.value_type)
+    old = _flat_lists(new)
+    assert not pa.types.is_fixed_size_list(old.schema.field("actions").type.value_type)
+    a, b = packed_batch(new.slice(1, 3)), packed_batch(old.slice(1, 3))
+    for name in ("image_patches", "image_embeds", "state", "actions", "action_bins", "text_ids", "cu_seqlens"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None and y is None) or (x.shape == y.shape and torch.equal(x, y)), name

@@ -136,7 +136,8 @@ def test_an_endpoint_restart_mid_epoch_loses_and_repeats_nothing(s3_packed, prox
             outage["at"] = time.monotonic()
             threading.Timer(1.5, proxy.start).start()
 
-    got = _run(s3.stream("train", seed=4, prefetch=2), during=restart_after)
+    # one batch per take (read_bytes=1), so that takes are still to come when the endpoint goes away
+    got = _run(s3.stream("train", seed=4, prefetch=2, read_bytes=1), during=restart_after)
     assert got == want  # every pack once, in order, same bytes
     assert retry.STATS["retries"] > retries  # the loader's retry, not luck, bridged the outage
     assert len(want) > 4 and "at" in outage
