@@ -3,10 +3,12 @@ dense-mask baseline, and the CPU varlen backends compared.
 
     .venv/bin/python benchmarks/attention.py [--quick] [--no-write]
 
-1. attention op of one layer, fwd+bwd: padded q/k/v + 4-D `make_attn_mask` mask + SDPA vs
-   prefix varlen + suffix-over-[prefix ∥ suffix] varlen (K/V gather included);
-2. denoising loop (10 flow-matching steps, whole Pi05Policy): eager dense recompute, eager
-   dense with a concatenated KV cache, optimized with the in-place prefix KV cache;
+1. attention op of one layer, fwd+bwd: padded q/k/v + 4-D `make_attn_mask` mask, attended the
+   eager way openpi's PyTorch π0.5 trains (matmul, additive mask, fp32 softmax, matmul: the
+   baseline) and with torch SDPA (a stronger padded baseline), vs prefix varlen +
+   suffix-over-[prefix ∥ suffix] varlen (K/V gather included);
+2. denoising loop (10 flow-matching steps, whole Pi05Policy): dense recompute and dense with a
+   concatenated KV cache (eager and SDPA), optimized with the in-place prefix KV cache;
 3. CPU varlen backends on packs: sdpa_loop, dense block-diagonal mask, padded batch with a
    key-padding mask, and SDPA grouped by equal length (one batched call per length).
 """
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from packed_vs_padded import interleaved, machine, make_pi05_samples, pack_samples, pad_samples, set_clock, write_block
 
 import training
+from training.pi05 import dense_attention
 
 
 def attention_op_case(samples, *, heads, kv_heads, head_dim, horizon, cam_tokens, reps):
@@ -45,13 +48,12 @@ def attention_op_case(samples, *, heads, kv_heads, head_dim, horizon, cam_tokens
     mask4 = training.make_attn_mask(input_mask, ar)[:, None]
     rows_p = mask_p.flatten().nonzero().squeeze(1)
 
-    def dense():
-        def pad(x_p, x_s):
+    def dense(kind):
+        def pad(x_p, x_s):  # (B, N, heads, head_dim), as a padded model holds them
             out = x_p.new_zeros(b * n_p, *x_p.shape[1:]).index_copy(0, rows_p, x_p).view(b, n_p, *x_p.shape[1:])
-            return torch.cat([out, x_s.view(b, horizon, *x_s.shape[1:])], 1).transpose(1, 2)
+            return torch.cat([out, x_s.view(b, horizon, *x_s.shape[1:])], 1)
 
-        o = F.scaled_dot_product_attention(pad(qp, qs), pad(kp, ks), pad(vp, vs), attn_mask=mask4, enable_gqa=True)
-        o = o.transpose(1, 2)
+        o = dense_attention(kind)(pad(qp, qs), pad(kp, ks), pad(vp, vs), mask4)
         o_p = o[:, :n_p].reshape(b * n_p, heads, head_dim).index_select(0, rows_p)
         (o_p.sum() + o[:, n_p:].sum()).backward()
 
@@ -62,7 +64,7 @@ def attention_op_case(samples, *, heads, kv_heads, head_dim, horizon, cam_tokens
         o_s = training.varlen_attention(qs, k, v, pk.cu_q, horizon, cu_seqlens_k=pk.cu_k, max_seqlen_k=pk.max_k)
         (o_p.sum() + o_s.sum()).backward()
 
-    sec = interleaved({"dense": dense, "optimized": optimized}, reps)
+    sec = interleaved({"eager": lambda: dense("eager"), "sdpa": lambda: dense("sdpa"), "optimized": optimized}, reps)
     for t in leaves:
         t.grad = None
     return sec
@@ -73,11 +75,12 @@ def denoise_case(samples, cfg, *, cam_tokens, reps, steps=10):
     prefix_pad, mask = pad_samples(samples, max_cams_tokens=3 * cam_tokens, max_text=200)
     packed, cu = pack_samples(samples)
     noise = torch.randn(len(samples), cfg.action_horizon, cfg.action_dim, generator=torch.Generator().manual_seed(0))
-    fns = {
-        "dense_recompute": lambda: training.sample_actions_dense(pol, prefix_pad, mask, noise, steps, use_cache=False),
-        "dense_cat_cache": lambda: training.sample_actions_dense(pol, prefix_pad, mask, noise, steps),
-        "optimized_cache": lambda: training.sample_actions(pol, packed, cu, noise, steps),
-    }
+    fns = {"optimized_cache": lambda: training.sample_actions(pol, packed, cu, noise, steps)}
+    for kind in ("eager", "sdpa"):
+        fns[f"{kind}_recompute"] = lambda kind=kind: training.sample_actions_dense(
+            pol, prefix_pad, mask, noise, steps, use_cache=False, attention=kind)
+        fns[f"{kind}_cat_cache"] = lambda kind=kind: training.sample_actions_dense(
+            pol, prefix_pad, mask, noise, steps, attention=kind)
     return interleaved(fns, reps, warmup=0)  # kernels are warm from the attention-op case
 
 
@@ -155,25 +158,29 @@ def main():
     out("### π0.5 attention: optimized vs eager dense-mask")
     out()
     out(f"`.venv/bin/python benchmarks/attention.py` — {datetime.date.today()}, {machine()}. Timer: {clock}; "
-        f"best of {reps}, baseline and optimized alternating per repeat.")  # fmt: skip
+        f"best of {reps}, baselines and optimized alternating per repeat.")  # fmt: skip
     out(f"Shapes: batch {batch}, 3 cameras x {cam} image tokens, text 5-200 uniform (padded to 200 in the "
-        f"baseline), {cfg.action_horizon} action tokens, {cfg.heads} query heads / {cfg.kv_heads} KV head x "
-        f"{cfg.head_dim}, fp32.")  # fmt: skip
+        f"baselines), {cfg.action_horizon} action tokens, {cfg.heads} query heads / {cfg.kv_heads} KV head x "
+        f"{cfg.head_dim}, fp32. Eager = openpi's PyTorch formulation (`training.pi05.eager_padded`: K/V repeated "
+        f"per query head, matmul, additive 4-D mask, fp32 softmax, matmul), the baseline the goal names; SDPA = "
+        f"the same padded tensors and mask through torch SDPA, a stronger padded baseline.")  # fmt: skip
     out()
-    out("| measurement | eager dense-mask | optimized | speedup |")
-    out("|---|---:|---:|---:|")
+    out("| measurement | eager dense-mask | SDPA dense-mask | optimized | speedup vs eager | vs SDPA |")
+    out("|---|---:|---:|---:|---:|---:|")
     samples = make_pi05_samples(batch, cfg.width, cam_tokens=cam)
     sec = attention_op_case(samples, heads=cfg.heads, kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
                             horizon=cfg.action_horizon, cam_tokens=cam, reps=reps)  # fmt: skip
-    out(f"| attention op, one layer, fwd+bwd | {sec['dense'] * 1e3:.0f} ms | {sec['optimized'] * 1e3:.0f} ms | "
-        f"**{sec['dense'] / sec['optimized']:.2f}x** |")  # fmt: skip
+
+    def row(label, eager, sdpa, opt):
+        out(f"| {label} | {eager * 1e3:.0f} ms | {sdpa * 1e3:.0f} ms | {opt * 1e3:.0f} ms | "
+            f"**{eager / opt:.2f}x** | {sdpa / opt:.2f}x |")
+
+    row("attention op, one layer, fwd+bwd", sec["eager"], sec["sdpa"], sec["optimized"])
     sec = denoise_case(samples, cfg, cam_tokens=cam, reps=max(1, reps - 1))
     opt = sec["optimized_cache"]
-    base = sec["dense_recompute"]
-    out(f"| denoise 10 steps, Pi05Policy (depth {cfg.depth}, width {cfg.width}), vs dense recompute each step | "
-        f"{base * 1e3:.0f} ms | {opt * 1e3:.0f} ms | **{base / opt:.2f}x** |")  # fmt: skip
-    out(f"| denoise 10 steps, vs dense with concatenated KV cache | {sec['dense_cat_cache'] * 1e3:.0f} ms | "
-        f"{opt * 1e3:.0f} ms | **{sec['dense_cat_cache'] / opt:.2f}x** |")  # fmt: skip
+    row(f"denoise 10 steps, Pi05Policy (depth {cfg.depth}, width {cfg.width}), baseline recomputes each step",
+        sec["eager_recompute"], sec["sdpa_recompute"], opt)
+    row("denoise 10 steps, baseline with a concatenated KV cache", sec["eager_cat_cache"], sec["sdpa_cat_cache"], opt)
     out()
     out("### CPU varlen backends (fwd+bwd, exactness checked before timing)")
     out()

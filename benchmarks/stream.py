@@ -139,12 +139,19 @@ def tenfold_lake(one: Path) -> Path:
 
 # --- the methods ---------------------------------------------------------------------------------------------------
 
-def run_stream(lk, batch_packs: int, shuffle: str = "random") -> tuple[int, int]:
+def run_stream(lk, batch_packs: int, shuffle: str = "random", **opts) -> tuple[int, int]:
     samples = nbytes = 0
-    for b in lk.stream("train", batch_packs=batch_packs, seed=0, prefetch=2, shuffle=shuffle):
+    for b in lk.stream("train", batch_packs=batch_packs, seed=0, prefetch=2, shuffle=shuffle, **opts):
         samples += b.n_samples
         nbytes += b.nbytes
     return samples, nbytes
+
+
+def _flat_numpy(col: pa.Array) -> np.ndarray:
+    """All values of a (nested) list column as one numpy array (zero-copy where Arrow allows)."""
+    while pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type):
+        col = col.flatten()
+    return col.to_numpy(zero_copy_only=False)
 
 
 def _columns(ds) -> list[str]:
@@ -160,8 +167,7 @@ def run_raw_scan(ds, batch_packs: int) -> tuple[int, int]:
             if name in STRING_COLUMNS:
                 samples += len(col.flatten().to_pylist())
                 continue
-            a = col.flatten().to_numpy(zero_copy_only=False) if pa.types.is_list(col.type) else col.to_numpy()
-            nbytes += a.nbytes
+            nbytes += _flat_numpy(col).nbytes
     return samples, nbytes
 
 
@@ -173,10 +179,8 @@ def _lance_to_tensor(batch, **_):
         col = batch.column(name)
         if name in STRING_COLUMNS:
             out[name] = col.flatten().to_pylist()
-        elif pa.types.is_list(col.type):
-            out[name] = torch.from_numpy(col.flatten().to_numpy(zero_copy_only=False))
         else:
-            out[name] = torch.from_numpy(col.to_numpy(zero_copy_only=False))
+            out[name] = torch.from_numpy(_flat_numpy(col))
     return out
 
 
@@ -200,8 +204,9 @@ def _ray_collate(batch: dict) -> dict:
     for name, arr in batch.items():
         if name in STRING_COLUMNS:
             out[name] = [s for row in arr for s in row]
-        elif arr.dtype == object:  # ragged list column: an object array of per-row arrays
-            out[name] = torch.from_numpy(np.concatenate(list(arr)))
+        elif arr.dtype == object:  # ragged list column: an object array of per-row arrays (of per-token arrays)
+            rows = [np.stack(r) if r.dtype == object else r for r in arr]
+            out[name] = torch.from_numpy(np.concatenate(rows))
         else:
             out[name] = torch.as_tensor(arr)
     return out
@@ -281,6 +286,7 @@ def main() -> None:
     methods = {
         "lake.stream": lambda: run_stream(lk, B),
         "lake.stream, shuffle='blocks'": lambda: run_stream(lk, B, "blocks"),
+        "lake.stream, one take per batch": lambda: run_stream(lk, B, read_bytes=1),
         "raw Lance scan -> numpy": lambda: run_raw_scan(ds, B),
         "lance.torch LanceDataset": lambda: run_lance_torch(src, B),
         "Ray Data iter_torch_batches": lambda: run_ray(lk, B, _columns(ds)),

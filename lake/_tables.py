@@ -4,6 +4,12 @@ Workers write fragments (``lance.fragment.write_fragments``) and hand back their
 makes each table's new version with one Lance ``Overwrite`` whose fragment list is *exactly* the fragments
 of the version pinned by the lake head plus the new ones. Nothing a crashed or concurrent writer left in
 the table (committed-but-unpinned versions, stray data files) can leak into the result.
+
+Schemas evolve by adding columns: when new data carries top-level columns a table does not have yet (a lake
+written by an older release, say), the new fragments are written with the table's columns first, in its
+order, and the new ones after them, and the version's schema gains them. Lance keys data files by field
+ids, which follow that order, so the old fragments keep their files and read the new columns as nulls:
+nothing is rewritten. Changing a column's type, or adding a field inside an existing struct, is refused.
 """
 
 from __future__ import annotations
@@ -16,14 +22,54 @@ import pyarrow as pa
 from ._store import Store
 
 
+class SchemaMismatch(ValueError):
+    """New data does not fit a lake table's schema (a changed column type, a new field inside a struct)."""
+
+
+def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
+    # Lance reads some columns back as its own extension types (blobs): those are its business
+    return isinstance(a, pa.BaseExtensionType) or isinstance(b, pa.BaseExtensionType) or a.equals(b)
+
+
+def evolved_schema(table: str, current: pa.Schema, new: pa.Schema, *, fields_from: str = "current") -> pa.Schema:
+    """``current``'s columns in its order, then the top-level columns only ``new`` has (nullable), with
+    ``current``'s metadata. Shared columns take their field from ``fields_from`` ("current": the table's
+    own, for a commit; "new": the writer's, for writing data). Raises SchemaMismatch naming the table and
+    column when a shared column differs in type."""
+    by_name = {f.name: f for f in new}
+    for f in current:
+        if f.name in by_name and not _same_type(f.type, by_name[f.name].type):
+            raise SchemaMismatch(f"table {table!r}: column {f.name!r} is {f.type} in the lake but "
+                                 f"{by_name[f.name].type} in the new data (columns can be added, not changed)")
+    extra = [f.with_nullable(True) for f in new if f.name not in set(current.names)]
+    if fields_from == "current" and not extra:
+        return current
+    base = list(current) if fields_from == "current" else [by_name.get(f.name, f) for f in current]
+    return pa.schema(base + extra, metadata=current.metadata)
+
+
+def _conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``data`` with ``schema``'s columns in its order; columns ``data`` lacks are nulls."""
+    cols = [data[f.name] if f.name in data.column_names else pa.nulls(data.num_rows, f.type) for f in schema]
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
 def write_fragments(store: Store, table: str, data: pa.Table, schema: pa.Schema) -> bytes:
-    """Write ``data`` as uncommitted fragments of ``table``; returns their pickled metadata (empty if no rows)."""
+    """Write ``data`` as uncommitted fragments of ``table``; returns their pickled metadata (empty if no rows).
+    Columns ``table`` does not have yet come after its own (see the module doc)."""
     if data.num_rows == 0:
         return pickle.dumps([])
     from lance.fragment import write_fragments as _write
 
-    frags = _write(data.cast(schema), store.table_uri(table), schema=schema,
-                   storage_options=store.storage_options, max_rows_per_file=1 << 22)
+    opts = {}
+    data = data.cast(schema)
+    if store.exists(table):
+        ds = store.dataset(table)
+        if set(schema.names) - set(ds.schema.names):  # Lance refuses appends with new columns
+            opts = {"mode": "overwrite", "data_storage_version": ds.data_storage_version}
+        schema = evolved_schema(table, ds.schema, schema, fields_from="new")  # field ids follow this order
+    frags = _write(_conform(data, schema), store.table_uri(table), schema=schema,
+                   storage_options=store.storage_options, max_rows_per_file=1 << 22, **opts)
     return pickle.dumps(frags)
 
 
@@ -43,8 +89,8 @@ def overwrite_with(store: Store, table: str, schema: pa.Schema, pinned: int | No
     base = pinned_fragments(store, table, pinned)
     next_id = max((f.id for f in base), default=-1) + 1
     frags = base + [dataclasses.replace(f, id=next_id + i) for i, f in enumerate(new)]
-    if pinned is not None:
-        schema = store.dataset(table, version=pinned).schema  # keep field ids of the existing files
+    if pinned is not None:  # keep the field ids of the existing files; new columns after them
+        schema = evolved_schema(table, store.dataset(table, version=pinned).schema, schema)
     for attempt in range(20):
         try:
             latest = store.dataset(table).latest_version if store.exists(table) else None

@@ -79,9 +79,39 @@ class PackedBatch:
         """The batch on ``device`` (one host-to-device copy per tensor; ``non_blocking`` needs pinned memory)."""
         return dataclasses.replace(self, **{k: v.to(device, non_blocking=non_blocking) for k, v in self._tensors().items()})
 
+    def __reduce__(self):
+        """Pickle the tensors as one byte buffer: a DataLoader worker then hands a batch to the main process
+        as a single shared-memory segment (one copy) instead of one segment and file descriptor per tensor."""
+        import torch
+
+        tensors = {k: v.contiguous() for k, v in self._tensors().items()}
+        meta, offset = [], 0
+        for name, t in tensors.items():
+            offset = -(-offset // 64) * 64  # aligned for every dtype's view
+            meta.append((name, offset, t.dtype, tuple(t.shape)))
+            offset += t.numel() * t.element_size()
+        buf = torch.empty(offset, dtype=torch.uint8)
+        if torch.utils.data.get_worker_info() is not None:
+            buf.share_memory_()  # allocate in shared memory now, rather than copy there when pickled
+        for (name, start, _, _), t in zip(meta, tensors.values()):
+            n = t.numel() * t.element_size()
+            if n:
+                buf[start:start + n].copy_(t.reshape(-1).view(torch.uint8))
+        rest = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in tensors}
+        return _from_buffer, (buf, meta, rest)
+
     def pin_memory(self) -> "PackedBatch":
         """The batch in page-locked memory (one copy), for asynchronous ``.to(cuda, non_blocking=True)``."""
         return dataclasses.replace(self, **{k: v.pin_memory() for k, v in self._tensors().items()})
+
+
+def _from_buffer(buf, meta, rest) -> PackedBatch:
+    """Inverse of ``PackedBatch.__reduce__``: tensors are views of ``buf``."""
+    views = {}
+    for name, start, dtype, shape in meta:
+        n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        views[name] = buf[start:start + n].view(dtype).view(shape)
+    return PackedBatch(**views, **rest)
 
 
 # two-dimensional payload -> the modality whose token count is its row count

@@ -55,7 +55,7 @@ class Loader(IterableDataset):
 
     def __init__(self, source: PackedSource, split: str, *, batch_packs: int = 1, shuffle: str = "random",
                  seed: int = 0, epoch: int = 0, world: World = World(), num_workers: int = 0, prefetch: int = 2,
-                 pin_memory: bool = False, device=None, partition: str = "balanced", read_bytes: int = 32 << 20):
+                 pin_memory: bool = False, device=None, partition: str = "balanced", read_bytes: int = 4 << 20):
         if batch_packs < 1:
             raise ValueError(f"batch_packs must be >= 1, got {batch_packs}")
         if num_workers < 0 or prefetch < 0:
@@ -241,7 +241,7 @@ class Loader(IterableDataset):
 def stream(lk, split: str, recipe=None, version=None, batch_packs: int = 1, shuffle: bool | str = True,
            seed: int = 0, epoch: int = 0, rank: int | None = None, world_size: int | None = None,
            num_workers: int = 0, prefetch: int = 2, pin_memory: bool = False, device=None,
-           partition: str = "balanced", read_bytes: int = 32 << 20) -> Loader:
+           partition: str = "balanced", read_bytes: int = 4 << 20) -> Loader:
     """Stream ``split`` of the packed table of ``recipe`` (None = newest) at lake ``version`` (number or tag;
     None = ``lk``'s) as ``PackedBatch`` es of ``batch_packs`` packs.
 

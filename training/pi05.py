@@ -148,6 +148,30 @@ def sdpa_padded(q, k, v, mask):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True).transpose(1, 2)
 
 
+def eager_padded(q, k, v, mask):
+    """The eager formulation openpi's PyTorch π0/π0.5 trains with (transformers' Gemma
+    `eager_attention_forward`): K/V heads repeated for GQA, `q k^T * scale` plus an additive mask
+    (-2.38e38 where the bool mask is False), softmax in (at least) fp32, times V. Same shapes as `sdpa_padded`."""
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    scores = torch.matmul(q, k.transpose(2, 3)) * q.shape[-1] ** -0.5
+    scores = scores + torch.where(mask, 0.0, -2.3819763e38).to(scores.dtype)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(q.dtype, torch.float32)).to(q.dtype)
+    return torch.matmul(probs, v).transpose(1, 2)
+
+
+DENSE_ATTENTION = {"sdpa": sdpa_padded, "eager": eager_padded}
+
+
+def dense_attention(kind: str):
+    """The padded dense-mask attention called ``kind`` ("sdpa" or "eager")."""
+    try:
+        return DENSE_ATTENTION[kind]
+    except KeyError:
+        raise ValueError(f"unknown dense attention {kind!r} (known: {sorted(DENSE_ATTENTION)})") from None
+
+
 class _Layer(nn.Module):
     def __init__(self, cfg: Pi05Config):
         super().__init__()
@@ -228,9 +252,12 @@ class Pi05Backbone(nn.Module):
         self.layers = nn.ModuleList(_Layer(cfg) for _ in range(cfg.depth))
         self.prefix_norm, self.suffix_norm = RMSNorm(cfg.width), RMSNorm(cfg.width)
 
-    def forward_dense(self, prefix: torch.Tensor, prefix_mask: torch.Tensor, suffix: torch.Tensor):
-        """Eager baseline. prefix `(B, Np, width)` padded with bool `prefix_mask` `(B, Np)`,
-        suffix `(B, Ns, width)` -> (prefix_out, suffix_out) of the same shapes."""
+    def forward_dense(self, prefix: torch.Tensor, prefix_mask: torch.Tensor, suffix: torch.Tensor, *,
+                      attention: str = "sdpa"):
+        """Padded dense-mask baseline. prefix `(B, Np, width)` padded with bool `prefix_mask` `(B, Np)`,
+        suffix `(B, Ns, width)` -> (prefix_out, suffix_out) of the same shapes. `attention`: "sdpa"
+        (torch SDPA with the 4-D mask) or "eager" (openpi's matmul / softmax formulation)."""
+        attend = dense_attention(attention)
         b, n_p, _ = prefix.shape
         n_s = suffix.shape[1]
         input_mask = torch.cat([prefix_mask, prefix_mask.new_ones(b, n_s)], dim=1)
@@ -242,7 +269,7 @@ class Pi05Backbone(nn.Module):
         for layer in self.layers:
             qp, kp, vp = layer.prefix.qkv(xp, pos[:, :n_p])
             qs, ks, vs = layer.suffix.qkv(xs, pos[:, n_p:])
-            o = sdpa_padded(torch.cat([qp, qs], 1), torch.cat([kp, ks], 1), torch.cat([vp, vs], 1), mask)
+            o = attend(torch.cat([qp, qs], 1), torch.cat([kp, ks], 1), torch.cat([vp, vs], 1), mask)
             xp, xs = layer.prefix.finish(xp, o[:, :n_p]), layer.suffix.finish(xs, o[:, n_p:])
         return self.prefix_norm(xp), self.suffix_norm(xs)
 

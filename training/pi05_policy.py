@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.masks import make_attn_mask
-from training.pi05 import Pi05Backbone, Pi05Config, sdpa_padded, sincos_embedding
+from training.pi05 import Pi05Backbone, Pi05Config, dense_attention, sincos_embedding
 
 __all__ = ["Pi05Policy", "flow_matching_targets", "sample_actions", "sample_actions_dense"]
 
@@ -46,9 +46,9 @@ class Pi05Policy(nn.Module):
         _, out = self.backbone.forward_packed(prefix, cu_prefix, self.embed_suffix(x_t, t), backend=backend)
         return self.action_out(out)
 
-    def velocity_dense(self, prefix, prefix_mask, x_t, t) -> torch.Tensor:
+    def velocity_dense(self, prefix, prefix_mask, x_t, t, *, attention: str = "sdpa") -> torch.Tensor:
         """Velocity `(B, H, A)`; prefix padded `(B, Np, width)` with bool `prefix_mask`."""
-        _, out = self.backbone.forward_dense(prefix, prefix_mask, self.embed_suffix(x_t, t))
+        _, out = self.backbone.forward_dense(prefix, prefix_mask, self.embed_suffix(x_t, t), attention=attention)
         return self.action_out(out)
 
 
@@ -78,7 +78,7 @@ def sample_actions(policy: Pi05Policy, prefix, cu_prefix, noise, num_steps: int 
     return x
 
 
-def _dense_prefill(bb: Pi05Backbone, prefix, prefix_mask):
+def _dense_prefill(bb: Pi05Backbone, prefix, prefix_mask, attend):
     """Padded prefix K/V per layer (the eager cache a padded implementation keeps)."""
     ar = torch.zeros(prefix.shape[1], dtype=torch.bool, device=prefix.device)
     mask = make_attn_mask(prefix_mask, ar)[:, None]
@@ -88,11 +88,11 @@ def _dense_prefill(bb: Pi05Backbone, prefix, prefix_mask):
         q, k, v = layer.prefix.qkv(xp, pos)
         kv.append((k, v))
         if i + 1 < len(bb.layers):  # same saving as `Pi05Backbone.prefill`, to keep the comparison fair
-            xp = layer.prefix.finish(xp, sdpa_padded(q, k, v, mask))
+            xp = layer.prefix.finish(xp, attend(q, k, v, mask))
     return kv
 
 
-def _dense_suffix(bb: Pi05Backbone, suffix, prefix_mask, kv):
+def _dense_suffix(bb: Pi05Backbone, suffix, prefix_mask, kv, attend):
     """Suffix against the padded cache: concatenates [cache ∥ suffix K/V] (a copy per step)
     and attends with a dense `(B, 1, Ns, Np + Ns)` mask, as eager implementations do."""
     b, n_s, _ = suffix.shape
@@ -102,22 +102,24 @@ def _dense_suffix(bb: Pi05Backbone, suffix, prefix_mask, kv):
     for layer, (kp, vp) in zip(bb.layers, kv):
         q, k, v = layer.suffix.qkv(xs, pos)
         k, v = torch.cat([kp, k], dim=1), torch.cat([vp, v], dim=1)
-        xs = layer.suffix.finish(xs, sdpa_padded(q, k, v, mask))
+        xs = layer.suffix.finish(xs, attend(q, k, v, mask))
     return bb.suffix_norm(xs)
 
 
 @torch.no_grad()
-def sample_actions_dense(policy: Pi05Policy, prefix, prefix_mask, noise, num_steps: int = 10, *, use_cache=True):
-    """Eager baseline of `sample_actions` on a padded prefix `(B, Np, width)` + bool mask.
-    `use_cache=False` recomputes the full dense-mask forward every step."""
+def sample_actions_dense(policy: Pi05Policy, prefix, prefix_mask, noise, num_steps: int = 10, *, use_cache=True,
+                         attention: str = "sdpa"):
+    """Padded baseline of `sample_actions` on a padded prefix `(B, Np, width)` + bool mask.
+    `use_cache=False` recomputes the full dense-mask forward every step; `attention` as in `forward_dense`."""
     _check_steps(num_steps)
     bb, x, b = policy.backbone, noise, noise.shape[0]
-    kv = _dense_prefill(bb, prefix, prefix_mask) if use_cache else None
+    attend = dense_attention(attention)
+    kv = _dense_prefill(bb, prefix, prefix_mask, attend) if use_cache else None
     for step in range(num_steps):
         suffix = policy.embed_suffix(x, _times(step, num_steps, b, x))
         if kv is not None:
-            out = _dense_suffix(bb, suffix, prefix_mask, kv)
+            out = _dense_suffix(bb, suffix, prefix_mask, kv, attend)
         else:
-            _, out = bb.forward_dense(prefix, prefix_mask, suffix)
+            _, out = bb.forward_dense(prefix, prefix_mask, suffix, attention=attention)
         x = x - policy.action_out(out) / num_steps
     return x

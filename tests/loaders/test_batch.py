@@ -163,3 +163,18 @@ def test_tables_with_flat_payload_lists_read_the_same(layout):
     for name in ("image_patches", "image_embeds", "state", "actions", "action_bins", "text_ids", "cu_seqlens"):
         x, y = getattr(a, name), getattr(b, name)
         assert (x is None and y is None) or (x.shape == y.shape and torch.equal(x, y)), name
+
+
+def test_a_pickled_batch_travels_as_one_buffer_and_reads_back_equal():
+    import pickle
+
+    table = synthetic_packs(LAYOUT_BINS, episodes=3, seed=5)
+    b = packed_batch(table.slice(0, 3))
+    got = pickle.loads(pickle.dumps(b))
+    assert got.origin == b.origin and got.max_seqlen == b.max_seqlen
+    storages = set()
+    for name, t in b._tensors().items():
+        u = getattr(got, name)
+        assert u.dtype == t.dtype and u.shape == t.shape and torch.equal(u, t), name
+        storages.add(u.untyped_storage().data_ptr())
+    assert len(storages) == 1  # one segment, not one per tensor

@@ -35,8 +35,8 @@ def make_batch(seed=0):
     return prefix, mask, cu, suffix, noise
 
 
-@pytest.mark.parametrize("backend", ["sdpa_loop", "dense"])
-def test_packed_equals_dense_mask_forward_and_grads(backend):
+@pytest.mark.parametrize("backend,attention", [("sdpa_loop", "sdpa"), ("dense", "sdpa"), ("sdpa_loop", "eager")])
+def test_packed_equals_dense_mask_forward_and_grads(backend, attention):
     pol = make_policy()
     prefix, mask, cu, suffix, _ = make_batch()
     g = torch.Generator().manual_seed(5)
@@ -54,7 +54,7 @@ def test_packed_equals_dense_mask_forward_and_grads(backend):
         return p_out.detach(), s_out.detach(), x_pre.grad[mask], x_suf.grad, param_grads
 
     def dense(x_pre, x_suf):
-        p_out, s_out = pol.backbone.forward_dense(x_pre, mask, x_suf)
+        p_out, s_out = pol.backbone.forward_dense(x_pre, mask, x_suf, attention=attention)
         return p_out[mask], s_out  # real tokens only
 
     def packed(x_pre, x_suf):
@@ -88,6 +88,15 @@ def test_kv_cached_denoising_equals_recomputing_each_step():
     torch.testing.assert_close(cached, recomputed, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(cached, dense, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(dense_cached, dense, rtol=1e-10, atol=1e-10)
+    eager = sample_actions_dense(pol, prefix, mask, noise, num_steps=6, attention="eager")
+    torch.testing.assert_close(eager, dense, rtol=1e-10, atol=1e-10)
+
+
+def test_unknown_dense_attention_is_refused():
+    pol = make_policy(2)
+    prefix, mask, _, suffix, _ = make_batch(2)
+    with pytest.raises(ValueError, match="unknown dense attention 'flash'"):
+        pol.backbone.forward_dense(prefix, mask, suffix, attention="flash")
 
 
 def test_prefix_cache_is_written_in_place_not_copied_per_step():
