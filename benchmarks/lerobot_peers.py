@@ -306,35 +306,26 @@ timed above) where that is not possible.
 metadata, episode boundaries, 16-step action chunks with their end-of-episode padding, and decoded frames of both
 cameras (h264 and AV1, through torchcodec on the system FFmpeg and through PyAV's bundled FFmpeg) are identical to
 the parquet and to the lake's own decode: no writer bug showed up. `lake.stream` against LeRobot's loader at equal
-batch size: with no DataLoader workers the stream delivers about 11× the samples per second and per CPU second (LeRobot
-spends about 3.6 ms of CPU per sample seeking and decoding one frame per camera, reading 16 action rows through
-Hugging Face `datasets` and converting to float; the stream about 0.3 ms, one Lance `take` of pre-decoded packs), so
-the ≥10× goal is met at W=0, by a small margin. It is not met at W=2 or best-against-best on this 2-core machine:
-LeRobot's decoding spreads over 2 forked workers, while the stream, already cheap per sample, does not gain from
-workers: each spawned worker does the same Lance reads and then pickles every batch's tensors to the main process,
-which doubles the CPU per sample, so the stream's best is without workers. The stream's samples are not the same
-objects as LeRobot's either: uint8 16×16 patches of both cameras resized to 96×96, normalized state and actions,
-tokenized task, i.e. what the model consumes, decoded and resized once by `lk.pack()` (not in its figures; see
-above: about one LeRobot epoch of time, paid once), where LeRobot hands float32 frames at source size and raw values
-that the training step still has to normalize, tokenize and (for another input size) resize, every step.
+batch size: LeRobot spends about 3.6 ms of CPU per sample seeking and decoding one frame per camera, reading 16 action
+rows through Hugging Face `datasets` and converting to float; the stream about 0.1 ms, Lance takes of pre-decoded packs
+(since 2026-11-22 the packed table stores per-token payloads as lists of fixed-size lists, which Lance 2.1 decodes
+~5× faster than flat lists: the first recording, before that change, had the stream at 11× LeRobot at W=0 and
+6.6× at W=2). With W=2 the stream pays for moving every batch from the spawned workers to the main process (one
+shared-memory copy per batch: `PackedBatch` pickles all its tensors as one buffer), so on 2 cores its best is
+without workers; LeRobot's best is with them. The stream's samples are not the same objects as LeRobot's either:
+uint8 16×16 patches of both cameras resized to 96×96, normalized state and actions, tokenized task, i.e. what the
+model consumes, decoded and resized once by `lk.pack()` (not in its figures; see above: a fraction of one LeRobot
+epoch, paid once), where LeRobot hands float32 frames at source size and raw values that the training step still
+has to normalize, tokenize and (for another input size) resize, every step.
 
-The map-style `LeRobotStyleDataset` is far slower than LeRobot's loader with its default 8-episode cache
-(0.05-0.07×): with shuffling over 200 episodes almost every item misses the cache, and a miss reads the episode's
-frames and each camera's video through filtered Lance scans (`to_table(filter="episode_id = ...")`, ~13 ms each: no
-index, and the `videos` table has 50 fragments, one per ingest task; a filter on `episode_id` alone over it takes
-6 ms) and decodes each camera's whole episode (~50 frames) where LeRobot decodes
-only the requested frame's GOP. Per the profile, the scans are about 70% of the time and the decode about 20%, so the
-fixes, in `lake` / `loaders/lerobot.py`, are (1) look rows up by id (one pass building episode -> row ids for the
-`videos` and frames tables, then `take`), or hold the small frames table in memory (0.5 MB here), and (2) decode only
-the GOPs that cover the requested frames, from the stored packet index (`packet_key`, `packet_pts`), instead of the
-whole episode. With a cache that holds every episode, epoch 1 (each episode decoded once) beats LeRobot at W=0 (about
-2×), but with W=2 each spawned worker decodes every episode again (twice the CPU) and keeps its own copy of the
-decoded frames (~870 MB peak per worker here), so it is roughly even with LeRobot there. LeRobot's pyav backend is
-slower than its torchcodec default (0.56-0.67×). Memory: LeRobot's ~1.2 GB main-process peak is mostly imports
-(`import torch`, the CUDA build, alone is ~700 MB RSS, `lerobot.datasets` brings it to ~1.0 GB; the CPU torch in
-`.venv` imports in ~230 MB), against ~470 MB for the stream; forked LeRobot workers share most of those pages (see
-PSS). Wall-clock figures moved by up to 2× between rounds under the other jobs' load; the per-CPU-second ratios
-agree with the wall ratios at W=0.
+The map-style `LeRobotStyleDataset` decodes per item as LeRobot does (the GOPs covering the requested frames, from
+the lake's packet index; rows found by id, not by filtered scans), so it lands near LeRobot's loader, not 10× above
+it: it is the drop-in path for LeRobot code, the packed stream is the fast one. With a cache that holds every
+episode, epoch 1 decodes each whole episode once; with W=2 each spawned worker decodes every episode again and keeps
+its own copy of the decoded frames, so it gains little there. LeRobot's pyav backend is slower than its torchcodec
+default. Memory: LeRobot's ~1 GB main-process peak is mostly imports (`import torch`, the CUDA build, alone is
+~700 MB RSS; the CPU torch in `.venv` imports in ~230 MB), against ~500 MB for the stream; forked LeRobot workers
+share most of those pages (see PSS).
 """
 
 LABELS = {

@@ -100,6 +100,12 @@ def encode_segment(frames: np.ndarray, fps: float, item: str, crf: int = 23):
     return seg, decoded[:t]
 
 
+def episode_id(ep: NewEpisode, fps: float) -> str:
+    """The id ``append_episodes`` gives ``ep`` (a content hash of its frames and task): known before the
+    append, e.g. to reference the episodes from rows committed with them."""
+    return content_id(_frames_table(ep, frame_fields(features_of(ep, fps)), fps), (ep.task,))
+
+
 def append_episodes(store: Store, episodes: list[NewEpisode], *, source: str, fps: float, robot_type: str = "unknown",
                     split_ratios: dict[str, float] | None = None, split: str | None = None,
                     message: str | None = None, extra: dict[str, pa.Table] | None = None) -> IngestReport:
@@ -124,7 +130,7 @@ def append_episodes(store: Store, episodes: list[NewEpisode], *, source: str, fp
         if features_of(ep, fps) != feats:
             raise ValueError(f"episodes of one append must share features: {sorted(features_of(ep, fps))} vs {sorted(feats)}")
         ft = _frames_table(ep, fields, fps)
-        eid = content_id(ft, (ep.task,))
+        eid = content_id(ft, (ep.task,))  # = episode_id(ep, fps)
         stats = _stats.frame_stats(ft)
         for cam, imgs in ep.images.items():
             seg, decoded = encode_segment(np.asarray(imgs, np.uint8), fps, f"{source} {eid} {cam}")

@@ -210,8 +210,13 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=100")
     sp = add("eval", cmd_eval, "closed-loop evaluation in simulation")
     sp.add_argument("checkpoint")
-    sp.add_argument("--env")
-    sp.add_argument("--episodes", type=int)
+    sp.add_argument("--env", help="gymnasium env id (default: the one the checkpoint was trained for)")
+    sp.add_argument("--episodes", type=int, help="episodes to run (default 10)")
+    sp.add_argument("--seed", type=int, default=0, help="episode i resets with a seed derived from (seed, i)")
+    sp.add_argument("--max-steps", type=int, help="time limit per episode (default: the checkpoint's, else the env's)")
+    sp.add_argument("--batch-size", type=int, default=8, help="episodes stepped together (one policy call per step)")
+    sp.add_argument("--task", help="task string given to the policy (default: the env's)")
+    sp.add_argument("--no-video", action="store_true", help="do not record camera frames into the lake")
     return p
 
 

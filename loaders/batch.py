@@ -81,7 +81,8 @@ class PackedBatch:
 
     def __reduce__(self):
         """Pickle the tensors as one byte buffer: a DataLoader worker then hands a batch to the main process
-        as a single shared-memory segment (one copy) instead of one segment and file descriptor per tensor."""
+        as one shared-memory segment and file descriptor, not ~15 (one per tensor; fds run out with many
+        workers and deep prefetch). Either way it is one copy: Arrow memory cannot be shared as is."""
         import torch
 
         tensors = {k: v.contiguous() for k, v in self._tensors().items()}

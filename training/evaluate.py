@@ -25,6 +25,8 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 
+import lake
+
 EVALS = pa.schema([
     pa.field("eval_id", pa.string(), nullable=False),
     pa.field("checkpoint", pa.string()),
@@ -153,8 +155,6 @@ def run_episodes(policy, env_id: str, episodes: int, *, seed: int = 0, record_vi
 
 
 def _new_episode(ep: dict, camera: str, attrs: dict):
-    import lake
-
     t = len(ep["rewards"])
     done, success = np.zeros(t, bool), np.zeros(t, bool)
     done[-1], success[-1] = True, ep["success"]
@@ -163,14 +163,6 @@ def _new_episode(ep: dict, camera: str, attrs: dict):
     images = {camera: ep["images"]} if ep["images"] is not None else {}
     return lake.NewEpisode(frames=frames, task=ep["task"], images=images, policy_version=attrs["checkpoint_step"],
                            episode_return=float(ep["rewards"].sum()), success=bool(ep["success"]), attrs=attrs)
-
-
-def _episode_id(ep, fps: float) -> str:
-    """The lake's content id of an in-memory episode (as ``append_episodes`` computes it)."""
-    from lake._append import _frames_table, features_of
-    from lake._lerobot import content_id, frame_fields
-
-    return content_id(_frames_table(ep, frame_fields(features_of(ep, fps)), fps), (ep.task,))
 
 
 def summary_table(report: EvalReport, seed: int) -> pa.Table:
@@ -224,13 +216,11 @@ def evaluate(checkpoint_path, env_id: str | None = None, episodes: int = 10, lak
                                         "env_seed": e["env_seed"]}) for e in eps]
     fps = eps[0]["fps"]
     rows = tuple(EvalEpisode(e["index"], e["env_seed"], len(e["rewards"]), float(e["rewards"].sum()), bool(e["success"]),
-                             _episode_id(ep, fps)) for e, ep in zip(eps, new))
+                             lake.episode_id(ep, fps)) for e, ep in zip(eps, new))
     report = EvalReport(eval_id, path, step, env_id, len(rows), float(np.mean([r.success for r in rows])),
                         float(np.mean([r.episode_return for r in rows])), float(np.mean([r.length for r in rows])),
                         rows, lineage={k: lineage.get(k) for k in ("lake_uri", "lake_version", "lake_tag", "recipe_hash")})
     if lake_uri is not None:
-        import lake
-
         lk = lake.open(lake_uri, storage_options=storage_options)
         rep = lk.append_episodes(new, source=f"eval/{env_id}", fps=fps, robot_type=fam.robot_type, split="eval",
                                  message=f"eval {os.path.basename(path)} (step {step}) on {env_id}: "
@@ -247,6 +237,8 @@ def cli(args) -> int:
 
     uri = getattr(args, "lake", None) or os.environ.get("LAKE_URI")
     rep = evaluate(args.checkpoint, args.env, args.episodes if args.episodes is not None else 10, lake_uri=uri,
+                   seed=args.seed, record_video=not args.no_video, max_steps=args.max_steps,
+                   batch_size=args.batch_size, task=args.task,
                    storage_options=storage_options_from_env(uri) if uri else None)
     print(rep.summary())
     return 0

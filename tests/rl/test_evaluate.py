@@ -54,11 +54,14 @@ def test_evaluation_writes_episodes_and_summary_in_one_version_with_the_checkpoi
 def test_lake_eval_prints_the_summary_and_exits_0(aa_run, tmp_path, capsys):
     rep, _ = aa_run
     uri = str(tmp_path / "eval_lake")
-    assert main(["eval", rep.checkpoint, "--env", "gym_pusht/PushT-v0", "--episodes", "2", "--lake", uri]) == 0
+    assert main(["eval", rep.checkpoint, "--env", "gym_pusht/PushT-v0", "--episodes", "2", "--lake", uri,
+                 "--max-steps", "7", "--seed", "3", "--batch-size", "1"]) == 0
     out = capsys.readouterr().out
     assert "2 episodes" in out and "success rate" in out and "version 1" in out
     lk = lake.open(uri)
     assert lk.episodes().num_rows == 2 and lk.table("evals").count_rows() == 1
+    assert all(n <= 7 for n in lk.episodes()["length"].to_pylist())  # --max-steps reached the env
+    assert lk.table("evals").to_table(columns=["seed"])["seed"].to_pylist() == [3]
 
 
 def test_lake_eval_failures_are_one_line(tmp_path, capsys):
