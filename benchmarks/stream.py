@@ -18,8 +18,8 @@ One script, one packed table, one batch size (``--batch-packs`` packs per batch)
 Every timed method runs ``--repeats`` rounds after one warm-up pass, in rotating order (background load
 hits all alike); best and median are reported.
 
-TODO(lerobot-venv): LeRobotDataset vs ``loaders.LeRobotStyleDataset`` needs LeRobot, which must not go into
-.venv: run it from a separate venv with ``pip install lerobot`` on the same PushT source (not done yet).
+LeRobotDataset vs ``lake.stream`` / ``loaders.LeRobotStyleDataset`` is ``benchmarks/lerobot_peers.py``
+(``make bench-peers``: LeRobot in its own venv).
 """
 
 from __future__ import annotations
@@ -371,33 +371,42 @@ def _version(pkg: str) -> str:
 
 NOTES = """
 What is compared: the same rows (split `train` of one packed table at one Lance version), the same batch size in
-packs. `lake.stream` reads each batch with one Lance `take` of its (shuffled) rows on a 2-thread prefetch and hands
-back a `PackedBatch` whose tensors are views of the Arrow buffers (merged varlen batch: `cu_seqlens` shifted,
-`segment_ids` offset). The raw scan reads the rows sequentially in table order and only flattens each list column
-to numpy; Lance's `LanceDataset` needs a `to_tensor_fn` for variable-length lists (its default handles fixed-size
+packs. `lake.stream` reads consecutive batches of its (shuffled) plan with one Lance `take` of up to `read_bytes`
+(4 MiB) on a 2-thread prefetch and hands back `PackedBatch`es whose tensors are views of the Arrow buffers
+(merged varlen batch: `cu_seqlens` shifted, `segment_ids` offset); "one take per batch" is the same with
+`read_bytes=1`. The raw scan reads the rows sequentially in table order and only flattens each list column to
+numpy; Lance's `LanceDataset` needs a `to_tensor_fn` for variable-length lists (its default handles fixed-size
 lists only), given here as the straightforward flatten-to-torch, and it neither shuffles nor merges packs; Ray
 Data's `iter_torch_batches` turns ragged list columns into object arrays of per-row arrays, which the `collate_fn`
 concatenates (one copy).
 
-Reading the figures. The machine is shared (load averages of 8-25 on 2 cores while these ran), so wall times move
-by tens of percent between rounds and runs: over four runs of this script stream / raw scan came out between 0.72
-and 0.96 (wall) and 0.72-0.85 (CPU). Where the stream's time goes (cProfile of the loop on the PushT table, no
-prefetch): 92% inside Lance's `take`, 7% in building the `PackedBatch` (offset arithmetic, `cu_seqlens` merge,
-origin strings), the rest bookkeeping; no payload byte is copied on the way to torch. The gap to the sequential scan
-is the price of random access: per take, each of the ~14 small per-token/per-sample columns costs a fixed
-decode overhead (measured: the small columns read 10x slower by random 4-row takes than by a scan, 0.26 vs 0.03
-CPU s per epoch on PushT), while the image payload, the bulk of the bytes, reads at about scan speed.
-`shuffle='blocks'` (runs of 8 neighbouring packs) recovers most of it when less mixing is acceptable.
-The 1.5x goal over `LanceDataset` is not met and cannot be met this way in one process: both are bound by the same
-Lance decode of the same pages, `LanceDataset` reading them sequentially; what the loader adds over it (shuffle,
-rank/worker sharding with exact resume, merged varlen batches, zero-copy typed tensors) costs a little, it does
-not save decode work. The 1.5x over Ray Data is met: Ray moves every block through its object store and
-`iter_torch_batches` materializes ragged columns as per-row arrays before the collate copy.
-Memory: peak RSS is flat in table size (10x table: +3%); what a process holds beyond imports is Lance's decode
-buffers and the `prefetch` batches in flight.
+What changed since the first recording (same day, before 2026-11-22 noon): the packed table stores per-token
+payloads (image patches, state, actions) as lists of fixed-size lists instead of flat lists. Lance's 2.1 file
+format decodes `list<uint8>` through its miniblock path at ~250 MB/s here, `list<fixed_size_list<uint8, 768>>` at
+several GB/s: every method got 3-8x faster on the same data (stream 1.28 s -> 0.3 s per epoch, raw scan 1.23 s ->
+0.15 s; the table grew from 159 to 239 MiB because PushT's flat renders had compressed well). That change moved the
+ratios: before it all methods were bound by the same slow decode (stream / raw scan 0.96, / LanceDataset 0.89);
+now the decode is cheap and what is left is the cost of access patterns.
 
-TODO(lerobot-venv): `LeRobotDataset.__getitem__` vs `loaders.LeRobotStyleDataset` on the same PushT source
-(samples/s, decode cost per sample) needs a separate venv with `pip install lerobot`; not run yet.
+Reading the figures. Goals not met: stream >= 0.8x the raw scan and >= 1.5x `LanceDataset` (both ~0.45-0.5x).
+The stream reads random rows with Lance `take`; the raw scan and `LanceDataset` read every row in table order
+with Lance's scanner, whose filtered scan (`split = 'train'`) plans all reads at once and pipelines them over
+its I/O threads. Measured on this table: a 4-row `take` of all columns costs ~2.5 ms per call (about 0.6 ms per
+row, plus a fixed cost per call and column), the filtered scan about 0.4 ms per row of CPU spread over 2 threads;
+`take`s of 16-64 rows per call did not lower the per-row cost (larger results cost more per row in allocation and
+page faults: glibc's malloc trimming showed up as 20-50% of a profile; `mallopt` raising the trim / mmap
+thresholds helped `take` loops by up to 2x in a process with a fragmented heap but not the stream's epoch:
+0.30 -> 0.27 s), file-level reads (`LanceFileReader.take_rows` / `read_range` of 16 contiguous rows) cost the same
+as `take`, and `shuffle='blocks'` (runs of 8 neighbouring packs) recovers part of it. A loader that must shuffle
+does random reads; `LanceDataset` has no per-epoch shuffle of rows (its `samples=` draws a random subset, its
+fragment sampler only permutes fragments), which is why it can read sequentially. What the stream adds over it
+(a reproducible per-(seed, epoch) permutation, rank/worker sharding with exact resume, merged varlen batches,
+zero-copy typed tensors) costs a little Python per batch (~0.9 ms), the rest is the random access. The 1.5x over
+Ray Data is met: Ray moves every block through its object store and `iter_torch_batches` materializes ragged
+columns as per-row arrays before the collate copy. Against LeRobot's own loader (section "LeRobot peers") the
+stream is far above the 10x goal. Memory: peak RSS is flat in table size (10x table: see the ratio); what a
+process holds beyond imports is Lance's decode buffers and the `prefetch` takes in flight (`read_bytes` 32 MiB
+cost ~380 MB more peak RSS than one batch per take, which is why the default is 4 MiB).
 """
 
 
