@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv bench bench-peers clean
+.PHONY: demo test venv bench bench-gpu bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,7 +31,19 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/stream.py --record
 	$(BIN)/python benchmarks/packed_vs_padded.py
 	$(BIN)/python benchmarks/attention.py
+	$(BIN)/python benchmarks/fp8.py
 	$(BIN)/python benchmarks/rl.py --record
+
+# On a GPU machine (the device tool's H100 / H200, whose python3 has torch and pytest; nothing else is needed):
+# CUDA kernels vs the exact path, FP8 vs bf16, and the training benchmarks at π0.5 widths in bf16. Figures go to
+# $(GPU_OUT) (the device's $$OUT), to be copied into benchmarks/RESULTS.md.
+GPU_OUT ?= gpu_out
+bench-gpu:
+	mkdir -p $(GPU_OUT)
+	python3 -m pytest --noconftest -q -rs tests/training/test_cuda.py 2>&1 | tee $(GPU_OUT)/test_cuda.txt
+	python3 benchmarks/fp8.py --out $(GPU_OUT) --no-write 2>&1 | tee $(GPU_OUT)/fp8.txt
+	python3 benchmarks/attention.py --device cuda --dtype bfloat16 --pi05-size --no-write 2>&1 | tee $(GPU_OUT)/attention.md
+	python3 benchmarks/packed_vs_padded.py --device cuda --dtype bfloat16 --pi05-size --no-write 2>&1 | tee $(GPU_OUT)/packed_vs_padded.md
 
 # LeRobot 0.4.4 as a peer to benchmark against, in its own venv (it pins its own torch: a CUDA build from PyPI).
 PEERS := .venv-peers

@@ -22,7 +22,8 @@ from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
-from packed_vs_padded import interleaved, machine, make_pi05_samples, pack_samples, pad_samples, set_clock, write_block
+from packed_vs_padded import (PI05_SIZE, interleaved, machine, make_pi05_samples, pack_samples, pad_samples, samples_to, set_clock,
+                              write_block)
 
 import training
 from training.pi05 import dense_attention
@@ -30,20 +31,21 @@ from training.pi05 import dense_attention
 
 def attention_op_case(samples, *, heads, kv_heads, head_dim, horizon, cam_tokens, reps):
     """One layer's attention, fwd+bwd, both formulations on the same real tokens."""
-    b = len(samples)
+    b, ref = len(samples), samples[0][2]
     g = torch.Generator().manual_seed(0)
     lens = [x.shape[0] for _, _, x in samples]
-    cu = training.cu_seqlens_from_lengths(lens)
+    cu = training.cu_seqlens_from_lengths(lens).to(ref.device)
     tp = sum(lens)
-    qp, kp, vp = (torch.randn(tp, h, head_dim, generator=g) for h in (heads, kv_heads, kv_heads))
-    qs, ks, vs = (torch.randn(b * horizon, h, head_dim, generator=g) for h in (heads, kv_heads, kv_heads))
+    qp, kp, vp = (torch.randn(tp, h, head_dim, generator=g).to(ref) for h in (heads, kv_heads, kv_heads))
+    qs, ks, vs = (torch.randn(b * horizon, h, head_dim, generator=g).to(ref) for h in (heads, kv_heads, kv_heads))
     leaves = [t.requires_grad_() for t in (qp, kp, vp, qs, ks, vs)]
     # padded layout [image slots ∥ text padded to 200 ∥ suffix], mask as openpi builds it
     shapes_only = [(i, t, torch.zeros(i + t, 1)) for i, t, _ in samples]
     _, mask_p = pad_samples(shapes_only, max_cams_tokens=3 * cam_tokens, max_text=200)
+    mask_p = mask_p.to(ref.device)
     n_p = mask_p.shape[1]
-    input_mask = torch.cat([mask_p, torch.ones(b, horizon, dtype=torch.bool)], 1)
-    ar = torch.zeros(n_p + horizon, dtype=torch.bool)
+    input_mask = torch.cat([mask_p, torch.ones(b, horizon, dtype=torch.bool, device=ref.device)], 1)
+    ar = torch.zeros(n_p + horizon, dtype=torch.bool, device=ref.device)
     ar[n_p] = True
     mask4 = training.make_attn_mask(input_mask, ar)[:, None]
     rows_p = mask_p.flatten().nonzero().squeeze(1)
@@ -71,10 +73,12 @@ def attention_op_case(samples, *, heads, kv_heads, head_dim, horizon, cam_tokens
 
 
 def denoise_case(samples, cfg, *, cam_tokens, reps, steps=10):
-    pol = training.Pi05Policy(cfg).eval()
+    ref = samples[0][2]
+    pol = training.Pi05Policy(cfg).eval().to(ref)
     prefix_pad, mask = pad_samples(samples, max_cams_tokens=3 * cam_tokens, max_text=200)
     packed, cu = pack_samples(samples)
-    noise = torch.randn(len(samples), cfg.action_horizon, cfg.action_dim, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(len(samples), cfg.action_horizon, cfg.action_dim,
+                        generator=torch.Generator().manual_seed(0)).to(ref)
     fns = {"optimized_cache": lambda: training.sample_actions(pol, packed, cu, noise, steps)}
     for kind in ("eager", "sdpa"):
         fns[f"{kind}_recompute"] = lambda kind=kind: training.sample_actions_dense(
@@ -118,20 +122,25 @@ def sdpa_padded(q, k, v, cu, causal):
     return o.transpose(1, 2).reshape(n * m, *q.shape[1:]).index_select(0, rows)
 
 
-def backends_case(lens, *, heads, kv_heads, head_dim, causal, reps, with_dense=True):
+def backends_case(lens, *, heads, kv_heads, head_dim, causal, reps, with_dense=True, device="cpu", dtype=torch.float32):
     g = torch.Generator().manual_seed(0)
-    cu = training.cu_seqlens_from_lengths(lens)
-    q, k, v = (torch.randn(sum(lens), h, head_dim, generator=g).requires_grad_() for h in (heads, kv_heads, kv_heads))
+    cu = training.cu_seqlens_from_lengths(lens).to(device)
+    q, k, v = (torch.randn(sum(lens), h, head_dim, generator=g).to(device, dtype).requires_grad_()
+               for h in (heads, kv_heads, kv_heads))
     ref = training.varlen_attention(q, k, v, cu, max(lens), causal, backend="sdpa_loop")
-    fns = {
+    fused = {name: (lambda name=name: training.varlen_attention(q, k, v, cu, max(lens), causal, backend=name))
+             for name in ("flash", "torch_varlen")
+             if training._attn_backends.backend_available(name, torch.device(device), dtype, head_dim) is None}
+    fns = {**fused,
         "sdpa_loop": lambda: training.varlen_attention(q, k, v, cu, max(lens), causal, backend="sdpa_loop"),
         "sdpa_grouped": lambda: sdpa_grouped(q, k, v, cu, causal),
         "padded_batch": lambda: sdpa_padded(q, k, v, cu, causal),
     }
     if with_dense:
         fns["dense"] = lambda: training.varlen_attention(q, k, v, cu, max(lens), causal, backend="dense")
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
     for name, fn in fns.items():  # every alternative must be exact before it is timed
-        torch.testing.assert_close(fn(), ref, rtol=1e-4, atol=1e-4, msg=name)
+        torch.testing.assert_close(fn(), ref, rtol=tol, atol=tol, msg=name)
     return interleaved({n: (lambda f=f: f().sum().backward()) for n, f in fns.items()}, reps)
 
 
@@ -141,11 +150,18 @@ def main():
     ap.add_argument("--no-write", action="store_true", help="print only, do not touch RESULTS.md")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--wall", action="store_true", help="time wall clock with default threads (idle machine only)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--pi05-size", action="store_true",
+                    help="π0.5's widths (2048, head_dim 256, MLP 8192; 4 layers) and batch 16: for a GPU")
+    ap.add_argument("--dtype", default="float32", help="float32, or bfloat16 (on a GPU)")
     args = ap.parse_args()
-    clock = set_clock(args.wall)
+    clock = set_clock(args.wall, args.device)
+    dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
     cam, batch, reps = 256, 4, args.reps
     cfg = training.Pi05Config(width=512, depth=2, heads=8, kv_heads=1, head_dim=64, mlp_ratio=4)
+    if args.pi05_size:
+        cfg, batch = PI05_SIZE, 16
     if args.quick:
         cam, reps, cfg = 16, 1, training.Pi05Config(width=64, depth=1, heads=4, kv_heads=1, head_dim=16)
     load0 = os.getloadavg()[0]
@@ -161,13 +177,13 @@ def main():
         f"best of {reps}, baselines and optimized alternating per repeat.")  # fmt: skip
     out(f"Shapes: batch {batch}, 3 cameras x {cam} image tokens, text 5-200 uniform (padded to 200 in the "
         f"baselines), {cfg.action_horizon} action tokens, {cfg.heads} query heads / {cfg.kv_heads} KV head x "
-        f"{cfg.head_dim}, fp32. Eager = openpi's PyTorch formulation (`training.pi05.eager_padded`: K/V repeated "
+        f"{cfg.head_dim}, {args.dtype} on {args.device}. Eager = openpi's PyTorch formulation (`training.pi05.eager_padded`: K/V repeated "
         f"per query head, matmul, additive 4-D mask, fp32 softmax, matmul), the baseline the goal names; SDPA = "
         f"the same padded tensors and mask through torch SDPA, a stronger padded baseline.")  # fmt: skip
     out()
     out("| measurement | eager dense-mask | SDPA dense-mask | optimized | speedup vs eager | vs SDPA |")
     out("|---|---:|---:|---:|---:|---:|")
-    samples = make_pi05_samples(batch, cfg.width, cam_tokens=cam)
+    samples = samples_to(make_pi05_samples(batch, cfg.width, cam_tokens=cam), args.device, dtype)
     sec = attention_op_case(samples, heads=cfg.heads, kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
                             horizon=cfg.action_horizon, cam_tokens=cam, reps=reps)  # fmt: skip
 
@@ -191,21 +207,23 @@ def main():
     cases = [("π0.5 prefixes (4 seqs, ~870 tok), bidirectional", pi05_lens, False),
              ("16 seqs 16-256 tok, causal", short, True),
              ("16 seqs in 4 length buckets (64..256), causal", bucketed, True)]  # fmt: skip
-    names = ["sdpa_loop", "sdpa_grouped", "padded_batch", "dense"]
+    names = [n for n in ("flash", "torch_varlen") if args.device != "cpu" and
+             training._attn_backends.backend_available(n, torch.device(args.device), dtype, cfg.head_dim) is None]
+    names += ["sdpa_loop", "sdpa_grouped", "padded_batch", "dense"]
     out("| pack | " + " | ".join(names) + " |")
     out("|---|" + "---:|" * len(names))
     for label, lens, causal in cases:
         if args.quick:
             lens = [max(1, n // 16) for n in lens]
         sec = backends_case(lens, heads=cfg.heads, kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
-                            causal=causal, reps=reps)  # fmt: skip
+                            causal=causal, reps=reps, device=args.device, dtype=dtype)  # fmt: skip
         best = min(sec.values())
         cells = [f"**{sec[n] * 1e3:.1f} ms**" if sec[n] == best else f"{sec[n] * 1e3:.1f} ms" for n in names]
         out(f"| {label} | " + " | ".join(cells) + " |")
     out()
     out(f"Load average {load0:.1f} -> {os.getloadavg()[0]:.1f} (the machine was shared with other jobs).")
     if not args.no_write and not args.quick:
-        write_block("training:attention", "\n".join(lines))
+        write_block("training:attention" + ("" if args.device == "cpu" else ":" + args.device), "\n".join(lines))
 
 
 if __name__ == "__main__":

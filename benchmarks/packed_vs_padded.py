@@ -42,11 +42,15 @@ def make_pi05_samples(n, width, *, cam_tokens=256, cameras=(3, 3), text=(5, 200)
     return out
 
 
+def samples_to(samples, device, dtype):
+    return [(img, txt, x.to(device, dtype)) for img, txt, x in samples]
+
+
 def pad_samples(samples, *, max_cams_tokens, max_text):
     """openpi layout: [image slots (missing cameras = pad) ∥ text padded to max_text]."""
-    b, width = len(samples), samples[0][2].shape[1]
-    prefix = torch.zeros(b, max_cams_tokens + max_text, width)
-    mask = torch.zeros(b, max_cams_tokens + max_text, dtype=torch.bool)
+    b, x0 = len(samples), samples[0][2]
+    prefix = x0.new_zeros(b, max_cams_tokens + max_text, x0.shape[1])
+    mask = torch.zeros(b, max_cams_tokens + max_text, dtype=torch.bool, device=x0.device)
     for i, (img, txt, x) in enumerate(samples):
         prefix[i, :img], mask[i, :img] = x[:img], True
         prefix[i, max_cams_tokens : max_cams_tokens + txt] = x[img:]
@@ -56,16 +60,27 @@ def pad_samples(samples, *, max_cams_tokens, max_text):
 
 def pack_samples(samples):
     lens = [x.shape[0] for _, _, x in samples]
-    return torch.cat([x for _, _, x in samples]), training.cu_seqlens_from_lengths(lens)
+    x = torch.cat([x for _, _, x in samples])
+    return x, training.cu_seqlens_from_lengths(lens).to(x.device)
 
 
 CLOCK = {"name": "cpu", "fn": time.thread_time}
+# π0.5's PaliGemma widths (Gemma 2B: width 2048, 8 heads / 1 KV head x 256, MLP 16384 there; 8192 here), 4 layers
+PI05_SIZE = training.Pi05Config(width=2048, depth=4, heads=8, kv_heads=1, head_dim=256, mlp_ratio=4)
 
 
-def set_clock(wall: bool) -> str:
+def set_clock(wall: bool, device: str = "cpu") -> str:
     """Choose the timer. Default: CPU seconds of this thread with torch on 1 thread, which other
     jobs on a shared machine barely disturb (they steal wall time, not this thread's CPU time).
-    `wall`: wall-clock seconds with torch's default threads (use on an otherwise idle machine)."""
+    `wall`: wall-clock seconds with torch's default threads (use on an otherwise idle machine).
+    On CUDA: wall clock, synchronizing the device at every reading."""
+    if device.startswith("cuda"):
+        def synced():
+            torch.cuda.synchronize()
+            return time.perf_counter()
+
+        CLOCK.update(name="cuda", fn=synced)
+        return f"wall-clock seconds with the GPU synchronized at each reading ({torch.cuda.get_device_name()})"
     if wall:
         CLOCK.update(name="wall", fn=time.perf_counter)
         return f"wall-clock seconds, {torch.get_num_threads()} torch threads"
@@ -89,6 +104,8 @@ def interleaved(fns: dict, reps: int, warmup: int = 1) -> dict:
 
 
 def machine() -> str:
+    if torch.cuda.is_available() and CLOCK["name"] == "cuda":
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
     cpu = platform.machine()
     try:  # the model name says more than the architecture
         cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
@@ -115,11 +132,11 @@ def write_block(name: str, body: str) -> None:
 
 
 def run_case(pol, samples, cfg, *, cam_tokens, reps):
-    b = len(samples)
+    b, ref = len(samples), samples[0][2]
     g = torch.Generator().manual_seed(1)
-    actions = torch.randn(b, cfg.action_horizon, cfg.action_dim, generator=g)
-    noise = torch.randn(actions.shape, generator=g)
-    t = torch.rand(b, generator=g)
+    actions = torch.randn(b, cfg.action_horizon, cfg.action_dim, generator=g).to(ref)
+    noise = torch.randn(actions.shape, generator=g).to(ref)
+    t = torch.rand(b, generator=g).to(ref)
     x_t, u_t = training.flow_matching_targets(actions, noise, t)
     prefix_pad, mask = pad_samples(samples, max_cams_tokens=3 * cam_tokens, max_text=200)
     packed, cu = pack_samples(samples)
@@ -150,14 +167,21 @@ def main():
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--wall", action="store_true", help="time wall clock with default threads (idle machine only)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--pi05-size", action="store_true",
+                    help="π0.5's widths (2048, head_dim 256, MLP 8192; 4 layers) and batch 16: for a GPU")
+    ap.add_argument("--dtype", default="float32", help="float32, or bfloat16 (on a GPU)")
     args = ap.parse_args()
-    clock = set_clock(args.wall)
+    clock = set_clock(args.wall, args.device)
+    dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
     cfg = training.Pi05Config(width=512, depth=2, heads=8, kv_heads=1, head_dim=64, mlp_ratio=4)
+    if args.pi05_size:
+        cfg, args.batch = PI05_SIZE, 16
     cam = 256
     if args.quick:
         cfg, cam, args.reps = training.Pi05Config(width=64, depth=1, heads=4, kv_heads=1, head_dim=16), 16, 1
-    pol = training.Pi05Policy(cfg)
+    pol = training.Pi05Policy(cfg).to(args.device, dtype)
     cases = [
         ("3 cameras always present (as specified)", (3, 3)),
         ("1-3 cameras present (missing = pad; sensitivity check)", (1, 3)),
@@ -165,7 +189,8 @@ def main():
     load0 = os.getloadavg()[0]
     rows = []
     for label, cams in cases:
-        samples = make_pi05_samples(args.batch, cfg.width, cam_tokens=cam, cameras=cams, seed=len(rows))
+        samples = samples_to(make_pi05_samples(args.batch, cfg.width, cam_tokens=cam, cameras=cams, seed=len(rows)),
+                             args.device, dtype)
         real, slots, sec = run_case(pol, samples, cfg, cam_tokens=cam, reps=args.reps)
         rows.append((label, real, slots, sec["eager"], sec["sdpa"], sec["packed"]))
         print(f"{label}: real {real} / padded {slots} tokens; padded eager {sec['eager']:.2f}s, padded SDPA "
@@ -180,7 +205,7 @@ def main():
         f"packed alternate per repeat, best of {args.reps}.",
         "",
         f"Model: Pi05Policy width {cfg.width}, depth {cfg.depth}, {cfg.heads} heads / {cfg.kv_heads} KV head "
-        f"x {cfg.head_dim}, MLP x{cfg.mlp_ratio}, fp32, fwd+bwd, batch {args.batch}. Lengths: {cam} tokens per "
+        f"x {cfg.head_dim}, MLP x{cfg.mlp_ratio}, {args.dtype} on {args.device}, fwd+bwd, batch {args.batch}. Lengths: {cam} tokens per "
         f"camera (no scaling), text 5-200 uniform (baseline pads to 200), {cfg.action_horizon} action tokens.",
         "",
         "| case | real tokens | padded slots | padded eager s/step | padded SDPA s/step | packed s/step "
@@ -196,7 +221,8 @@ def main():
              "and mask through torch SDPA."]
     print("\n".join(body))
     if not args.no_write and not args.quick:
-        write_block("training:packed_vs_padded", "\n".join(body))
+        write_block("training:packed_vs_padded" + ("" if args.device == "cpu" else ":" + args.device),
+                    "\n".join(body))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from training.fp8 import (
     FP8_ENGINES,
     FP8_RECIPES,
     EmulatedFloat8Linear,
+    ScaledMMFloat8Linear,
     convert_to_fp8,
     fake_quantize_fp8,
     fp8_autocast,
@@ -32,6 +33,7 @@ from training.varlen import varlen_attention
 __all__ = [
     "ATTENTION_BACKENDS",
     "EmulatedFloat8Linear",
+    "ScaledMMFloat8Linear",
     "FP8_ENGINES",
     "FP8_RECIPES",
     "Pi05Backbone",

@@ -4,6 +4,9 @@
   real FP8 matmuls on CUDA SM89+, `Float8LinearConfig(emulate=True)` elsewhere;
 - "te": NVIDIA Transformer Engine `te.Linear` (CUDA only, tensorwise; run the forward inside
   `fp8_autocast("te")`);
+- "scaled_mm": this module's own FP8 linear on `torch._scaled_mm`, needing nothing beyond torch:
+  real FP8 GEMMs (fast on SM89+ GPUs; CPU runs them too, slowly, which lets tests check them);
+  the same scaling choices as "emulated", so the two agree up to accumulation order;
 - "emulated": this module's own fake-quantised linear, for machines without torchao: operands
   round-trip through float8 (e4m3 forward, e5m2 gradients for tensorwise, as torchao does)
   with amax scaling per tensor or per row, matmuls stay in high precision.
@@ -27,6 +30,7 @@ __all__ = [
     "FP8_ENGINES",
     "FP8_RECIPES",
     "EmulatedFloat8Linear",
+    "ScaledMMFloat8Linear",
     "convert_to_fp8",
     "fake_quantize_fp8",
     "fp8_autocast",
@@ -95,10 +99,82 @@ class _Fp8Matmul(torch.autograd.Function):
         return g_in @ w_in, g_w.t() @ x_w, None
 
 
+def _quantize(t: torch.Tensor, fp8_dtype: torch.dtype = torch.float8_e4m3fn, dim: int | None = None):
+    """(fp8 tensor, float32 dequantisation scale) with the scaling of `fake_quantize_fp8`."""
+    fmax = torch.finfo(fp8_dtype).max
+    amax = t.detach().abs().amax() if dim is None else t.detach().abs().amax(dim=dim, keepdim=True)
+    scale = fmax / amax.float().clamp_min(1e-12)
+    return (t.float() * scale).clamp(-fmax, fmax).to(fp8_dtype), scale.reciprocal()
+
+
+def _col_major(t: torch.Tensor) -> torch.Tensor:
+    return t.t().contiguous().t()
+
+
+def _pad_rows(t: torch.Tensor, multiple: int = 16) -> torch.Tensor:
+    """Zero rows up to a multiple of 16: FP8 GEMMs need 16-aligned inner dims; zeros add nothing."""
+    extra = -t.shape[0] % multiple
+    return t if not extra else torch.cat([t, t.new_zeros(extra, *t.shape[1:])])
+
+
+def _scaled_mm(a, sa, b, sb, out_dtype):
+    """a @ b for fp8 `a` (row-major) and `b` (column-major) with dequantisation scales. Rowwise
+    scaling on CUDA wants a bfloat16 output: compute there and cast."""
+    rowwise = sa.numel() > 1 or sb.numel() > 1
+    dtype = torch.bfloat16 if rowwise and a.is_cuda else out_dtype
+    # fresh row-major scales: a transposed (n, 1) view counts as contiguous but keeps stride n
+    sa, sb = (s.flatten().clone().view(s.shape) if rowwise else s.reshape(()) for s in (sa, sb))
+    out = torch._scaled_mm(a, b, scale_a=sa, scale_b=sb,
+                           out_dtype=dtype)
+    return out.to(out_dtype)
+
+
+class _ScaledMMMatmul(torch.autograd.Function):
+    """`_Fp8Matmul` with real FP8 GEMMs (`torch._scaled_mm`) instead of fake-quantised ones."""
+
+    @staticmethod
+    def forward(ctx, x2, w, rowwise: bool):
+        ctx.save_for_backward(x2, w)
+        ctx.rowwise = rowwise
+        ax = -1 if rowwise else None
+        qx, sx = _quantize(x2, dim=ax)
+        qw, sw = _quantize(w, dim=ax)
+        return _scaled_mm(qx, sx, qw.t(), sw.t() if rowwise else sw, x2.dtype)
+
+    @staticmethod
+    def backward(ctx, go):
+        x2, w = ctx.saved_tensors
+        go = go.contiguous()
+        if ctx.rowwise:
+            (qg, sg), (qw, sw) = _quantize(go, dim=-1), _quantize(w, dim=0)
+            (qgw, sgw), (qx, sx) = _quantize(go, dim=0), _quantize(x2, dim=0)
+            sgw = sgw.t()  # per column of go = per row of go.T
+        else:
+            qg, sg = _quantize(go, torch.float8_e5m2)
+            qgw, sgw = qg, sg
+            (qw, sw), (qx, sx) = _quantize(w), _quantize(x2)
+        grad_x = _scaled_mm(qg, sg, _col_major(qw), sw, x2.dtype)
+        # grad_w = go.T @ x: the token dim is the inner one here, padded to 16 with zeros
+        grad_w = _scaled_mm(_pad_rows(qgw.float()).to(qgw.dtype).t().contiguous(), sgw,
+                            _col_major(_pad_rows(qx.float()).to(qx.dtype)), sx, torch.float32)
+        return grad_x, grad_w.to(w.dtype), None
+
+
+def _autocast_input(x: torch.Tensor) -> torch.Tensor:
+    """Under autocast, the input in the autocast dtype, as `nn.Linear` would compute (autocast does
+    not reach custom autograd functions): converted and unconverted layers then agree on dtypes."""
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev) and x.is_floating_point():
+        return x.to(torch.get_autocast_dtype(dev))
+    return x
+
+
 class EmulatedFloat8Linear(nn.Linear):
     """`nn.Linear` whose matmuls are emulated FP8 (see `_Fp8Matmul`); bias stays high precision."""
 
     recipe: str = "tensorwise"
+    _matmul = _Fp8Matmul
+    _engine = "emulated"
 
     @classmethod
     def from_linear(cls, lin: nn.Linear, recipe: str) -> EmulatedFloat8Linear:
@@ -109,13 +185,20 @@ class EmulatedFloat8Linear(nn.Linear):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, x.shape[-1])
-        y = _Fp8Matmul.apply(x2, self.weight.to(x.dtype), self.recipe == "rowwise")
+        x2 = _autocast_input(x).reshape(-1, x.shape[-1])
+        y = self._matmul.apply(x2, self.weight.to(x2.dtype), self.recipe == "rowwise")
         y = y.reshape(*x.shape[:-1], self.out_features)
-        return y if self.bias is None else y + self.bias.to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, recipe={self.recipe}, emulated"
+        return f"{super().extra_repr()}, recipe={self.recipe}, {self._engine}"
+
+
+class ScaledMMFloat8Linear(EmulatedFloat8Linear):
+    """`nn.Linear` with real FP8 matmuls through `torch._scaled_mm` (see `_ScaledMMMatmul`)."""
+
+    _matmul = _ScaledMMMatmul
+    _engine = "torch._scaled_mm"
 
 
 def _swap_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module], module_filter_fn: FilterFn) -> nn.Module:
@@ -132,6 +215,10 @@ def _swap_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module], modu
 
 def _convert_emulated(model, recipe, emulate, module_filter_fn):
     return _swap_linears(model, lambda lin: EmulatedFloat8Linear.from_linear(lin, recipe), module_filter_fn)
+
+
+def _convert_scaled_mm(model, recipe, emulate, module_filter_fn):
+    return _swap_linears(model, lambda lin: ScaledMMFloat8Linear.from_linear(lin, recipe), module_filter_fn)
 
 
 def _convert_torchao(model, recipe, emulate, module_filter_fn):
@@ -175,7 +262,8 @@ def _te_module():
     return te
 
 
-_CONVERTERS = {"torchao": _convert_torchao, "te": _convert_te, "emulated": _convert_emulated}
+_CONVERTERS = {"torchao": _convert_torchao, "te": _convert_te, "scaled_mm": _convert_scaled_mm,
+               "emulated": _convert_emulated}
 FP8_ENGINES = tuple(_CONVERTERS)
 
 

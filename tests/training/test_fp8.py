@@ -11,7 +11,7 @@ from torch import nn
 import training
 from training.fp8 import EmulatedFloat8Linear, fake_quantize_fp8
 
-ENGINES = ["emulated"] + (["torchao"] if importlib.util.find_spec("torchao") else [])
+ENGINES = ["emulated", "scaled_mm"] + (["torchao"] if importlib.util.find_spec("torchao") else [])
 # FP8 e4m3 keeps 3 mantissa bits (~6% per rounding); over a short run the loss may drift by a
 # few percent from fp32. Stated tolerance: every step within 10% of the fp32 loss.
 REL_TOL = 0.10
@@ -125,3 +125,35 @@ def test_bad_fp8_arguments_raise():
             training.convert_to_fp8(mlp(), emulate=False)
         with pytest.raises(RuntimeError, match="no CPU emulation"):
             training.convert_to_fp8(mlp(), engine="te")
+
+
+@pytest.mark.parametrize("recipe", training.FP8_RECIPES)
+@pytest.mark.parametrize("tokens", [48, 37])  # 37: the token dim, inner in the weight gradient, is padded
+def test_real_fp8_gemms_equal_the_emulated_ones(recipe, tokens):
+    """torch._scaled_mm (CPU here) gives what fake-quantised fp32 matmuls give: same scaling, same rounding
+    of the operands, so only the accumulation order differs."""
+    g = torch.Generator().manual_seed(3)
+    lin = nn.Linear(64, 96)
+    x = torch.randn(tokens, 64, generator=g)
+    go = torch.randn(tokens, 96, generator=g)
+    outs = {}
+    for name, cls in (("emulated", EmulatedFloat8Linear), ("scaled_mm", training.ScaledMMFloat8Linear)):
+        layer = cls.from_linear(nn.Linear(64, 96), recipe)
+        layer.load_state_dict(lin.state_dict())
+        xi = x.clone().requires_grad_()
+        y = layer(xi)
+        y.backward(go)
+        outs[name] = (y.detach(), xi.grad, layer.weight.grad, layer.bias.grad)
+    tol = 1e-5
+    for a, b, what in zip(outs["scaled_mm"], outs["emulated"], ("output", "grad input", "grad weight", "grad bias")):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=what)
+
+
+@pytest.mark.parametrize("cls", [EmulatedFloat8Linear, training.ScaledMMFloat8Linear])
+def test_converted_layers_follow_autocast_like_nn_linear(cls):
+    lin = nn.Linear(64, 32)
+    conv = cls.from_linear(lin, "tensorwise")
+    x = torch.randn(5, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert lin(x).dtype == conv(x).dtype == torch.bfloat16  # q and k projections must agree in attention
+    assert conv(x).dtype == torch.float32
