@@ -54,6 +54,7 @@ def make_layout(recipe: Recipe, features: dict, stats: dict, fps: float, vocab_s
         "action_dim": sum(dims(recipe.action_features)),
         "tokenizer": recipe.tokenizer, "vocab_size": vocab_size, "action_bins": recipe.action_bins,
         "normalization": recipe.normalization, "norm": norm, "pad": recipe.pad, "token_budget": recipe.token_budget,
+        "payload_rows": "fixed_size",  # 2-D payloads as lists of fixed-size lists (schema.packed_schema)
     }
 
 

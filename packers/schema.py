@@ -18,8 +18,9 @@ A *pack* concatenates whole samples (never split) up to a token budget. Per pack
 
 Two-dimensional payloads are lists of fixed-size lists (one per token, ``WIDTH_KEYS`` names the layout key of
 the width): Lance's 2.1+ file format decodes a list of fixed-width tokens several times faster than the same
-bytes as one flat list (measured on PushT patches: 0.16 vs 0.83 CPU s per epoch of 4-row takes). Tables
-written before this hold flat lists; readers accept both.
+bytes as one flat list (measured on PushT patches: 0.16 vs 0.83 CPU s per epoch of 4-row takes). The layout
+says which (``payload_rows: "fixed_size"``); tables packed before it have flat lists and no such key, and an
+incremental pack into one keeps them flat. Readers accept both.
 Masks are uint8, not bool: Arrow bit-packs booleans, which would force a copy on the way to torch.
 Shapes (token_dim, state_dim, action_dim, ...) are in the schema metadata under ``packers.layout``.
 """
@@ -70,8 +71,9 @@ def packed_schema(layout: dict) -> pa.Schema:
              else pa.field("image_patches", pa.list_(pa.uint8())))
     extra = [pa.field("action_bins", pa.list_(pa.int32()))] if layout.get("action_bins") else []
     fields = []
+    fixed = layout.get("payload_rows") == "fixed_size"
     for f in PER_PACK + PER_TOKEN + [image] + PAYLOAD + extra:
-        width = int(layout.get(WIDTH_KEYS.get(f.name, ""), 0) or 0)
+        width = int(layout.get(WIDTH_KEYS.get(f.name, ""), 0) or 0) if fixed else 0
         fields.append(pa.field(f.name, pa.list_(pa.list_(f.type.value_type, width))) if width > 0 else f)
     return pa.schema(fields, metadata={"packers.layout": json.dumps(layout, sort_keys=True)})
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 # the keys the packer's layout has (``packers.samples.make_layout``) that matter here
 LAYOUT = {"cameras": ["observation.images.top", "observation.images.wrist"], "patches_per_image": 16,
           "token_dim": 768, "image_encoder": "patches", "state_dim": 2, "action_dim": 2,
-          "action_offsets": list(range(16)), "action_bins": None, "token_budget": 1024}
+          "action_offsets": list(range(16)), "action_bins": None, "token_budget": 1024, "payload_rows": "fixed_size"}
 LAYOUT_BINS = {**LAYOUT, "action_bins": 256}
 LAYOUT_EMBEDS = {**LAYOUT, "image_encoder": "frozen", "embed_dim": 64}  # token_dim stays the patch size
 
@@ -131,6 +131,20 @@ def _to_arrow(cols: dict[str, list], schema: pa.Schema) -> pa.Table:
         else:
             arrays.append(pa.array(vals, f.type))
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def flat_payload_lists(table: pa.Table) -> pa.Table:
+    """``table`` as packers wrote it before 2-D payloads became lists of fixed-size lists: flat lists, and
+    no ``payload_rows`` in the layout."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_list(f.type) and pa.types.is_fixed_size_list(f.type.value_type):
+            col = table[f.name].combine_chunks()
+            w = f.type.value_type.list_size
+            flat = pa.ListArray.from_arrays(pa.array(np.asarray(col.offsets) * w, pa.int32()), col.values.flatten())
+            table = table.set_column(i, pa.field(f.name, flat.type), flat)
+    layout = {k: v for k, v in json.loads((table.schema.metadata or {}).get(b"packers.layout", b"{}")).items()
+              if k != "payload_rows"}
+    return table.replace_schema_metadata({"packers.layout": json.dumps(layout, sort_keys=True)})
 
 
 def write_packed_table(lk, table: pa.Table, name: str = "packed_test", recipe_hash: str = "test0000",

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from packed_tables import LAYOUT, LAYOUT_BINS, LAYOUT_EMBEDS, synthetic_packs
+from packed_tables import LAYOUT, LAYOUT_BINS, LAYOUT_EMBEDS, flat_payload_lists, synthetic_packs
 from loaders import packed_batch, tensors
 from packers.schema import MODALITIES, layout_of
 
@@ -142,22 +142,11 @@ def test_to_moves_every_tensor_and_keeps_origin(packed):
                                      "action_is_pad", "pack_ids"))
 
 
-def _flat_lists(table: pa.Table) -> pa.Table:
-    """The table as packers wrote it before 2-D payloads became lists of fixed-size lists."""
-    for i, f in enumerate(table.schema):
-        if pa.types.is_list(f.type) and pa.types.is_fixed_size_list(f.type.value_type):
-            col = table[f.name].combine_chunks()
-            w = f.type.value_type.list_size
-            flat = pa.ListArray.from_arrays(pa.array(np.asarray(col.offsets) * w, pa.int32()), col.values.flatten())
-            table = table.set_column(i, pa.field(f.name, flat.type), flat)
-    return table
-
-
 @pytest.mark.parametrize("layout", [LAYOUT, LAYOUT_EMBEDS, LAYOUT_BINS], ids=["patches", "embeds", "bins"])
 def test_tables_with_flat_payload_lists_read_the_same(layout):
     new = synthetic_packs(layout, episodes=3, seed=4)
     assert pa.types.is_fixed_size_list(new.schema.field("actions").type.value_type)
-    old = _flat_lists(new)
+    old = flat_payload_lists(new)
     assert not pa.types.is_fixed_size_list(old.schema.field("actions").type.value_type)
     a, b = packed_batch(new.slice(1, 3)), packed_batch(old.slice(1, 3))
     for name in ("image_patches", "image_embeds", "state", "actions", "action_bins", "text_ids", "cu_seqlens"):

@@ -196,3 +196,37 @@ def test_cli_pack_with_a_yaml_recipe(packed, tmp_path, capsys):
     assert "packs" in capsys.readouterr().out
     assert cli(["pack", str(recipe), "--lake", str(dst), "-q"]) == 0
     assert "up to date" in capsys.readouterr().out
+
+
+def test_incremental_pack_into_a_table_packed_before_fixed_size_rows_keeps_its_format(packed, tmp_path):
+    """A packed table from before payload rows became fixed-size lists (flat lists, no ``payload_rows``) takes
+    an incremental pack in its own format, and the stream reads every sample of both packings once."""
+    import sys
+    from pathlib import Path
+
+    import pyarrow as pa
+    from lance.fragment import write_fragments
+
+    from lake import _tables, _versions
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "loaders"))
+    from packed_tables import flat_payload_lists
+
+    lk, rep, _ = packed
+    dst = tmp_path / "lake"
+    shutil.copytree(lk.uri, dst)
+    lk2 = lake.open(dst)
+    old = flat_payload_lists(lk2.table(rep.table).to_table())
+    frags = write_fragments(old, lk2.store.table_uri(rep.table), schema=old.schema, mode="overwrite")
+    _versions.commit(lk2.store, lambda head: {rep.table: _tables.overwrite_with(lk2.store, rep.table, old.schema,
+                                                                                 None, frags)}, "as packed before")
+    lk2.refresh()
+    more = lake.write_pusht_dataset(tmp_path / "more", episodes=2, version="v3.0", min_len=10, max_len=12, seed=98)
+    lk2.ingest(more, progress=False)
+    rep2 = lk2.pack(RECIPE, progress=False)
+    assert rep2.episodes == 2 and not rep2.repacked
+    schema = lk2.table(rep2.table).schema
+    assert schema.field("image_patches").type == pa.list_(pa.uint8()) and "payload_rows" not in layout_of(schema)
+    got = sorted(o for b in lk2.stream("train", recipe=RECIPE, batch_packs=3) for o in b.origin)
+    eps = lk2.episodes(columns=["episode_id", "split", "length"]).to_pylist()
+    assert got == sorted((e["episode_id"], t) for e in eps if e["split"] == "train" for t in range(e["length"]))
