@@ -22,8 +22,8 @@ from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
-from packed_vs_padded import (PI05_SIZE, interleaved, machine, make_pi05_samples, pack_samples, pad_samples, samples_to, set_clock,
-                              write_block)
+from packed_vs_padded import (PI05_SIZE, interleaved, machine, make_pi05_samples, pack_samples, pad_samples,
+                              samples_to, set_clock, write_block)
 
 import training
 from training.pi05 import dense_attention
@@ -152,7 +152,7 @@ def main():
     ap.add_argument("--wall", action="store_true", help="time wall clock with default threads (idle machine only)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--pi05-size", action="store_true",
-                    help="π0.5's widths (2048, head_dim 256, MLP 8192; 4 layers) and batch 16: for a GPU")
+                    help="π0.5's widths (2048, head_dim 256, MLP 8192; 4 layers) and batch 8: for a GPU")
     ap.add_argument("--dtype", default="float32", help="float32, or bfloat16 (on a GPU)")
     args = ap.parse_args()
     clock = set_clock(args.wall, args.device)
@@ -161,7 +161,7 @@ def main():
     cam, batch, reps = 256, 4, args.reps
     cfg = training.Pi05Config(width=512, depth=2, heads=8, kv_heads=1, head_dim=64, mlp_ratio=4)
     if args.pi05_size:
-        cfg, batch = PI05_SIZE, 16
+        cfg, batch = PI05_SIZE, 8
     if args.quick:
         cam, reps, cfg = 16, 1, training.Pi05Config(width=64, depth=1, heads=4, kv_heads=1, head_dim=16)
     load0 = os.getloadavg()[0]
@@ -177,8 +177,8 @@ def main():
         f"best of {reps}, baselines and optimized alternating per repeat.")  # fmt: skip
     out(f"Shapes: batch {batch}, 3 cameras x {cam} image tokens, text 5-200 uniform (padded to 200 in the "
         f"baselines), {cfg.action_horizon} action tokens, {cfg.heads} query heads / {cfg.kv_heads} KV head x "
-        f"{cfg.head_dim}, {args.dtype} on {args.device}. Eager = openpi's PyTorch formulation (`training.pi05.eager_padded`: K/V repeated "
-        f"per query head, matmul, additive 4-D mask, fp32 softmax, matmul), the baseline the goal names; SDPA = "
+        f"{cfg.head_dim}, {args.dtype} on {args.device}. Eager = openpi's PyTorch formulation "
+        f"(`training.pi05.eager_padded`: K/V repeated per query head, matmul, additive 4-D mask, fp32 softmax, matmul), the baseline the goal names; SDPA = "
         f"the same padded tensors and mask through torch SDPA, a stronger padded baseline.")  # fmt: skip
     out()
     out("| measurement | eager dense-mask | SDPA dense-mask | optimized | speedup vs eager | vs SDPA |")

@@ -169,7 +169,7 @@ def main():
     ap.add_argument("--wall", action="store_true", help="time wall clock with default threads (idle machine only)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--pi05-size", action="store_true",
-                    help="π0.5's widths (2048, head_dim 256, MLP 8192; 4 layers) and batch 16: for a GPU")
+                    help="π0.5's widths (2048, head_dim 256, MLP 8192; 4 layers) and batch 8: for a GPU")
     ap.add_argument("--dtype", default="float32", help="float32, or bfloat16 (on a GPU)")
     args = ap.parse_args()
     clock = set_clock(args.wall, args.device)
@@ -177,7 +177,7 @@ def main():
     torch.manual_seed(0)
     cfg = training.Pi05Config(width=512, depth=2, heads=8, kv_heads=1, head_dim=64, mlp_ratio=4)
     if args.pi05_size:
-        cfg, args.batch = PI05_SIZE, 16
+        cfg, args.batch = PI05_SIZE, 8
     cam = 256
     if args.quick:
         cfg, cam, args.reps = training.Pi05Config(width=64, depth=1, heads=4, kv_heads=1, head_dim=16), 16, 1

@@ -9,9 +9,9 @@ of ``K`` reads the rank's batches ``k, k+K, ...``; the DataLoader's in-order rou
 the rank's order, so the stream is the same with any number of workers.
 
 Reading: consecutive batches of the plan are read with one Lance ``take`` of their rows in plan order
-(up to ``read_bytes`` per take; retried on transient I/O errors) and sliced back into batches: each take
-costs a fixed decode overhead per column, so a 4-pack batch per take spent most of its time there. A
-bounded number of takes are in flight on a small thread pool (``prefetch``); every batch is a
+(up to ``read_bytes`` per take; retried on transient I/O errors) and sliced back into batches: fewer,
+larger requests, which object storage rewards (on a local disk it changes little, and larger takes cost
+memory: see benchmarks/RESULTS.md, Streaming). A bounded number of takes are in flight on a small thread pool (``prefetch``); every batch is a
 ``PackedBatch`` of views over the Arrow buffers of its take. Memory is bounded by ``prefetch`` takes,
 whatever the table's size.
 """

@@ -124,9 +124,7 @@ def _scaled_mm(a, sa, b, sb, out_dtype):
     dtype = torch.bfloat16 if rowwise and a.is_cuda else out_dtype
     # fresh row-major scales: a transposed (n, 1) view counts as contiguous but keeps stride n
     sa, sb = (s.flatten().clone().view(s.shape) if rowwise else s.reshape(()) for s in (sa, sb))
-    out = torch._scaled_mm(a, b, scale_a=sa, scale_b=sb,
-                           out_dtype=dtype)
-    return out.to(out_dtype)
+    return torch._scaled_mm(a, b, scale_a=sa, scale_b=sb, out_dtype=dtype).to(out_dtype)
 
 
 class _ScaledMMMatmul(torch.autograd.Function):
