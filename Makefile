@@ -42,6 +42,7 @@ bench-gpu:
 	mkdir -p $(GPU_OUT)
 	python3 -m pytest --noconftest -q -rs tests/training/test_cuda.py 2>&1 | tee $(GPU_OUT)/test_cuda.txt
 	python3 benchmarks/fp8.py --out $(GPU_OUT) --no-write 2>&1 | tee $(GPU_OUT)/fp8.txt
+	python3 benchmarks/fp8.py --compile --out $(GPU_OUT) --no-write 2>&1 | tee $(GPU_OUT)/fp8_compiled.txt
 	python3 benchmarks/attention.py --device cuda --dtype bfloat16 --pi05-size --no-write 2>&1 | tee $(GPU_OUT)/attention.md
 	python3 benchmarks/packed_vs_padded.py --device cuda --dtype bfloat16 --pi05-size --no-write 2>&1 | tee $(GPU_OUT)/packed_vs_padded.md
 

@@ -43,7 +43,8 @@ def make_batch(cfg, batch, cam_tokens, device, seed=0):
     return prefix, cu, actions, noise, t
 
 
-def train(cfg, batches, *, steps, fp8: str | None, engine: str | None, device: str, lr=3e-4, seed=0):
+def train(cfg, batches, *, steps, fp8: str | None, engine: str | None, device: str, lr=3e-4, seed=0,
+          compile_model=False):
     """(losses, seconds per step, converted linear layers, engine used) of one run."""
     torch.manual_seed(seed)
     pol = training.Pi05Policy(cfg).to(device)
@@ -54,6 +55,8 @@ def train(cfg, batches, *, steps, fp8: str | None, engine: str | None, device: s
             skip_fqns=("action_out",)))  # the output head stays in high precision
     n_fp8 = sum(type(m) is not torch.nn.Linear and isinstance(m, torch.nn.Linear) for m in pol.modules())
     opt = torch.optim.AdamW(pol.parameters(), lr=lr)
+    if compile_model:  # fuses the FP8 casts and scaling into few kernels, as torchao recommends
+        pol.backbone.forward_packed = torch.compile(pol.backbone.forward_packed, dynamic=True)
     autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
     losses, times = [], []
     for step in range(steps):
@@ -101,6 +104,7 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--engine", default=None, help="torchao, scaled_mm, te (default: torchao if importable)")
     ap.add_argument("--out", default=None, help="folder for the JSON figures and the loss-curve PNG")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the backbone in every run")
     ap.add_argument("--smoke", action="store_true", help="tiny model on CPU: runs the code path, measures nothing")
     ap.add_argument("--no-write", action="store_true", help="print only, do not touch RESULTS.md")
     args = ap.parse_args()
@@ -123,10 +127,12 @@ def main():
                 write_block(BLOCK, body)
             return
     batches = [make_batch(cfg, args.batch, cam, device, seed=s) for s in range(4)]
-    runs = {"bf16": (None, None), "fp8 tensorwise": ("tensorwise", args.engine), "fp8 rowwise": ("rowwise", args.engine)}
+    engine = args.engine or ("torchao" if training.fp8._torchao_importable() else "scaled_mm")  # never emulation
+    runs = {"bf16": (None, None), "fp8 tensorwise": ("tensorwise", engine), "fp8 rowwise": ("rowwise", engine)}
     res = {}
     for name, (recipe, engine) in runs.items():
-        losses, times, n_fp8, used = train(cfg, batches, steps=args.steps, fp8=recipe, engine=engine, device=device)
+        losses, times, n_fp8, used = train(cfg, batches, steps=args.steps, fp8=recipe, engine=engine, device=device,
+                                           compile_model=args.compile)
         med = statistics.median(times[args.warmup:])
         res[name] = {"losses": losses, "step_s": med, "fp8_linears": n_fp8, "engine": used}
         print(f"{name}: {med * 1e3:.1f} ms/step, loss {losses[0]:.4f} -> {losses[-1]:.4f}, {n_fp8} FP8 linears "
@@ -137,7 +143,8 @@ def main():
     lines = [
         "### FP8 vs bf16 training step",
         "",
-        f"`python benchmarks/fp8.py --steps {args.steps}` — {datetime.date.today()}, {gpu}, torch {torch.__version__}. "
+        f"`python benchmarks/fp8.py --steps {args.steps}{' --compile' if args.compile else ''}` — "
+        f"{datetime.date.today()}, {gpu}, torch {torch.__version__}. "
         f"Pi05Policy width {cfg.width}, depth {cfg.depth}, {cfg.heads} heads / {cfg.kv_heads} KV head x {cfg.head_dim}, "
         f"MLP x{cfg.mlp_ratio}; packed batches of {args.batch} π0.5-like samples (~{tokens} tokens); AdamW, fp32 "
         f"params, bf16 autocast in every run; median step after {args.warmup} warm-up steps.",
@@ -151,15 +158,16 @@ def main():
                      f"**{base['step_s'] / r['step_s']:.2f}x** | {r['losses'][-1]:.4f} | {gap:.1%} |")
     body = "\n".join(lines)
     print(body)
+    name = "fp8_compiled" if args.compile else "fp8"
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "fp8.json").write_text(json.dumps({"config": vars(args), "results": res, "gpu": gpu}, indent=1))
-        plot({k: v["losses"] for k, v in res.items()}, out / "fp8_loss.png")
-        (out / "fp8.md").write_text(body + "\n")
+        (out / f"{name}.json").write_text(json.dumps({"config": vars(args), "results": res, "gpu": gpu}, indent=1))
+        plot({k: v["losses"] for k, v in res.items()}, out / f"{name}_loss.png")
+        (out / f"{name}.md").write_text(body + "\n")
     if not args.no_write:
-        write_block(BLOCK, body + "\n\nLoss curves: `benchmarks/fp8_loss.png`.")
-        plot({k: v["losses"] for k, v in res.items()}, Path(__file__).with_name("fp8_loss.png"))
+        write_block(f"training:{name}", body + f"\n\nLoss curves: `benchmarks/{name}_loss.png`.")
+        plot({k: v["losses"] for k, v in res.items()}, Path(__file__).with_name(f"{name}_loss.png"))
 
 
 if __name__ == "__main__":

@@ -298,7 +298,8 @@ def convert_to_fp8(
 ) -> nn.Module:
     """Swap `model`'s accepted `nn.Linear` layers for FP8 ones (in place; returns the model).
 
-    `emulate=None` emulates unless the model sits on an FP8-capable GPU. Default filter:
+    `emulate=None` emulates unless the model sits on an FP8-capable GPU. `engine=None`: torchao when
+    importable, else "scaled_mm" on an FP8-capable GPU and "emulated" elsewhere. Default filter:
     `fp8_module_filter()`.
 
     Raises:
@@ -313,6 +314,8 @@ def convert_to_fp8(
         emulate = not on_fp8_gpu
     elif not emulate and not on_fp8_gpu:
         raise RuntimeError("emulate=False needs the model on a CUDA GPU with compute capability >= 8.9")
+    if engine is None and not _torchao_importable() and not emulate:
+        engine = "scaled_mm"  # real FP8 GEMMs on this GPU without torchao
     _, convert = get_fp8_converter(engine)
     return convert(model, recipe, emulate, module_filter_fn or fp8_module_filter())
 
