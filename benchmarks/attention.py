@@ -22,8 +22,8 @@ from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
-from packed_vs_padded import (PI05_SIZE, interleaved, machine, make_pi05_samples, pack_samples, pad_samples,
-                              samples_to, set_clock, write_block)
+from packed_vs_padded import (interleaved, machine, make_pi05_samples, pack_samples, pad_samples, parse_run_args,
+                              samples_to, write_block)
 
 import training
 from training.pi05 import dense_attention
@@ -146,22 +146,8 @@ def backends_case(lens, *, heads, kv_heads, head_dim, causal, reps, with_dense=T
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
-    ap.add_argument("--no-write", action="store_true", help="print only, do not touch RESULTS.md")
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--wall", action="store_true", help="time wall clock with default threads (idle machine only)")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--pi05-size", action="store_true",
-                    help="π0.5's widths (2048, head_dim 256, MLP 8192; 4 layers) and batch 8: for a GPU")
-    ap.add_argument("--dtype", default="float32", help="float32, or bfloat16 (on a GPU)")
-    args = ap.parse_args()
-    clock = set_clock(args.wall, args.device)
-    dtype = getattr(torch, args.dtype)
-    torch.manual_seed(0)
-    cam, batch, reps = 256, 4, args.reps
-    cfg = training.Pi05Config(width=512, depth=2, heads=8, kv_heads=1, head_dim=64, mlp_ratio=4)
-    if args.pi05_size:
-        cfg, batch = PI05_SIZE, 8
+    args, clock, dtype, cfg = parse_run_args(ap)
+    cam, batch, reps = 256, 8 if args.pi05_size else 4, args.reps
     if args.quick:
         cam, reps, cfg = 16, 1, training.Pi05Config(width=64, depth=1, heads=4, kv_heads=1, head_dim=16)
     load0 = os.getloadavg()[0]

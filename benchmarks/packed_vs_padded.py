@@ -131,6 +131,24 @@ def write_block(name: str, body: str) -> None:
     RESULTS.write_text(text)
 
 
+def parse_run_args(ap: argparse.ArgumentParser):
+    """The options the training benchmarks share; returns (args, clock description, dtype, model config)."""
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    ap.add_argument("--no-write", action="store_true", help="print only, do not touch RESULTS.md")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--wall", action="store_true", help="time wall clock with default threads (idle machine only)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--dtype", default="float32", help="float32, or bfloat16 (on a GPU)")
+    ap.add_argument("--pi05-size", action="store_true",
+                    help="π0.5's widths (2048, head_dim 256, MLP 8192; 4 layers) and batch 8: for a GPU")
+    args = ap.parse_args()
+    clock = set_clock(args.wall, args.device)
+    torch.manual_seed(0)
+    cfg = PI05_SIZE if args.pi05_size else training.Pi05Config(width=512, depth=2, heads=8, kv_heads=1, head_dim=64,
+                                                                 mlp_ratio=4)
+    return args, clock, getattr(torch, args.dtype), cfg
+
+
 def run_case(pol, samples, cfg, *, cam_tokens, reps):
     b, ref = len(samples), samples[0][2]
     g = torch.Generator().manual_seed(1)
@@ -162,22 +180,10 @@ def run_case(pol, samples, cfg, *, cam_tokens, reps):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
-    ap.add_argument("--no-write", action="store_true", help="print only, do not touch RESULTS.md")
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--wall", action="store_true", help="time wall clock with default threads (idle machine only)")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--pi05-size", action="store_true",
-                    help="π0.5's widths (2048, head_dim 256, MLP 8192; 4 layers) and batch 8: for a GPU")
-    ap.add_argument("--dtype", default="float32", help="float32, or bfloat16 (on a GPU)")
-    args = ap.parse_args()
-    clock = set_clock(args.wall, args.device)
-    dtype = getattr(torch, args.dtype)
-    torch.manual_seed(0)
-    cfg = training.Pi05Config(width=512, depth=2, heads=8, kv_heads=1, head_dim=64, mlp_ratio=4)
+    args, clock, dtype, cfg = parse_run_args(ap)
     if args.pi05_size:
-        cfg, args.batch = PI05_SIZE, 8
+        args.batch = 8
     cam = 256
     if args.quick:
         cfg, cam, args.reps = training.Pi05Config(width=64, depth=1, heads=4, kv_heads=1, head_dim=16), 16, 1
