@@ -190,3 +190,16 @@ def test_pinned_batches_reach_the_device_with_one_copy(packed):
     cpu = next(iter(lk.stream("val", seed=1)))
     pinned = cpu.pin_memory()
     assert pinned.image_patches.is_pinned() and torch.equal(pinned.to("cuda").image_patches.cpu(), cpu.image_patches)
+
+
+@pytest.mark.parametrize("read_bytes", [1, 4 << 20, 1 << 30])
+def test_how_many_batches_one_take_reads_changes_nothing_delivered(packed, read_bytes):
+    """Takes of one batch, of a few, or of the whole epoch: the same batches, in order, with the same bytes."""
+    lk, _ = packed
+    want = list(lk.stream("train", batch_packs=3, seed=2, read_bytes=1, prefetch=0))
+    got = list(lk.stream("train", batch_packs=3, seed=2, read_bytes=read_bytes, prefetch=2))
+    assert [b.pack_ids.tolist() for b in got] == [b.pack_ids.tolist() for b in want]
+    for a, b in zip(got, want):
+        assert a.origin == b.origin
+        for name, t in b._tensors().items():
+            assert torch.equal(getattr(a, name), t), name
