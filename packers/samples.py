@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from .recipe import Recipe
-from .schema import MODALITIES, list_array, packed_schema
+from .schema import MODALITIES, packed_schema, table_of
 
 EPS = 1e-8
 
@@ -169,11 +169,4 @@ def assemble(s: Samples, packs: list[np.ndarray], split: str, first_id: int, lay
         cols["action_is_pad"].append(s.action_pad[idx])
         if "action_bins" in cols:
             cols["action_bins"].append(s.action_bins[idx])
-    arrays = []
-    for f in schema:
-        v = cols[f.name]
-        if pa.types.is_list(f.type) and not pa.types.is_string(f.type.value_type):
-            arrays.append(list_array([np.asarray(x) for x in v], f.type))
-        else:
-            arrays.append(pa.array(v, type=f.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
+    return table_of(cols, schema)

@@ -78,6 +78,19 @@ def packed_schema(layout: dict) -> pa.Schema:
     return pa.schema(fields, metadata={"packers.layout": json.dumps(layout, sort_keys=True)})
 
 
+def table_of(cols: dict[str, list], schema: pa.Schema) -> pa.Table:
+    """Pack rows as Arrow: ``cols`` maps each column of ``schema`` to one value per pack (numpy arrays for
+    numeric list columns, built through ``list_array``; plain values otherwise)."""
+    arrays = []
+    for f in schema:
+        v = cols[f.name]
+        if pa.types.is_list(f.type) and not pa.types.is_string(f.type.value_type):
+            arrays.append(list_array([np.asarray(x) for x in v], f.type))
+        else:
+            arrays.append(pa.array(v, type=f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
 def list_array(chunks: list[np.ndarray], type_: pa.DataType) -> pa.ListArray:
     """One list row per numpy array, for a ``list<T>`` or ``list<fixed_size_list<T, w>>`` column (rows of
     ``chunks[i].size // w`` tokens); built from one flat values buffer and offsets."""

@@ -41,7 +41,7 @@ def synthetic_packs(layout: dict = LAYOUT, episodes: int = 12, min_len: int = 10
 
     ``copies`` repeats the whole set of packs (new pack ids) to make a bigger table of the same data.
     """
-    from packers.schema import MODALITIES, packed_schema
+    from packers.schema import MODALITIES, packed_schema, table_of
 
     rng = np.random.default_rng(seed)
     splits = splits or {"train": 0.75, "val": 0.25}
@@ -110,27 +110,13 @@ def synthetic_packs(layout: dict = LAYOUT, episodes: int = 12, min_len: int = 10
         for name in cols:
             cols[name].append(row[name])
     schema = packed_schema(layout)
-    table = _to_arrow(cols, schema)
+    table = table_of(cols, schema)
     if copies > 1:
         n = table.num_rows
         parts = [table.set_column(0, "pack_id", pa.array(np.arange(c * n, (c + 1) * n), pa.int64()))
                  for c in range(copies)]
         table = pa.concat_tables(parts).combine_chunks()
     return table
-
-
-def _to_arrow(cols: dict[str, list], schema: pa.Schema) -> pa.Table:
-    """Columns of per-pack numpy arrays -> Arrow, list columns built from flat values + offsets (fast)."""
-    from packers.schema import list_array
-
-    arrays = []
-    for f in schema:
-        vals = cols[f.name]
-        if pa.types.is_list(f.type) and not pa.types.is_string(f.type.value_type):
-            arrays.append(list_array([np.asarray(v) for v in vals], f.type))
-        else:
-            arrays.append(pa.array(vals, f.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def flat_payload_lists(table: pa.Table) -> pa.Table:
