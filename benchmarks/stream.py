@@ -52,6 +52,9 @@ RESULTS = HERE / "RESULTS.md"
 SECTION = "## Streaming"
 DATA = HERE / "_data"
 GOAL_RAW, GOAL_OTHERS, GOAL_RSS = 0.8, 1.5, 1.1
+STREAM, WINDOW = "lake.stream (shuffle=True: uniform)", "lake.stream, shuffle='window'"
+RAW, RAY = "raw Lance scan -> numpy", "Ray Data iter_torch_batches"
+LANCE, LANCE_SHUFFLED = "lance.torch LanceDataset", "LanceDataset, ShardedBatchSampler(randomize=True)"
 STRING_COLUMNS = ("origin_episode",)
 SKIP = ("split", "n_samples", "n_tokens")
 
@@ -139,11 +142,13 @@ def tenfold_lake(one: Path) -> Path:
 
 # --- the methods ---------------------------------------------------------------------------------------------------
 
-def run_stream(lk, batch_packs: int, shuffle: str = "random", **opts) -> tuple[int, int]:
+def run_stream(lk, batch_packs: int, shuffle: str = "random", mix: list | None = None) -> tuple[int, int]:
     samples = nbytes = 0
-    for b in lk.stream("train", batch_packs=batch_packs, seed=0, prefetch=2, shuffle=shuffle, **opts):
+    for b in lk.stream("train", batch_packs=batch_packs, seed=0, prefetch=2, shuffle=shuffle):
         samples += b.n_samples
         nbytes += b.nbytes
+        if mix is not None:
+            mix.append(len({e for e, _ in b.origin}))
     return samples, nbytes
 
 
@@ -158,14 +163,17 @@ def _columns(ds) -> list[str]:
     return [n for n in ds.schema.names if n not in SKIP]
 
 
-def run_raw_scan(ds, batch_packs: int) -> tuple[int, int]:
+def run_raw_scan(ds, batch_packs: int, mix: list | None = None) -> tuple[int, int]:
     """Lance scan of the split's rows, every list column flattened to numpy (zero-copy where Arrow allows)."""
     samples = nbytes = 0
     for rb in ds.scanner(columns=_columns(ds), filter="split = 'train'", batch_size=batch_packs).to_batches():
         for name in rb.schema.names:
             col = rb.column(name)
             if name in STRING_COLUMNS:
-                samples += len(col.flatten().to_pylist())
+                episodes = col.flatten().to_pylist()
+                samples += len(episodes)
+                if mix is not None:
+                    mix.append(len(set(episodes)))
                 continue
             nbytes += _flat_numpy(col).nbytes
     return samples, nbytes
@@ -184,16 +192,22 @@ def _lance_to_tensor(batch, **_):
     return out
 
 
-def run_lance_torch(src, batch_packs: int) -> tuple[int, int]:
+def run_lance_torch(src, batch_packs: int, shuffled: bool = False, mix: list | None = None) -> tuple[int, int]:
+    """``LanceDataset`` over the split: as shipped (a sequential filtered scan), or ``shuffled`` with the one
+    sampler of Lance's that shuffles rows (``ShardedBatchSampler(randomize=True)``)."""
+    from lance.sampler import ShardedBatchSampler
     from lance.torch.data import LanceDataset
 
+    opts = {"sampler": ShardedBatchSampler(0, 1, randomize=True, seed=0)} if shuffled else {}
     ds = LanceDataset(src.table_uri, batch_size=batch_packs, columns=_columns(src.open()), filter="split = 'train'",
                       to_tensor_fn=_lance_to_tensor, auto_detect_rank=False,
-                      dataset_options={"version": src.lance_version, "storage_options": src.storage_options})
+                      dataset_options={"version": src.lance_version, "storage_options": src.storage_options}, **opts)
     samples = nbytes = 0
     for batch in ds:
         samples += len(batch["origin_episode"])
         nbytes += sum(t.numel() * t.element_size() for k, t in batch.items() if k not in STRING_COLUMNS)
+        if mix is not None:
+            mix.append(len(set(batch["origin_episode"])))
     return samples, nbytes
 
 
@@ -225,10 +239,10 @@ def run_ray(lk, batch_packs: int, columns: list[str]) -> tuple[int, int]:
 
 # --- memory ---------------------------------------------------------------------------------------------------------
 
-def rss_child(uri: str, batch_packs: int) -> None:
+def rss_child(uri: str, batch_packs: int, shuffle: str) -> None:
     """(child process) stream the train split once; print peak RSS and the RSS before iterating."""
     lk = lake.open(uri, create=False)
-    loader = lk.stream("train", batch_packs=batch_packs, seed=0, prefetch=2)
+    loader = lk.stream("train", batch_packs=batch_packs, seed=0, prefetch=2, shuffle=shuffle)
     with open("/proc/self/status") as f:
         before = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
     packs = sum(len(b.pack_ids) for b in loader)
@@ -240,8 +254,9 @@ def rss_child(uri: str, batch_packs: int) -> None:
     print(json.dumps({"peak": peak, "before": before, "packs": packs, "table_bytes": table_bytes}))
 
 
-def peak_rss(path: Path, batch_packs: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--rss-child", str(path), "--batch-packs", str(batch_packs)],
+def peak_rss(path: Path, batch_packs: int, shuffle: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--rss-child", str(path), "--batch-packs", str(batch_packs),
+                          "--rss-shuffle", shuffle],
                          check=True, capture_output=True, text=True, env={**os.environ, "LANCE_LOG": "error"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -260,9 +275,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--record", action="store_true", help=f"write the '{SECTION}' section of {RESULTS.name}")
     ap.add_argument("--rss-child", help=argparse.SUPPRESS)
+    ap.add_argument("--rss-shuffle", default="random", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rss_child:
-        return rss_child(args.rss_child, args.batch_packs)
+        return rss_child(args.rss_child, args.batch_packs, args.rss_shuffle)
 
     import loaders
     from lake._ray import ensure_ray
@@ -284,18 +300,22 @@ def main() -> None:
 
     ensure_ray(num_cpus=os.cpu_count())
     methods = {
-        "lake.stream": lambda: run_stream(lk, B),
-        "lake.stream, shuffle='blocks'": lambda: run_stream(lk, B, "blocks"),
-        "lake.stream, one take per batch": lambda: run_stream(lk, B, read_bytes=1),
-        "raw Lance scan -> numpy": lambda: run_raw_scan(ds, B),
-        "lance.torch LanceDataset": lambda: run_lance_torch(src, B),
-        "Ray Data iter_torch_batches": lambda: run_ray(lk, B, _columns(ds)),
+        STREAM: lambda mix=None: run_stream(lk, B, mix=mix),
+        WINDOW: lambda mix=None: run_stream(lk, B, "window", mix=mix),
+        "lake.stream, shuffle=False (table order)": lambda mix=None: run_stream(lk, B, "none", mix=mix),
+        RAW: lambda mix=None: run_raw_scan(ds, B, mix=mix),
+        LANCE: lambda mix=None: run_lance_torch(src, B, mix=mix),
+        LANCE_SHUFFLED: lambda mix=None: run_lance_torch(src, B, shuffled=True, mix=mix),
+        RAY: lambda mix=None: run_ray(lk, B, _columns(ds)),
     }
     times: dict[str, list[float]] = {k: [] for k in methods}
     cpu: dict[str, list[float]] = {k: [] for k in methods}  # this process's CPU s (all its threads)
     delivered: dict[str, tuple[int, int]] = {}
-    for name, fn in methods.items():  # warm-up: page cache, Ray Data planning, imports
-        delivered[name] = fn()
+    mixing: dict[str, float] = {}
+    for name, fn in methods.items():  # warm-up: page cache, Ray Data planning, imports; and how batches mix
+        mix: list[int] = []
+        delivered[name] = fn(mix=mix)
+        mixing[name] = statistics.mean(mix) if mix else float("nan")
         print(f"  warm-up {name}: {delivered[name][0]} samples, {delivered[name][1] / 2**20:.1f} MiB", flush=True)
     names = list(methods)
     for r in range(args.repeats):
@@ -305,27 +325,38 @@ def main() -> None:
             times[name].append(time.perf_counter() - t)
             cpu[name].append(time.process_time() - c)
             print(f"  round {r + 1} {name}: {times[name][-1]:.2f} s, {cpu[name][-1]:.2f} CPU s", flush=True)
-    rss1, rss10 = peak_rss(path, B), peak_rss(path10, B)
+    rss = {(s, k): peak_rss(p, B, s) for s in ("random", "window") for k, p in (("1x", path), ("10x", path10))}
     load1 = os.getloadavg()[0]
 
     best = {k: min(v) for k, v in times.items()}
     best_cpu = {k: min(v) for k, v in cpu.items()}
-    stream_rate = samples / best["lake.stream"]
+    rate = {k: delivered[k][0] / best[k] for k in names}
     rows = []
     for name in names:
         n, b = delivered[name]
-        rate = n / best[name]
-        vs = stream_rate / rate
-        goal = "" if name.startswith("lake.stream") else (f"≥ {GOAL_RAW}" if name.startswith("raw") else f"≥ {GOAL_OTHERS}")
-        ratio = "" if name == "lake.stream" else f"stream / this **{vs:.2f}**"
-        cpu_cell = "—" if name.startswith("Ray") else f"{best_cpu[name]:.2f}"
-        cpu_ratio = "" if name.startswith(("Ray", "lake.stream")) else f"{best_cpu[name] / best_cpu['lake.stream']:.2f}"
-        rows.append(f"| {name} | {best[name]:.2f} | {statistics.median(times[name]):.2f} | {rate:,.0f} | "
-                    f"{b / 2**20 / best[name]:,.0f} | {cpu_cell} | {ratio} | {cpu_ratio} | {goal} |")
-    raw_ok = stream_rate / (delivered["raw Lance scan -> numpy"][0] / best["raw Lance scan -> numpy"]) >= GOAL_RAW
-    others_ok = {k: stream_rate / (delivered[k][0] / best[k]) >= GOAL_OTHERS
-                 for k in ("lance.torch LanceDataset", "Ray Data iter_torch_batches")}
-    ratio_rss = rss10["peak"] / rss1["peak"]
+        cpu_cell = "—" if name == RAY else f"{best_cpu[name]:.2f}"
+        mix_cell = "—" if name == RAY else f"{mixing[name]:.1f}"
+        rows.append(f"| {name} | {best[name]:.2f} | {statistics.median(times[name]):.2f} | {rate[name]:,.0f} | "
+                    f"{b / 2**20 / best[name]:,.0f} | {cpu_cell} | {mix_cell} |")
+    goals = ((RAW, GOAL_RAW), (LANCE, GOAL_OTHERS), (LANCE_SHUFFLED, GOAL_OTHERS), (RAY, GOAL_OTHERS))
+    verdict = {}
+    goal_rows = []
+    for mine in (STREAM, WINDOW):
+        cells = []
+        for other, goal in goals:
+            ratio = rate[mine] / rate[other]
+            verdict[mine, other] = ratio >= goal
+            cells.append(f"**{ratio:.2f}** ({'met' if ratio >= goal else 'not met'})")
+        goal_rows.append(f"| {mine} | " + " | ".join(cells) + " |")
+    goal_head = " | ".join(f"vs {o} (goal ≥ {g})" for o, g in goals)
+    rss_rows = []
+    for s in ("random", "window"):
+        one, ten = rss[s, "1x"], rss[s, "10x"]
+        r = ten["peak"] / one["peak"]
+        rss_rows.append(f"| shuffle={s!r} | {one['packs']:,} / {ten['packs']:,} | {one['before'] / 2**20:.0f} MiB | "
+                        f"{one['peak'] / 2**20:.0f} MiB | {ten['peak'] / 2**20:.0f} MiB | **{r:.3f}** "
+                        f"({'met' if r <= GOAL_RSS else 'not met'}) |")
+    table1 = rss["random", "1x"]["table_bytes"] / 2**20
     cmd = "benchmarks/stream.py" + (" --synthetic" if args.synthetic else "") + f" --episodes {args.episodes}" \
         f" --batch-packs {B} --repeats {args.repeats} --record"
     mode = "synthetic" if args.synthetic else "PushT, lk.pack()"
@@ -336,22 +367,21 @@ Command: `.venv/bin/python {cmd}`
 Machine: {cpu_model()}, {os.cpu_count()} cores, no GPU, Linux {platform.release()}, Python {platform.python_version()}, pylance {_version("pylance")}, Ray {_version("ray")}, torch {_version("torch")}  
 Date: {datetime.date.today().isoformat()}. Load average at start / end: {load0:.1f} / {load1:.1f} on {os.cpu_count()} cores (other jobs share the machine; wall times are noisy).
 
-Data: {what}. Split `train`: **{packs:,} packs, {samples:,} samples** (one per frame), fill {fill:.3f}; packed table on disk {disk / 2**20:.1f} MiB. Batch: **{B} packs** for every method; samples/s = samples delivered per second; MB/s = MiB of tensors / arrays delivered per second. Times: best of {args.repeats} after a warm-up pass (median next to it), one process, no DataLoader workers; CPU s = this process's CPU time over all its threads (Lance's too; not Ray's worker processes), the steadier figure on a shared machine.
+Data: {what}. Split `train`: **{packs:,} packs, {samples:,} samples** (one per frame), fill {fill:.3f}; packed table on disk {disk / 2**20:.1f} MiB. Batch: **{B} packs** for every method; samples/s = samples delivered per second; MiB/s = MiB of tensors / arrays delivered per second. Times: best of {args.repeats} after a warm-up pass (median next to it), one process, no DataLoader workers; CPU s = this process's CPU time over all its threads (Lance's too; not Ray's worker processes). Mixing = distinct source episodes among a batch's samples, mean over the epoch (higher = better mixed).
 
-| method | best s | median s | samples/s | MiB/s | CPU s (best) | wall: stream / this | CPU: this / stream | goal |
-|---|---:|---:|---:|---:|---:|---|---:|---|
+| method | best s | median s | samples/s | MiB/s | CPU s (best) | mixing |
+|---|---:|---:|---:|---:|---:|---:|
 {chr(10).join(rows)}
 
-Goals: stream ≥ {GOAL_RAW}× the raw scan: **{"met" if raw_ok else "not met"}**; stream ≥ {GOAL_OTHERS}× Lance's torch dataset: **{"met" if others_ok["lance.torch LanceDataset"] else "not met"}**; ≥ {GOAL_OTHERS}× Ray Data: **{"met" if others_ok["Ray Data iter_torch_batches"] else "not met"}**.
+Ratios of samples/s (best of each):
 
-| peak RSS, fresh process streaming the split once | 1× table | 10× table |
-|---|---:|---:|
-| packs streamed | {rss1["packs"]:,} | {rss10["packs"]:,} |
-| packed table on disk | {rss1["table_bytes"] / 2**20:,.0f} MiB | {rss10["table_bytes"] / 2**20:,.0f} MiB |
-| RSS before iterating (imports, loader) | {rss1["before"] / 2**20:.0f} MiB | {rss10["before"] / 2**20:.0f} MiB |
-| peak RSS | {rss1["peak"] / 2**20:.0f} MiB | {rss10["peak"] / 2**20:.0f} MiB |
+| stream | {goal_head} |
+|---|---|---|---|---|
+{chr(10).join(goal_rows)}
 
-Peak RSS 10× / 1× = **{ratio_rss:.3f}** (goal ≤ {GOAL_RSS}: **{"met" if ratio_rss <= GOAL_RSS else "not met"}**).
+| peak RSS, fresh process streaming the split once | packs 1× / 10× | RSS before iterating | peak, 1× table ({table1:,.0f} MiB) | peak, 10× table | 10× / 1× (goal ≤ {GOAL_RSS}) |
+|---|---:|---:|---:|---:|---|
+{chr(10).join(rss_rows)}
 """
     print(body)
     if args.record:

@@ -137,24 +137,33 @@ def _width(name: str, vals: np.ndarray, n_rows: int, layout: dict) -> int:
     return dim
 
 
-def _merged_cu(cu: pa.Array) -> np.ndarray:
-    """Per-pack cu_seqlens (each 0..n_tokens) -> one cu_seqlens over the packs laid end to end."""
-    vals, offs = _t.list_values(cu, "cu_seqlens"), _t.list_offsets(cu, "cu_seqlens")
-    if len(cu) == 1:
-        return vals
-    lens = np.diff(offs)
-    if (lens < 1).any():
-        raise ValueError("cu_seqlens: every pack needs at least [0]")
-    ends = vals[(offs[1:] - offs[0]) - 1].astype(np.int64)  # tokens per pack
-    base = np.concatenate([[0], np.cumsum(ends)[:-1]])
-    row = np.repeat(np.arange(len(cu)), lens)
-    keep = np.ones(len(vals), bool)
-    keep[(offs[1:] - offs[0]) - 1] = False  # drop each pack's end; the next pack's 0 continues it
-    out = np.concatenate([(vals + base[row])[keep], [ends.sum()]])
-    return out.astype(np.int32)
+def _columns(table: pa.Table | pa.RecordBatch) -> dict[str, pa.Array]:
+    """The columns as single Arrow arrays: free for a record batch or a table of one batch; a table chunked
+    otherwise is combined (counted copies)."""
+    if isinstance(table, pa.Table):
+        batches = table.to_batches()
+        if len(batches) != 1:
+            return {name: _t.single_chunk(table[name], name) for name in table.column_names}
+        table = batches[0]
+    return dict(zip(table.schema.names, table.columns))
 
 
-def packed_batch(table: pa.Table, layout: dict | None = None) -> PackedBatch:
+def _sample_lengths(cu: pa.Array) -> np.ndarray:
+    """Per-pack cu_seqlens (each 0..n_tokens) -> the length of every sample of the packs, in order."""
+    vals = _t.list_values(cu, "cu_seqlens")
+    lengths = np.diff(vals)
+    if len(cu) > 1:  # the step from one pack's end to the next pack's 0 is no sample
+        offs = _t.list_offsets(cu, "cu_seqlens")
+        ends = offs[1:-1] - offs[0] - 1
+        if not (offs[1:] > offs[:-1]).all():
+            raise ValueError("cu_seqlens: every pack needs at least [0]")
+        keep = np.ones(len(lengths), bool)
+        keep[ends] = False
+        lengths = lengths[keep]
+    return lengths
+
+
+def packed_batch(table: pa.Table | pa.RecordBatch, layout: dict | None = None) -> PackedBatch:
     """Merge the pack rows of ``table`` (packed-table columns) into one PackedBatch.
 
     ``layout`` gives the payload widths (default: the table's schema metadata; else inferred from the
@@ -166,47 +175,49 @@ def packed_batch(table: pa.Table, layout: dict | None = None) -> PackedBatch:
         layout = layout_of(table.schema)
     if table.num_rows == 0:
         raise ValueError("a PackedBatch needs at least one pack")
-    cols = {name: _t.single_chunk(table[name], name) for name in table.column_names}
+    cols = _columns(table)
     missing = [c for c in ("cu_seqlens", "modality", "position_ids", "segment_ids", "loss_mask", "prefix_lens",
                            "origin_episode", "origin_frame", "pack_id", "max_seqlen") if c not in cols]
     if missing:
         raise ValueError(f"pack rows lack columns {missing}")
-    view = lambda name: _t.list_values(cols[name], name)  # noqa: E731
-    cu = _merged_cu(cols["cu_seqlens"])
-    modality = view("modality")
-    n_tokens = int(cu[-1])
-    counts = np.bincount(modality.astype(np.int64), minlength=len(MODALITIES)) if len(modality) else np.zeros(4, int)
     pack_ids = _t.primitive(cols["pack_id"], "pack_id")
-    for name in ("modality", "position_ids", "segment_ids", "loss_mask"):
-        n = len(view(name)) if name != "modality" else len(modality)
-        if n != n_tokens:
-            raise ValueError(f"column {name!r} has {n} tokens but cu_seqlens says {n_tokens} (packs {pack_ids.tolist()})")
-
-    segment = view("segment_ids")
-    if len(cols["segment_ids"]) > 1:  # sample index in the batch, not in the pack
-        seg_offs = _t.list_offsets(cols["segment_ids"], "segment_ids")
-        n_per_pack = np.diff(_t.list_offsets(cols["prefix_lens"], "prefix_lens"))
-        base = np.concatenate([[0], np.cumsum(n_per_pack)[:-1]]).astype(np.int32)
-        segment = segment + np.repeat(base, np.diff(seg_offs))
+    lengths = _sample_lengths(cols["cu_seqlens"])
+    n_tokens = int(lengths.sum())
+    if len(cols["cu_seqlens"]) == 1:  # one pack: its own cu_seqlens and segment ids, as views
+        cu = _t.list_values(cols["cu_seqlens"], "cu_seqlens")
+        segment = _t.list_values(cols["segment_ids"], "segment_ids")
+    else:  # merged: sample offsets and sample indices over the whole batch (small new arrays)
+        cu = np.zeros(len(lengths) + 1, np.int32)
+        np.cumsum(lengths, out=cu[1:])
+        segment = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
+    per_token = {name: _t.list_values(cols[name], name) for name in ("modality", "position_ids", "loss_mask")}
+    per_token["segment_ids"] = segment
+    for name, values in per_token.items():
+        if len(values) != n_tokens:
+            raise ValueError(f"column {name!r} has {len(values)} tokens but cu_seqlens says {n_tokens} "
+                             f"(packs {pack_ids.tolist()})")
+    modality = per_token["modality"]
+    counts = np.bincount(modality.view(np.uint8), minlength=len(MODALITIES))
 
     episodes = cols["origin_episode"].flatten().to_pylist()  # strings: Python objects are the point here
-    frames = view("origin_frame").tolist()
-    if len(episodes) != len(cu) - 1 or len(frames) != len(cu) - 1:
-        raise ValueError(f"origin has {len(episodes)} samples but cu_seqlens {len(cu) - 1} (packs {pack_ids.tolist()})")
+    frames = _t.list_values(cols["origin_frame"], "origin_frame").tolist()
+    if len(episodes) != len(lengths) or len(frames) != len(lengths):
+        raise ValueError(f"origin has {len(episodes)} samples but cu_seqlens {len(lengths)} (packs {pack_ids.tolist()})")
 
+    T = _t.to_torch
     out = {}
     for name, modality_name in _PAYLOAD_2D.items():
         if name not in cols:
             continue
-        vals = view(name)
+        vals = _t.list_values(cols[name], name)
         width = _width(name, vals, int(counts[MODALITIES[modality_name]]), layout)
-        out[name] = _t.to_torch(vals.reshape(-1, width) if width else vals.reshape(0, 0))
-    T = _t.to_torch
+        out[name] = T(vals.reshape(-1, width) if width else vals.reshape(0, 0))
+    view = lambda name: T(_t.list_values(cols[name], name))  # noqa: E731
     return PackedBatch(
         cu_seqlens=T(cu), max_seqlen=int(_t.primitive(cols["max_seqlen"], "max_seqlen").max()),
-        position_ids=T(view("position_ids")), segment_ids=T(segment), modality=T(modality),
-        loss_mask=T(view("loss_mask")), prefix_lens=T(view("prefix_lens")),
-        text_ids=T(view("text_ids")) if "text_ids" in cols else T(np.empty(0, np.int32)),
-        state_is_pad=T(view("state_is_pad")), action_is_pad=T(view("action_is_pad")),
+        position_ids=T(per_token["position_ids"]), segment_ids=T(segment), modality=T(modality),
+        loss_mask=T(per_token["loss_mask"]), prefix_lens=view("prefix_lens"),
+        text_ids=view("text_ids") if "text_ids" in cols else T(np.empty(0, np.int32)),
+        state_is_pad=view("state_is_pad"), action_is_pad=view("action_is_pad"),
         pack_ids=T(pack_ids), origin=list(zip(episodes, frames)), **out,
     )

@@ -8,24 +8,22 @@ another world size or batch size re-deals the rest of the order. Inside one rank
 of ``K`` reads the rank's batches ``k, k+K, ...``; the DataLoader's in-order round robin gives them back in
 the rank's order, so the stream is the same with any number of workers.
 
-Reading: consecutive batches of the plan are read with one Lance ``take`` of their rows in plan order
-(up to ``read_bytes`` per take; retried on transient I/O errors) and sliced back into batches: fewer,
-larger requests, which object storage rewards (on a local disk it changes little, and larger takes cost
-memory: see benchmarks/RESULTS.md, Streaming). A bounded number of takes are in flight on a small thread pool (``prefetch``); every batch is a
-``PackedBatch`` of views over the Arrow buffers of its take. Memory is bounded by ``prefetch`` takes,
+Reading (``reads``): a batch's rows are asked for in table order; consecutive batches that ascend through
+the table are read with one lazy Lance scan restricted to their rows, the others with one take each; up to
+``prefetch`` batches are read ahead on threads and retried on transient I/O errors. Every batch is a
+``PackedBatch`` of views over the Arrow buffers Lance returned. Memory is bounded by the read-ahead,
 whatever the table's size.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
+import pyarrow as pa
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from . import partition as _partition
+from . import reads as _reads
 from .batch import PackedBatch, packed_batch
 from .packings import PackedSource, resolve
 from .retry import retrying
@@ -33,7 +31,13 @@ from .shuffle import get_shuffle
 from .world import World, detect
 
 STATE_VERSION = 1
+SCAN_UNIT = 4  # batches of a scan read by one read-ahead task
 _SKIP = ("split", "n_samples", "n_tokens")  # per-pack bookkeeping the batch does not need
+
+
+def _split_filter(split: str) -> str:
+    """SQL filter on the split column (a quote inside the name doubled, as SQL escapes it)."""
+    return "split = '" + split.replace("'", "''") + "'"
 
 
 def _identity(x):
@@ -55,7 +59,7 @@ class Loader(IterableDataset):
 
     def __init__(self, source: PackedSource, split: str, *, batch_packs: int = 1, shuffle: str = "random",
                  seed: int = 0, epoch: int = 0, world: World = World(), num_workers: int = 0, prefetch: int = 2,
-                 pin_memory: bool = False, device=None, partition: str = "balanced", read_bytes: int = 4 << 20):
+                 pin_memory: bool = False, device=None, partition: str = "balanced"):
         if batch_packs < 1:
             raise ValueError(f"batch_packs must be >= 1, got {batch_packs}")
         if num_workers < 0 or prefetch < 0:
@@ -64,17 +68,16 @@ class Loader(IterableDataset):
         self.source, self.split, self.world = source, split, world
         self.batch_packs, self.shuffle, self.partition = int(batch_packs), shuffle, partition
         self.num_workers, self.prefetch, self.pin_memory = int(num_workers), int(prefetch), bool(pin_memory)
-        self.read_bytes = int(read_bytes)
-        self._pack_bytes = None  # bytes per pack, learnt from the first take (sizes the following ones)
         self.device = torch.device(device) if device is not None else None
         self.seed, self.epoch, self.consumed = int(seed), int(epoch), 0
         self.segment = 0  # position in the epoch's order where this world layout started dealing
         self._ds = None
         ds = self._dataset()
-        meta = retrying(lambda: ds.to_table(columns=["split", "n_tokens"]), f"reading {source.table} index",
-                        source.backoff)
+        meta = retrying(lambda: ds.to_table(columns=["split", "n_tokens"], with_row_address=True),
+                        f"reading {source.table} index", source.backoff)
         splits = np.asarray(meta["split"].to_numpy(zero_copy_only=False))
         self.rows = np.flatnonzero(splits == split).astype(np.int64)  # table positions of the split's packs
+        self.addrs = meta["_rowaddr"].to_numpy()[self.rows]  # their row addresses (scan allow-lists)
         if len(self.rows) == 0:
             raise ValueError(f"packed table {source.table} has no packs in split {split!r} "
                              f"(splits: {sorted(set(splits.tolist()))})")
@@ -155,59 +158,33 @@ class Loader(IterableDataset):
 
     def read(self, packs: np.ndarray) -> PackedBatch:
         """One batch: the split-local packs ``packs``, merged, in that order."""
-        return self._read_group([packs])[0]
+        return next(self._units([np.asarray(packs, dtype=np.int64)], pin=False))()[0]
 
-    def _read_group(self, group: list[np.ndarray], pin: bool = False) -> list[PackedBatch]:
-        """Several batches with one take of their rows (in order); each batch a slice of the result."""
-        ds, rows = self._dataset(), self.rows[np.concatenate(group)]
-        table = retrying(lambda: ds.take(rows, columns=self.columns),
-                         f"reading packs {rows.tolist()} of {self.source.table_uri}", self.source.backoff)
-        if self._pack_bytes is None and table.num_rows:
-            self._pack_bytes = max(1, table.nbytes // table.num_rows)
-        out, start = [], 0
-        for packs in group:
-            batch = packed_batch(table.slice(start, len(packs)), self.source.layout)
-            out.append(batch.pin_memory() if pin else batch)
-            start += len(packs)
-        return out
+    def _units(self, batches: list[np.ndarray], pin: bool):
+        """Callables in order, each reading the next one or few batches (see ``reads``): a take per batch
+        outside runs; a run's scan shared by units of up to ``SCAN_UNIT`` of its batches (threads hand off
+        fewer, larger pieces of work)."""
+        ds, what = self._dataset(), self.source.table_uri
 
-    def _groups(self, batches: list[np.ndarray]):
-        """Consecutive batches, grouped so that one take reads about ``read_bytes`` (at least one batch).
-        Until the first take has told the pack size, one batch per take."""
-        group, packs = [], 0
-        for b in batches:
-            limit = self.read_bytes // self._pack_bytes if self._pack_bytes else 0
-            if group and packs + len(b) > limit:
-                yield group
-                group, packs = [], 0
-            group.append(b)
-            packs += len(b)
-        if group:
-            yield group
+        def one(packs):
+            table = _reads.take(ds, self.rows[packs], self.columns, f"packs {self.rows[packs].tolist()} of {what}",
+                                self.source.backoff)
+            return [self._batch(table, pin)]
 
-    def _read_ahead(self, batches: list[np.ndarray], pin: bool):
-        """Yield the batches in order, with up to ``prefetch`` takes being read ahead on threads."""
-        groups = self._groups(batches)
-        if self.prefetch == 0:
-            for g in groups:
-                yield from self._read_group(g, pin)
-            return
-        pool = ThreadPoolExecutor(max_workers=self.prefetch, thread_name_prefix="loaders-read")
-        pending: deque = deque()
-        try:
-            for g in groups:
-                pending.append(pool.submit(self._read_group, g, pin))
-                if len(pending) >= self.prefetch:
-                    break
-            while pending:
-                out = pending.popleft().result()
-                nxt = next(groups, None)
-                if nxt is not None:
-                    pending.append(pool.submit(self._read_group, nxt, pin))
-                while out:
-                    yield out.pop(0)  # drop our reference as soon as the consumer has the batch
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        for run in _reads.runs(batches, self.batch_packs):
+            if len(run) == 1:
+                yield lambda packs=run[0]: one(packs)
+                continue
+            tables = _reads.Ordered(_reads.scan(ds, [self.addrs[b] for b in run], self.columns,
+                                                _split_filter(self.split), f"{len(run)} batches of {what}",
+                                                self.source.backoff))
+            for lo in range(0, len(run), SCAN_UNIT):
+                ks = range(lo, min(lo + SCAN_UNIT, len(run)))
+                yield lambda ks=ks, tables=tables: [self._batch(tables.get(k), pin) for k in ks]
+
+    def _batch(self, table: pa.Table, pin: bool) -> PackedBatch:
+        batch = packed_batch(table, self.source.layout)
+        return batch.pin_memory() if pin else batch
 
     def _pin(self) -> bool:
         if self.pin_memory and not torch.cuda.is_available():
@@ -221,7 +198,8 @@ class Loader(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         if info is not None:  # inside a DataLoader worker: this worker's share, nothing else
-            yield from self._read_ahead(self.plan(self.world.with_worker(info.id, info.num_workers)), pin=False)
+            yield from _reads.read_ahead(self._units(self.plan(self.world.with_worker(info.id, info.num_workers)), False),
+                                         self.prefetch)
             return
         self.epoch, self.consumed, self.segment = self._position()
         start, per = self.consumed, self._per_step()
@@ -231,7 +209,7 @@ class Loader(IterableDataset):
                 self, batch_size=None, num_workers=self.num_workers, collate_fn=_identity, pin_memory=pin,
                 multiprocessing_context="spawn", prefetch_factor=max(1, self.prefetch), persistent_workers=False))
         else:
-            source = self._read_ahead(self.plan(), pin=pin)
+            source = _reads.read_ahead(self._units(self.plan(), pin), self.prefetch)
         for i, batch in enumerate(source):
             self.consumed = min(start + (i + 1) * per, self.packs)
             yield batch.to(self.device, non_blocking=pin) if self.device is not None else batch
@@ -241,18 +219,18 @@ class Loader(IterableDataset):
 def stream(lk, split: str, recipe=None, version=None, batch_packs: int = 1, shuffle: bool | str = True,
            seed: int = 0, epoch: int = 0, rank: int | None = None, world_size: int | None = None,
            num_workers: int = 0, prefetch: int = 2, pin_memory: bool = False, device=None,
-           partition: str = "balanced", read_bytes: int = 4 << 20) -> Loader:
+           partition: str = "balanced") -> Loader:
     """Stream ``split`` of the packed table of ``recipe`` (None = newest) at lake ``version`` (number or tag;
     None = ``lk``'s) as ``PackedBatch`` es of ``batch_packs`` packs.
 
-    ``shuffle``: True / False or a name from ``loaders.shuffle``; ``rank`` / ``world_size`` default to
-    torch.distributed, then $RANK / $WORLD_SIZE, then 0 / 1. ``num_workers`` > 0 reads in spawned DataLoader
-    workers; ``prefetch`` bounds the Lance takes read ahead (per worker), each of consecutive batches up to
-    ``read_bytes`` (at least one batch). ``pin_memory`` / ``device`` put batches
-    in page-locked memory / on a device (one copy each). Raises PackedTableNotFound when there is nothing
+    ``shuffle``: True (= "random") / False (= "none") or a name from ``loaders.shuffle`` ("window" reads
+    about twice as fast as "random", at some cost in mixing: see its doc); ``rank`` / ``world_size`` default
+    to torch.distributed, then $RANK / $WORLD_SIZE, then 0 / 1. ``num_workers`` > 0 reads in spawned
+    DataLoader workers; ``prefetch`` bounds the batches read ahead (per worker). ``pin_memory`` / ``device``
+    put batches in page-locked memory / on a device (one copy each). Raises PackedTableNotFound when there is nothing
     packed, ValueError for an unknown split.
     """
     name = shuffle if isinstance(shuffle, str) else ("random" if shuffle else "none")
     return Loader(resolve(lk, recipe, version), split, batch_packs=batch_packs, shuffle=name, seed=seed,
                   epoch=epoch, world=detect(rank, world_size), num_workers=num_workers, prefetch=prefetch,
-                  pin_memory=pin_memory, device=device, partition=partition, read_bytes=read_bytes)
+                  pin_memory=pin_memory, device=device, partition=partition)

@@ -73,7 +73,9 @@ def get_partition(name: str) -> Partition:
 
 def batches_of(order: np.ndarray, tokens: np.ndarray, world: World, batch_packs: int, partition: str = "balanced",
                skip_steps: int = 0) -> list[np.ndarray]:
-    """This rank's and worker's batches (arrays of entries of ``order``), in the order they are yielded.
+    """This rank's and worker's batches (arrays of entries of ``order``), in the order they are yielded; the
+    packs of a batch in ascending pack number (table order: Lance reads sorted rows without reordering them,
+    and which pack of a batch comes first does not matter to a varlen batch).
 
     ``order`` is the epoch's order from where this world layout started (pack numbers), ``tokens`` their
     token counts (same order); the first ``skip_steps`` global steps are already consumed. Of the batches
@@ -83,9 +85,10 @@ def batches_of(order: np.ndarray, tokens: np.ndarray, world: World, batch_packs:
         raise ValueError(f"batch_packs must be >= 1, got {batch_packs}")
     order = np.asarray(order, dtype=np.int64)
     step, rank = get_partition(partition)(tokens, world.world_size, batch_packs)
-    mine = np.flatnonzero((rank == world.rank) & (step >= skip_steps))  # positions, ascending: steps in order, order inside a step
+    mine = np.flatnonzero((rank == world.rank) & (step >= skip_steps))  # positions, ascending: steps in order
     if len(mine) == 0:
         return []
+    mine = mine[np.lexsort((order[mine], step[mine]))]  # inside a batch, packs in table order: sorted reads
     cuts = np.flatnonzero(np.diff(step[mine])) + 1
     batches = np.split(order[mine], cuts)
     return batches[world.worker::world.num_workers]

@@ -1,8 +1,9 @@
 """Retrying reads on object storage: transient I/O errors back off and try again; the rest raise at once.
 
-Lance raises ``OSError`` ("LanceError(IO): ...") for network and storage failures, after its own client
-retries (``client_max_retries`` in storage options). This is the second line: a whole-read retry with
-exponential backoff, long enough to ride out a restarting S3 endpoint.
+Lance raises ``OSError`` ("LanceError(IO): ...") for network and storage failures (a scan's reader: an Arrow
+error carrying the same text), after its own client retries (``client_max_retries`` in storage options).
+This is the second line: a retry with exponential backoff, long enough to ride out a restarting S3 endpoint
+(whole reads here; ``reads.scan`` resumes a scan after its last delivered batch).
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ def transient(e: BaseException) -> bool:
     """An I/O error worth retrying: OSError (Lance's IO errors too), except missing files / bad requests."""
     if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return False
-    if not isinstance(e, (OSError, TimeoutError, ConnectionError)):
+    # a scan's reader hands Lance's IO errors through Arrow's C stream: ArrowInvalid("External error:
+    # LanceError(IO): ...")
+    lance_io = type(e).__module__.startswith("pyarrow") and "LanceError(IO)" in str(e)
+    if not isinstance(e, (OSError, TimeoutError, ConnectionError)) and not lance_io:
         return False
     msg = str(e).lower()
     return not any(p in msg for p in _PERMANENT)

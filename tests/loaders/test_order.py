@@ -30,9 +30,23 @@ def test_shuffle_is_a_pure_function_of_seed_and_epoch():
     assert shuffle(10, 0, 0).tolist() == [4, 6, 2, 7, 3, 5, 9, 0, 8, 1]
 
 
+def test_window_shuffle_sorts_the_windows_of_the_uniform_permutation():
+    n, size = 203, 16
+    uniform, w = get_shuffle("random")(n, 5, 2), get_shuffle(f"window:{size}")(n, 5, 2)
+    assert np.array_equal(w, get_shuffle(f"window:{size}")(n, 5, 2))
+    for lo in range(0, n, size):  # the same windows as the uniform permutation (so each a uniform sample), sorted
+        assert w[lo:lo + size].tolist() == sorted(uniform[lo:lo + size].tolist())
+    assert not np.array_equal(w, get_shuffle(f"window:{size}")(n, 5, 3))
+    assert np.array_equal(get_shuffle("window")(n, 5, 2), get_shuffle("window:64")(n, 5, 2))
+    assert np.array_equal(get_shuffle("window:1")(n, 5, 2), uniform)
+
+
 def test_unknown_strategy_names_are_errors_that_list_the_known_ones():
     with pytest.raises(ValueError, match="random"):
         get_shuffle("fancy")
+    for bad in ("random:4", "window:0", "window:x"):
+        with pytest.raises(ValueError, match="shuffle"):
+            get_shuffle(bad)
     with pytest.raises(ValueError, match="balanced"):
         get_partition("fancy")
 
@@ -52,6 +66,7 @@ def test_every_pack_goes_to_exactly_one_rank_and_worker_per_epoch(n, world_size,
     got = np.concatenate([b for bs in dealt.values() for b in bs] or [np.empty(0, np.int64)])
     assert sorted(got.tolist()) == list(range(n))
     assert all(1 <= len(b) <= batch_packs for bs in dealt.values() for b in bs)
+    assert all((np.diff(b) > 0).all() for bs in dealt.values() for b in bs)  # a batch's packs in table order
 
 
 @settings(max_examples=40, deadline=None)

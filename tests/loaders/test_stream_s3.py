@@ -124,9 +124,10 @@ def test_an_s3_lake_streams_the_same_batches_as_a_local_one(s3_packed):
     assert _run(s3.stream("train", batch_packs=2, seed=3)) == _run(local.stream("train", batch_packs=2, seed=3))
 
 
-def test_an_endpoint_restart_mid_epoch_loses_and_repeats_nothing(s3_packed, proxy):
+@pytest.mark.parametrize("shuffle", ["random", "none"])  # takes of single batches; one scan of the whole split
+def test_an_endpoint_restart_mid_epoch_loses_and_repeats_nothing(s3_packed, proxy, shuffle):
     s3, local = s3_packed
-    want = _run(local.stream("train", seed=4))
+    want = _run(local.stream("train", seed=4, shuffle=shuffle))
     retries = retry.STATS["retries"]
     outage = {}
 
@@ -136,8 +137,9 @@ def test_an_endpoint_restart_mid_epoch_loses_and_repeats_nothing(s3_packed, prox
             outage["at"] = time.monotonic()
             threading.Timer(1.5, proxy.start).start()
 
-    # one batch per take (read_bytes=1), so that takes are still to come when the endpoint goes away
-    got = _run(s3.stream("train", seed=4, prefetch=2, read_bytes=1), during=restart_after)
+    # one pack per batch, so that reads are still to come when the endpoint goes away: further takes, or the
+    # rest of the one scan (which then resumes after the last batch it delivered)
+    got = _run(s3.stream("train", seed=4, prefetch=2, shuffle=shuffle), during=restart_after)
     assert got == want  # every pack once, in order, same bytes
     assert retry.STATS["retries"] > retries  # the loader's retry, not luck, bridged the outage
     assert len(want) > 4 and "at" in outage

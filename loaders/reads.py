@@ -1,0 +1,124 @@
+"""Reading a rank's batches from Lance: sorted takes, allow-list scans of ascending runs, read-ahead.
+
+Which read is cheap (measured in benchmarks/RESULTS.md, Streaming): Lance reorders the rows of an unsorted
+``take`` with a copy of every column, so a batch's rows are always asked for in table order (the plan sorts
+them). Consecutive batches that ascend through the table (``runs``) are read with one scan restricted to
+their rows by a row-address allow-list: Lance plans it like a filtered scan, pipelining reads and decodes
+over its threads, and hands back one record batch per batch. A shuffle that sorts windows of its order
+(``shuffle.window``) gives long runs; a uniform one gives mostly single batches, read with one take each.
+
+A scan is lazy (memory does not grow with a run's length) and resumable: after a transient I/O error it
+backs off and scans what is left of its run, so nothing is lost or read twice.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+from lance.dataset import serialize_row_addrs
+
+from . import retry as _retry
+from .retry import Backoff, retrying, transient
+
+
+def runs(batches: list[np.ndarray], batch_packs: int) -> Iterator[list[np.ndarray]]:
+    """Consecutive batches, grouped into runs one scan returns in order, batch after batch: inside a run
+    every batch is sorted, starts above the end of the one before, and all but the last have
+    ``batch_packs`` packs (a scan's batches all have one size, the last excepted)."""
+    run: list[np.ndarray] = []
+    for b in batches:
+        ascending = len(b) > 0 and bool(np.all(b[1:] > b[:-1]))
+        fits = (ascending and bool(run) and len(run[-1]) == batch_packs and int(b[0]) > int(run[-1][-1])
+                and (len(run) > 1 or bool(np.all(run[0][1:] > run[0][:-1]))))
+        if run and not fits:
+            yield run
+            run = []
+        run.append(b)
+    if run:
+        yield run
+
+
+def take(ds, rows: np.ndarray, columns: list[str], what: str, backoff: Backoff) -> pa.Table:
+    """Rows ``rows`` (table positions, in that order) with one Lance take, retried on transient errors."""
+    return retrying(lambda: ds.take(rows, columns=columns), f"reading {what}", backoff)
+
+
+def scan(ds, addrs: list[np.ndarray], columns: list[str], filter, what: str, backoff: Backoff) -> Iterator[pa.Table]:
+    """One table per entry of ``addrs`` (ascending row addresses, all of one size but the last), in order,
+    from scans restricted to those rows. On a transient error, backs off and scans the rest.
+
+    ``strict_batch_size`` makes Lance hand back exactly one record batch per batch: its batching restarts at
+    every fragment, so without it every batch after a fragment boundary would come in two pieces (joining
+    them is a copy of the batch; Lance's joining costs ~10% of a scan, measured). ``filter`` must hold on
+    every one of the rows; it is there for speed: with a filter, Lance reads the selected rows of the other
+    columns by position (late materialization); without, whole pages of every column, which for a dense
+    selection of large rows cost 3x the time (measured)."""
+    done, failures = 0, 0
+    while done < len(addrs):
+        try:
+            rest = np.concatenate(addrs[done:])
+            scanner = ds.scanner(columns=columns, row_addr_allowlist=serialize_row_addrs(rest.tolist()),
+                                 filter=filter, batch_size=len(addrs[done]), strict_batch_size=True,
+                                 with_row_address=True, scan_in_order=True)
+            for rb in scanner.to_batches():
+                yield _checked(rb, addrs[done], what)
+                done += 1
+            if done < len(addrs):
+                raise RuntimeError(f"scan of {what} ended after {done} of {len(addrs)} batches")
+        except Exception as e:  # noqa: BLE001 - classified just below
+            if not transient(e):
+                raise
+            if failures == backoff.attempts - 1:
+                raise OSError(f"reading {what}: still failing after {backoff.attempts} tries: {e}") from e
+            _retry.STATS["retries"] += 1
+            time.sleep(backoff.delay(failures))
+            failures += 1
+
+
+def _checked(rb: pa.RecordBatch, want: np.ndarray, what: str) -> pa.Table:
+    """The batch's table (without the row addresses), after checking they are the rows asked for."""
+    got = rb.column("_rowaddr").to_numpy()
+    if not np.array_equal(got, want):
+        raise RuntimeError(f"scan of {what} returned rows at {got.tolist()}, expected {want.tolist()}")
+    return pa.Table.from_batches([rb.drop_columns(["_rowaddr"])])
+
+
+class Ordered:
+    """Items of an iterator by index, from any thread: ``get(k)`` returns item ``k``, advancing the
+    iterator (under a lock) as far as needed. Each item is handed out once and then forgotten."""
+
+    def __init__(self, it: Iterator):
+        self._it, self._lock, self._ready, self._next = it, threading.Lock(), {}, 0
+
+    def get(self, k: int):
+        with self._lock:
+            while k not in self._ready:
+                self._ready[self._next] = next(self._it)
+                self._next += 1
+            return self._ready.pop(k)
+
+
+def read_ahead(units: Iterator[Callable[[], list]], prefetch: int) -> Iterator:
+    """The items of ``unit()`` for every unit, in order, with up to ``prefetch`` units running ahead on
+    threads."""
+    if prefetch == 0:
+        for unit in units:
+            yield from unit()
+        return
+    pool = ThreadPoolExecutor(max_workers=prefetch, thread_name_prefix="loaders-read")
+    pending: deque = deque()
+    try:
+        for unit in units:
+            pending.append(pool.submit(unit))
+            if len(pending) > prefetch:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

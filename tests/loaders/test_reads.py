@@ -1,0 +1,119 @@
+"""How batches are read: runs of ascending batches by one allow-list scan, the rest by takes; both deliver
+exactly what reading every batch on its own does, across fragments, deleted rows and world layouts."""
+
+from __future__ import annotations
+
+import lance
+import numpy as np
+import pytest
+import torch
+
+import lake
+from loaders import World
+from loaders.loader import Loader
+from loaders.packings import resolve
+from loaders.batch import packed_batch
+from loaders.reads import runs
+from packed_tables import LAYOUT, synthetic_packs, write_packed_table
+
+
+def _runs(batches, batch_packs):
+    return [[b.tolist() for b in r] for r in runs([np.asarray(b) for b in batches], batch_packs)]
+
+
+def test_runs_are_consecutive_ascending_batches_all_full_but_the_last():
+    assert _runs([[0, 3], [5, 9], [10, 11], [2, 4], [6, 7], [8]], 2) == [[[0, 3], [5, 9], [10, 11]],
+                                                                         [[2, 4], [6, 7], [8]]]
+    assert _runs([[0], [1], [2]], 2) == [[[0]], [[1]], [[2]]]  # short batches end a run (a scan's batches are one size)
+    assert _runs([[1, 4], [3, 5]], 2) == [[[1, 4]], [[3, 5]]]  # overlapping ranges: no run
+    assert _runs([[4, 1], [5, 6]], 2) == [[[4, 1]], [[5, 6]]]  # an unsorted batch is read with a take
+
+
+def _same(got, want):
+    assert [b.pack_ids.tolist() for b in got] == [b.pack_ids.tolist() for b in want]
+    for a, b in zip(got, want):
+        assert a.origin == b.origin
+        for name, t in b._tensors().items():
+            assert torch.equal(getattr(a, name), t), name
+
+
+def _by_takes(loader: Loader, world: World | None = None):
+    """The reference: every batch of the plan read on its own, with one take."""
+    return [loader.read(b) for b in loader.plan(world)]
+
+
+@pytest.mark.parametrize("shuffle", ["window:8", "none", "random"])
+@pytest.mark.parametrize("world_size,batch_packs", [(1, 3), (2, 2), (3, 1)])
+def test_scans_deliver_what_takes_do(packed, shuffle, world_size, batch_packs):
+    lk, _ = packed
+    for rank in range(world_size):
+        loader = lk.stream("train", batch_packs=batch_packs, shuffle=shuffle, seed=2, rank=rank,
+                           world_size=world_size, prefetch=2)
+        plan = loader.plan()
+        if shuffle != "random":  # the case under test: most batches come from multi-batch scans
+            assert sum(len(r) for r in runs(plan, batch_packs) if len(r) > 1) > len(plan) // 2
+        want = _by_takes(loader)
+        _same(list(loader), want)
+
+
+def test_scans_cross_fragments_and_skip_deleted_rows(tmp_path):
+    """Fragments of 5 rows (batches straddle them) and deleted rows (row addresses are not positions)."""
+    lk = lake.open(tmp_path / "lake")
+    table = synthetic_packs(LAYOUT, episodes=20, seed=3)
+    write_packed_table(lk, table, rows_per_file=5)
+    src = resolve(lk)
+    ds = lance.dataset(src.table_uri, version=src.lance_version)
+    ds.delete("pack_id % 7 = 3")
+    deleted = lance.dataset(src.table_uri)
+    assert deleted.count_rows() < table.num_rows and len(deleted.get_fragments()) > 3
+    pinned = type(src)(src.uri, src.table, deleted.version, src.lake_version, src.recipe_hash, src.layout)
+    for shuffle in ("window:6", "none"):
+        loader = Loader(pinned, "train", batch_packs=4, shuffle=shuffle, seed=1)
+        want = _by_takes(loader)
+        got = list(loader)
+        assert all(p % 7 != 3 for b in got for p in b.pack_ids.tolist())
+        want_ids = sorted(p for p, s in zip(table["pack_id"].to_pylist(), table["split"].to_pylist())
+                          if s == "train" and p % 7 != 3)
+        assert sorted(p for b in got for p in b.pack_ids.tolist()) == want_ids
+        _same(got, want)
+
+
+def test_lance_io_errors_from_a_scan_reader_are_transient_and_others_are_not():
+    import pyarrow as pa
+
+    from loaders.retry import transient
+
+    assert transient(pa.ArrowInvalid("External error: LanceError(IO): Generic S3 error: error sending request"))
+    assert not transient(pa.ArrowInvalid("External error: LanceError(IO): Not found: s3://b/x.lance"))
+    assert not transient(pa.ArrowInvalid("Invalid: column types differ"))
+    assert transient(OSError("LanceError(IO): connection reset")) and not transient(ValueError("LanceError(IO)"))
+
+
+@pytest.fixture(scope="module")
+def small_fragments(tmp_path_factory):
+    """A lake whose packed table has fragments of 7 rows."""
+    lk = lake.open(tmp_path_factory.mktemp("frags") / "lake")
+    write_packed_table(lk, synthetic_packs(LAYOUT, episodes=60, seed=6), rows_per_file=7)
+    return lk
+
+
+@pytest.mark.parametrize("shuffle", ["none", "window:16"])
+def test_scanned_batches_are_views_of_the_record_batches_lance_returned(small_fragments, shuffle):
+    """Batches straddling fragments too: Lance's strict batching hands back one record batch per batch."""
+    from loaders import reads, tensors
+    from loaders.loader import _split_filter
+
+    loader = small_fragments.stream("train", batch_packs=4, shuffle=shuffle, seed=1, prefetch=0)
+    run = max(runs(loader.plan(), 4), key=len)
+    assert len(run) > 2 and any(len(set((loader.addrs[b] >> 32).tolist())) > 1 for b in run)  # one straddles
+    tables = list(reads.scan(loader._dataset(), [loader.addrs[b] for b in run], loader.columns,
+                             _split_filter("train"), "test", loader.source.backoff))
+    before = dict(tensors.COPIES)
+    for packs, table in zip(run, tables):
+        b = packed_batch(table, loader.source.layout)
+        assert b.pack_ids.tolist() == table["pack_id"].to_pylist() and table["pack_id"].num_chunks == 1
+        for name in ("image_patches", "actions", "position_ids", "modality"):
+            lo, hi = tensors.buffer_range(table[name].chunk(0))
+            t = getattr(b, name)
+            assert lo <= t.data_ptr() and t.data_ptr() + t.numel() * t.element_size() <= hi, name
+    assert tensors.COPIES == before
