@@ -148,19 +148,22 @@ def _columns(table: pa.Table | pa.RecordBatch) -> dict[str, pa.Array]:
     return dict(zip(table.schema.names, table.columns))
 
 
-def _sample_lengths(cu: pa.Array) -> np.ndarray:
-    """Per-pack cu_seqlens (each 0..n_tokens) -> the length of every sample of the packs, in order."""
+def _merged_cu(cu: pa.Array) -> np.ndarray:
+    """Per-pack cu_seqlens (each 0..n_tokens) -> one cu_seqlens over the packs laid end to end (a view for
+    one pack). A loop over the few packs of a batch: cheaper than vectorizing at this size."""
     vals = _t.list_values(cu, "cu_seqlens")
-    lengths = np.diff(vals)
-    if len(cu) > 1:  # the step from one pack's end to the next pack's 0 is no sample
-        offs = _t.list_offsets(cu, "cu_seqlens")
-        ends = offs[1:-1] - offs[0] - 1
-        if not (offs[1:] > offs[:-1]).all():
+    if len(cu) == 1:
+        return vals
+    offs = _t.list_offsets(cu, "cu_seqlens")
+    offs = (offs - offs[0]).tolist()
+    pieces, base = [], 0
+    for lo, hi in zip(offs[:-1], offs[1:]):
+        if hi <= lo:
             raise ValueError("cu_seqlens: every pack needs at least [0]")
-        keep = np.ones(len(lengths), bool)
-        keep[ends] = False
-        lengths = lengths[keep]
-    return lengths
+        pieces.append(vals[lo:hi - 1] + base)
+        base += int(vals[hi - 1])
+    pieces.append(np.array([base], np.int32))
+    return np.concatenate(pieces).astype(np.int32, copy=False)
 
 
 def packed_batch(table: pa.Table | pa.RecordBatch, layout: dict | None = None) -> PackedBatch:
@@ -181,15 +184,12 @@ def packed_batch(table: pa.Table | pa.RecordBatch, layout: dict | None = None) -
     if missing:
         raise ValueError(f"pack rows lack columns {missing}")
     pack_ids = _t.primitive(cols["pack_id"], "pack_id")
-    lengths = _sample_lengths(cols["cu_seqlens"])
-    n_tokens = int(lengths.sum())
-    if len(cols["cu_seqlens"]) == 1:  # one pack: its own cu_seqlens and segment ids, as views
-        cu = _t.list_values(cols["cu_seqlens"], "cu_seqlens")
+    cu = _merged_cu(cols["cu_seqlens"])
+    n_samples, n_tokens = len(cu) - 1, int(cu[-1])
+    if len(cols["cu_seqlens"]) == 1:  # one pack: its own segment ids, as a view
         segment = _t.list_values(cols["segment_ids"], "segment_ids")
-    else:  # merged: sample offsets and sample indices over the whole batch (small new arrays)
-        cu = np.zeros(len(lengths) + 1, np.int32)
-        np.cumsum(lengths, out=cu[1:])
-        segment = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
+    else:  # merged: sample indices over the whole batch (a small new array)
+        segment = np.repeat(np.arange(n_samples, dtype=np.int32), np.diff(cu))
     per_token = {name: _t.list_values(cols[name], name) for name in ("modality", "position_ids", "loss_mask")}
     per_token["segment_ids"] = segment
     for name, values in per_token.items():
@@ -201,8 +201,8 @@ def packed_batch(table: pa.Table | pa.RecordBatch, layout: dict | None = None) -
 
     episodes = cols["origin_episode"].flatten().to_pylist()  # strings: Python objects are the point here
     frames = _t.list_values(cols["origin_frame"], "origin_frame").tolist()
-    if len(episodes) != len(lengths) or len(frames) != len(lengths):
-        raise ValueError(f"origin has {len(episodes)} samples but cu_seqlens {len(lengths)} (packs {pack_ids.tolist()})")
+    if len(episodes) != n_samples or len(frames) != n_samples:
+        raise ValueError(f"origin has {len(episodes)} samples but cu_seqlens {n_samples} (packs {pack_ids.tolist()})")
 
     T = _t.to_torch
     out = {}

@@ -175,9 +175,9 @@ class Loader(IterableDataset):
             if len(run) == 1:
                 yield lambda packs=run[0]: one(packs)
                 continue
-            tables = _reads.Ordered(_reads.scan(ds, [self.addrs[b] for b in run], self.columns,
-                                                _split_filter(self.split), f"{len(run)} batches of {what}",
-                                                self.source.backoff))
+            tables = _reads.Ordered(_reads.scan(ds, [self.rows[b] for b in run], [self.addrs[b] for b in run],
+                                                self.columns, _split_filter(self.split),
+                                                f"{len(run)} batches of {what}", self.source.backoff))
             for lo in range(0, len(run), SCAN_UNIT):
                 ks = range(lo, min(lo + SCAN_UNIT, len(run)))
                 yield lambda ks=ks, tables=tables: [self._batch(tables.get(k), pin) for k in ks]
@@ -223,8 +223,8 @@ def stream(lk, split: str, recipe=None, version=None, batch_packs: int = 1, shuf
     """Stream ``split`` of the packed table of ``recipe`` (None = newest) at lake ``version`` (number or tag;
     None = ``lk``'s) as ``PackedBatch`` es of ``batch_packs`` packs.
 
-    ``shuffle``: True (= "random") / False (= "none") or a name from ``loaders.shuffle`` ("window" reads
-    about twice as fast as "random", at some cost in mixing: see its doc); ``rank`` / ``world_size`` default
+    ``shuffle``: True (= "random") / False (= "none") or a name from ``loaders.shuffle`` ("blocks:64" reads
+    about as fast as table order, 2-3x "random", at some cost in mixing: see its doc); ``rank`` / ``world_size`` default
     to torch.distributed, then $RANK / $WORLD_SIZE, then 0 / 1. ``num_workers`` > 0 reads in spawned
     DataLoader workers; ``prefetch`` bounds the batches read ahead (per worker). ``pin_memory`` / ``device``
     put batches in page-locked memory / on a device (one copy each). Raises PackedTableNotFound when there is nothing

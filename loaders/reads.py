@@ -4,8 +4,8 @@ Which read is cheap (measured in benchmarks/RESULTS.md, Streaming): Lance reorde
 ``take`` with a copy of every column, so a batch's rows are always asked for in table order (the plan sorts
 them). Consecutive batches that ascend through the table (``runs``) are read with one scan restricted to
 their rows by a row-address allow-list: Lance plans it like a filtered scan, pipelining reads and decodes
-over its threads, and hands back one record batch per batch. A shuffle that sorts windows of its order
-(``shuffle.window``) gives long runs; a uniform one gives mostly single batches, read with one take each.
+over its threads, and hands back one record batch per batch. A block shuffle (``shuffle.blocks``) or none
+gives long runs; a uniform one mostly single batches, read with one take each.
 
 A scan is lazy (memory does not grow with a run's length) and resumable: after a transient I/O error it
 backs off and scans what is left of its run, so nothing is lost or read twice.
@@ -49,28 +49,42 @@ def take(ds, rows: np.ndarray, columns: list[str], what: str, backoff: Backoff) 
     return retrying(lambda: ds.take(rows, columns=columns), f"reading {what}", backoff)
 
 
-def scan(ds, addrs: list[np.ndarray], columns: list[str], filter, what: str, backoff: Backoff) -> Iterator[pa.Table]:
-    """One table per entry of ``addrs`` (ascending row addresses, all of one size but the last), in order,
-    from scans restricted to those rows. On a transient error, backs off and scans the rest.
+def scan(ds, rows: list[np.ndarray], addrs: list[np.ndarray], columns: list[str], filter, what: str,
+         backoff: Backoff) -> Iterator[pa.Table]:
+    """One table per batch of a run (``rows``: table positions, ``addrs``: row addresses, both ascending
+    from batch to batch), in order: a batch inside one fragment from one scan of all such batches restricted
+    to their rows, a batch that straddles two fragments with a take. On a transient error, backs off and
+    goes on from the first batch not yet handed out.
 
-    ``strict_batch_size`` makes Lance hand back exactly one record batch per batch: its batching restarts at
-    every fragment, so without it every batch after a fragment boundary would come in two pieces (joining
-    them is a copy of the batch; Lance's joining costs ~10% of a scan, measured). ``filter`` must hold on
-    every one of the rows; it is there for speed: with a filter, Lance reads the selected rows of the other
-    columns by position (late materialization); without, whole pages of every column, which for a dense
-    selection of large rows cost 3x the time (measured)."""
+    Why the takes: Lance's scan batching restarts at every fragment, so after a straddling batch every record
+    batch would hold the end of one batch and the start of the next (each a copy to join);
+    ``strict_batch_size`` rebatches inside Lance but cost 15-20% of the whole scan (measured). Without the
+    straddlers, each fragment's rows are whole batches and every record batch is exactly one batch (rows
+    split otherwise are still joined, with a counted copy). ``filter`` must hold on every row; it is there for
+    speed: with a filter Lance reads the selected rows of the other columns by position (late
+    materialization), without one whole pages of every column, 3x the time for a dense selection (measured)."""
+    straddles = [len(a) > 0 and (int(a[0]) >> 32) != (int(a[-1]) >> 32) for a in addrs]
     done, failures = 0, 0
     while done < len(addrs):
         try:
-            rest = np.concatenate(addrs[done:])
-            scanner = ds.scanner(columns=columns, row_addr_allowlist=serialize_row_addrs(rest.tolist()),
-                                 filter=filter, batch_size=len(addrs[done]), strict_batch_size=True,
-                                 with_row_address=True, scan_in_order=True)
-            for rb in scanner.to_batches():
-                yield _checked(rb, addrs[done], what)
+            batches = _scan_batches(ds, [a for a, st in zip(addrs[done:], straddles[done:]) if not st], columns,
+                                    filter, batch_size=max(len(a) for a in addrs))
+            pieces: list[pa.RecordBatch] = []  # rows read but not handed out yet: the start of batch ``done``
+            while done < len(addrs):
+                if straddles[done]:
+                    table = ds.take(rows[done], columns=columns)
+                else:
+                    while sum(p.num_rows for p in pieces) < len(addrs[done]):
+                        rb = next(batches, None)
+                        if rb is None:
+                            raise RuntimeError(f"scan of {what} ended before batch {done} of {len(addrs)}")
+                        pieces.append(rb)
+                    need = len(addrs[done]) - sum(p.num_rows for p in pieces[:-1])
+                    last = pieces[-1]
+                    table = _checked(pieces[:-1] + [last.slice(0, need)], addrs[done], what)
+                    pieces = [last.slice(need)] if need < last.num_rows else []
+                yield table
                 done += 1
-            if done < len(addrs):
-                raise RuntimeError(f"scan of {what} ended after {done} of {len(addrs)} batches")
         except Exception as e:  # noqa: BLE001 - classified just below
             if not transient(e):
                 raise
@@ -81,12 +95,21 @@ def scan(ds, addrs: list[np.ndarray], columns: list[str], filter, what: str, bac
             failures += 1
 
 
-def _checked(rb: pa.RecordBatch, want: np.ndarray, what: str) -> pa.Table:
-    """The batch's table (without the row addresses), after checking they are the rows asked for."""
-    got = rb.column("_rowaddr").to_numpy()
+def _scan_batches(ds, addrs: list[np.ndarray], columns: list[str], filter, batch_size: int) -> Iterator:
+    if not addrs:
+        return iter(())
+    allow = serialize_row_addrs(np.concatenate(addrs).tolist())
+    return iter(ds.scanner(columns=columns, row_addr_allowlist=allow, filter=filter, batch_size=batch_size,
+                           with_row_address=True, scan_in_order=True).to_batches())
+
+
+def _checked(pieces: list[pa.RecordBatch], want: np.ndarray, what: str) -> pa.Table:
+    """The batch's table (without the row addresses), after checking they are the rows asked for. Several
+    pieces make a table of several chunks, which ``packed_batch`` joins (a counted copy)."""
+    got = np.concatenate([p.column("_rowaddr").to_numpy() for p in pieces])
     if not np.array_equal(got, want):
         raise RuntimeError(f"scan of {what} returned rows at {got.tolist()}, expected {want.tolist()}")
-    return pa.Table.from_batches([rb.drop_columns(["_rowaddr"])])
+    return pa.Table.from_batches([p.drop_columns(["_rowaddr"]) for p in pieces])
 
 
 class Ordered:

@@ -30,39 +30,23 @@ def random(n: int, seed: int, epoch: int) -> np.ndarray:
 def blocks(n: int, seed: int, epoch: int, size: int = 8) -> np.ndarray:
     """Runs of ``size`` consecutive packs (table order) in a random order per (seed, epoch).
 
-    Batches then read neighbouring rows (fewer, larger reads: cheaper on object storage and for Lance's
-    decoder) at the price of less mixing between the packs of a batch.
+    The loader reads a block's batches with one sequential scan, about as fast as reading the table in
+    order (``random`` reads rows one batch at a time: 2-3x the cost, see benchmarks/RESULTS.md, Streaming).
+    The price is mixing, as with MosaicML Streaming's or WebDataset's shard shuffles: a batch holds
+    neighbouring packs (each already a mixture of the samples of a group of episodes: the packer shuffles
+    before binning) and consecutive batches come from the same block. ``"blocks:64"`` sets the size.
     """
     starts = random(-(-n // size), seed, epoch) * size
     idx = (starts[:, None] + np.arange(size, dtype=np.int64)).ravel()
     return idx[idx < n]
 
 
-def window(n: int, seed: int, epoch: int, size: int = 64) -> np.ndarray:
-    """The uniform permutation of ``random``, each window of ``size`` consecutive entries sorted.
-
-    Every window is a uniform random subset of the split, read in table order: batches of neighbouring
-    windows entries come from one scan of ascending rows (the reads a sequential scan makes, with gaps),
-    which Lance pipelines as fast as a full scan. The price is mixing inside a window: a batch's packs are
-    neighbours among the window's (in a table of ``n`` packs, within about ``n * batch / size`` rows of each
-    other), and a window's batches sweep the table from its start to its end. MosaicML Streaming's shard
-    windows and WebDataset's shard shuffles trade the same; ``random`` does not.
-    """
-    if size < 1:
-        raise ValueError(f"window size must be >= 1, got {size}")
-    order = random(n, seed, epoch)
-    full = n - n % size
-    order[:full] = np.sort(order[:full].reshape(-1, size), axis=1).ravel()
-    order[full:] = np.sort(order[full:])
-    return order
-
-
-SHUFFLES: dict[str, Shuffle] = {"none": none, "random": random, "blocks": blocks, "window": window}
-SIZED = ("blocks", "window")  # take a size: "window:128"
+SHUFFLES: dict[str, Shuffle] = {"none": none, "random": random, "blocks": blocks}
+SIZED = ("blocks",)  # take a size: "blocks:64"
 
 
 def get_shuffle(name: str) -> Shuffle:
-    """The shuffle called ``name``; ``"window:128"`` / ``"blocks:16"`` set the size. Raises ValueError
+    """The shuffle called ``name``; ``"blocks:64"`` sets the block size. Raises ValueError
     naming the known ones."""
     base, _, size = name.partition(":")
     if base not in SHUFFLES or (size and base not in SIZED):

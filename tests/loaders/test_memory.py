@@ -27,7 +27,7 @@ def _peak_growth(loader) -> tuple[int, int]:
     return _status("VmHWM") - before, streamed
 
 
-@pytest.mark.parametrize("shuffle", ["random", "window", "none"])  # takes; scans of windows; one scan of all
+@pytest.mark.parametrize("shuffle", ["random", "blocks:16", "none"])  # takes; scans of blocks; one scan of all
 def test_peak_memory_does_not_grow_with_the_table(tmp_path, shuffle):
     base = synthetic_packs(LAYOUT, episodes=24, seed=4)  # ~12 MB of packs
     n = base.num_rows

@@ -30,21 +30,18 @@ def test_shuffle_is_a_pure_function_of_seed_and_epoch():
     assert shuffle(10, 0, 0).tolist() == [4, 6, 2, 7, 3, 5, 9, 0, 8, 1]
 
 
-def test_window_shuffle_sorts_the_windows_of_the_uniform_permutation():
-    n, size = 203, 16
-    uniform, w = get_shuffle("random")(n, 5, 2), get_shuffle(f"window:{size}")(n, 5, 2)
-    assert np.array_equal(w, get_shuffle(f"window:{size}")(n, 5, 2))
-    for lo in range(0, n, size):  # the same windows as the uniform permutation (so each a uniform sample), sorted
-        assert w[lo:lo + size].tolist() == sorted(uniform[lo:lo + size].tolist())
-    assert not np.array_equal(w, get_shuffle(f"window:{size}")(n, 5, 3))
-    assert np.array_equal(get_shuffle("window")(n, 5, 2), get_shuffle("window:64")(n, 5, 2))
-    assert np.array_equal(get_shuffle("window:1")(n, 5, 2), uniform)
+def test_sized_blocks_are_runs_of_that_many_packs():
+    b = get_shuffle("blocks:16")(203, 5, 2)
+    assert sorted(b.tolist()) == list(range(203)) and np.array_equal(b, get_shuffle("blocks:16")(203, 5, 2))
+    runs = np.split(b, np.flatnonzero(np.diff(b) != 1) + 1)
+    assert all(r[0] % 16 == 0 and (len(r) % 16 == 0 or r[-1] == 202) for r in runs)
+    assert np.array_equal(get_shuffle("blocks")(203, 5, 2), get_shuffle("blocks:8")(203, 5, 2))
 
 
 def test_unknown_strategy_names_are_errors_that_list_the_known_ones():
     with pytest.raises(ValueError, match="random"):
         get_shuffle("fancy")
-    for bad in ("random:4", "window:0", "window:x"):
+    for bad in ("random:4", "blocks:0", "blocks:x", "window"):
         with pytest.raises(ValueError, match="shuffle"):
             get_shuffle(bad)
     with pytest.raises(ValueError, match="balanced"):

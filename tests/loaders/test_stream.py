@@ -192,7 +192,7 @@ def test_pinned_batches_reach_the_device_with_one_copy(packed):
     assert pinned.image_patches.is_pinned() and torch.equal(pinned.to("cuda").image_patches.cpu(), cpu.image_patches)
 
 
-@pytest.mark.parametrize("shuffle", ["random", "window:8", "none"])
+@pytest.mark.parametrize("shuffle", ["random", "blocks:8", "none"])
 def test_reading_ahead_changes_nothing_delivered(packed, shuffle):
     """Batches read on the consumer's thread or up to 3 ahead on threads: the same batches, in order, with the
     same bytes (scans of ascending runs are shared by the threads in order)."""
