@@ -1,4 +1,5 @@
-# .venv/bin/python benchmarks/stream.py [--synthetic] [--episodes 200] [--batch-packs 4] [--repeats 3] [--record]
+# .venv/bin/python benchmarks/stream.py [--synthetic] [--episodes 200] [--batch-packs 4] [--repeats 3]
+#     [--keep-freed-memory] [--record]
 """Streaming packed tables into torch: ``lake.stream`` vs a raw Lance scan, Lance's torch dataset and Ray Data.
 
 One script, one packed table, one batch size (``--batch-packs`` packs per batch), split "train":
@@ -8,12 +9,19 @@ One script, one packed table, one batch size (``--batch-packs`` packs per batch)
    or, with ``--synthetic``, a synthetic packed table of the same shape (``tests/loaders/packed_tables.py``:
    2 cameras x 16 patches of 768 bytes, 5-40 text tokens, 1 state + 16 action tokens, budget 1024); plus a
    lake holding the same packs 10 times (new pack ids), for memory;
-2. ``lake.stream``: samples/s and MB/s of tensors delivered (``PackedBatch.nbytes``), no workers;
+2. ``lake.stream``: samples/s and MB/s of tensors delivered (``PackedBatch.nbytes``), no workers, with the
+   default uniform shuffle, a block shuffle (``blocks:64``) and in table order; and how well batches mix
+   (distinct source episodes per batch);
 3. baselines over the same rows: a raw Lance scan into numpy (``scanner(filter="split = 'train'")``, each
    list column flattened to numpy; goal: stream >= 0.8x of it), ``lance.torch.data.LanceDataset`` with a
-   ``to_tensor_fn`` for list columns, and Ray Data ``iter_torch_batches`` with a ``collate_fn`` that
-   concatenates each list column (goal: stream >= 1.5x each);
+   ``to_tensor_fn`` for list columns, as shipped (a sequential scan) and with the one sampler of Lance's that
+   shuffles rows (``ShardedBatchSampler(randomize=True)``), and Ray Data ``iter_torch_batches`` with a
+   ``collate_fn`` that concatenates each list column (goal: stream >= 1.5x each);
 4. peak RSS of a fresh process streaming the 1x and the 10x table (goal: ratio <= 1.1).
+
+``--keep-freed-memory`` runs the same with glibc's malloc told to keep freed memory for reuse
+(``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_MMAP_THRESHOLD_``) instead of returning it to the kernel and
+faulting it in again: every method shares the process, so every method gets it.
 
 Every timed method runs ``--repeats`` rounds after one warm-up pass, in rotating order (background load
 hits all alike); best and median are reported.
@@ -53,6 +61,7 @@ SECTION = "## Streaming"
 DATA = HERE / "_data"
 GOAL_RAW, GOAL_OTHERS, GOAL_RSS = 0.8, 1.5, 1.1
 BLOCK_SHUFFLE = "blocks:64"
+KEEP_FREED_MEMORY = {"MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_MMAP_THRESHOLD_": str(256 << 20)}
 STREAM, BLOCKS = "lake.stream (shuffle=True: uniform)", f"lake.stream, shuffle='{BLOCK_SHUFFLE}'"
 RAW, RAY = "raw Lance scan -> numpy", "Ray Data iter_torch_batches"
 LANCE, LANCE_SHUFFLED = "lance.torch LanceDataset", "LanceDataset, ShardedBatchSampler(randomize=True)"
@@ -277,9 +286,13 @@ def main() -> None:
     ap.add_argument("--batch-packs", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--record", action="store_true", help=f"write the '{SECTION}' section of {RESULTS.name}")
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="glibc malloc keeps freed memory for reuse (environment variables; the script re-runs itself)")
     ap.add_argument("--rss-child", help=argparse.SUPPRESS)
     ap.add_argument("--rss-shuffle", default="random", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.keep_freed_memory and os.environ.get("MALLOC_TRIM_THRESHOLD_") is None:  # glibc reads them at start
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **KEEP_FREED_MEMORY})
     if args.rss_child:
         return rss_child(args.rss_child, args.batch_packs, args.rss_shuffle)
 
@@ -363,14 +376,19 @@ def main() -> None:
                         f"({'met' if r <= GOAL_RSS else 'not met'}) |")
     table1 = rss["random", "1x"]["table_bytes"] / 2**20
     cmd = "benchmarks/stream.py" + (" --synthetic" if args.synthetic else "") + f" --episodes {args.episodes}" \
-        f" --batch-packs {B} --repeats {args.repeats} --record"
-    mode = "synthetic" if args.synthetic else "PushT, lk.pack()"
+        f" --batch-packs {B} --repeats {args.repeats}" + (" --keep-freed-memory" if args.keep_freed_memory else "") \
+        + " --record"
+    allocator = ("glibc malloc keeping freed memory for reuse (" + ", ".join(f"{k}={v}" for k, v in KEEP_FREED_MEMORY.items())
+                 + ")" if args.keep_freed_memory else "glibc malloc, default settings")
+    mode = ("synthetic" if args.synthetic else "PushT, lk.pack()") + (
+        ", malloc keeping freed memory" if args.keep_freed_memory else "")
     body = f"""
 ### {mode}
 
 Command: `.venv/bin/python {cmd}`  
 Machine: {cpu_model()}, {os.cpu_count()} cores, no GPU, Linux {platform.release()}, Python {platform.python_version()}, pylance {_version("pylance")}, Ray {_version("ray")}, torch {_version("torch")}  
 Date: {datetime.date.today().isoformat()}. Load average at start / end: {load0:.1f} / {load1:.1f} on {os.cpu_count()} cores (other jobs share the machine; wall times are noisy).
+Allocator: {allocator}.
 
 Data: {what}. Split `train`: **{packs:,} packs, {samples:,} samples** (one per frame), fill {fill:.3f}; packed table on disk {disk / 2**20:.1f} MiB. Batch: **{B} packs** for every method; samples/s = samples delivered per second; MiB/s = MiB of tensors / arrays delivered per second. Times: best of {args.repeats} after a warm-up pass (median next to it), one process, no DataLoader workers; CPU s = this process's CPU time over all its threads (Lance's too; not Ray's worker processes). Mixing = distinct source episodes among a batch's samples, mean over the epoch (higher = better mixed).
 
@@ -406,42 +424,51 @@ def _version(pkg: str) -> str:
 
 NOTES = """
 What is compared: the same rows (split `train` of one packed table at one Lance version), the same batch size in
-packs. `lake.stream` reads consecutive batches of its (shuffled) plan with one Lance `take` of up to `read_bytes`
-(4 MiB) on a 2-thread prefetch and hands back `PackedBatch`es whose tensors are views of the Arrow buffers
-(merged varlen batch: `cu_seqlens` shifted, `segment_ids` offset); "one take per batch" is the same with
-`read_bytes=1`. The raw scan reads the rows sequentially in table order and only flattens each list column to
-numpy; Lance's `LanceDataset` needs a `to_tensor_fn` for variable-length lists (its default handles fixed-size
-lists only), given here as the straightforward flatten-to-torch, and it neither shuffles nor merges packs; Ray
-Data's `iter_torch_batches` turns ragged list columns into object arrays of per-row arrays, which the `collate_fn`
-concatenates (one copy).
+packs, one process, no workers. `lake.stream` is made once and iterated for epoch 0 each round, as a training run
+uses it. The raw scan reads the rows in table order (a filtered Lance scan) and only flattens each list column to
+numpy. `LanceDataset` needs a `to_tensor_fn` for variable-length lists (its default handles fixed-size lists
+only), given here as the straightforward flatten-to-torch; as shipped it reads the table in order and neither
+shuffles rows nor merges packs; `ShardedBatchSampler(randomize=True)` is the sampler of Lance's that shuffles rows
+(with a filter: a reservoir over a scan). Ray Data's `iter_torch_batches` turns ragged list columns into object
+arrays of per-row arrays, which the `collate_fn` concatenates (one copy).
 
-What changed since the first recording (same day, before 2026-11-22 noon): the packed table stores per-token
-payloads (image patches, state, actions) as lists of fixed-size lists instead of flat lists. Lance's 2.1 file
-format decodes `list<uint8>` through its miniblock path at ~250 MB/s here, `list<fixed_size_list<uint8, 768>>` at
-several GB/s: every method got 3-8x faster on the same data (stream 1.28 s -> 0.3 s per epoch, raw scan 1.23 s ->
-0.15 s; the table grew from 159 to 239 MiB because PushT's flat renders had compressed well). That change moved the
-ratios: before it all methods were bound by the same slow decode (stream / raw scan 0.96, / LanceDataset 0.89);
-now the decode is cheap and what is left is the cost of access patterns.
+How the stream reads (`loaders/reads.py`, since 2026-11-22, third session). The plan sorts the packs inside each batch
+(which pack of a varlen batch comes first does not matter). A batch outside a run is one Lance `take` of sorted
+rows; consecutive batches that ascend through the table (a run: what `blocks:N` or table order yields) are one
+lazy scan restricted to their rows (`row_addr_allowlist`), one record batch per batch, zero-copy. What that
+design rests on, measured on this table while building it (one process, best of 5-7 rotating rounds):
+- Lance reorders the rows of an unsorted `take` with a copy of every column: takes of 24 random rows cost
+  0.47 s per epoch unsorted, 0.15 s sorted; the first recording's stream (unsorted takes of ~6 rows) was 0.36 s.
+- A scan restricted to rows is fast only with a filter: Lance then reads the other columns by row position
+  (late materialization); without one it reads whole pages: 0.29-0.31 s per epoch for all train rows vs
+  0.11 s with `filter="split = 'train'"` (what the stream adds) and 0.10 s for the plain filtered scan.
+- `strict_batch_size` (exact batches across fragment boundaries) cost 15-20% of a scan, so a batch that
+  straddles two fragments is read with a take instead and the rest of its run stays aligned with Lance's
+  batching, which restarts at every fragment.
+- Random rows stay 2-3x the cost of table order whatever the API: sorted takes of 4 rows, allow-list scans of
+  sorted random windows of 64 rows (as fast as table order on this 400-row table, where a window is dense; no
+  faster than takes on the 10x table), or one scan per group with a copy to regroup (0.33 s). The uniform
+  shuffle therefore stays at about half the raw scan; `blocks:N` reads like table order.
+- Building a `PackedBatch` costs ~0.28 ms of Python per batch (was ~0.5 ms; ~15 Arrow columns to numpy/torch
+  views, merged `cu_seqlens` / `segment_ids`, origin strings): 0.03 s of the 0.1 s epoch here.
+- Page faults: on this VM (Firecracker) faulting memory in is expensive, and glibc's malloc returns freed
+  memory to the kernel once enough is free. The raw scan frees each batch before the next is decoded and reuses
+  the same memory; the stream keeps `prefetch` batches and Lance's read-ahead alive and faults 10-20x more pages.
+  With `--keep-freed-memory` every method runs with freed memory kept for reuse (the glibc settings are
+  process-wide; a user sets them in the training job's environment, as with jemalloc or tcmalloc).
 
-Reading the figures. Goals not met: stream >= 0.8x the raw scan and >= 1.5x `LanceDataset` (both ~0.45-0.5x).
-The stream reads random rows with Lance `take`; the raw scan and `LanceDataset` read every row in table order
-with Lance's scanner, whose filtered scan (`split = 'train'`) plans all reads at once and pipelines them over
-its I/O threads. Measured on this table: a 4-row `take` of all columns costs ~2.5 ms per call (about 0.6 ms per
-row, plus a fixed cost per call and column), the filtered scan about 0.4 ms per row of CPU spread over 2 threads;
-`take`s of 16-64 rows per call did not lower the per-row cost (larger results cost more per row in allocation and
-page faults: glibc's malloc trimming showed up as 20-50% of a profile; `mallopt` raising the trim / mmap
-thresholds helped `take` loops by up to 2x in a process with a fragmented heap but not the stream's epoch:
-0.30 -> 0.27 s), file-level reads (`LanceFileReader.take_rows` / `read_range` of 16 contiguous rows) cost the same
-as `take`, and `shuffle='blocks'` (runs of 8 neighbouring packs) recovers part of it. A loader that must shuffle
-does random reads; `LanceDataset` has no per-epoch shuffle of rows (its `samples=` draws a random subset, its
-fragment sampler only permutes fragments), which is why it can read sequentially. What the stream adds over it
-(a reproducible per-(seed, epoch) permutation, rank/worker sharding with exact resume, merged varlen batches,
-zero-copy typed tensors) costs a little Python per batch (~0.9 ms), the rest is the random access. The 1.5x over
-Ray Data is met: Ray moves every block through its object store and `iter_torch_batches` materializes ragged
-columns as per-row arrays before the collate copy. Against LeRobot's own loader (section "LeRobot peers") the
-stream is far above the 10x goal. Memory: peak RSS is flat in table size (10x table: see the ratio); what a
-process holds beyond imports is Lance's decode buffers and the `prefetch` takes in flight (`read_bytes` 32 MiB
-cost ~380 MB more peak RSS than one batch per take, which is why the default is 4 MiB).
+Reading the figures. Mixing: the packer already shuffles samples within its groups of episodes, so even table
+order puts ~46 distinct episodes in a batch of ~100 samples; the uniform shuffle ~64. A block shuffle mixes
+batches no better than table order and makes consecutive batches come from one block (as MosaicML Streaming's and
+WebDataset's shard shuffles do); that is its price for table-order speed. Goals: >= 1.5x Ray Data and >= 1.5x
+Lance's shuffled loader are met by every stream mode. >= 1.5x `LanceDataset` as shipped is not met and cannot be
+by reading more cleverly: it is the raw scan plus a tensor conversion, so it would take 1.5x the raw scan. >= 0.8x
+the raw scan is not met either: the uniform shuffle reads random rows (~0.5x); `blocks:64` and table order read
+like the raw scan and are left with the cost of what the stream adds per batch on 2 cores that Lance's decode
+already keeps busy (building the typed batch, the read-ahead threads, the row-address checks: ~0.4 ms a batch,
+0.72-0.8x across runs, with or without malloc keeping freed memory). Against LeRobot's own loader (section "LeRobot
+peers") the stream is far above the 10x goal. Memory: peak RSS is flat in table size (10x table: see the ratio)
+for takes and scans.
 """
 
 
@@ -458,7 +485,7 @@ def _merge_mode(body: str, mode: str) -> str:
             if head.startswith("### ") and head[4:].strip() != "Notes":
                 blocks[head[4:].strip()] = part.strip()
     blocks[mode] = body.strip()
-    order = sorted(blocks, key=lambda k: (k != "PushT, lk.pack()", k))
+    order = sorted(blocks, key=lambda k: (not k.startswith("PushT"), k))
     return "\n\n".join(blocks[k] for k in order) + "\n\n### Notes\n" + NOTES
 
 

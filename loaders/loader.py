@@ -31,7 +31,6 @@ from .shuffle import get_shuffle
 from .world import World, detect
 
 STATE_VERSION = 1
-SCAN_UNIT = 4  # batches of a scan read by one read-ahead task
 _SKIP = ("split", "n_samples", "n_tokens")  # per-pack bookkeeping the batch does not need
 
 
@@ -158,18 +157,17 @@ class Loader(IterableDataset):
 
     def read(self, packs: np.ndarray) -> PackedBatch:
         """One batch: the split-local packs ``packs``, merged, in that order."""
-        return next(self._units([np.asarray(packs, dtype=np.int64)], pin=False))()[0]
+        return next(self._units([np.asarray(packs, dtype=np.int64)], pin=False))()
 
     def _units(self, batches: list[np.ndarray], pin: bool):
-        """Callables in order, each reading the next one or few batches (see ``reads``): a take per batch
-        outside runs; a run's scan shared by units of up to ``SCAN_UNIT`` of its batches (threads hand off
-        fewer, larger pieces of work)."""
+        """One callable per batch, in order, reading it (see ``reads``): a take outside runs, the next
+        record batch of the run's shared scan inside one."""
         ds, what = self._dataset(), self.source.table_uri
 
         def one(packs):
             table = _reads.take(ds, self.rows[packs], self.columns, f"packs {self.rows[packs].tolist()} of {what}",
                                 self.source.backoff)
-            return [self._batch(table, pin)]
+            return self._batch(table, pin)
 
         for run in _reads.runs(batches, self.batch_packs):
             if len(run) == 1:
@@ -178,9 +176,8 @@ class Loader(IterableDataset):
             tables = _reads.Ordered(_reads.scan(ds, [self.rows[b] for b in run], [self.addrs[b] for b in run],
                                                 self.columns, _split_filter(self.split),
                                                 f"{len(run)} batches of {what}", self.source.backoff))
-            for lo in range(0, len(run), SCAN_UNIT):
-                ks = range(lo, min(lo + SCAN_UNIT, len(run)))
-                yield lambda ks=ks, tables=tables: [self._batch(tables.get(k), pin) for k in ks]
+            for k in range(len(run)):
+                yield lambda k=k, tables=tables: self._batch(tables.get(k), pin)
 
     def _batch(self, table: pa.Table, pin: bool) -> PackedBatch:
         batch = packed_batch(table, self.source.layout)
@@ -219,17 +216,23 @@ class Loader(IterableDataset):
 def stream(lk, split: str, recipe=None, version=None, batch_packs: int = 1, shuffle: bool | str = True,
            seed: int = 0, epoch: int = 0, rank: int | None = None, world_size: int | None = None,
            num_workers: int = 0, prefetch: int = 2, pin_memory: bool = False, device=None,
-           partition: str = "balanced") -> Loader:
+           partition: str = "balanced", read_bytes: int | None = None) -> Loader:
     """Stream ``split`` of the packed table of ``recipe`` (None = newest) at lake ``version`` (number or tag;
     None = ``lk``'s) as ``PackedBatch`` es of ``batch_packs`` packs.
 
     ``shuffle``: True (= "random") / False (= "none") or a name from ``loaders.shuffle`` ("blocks:64" reads
-    about as fast as table order, 2-3x "random", at some cost in mixing: see its doc); ``rank`` / ``world_size`` default
-    to torch.distributed, then $RANK / $WORLD_SIZE, then 0 / 1. ``num_workers`` > 0 reads in spawned
-    DataLoader workers; ``prefetch`` bounds the batches read ahead (per worker). ``pin_memory`` / ``device``
-    put batches in page-locked memory / on a device (one copy each). Raises PackedTableNotFound when there is nothing
-    packed, ValueError for an unknown split.
+    about as fast as table order, where "random" reads rows one batch at a time, at some cost in mixing: see
+    its doc); ``rank`` / ``world_size`` default to torch.distributed, then $RANK / $WORLD_SIZE, then 0 / 1.
+    ``num_workers`` > 0 reads in spawned DataLoader workers; ``prefetch`` bounds the batches read ahead (per
+    worker). ``pin_memory`` / ``device`` put batches in page-locked memory / on a device (one copy each).
+    ``read_bytes`` is accepted for old callers and ignored (with a DeprecationWarning). Raises
+    PackedTableNotFound when there is nothing packed, ValueError for an unknown split.
     """
+    if read_bytes is not None:
+        import warnings
+
+        warnings.warn("stream(read_bytes=...) no longer has an effect: batches are read one take each or a run "
+                      "of them with one lazy scan (see loaders.reads)", DeprecationWarning, stacklevel=2)
     name = shuffle if isinstance(shuffle, str) else ("random" if shuffle else "none")
     return Loader(resolve(lk, recipe, version), split, batch_packs=batch_packs, shuffle=name, seed=seed,
                   epoch=epoch, world=detect(rank, world_size), num_workers=num_workers, prefetch=prefetch,

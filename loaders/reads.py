@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +25,8 @@ from lance.dataset import serialize_row_addrs
 
 from . import retry as _retry
 from .retry import Backoff, retrying, transient
+
+T = TypeVar("T")
 
 
 def runs(batches: list[np.ndarray], batch_packs: int) -> Iterator[list[np.ndarray]]:
@@ -127,12 +129,11 @@ class Ordered:
             return self._ready.pop(k)
 
 
-def read_ahead(units: Iterator[Callable[[], list]], prefetch: int) -> Iterator:
-    """The items of ``unit()`` for every unit, in order, with up to ``prefetch`` units running ahead on
-    threads."""
+def read_ahead(units: Iterator[Callable[[], T]], prefetch: int) -> Iterator[T]:
+    """``unit()`` for every unit, in order, with up to ``prefetch`` units running ahead on threads."""
     if prefetch == 0:
         for unit in units:
-            yield from unit()
+            yield unit()
         return
     pool = ThreadPoolExecutor(max_workers=prefetch, thread_name_prefix="loaders-read")
     pending: deque = deque()
@@ -140,8 +141,8 @@ def read_ahead(units: Iterator[Callable[[], list]], prefetch: int) -> Iterator:
         for unit in units:
             pending.append(pool.submit(unit))
             if len(pending) > prefetch:
-                yield from pending.popleft().result()
+                yield pending.popleft().result()
         while pending:
-            yield from pending.popleft().result()
+            yield pending.popleft().result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

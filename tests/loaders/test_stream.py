@@ -204,3 +204,10 @@ def test_reading_ahead_changes_nothing_delivered(packed, shuffle):
         assert a.origin == b.origin
         for name, t in b._tensors().items():
             assert torch.equal(getattr(a, name), t), name
+
+
+def test_the_retired_read_bytes_option_still_works_with_a_warning(packed):
+    lk, _ = packed
+    with pytest.warns(DeprecationWarning, match="read_bytes"):
+        old = lk.stream("val", seed=1, read_bytes=1 << 20)
+    assert _ids(old) == _ids(lk.stream("val", seed=1))
