@@ -189,7 +189,7 @@ def packed_batch(table: pa.Table | pa.RecordBatch, layout: dict | None = None) -
     if len(cols["cu_seqlens"]) == 1:  # one pack: its own segment ids, as a view
         segment = _t.list_values(cols["segment_ids"], "segment_ids")
     else:  # merged: sample indices over the whole batch (a small new array)
-        segment = np.repeat(np.arange(n_samples, dtype=np.int32), np.diff(cu))
+        segment = np.repeat(np.arange(n_samples, dtype=np.int32), cu[1:] - cu[:-1])
     per_token = {name: _t.list_values(cols[name], name) for name in ("modality", "position_ids", "loss_mask")}
     per_token["segment_ids"] = segment
     for name, values in per_token.items():
@@ -197,7 +197,6 @@ def packed_batch(table: pa.Table | pa.RecordBatch, layout: dict | None = None) -
             raise ValueError(f"column {name!r} has {len(values)} tokens but cu_seqlens says {n_tokens} "
                              f"(packs {pack_ids.tolist()})")
     modality = per_token["modality"]
-    counts = np.bincount(modality.view(np.uint8), minlength=len(MODALITIES))
 
     episodes = cols["origin_episode"].flatten().to_pylist()  # strings: Python objects are the point here
     frames = _t.list_values(cols["origin_frame"], "origin_frame").tolist()
@@ -210,7 +209,7 @@ def packed_batch(table: pa.Table | pa.RecordBatch, layout: dict | None = None) -
         if name not in cols:
             continue
         vals = _t.list_values(cols[name], name)
-        width = _width(name, vals, int(counts[MODALITIES[modality_name]]), layout)
+        width = _width(name, vals, int(np.count_nonzero(modality == MODALITIES[modality_name])), layout)
         out[name] = T(vals.reshape(-1, width) if width else vals.reshape(0, 0))
     view = lambda name: T(_t.list_values(cols[name], name))  # noqa: E731
     return PackedBatch(

@@ -20,12 +20,14 @@ def _check_origin(batch, table):
                                               rows["origin_frame"].combine_chunks().flatten().to_pylist()))
 
 
-def test_spawned_workers_read_their_shares_in_rank_order_and_state_dict_stays_exact(packed):
+@pytest.mark.parametrize("shuffle", ["random", "blocks:16"])  # takes; and scans of runs inside each worker
+def test_spawned_workers_read_their_shares_in_rank_order_and_state_dict_stays_exact(packed, shuffle):
     lk, table = packed
-    want = _ids(lk.stream("train", seed=11, batch_packs=2, rank=1, world_size=2))
+    want = _ids(lk.stream("train", seed=11, batch_packs=2, rank=1, world_size=2, shuffle=shuffle))
 
     # stream(num_workers=2) runs a DataLoader (spawn) over the loader; each worker opens the table itself
-    loader = lk.stream("train", seed=11, batch_packs=2, rank=1, world_size=2, num_workers=2, prefetch=1)
+    loader = lk.stream("train", seed=11, batch_packs=2, rank=1, world_size=2, num_workers=2, prefetch=1,
+                       shuffle=shuffle)
     got, state = [], None
     for b in loader:
         got.append(b)
@@ -36,7 +38,7 @@ def test_spawned_workers_read_their_shares_in_rank_order_and_state_dict_stays_ex
     assert got[0].image_patches.shape[1] == 768 and got[0].cu_seqlens.dtype == torch.int32
 
     assert state["consumed"] == 2 * 2 * 2
-    rest = lk.stream("train", seed=0, batch_packs=2, rank=1, world_size=2)  # resume without workers
+    rest = lk.stream("train", seed=0, batch_packs=2, rank=1, world_size=2, shuffle=shuffle)  # resume, no workers
     rest.load_state_dict(state)
     assert _ids(got[:2]) + _ids(rest) == want
 
