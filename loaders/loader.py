@@ -17,6 +17,8 @@ whatever the table's size.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pyarrow as pa
 import torch
@@ -161,7 +163,9 @@ class Loader(IterableDataset):
 
     def _units(self, batches: list[np.ndarray], pin: bool):
         """One callable per batch, in order, reading it (see ``reads``): a take outside runs, the next
-        record batch of the run's shared scan inside one."""
+        record batch of the run's shared scan inside one. When a run starts, the next run's scan is opened
+        and its first batch read on a side thread: a scan's first batch takes ~4x a later one (Lance fills its
+        pipeline), which would otherwise stall every run's start."""
         ds, what = self._dataset(), self.source.table_uri
 
         def one(packs):
@@ -169,15 +173,27 @@ class Loader(IterableDataset):
                                 self.source.backoff)
             return self._batch(table, pin)
 
-        for run in _reads.runs(batches, self.batch_packs):
-            if len(run) == 1:
-                yield lambda packs=run[0]: one(packs)
-                continue
-            tables = _reads.Ordered(_reads.scan(ds, [self.rows[b] for b in run], [self.addrs[b] for b in run],
-                                                self.columns, _split_filter(self.split),
-                                                f"{len(run)} batches of {what}", self.source.backoff))
-            for k in range(len(run)):
-                yield lambda k=k, tables=tables: self._batch(tables.get(k), pin)
+        def scan(run):
+            return _reads.Ordered(_reads.scan(ds, [self.rows[b] for b in run], [self.addrs[b] for b in run],
+                                              self.columns, _split_filter(self.split),
+                                              f"{len(run)} batches of {what}", self.source.backoff))
+
+        runs = list(_reads.runs(batches, self.batch_packs))
+        scans = [scan(r) if len(r) > 1 else None for r in runs]  # opened lazily, on first read
+        starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loaders-open")
+        try:
+            for i, run in enumerate(runs):
+                nxt = next((t for t in scans[i + 1:] if t is not None), None)
+                if nxt is not None and len(run) > 1:
+                    starter.submit(nxt.prime)
+                if scans[i] is None:
+                    yield lambda packs=run[0]: one(packs)
+                    continue
+                for k in range(len(run)):
+                    yield lambda k=k, tables=scans[i]: self._batch(tables.get(k), pin)
+                scans[i] = None  # the consumer holds what it needs; forget the run
+        finally:
+            starter.shutdown(wait=True, cancel_futures=True)
 
     def _batch(self, table: pa.Table, pin: bool) -> PackedBatch:
         batch = packed_batch(table, self.source.layout)

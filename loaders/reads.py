@@ -116,17 +116,40 @@ def _checked(pieces: list[pa.RecordBatch], want: np.ndarray, what: str) -> pa.Ta
 
 class Ordered:
     """Items of an iterator by index, from any thread: ``get(k)`` returns item ``k``, advancing the
-    iterator (under a lock) as far as needed. Each item is handed out once and then forgotten."""
+    iterator (under a lock) as far as needed. Each item is handed out once and then forgotten; an error
+    from the iterator is raised again by every later ``get``."""
 
     def __init__(self, it: Iterator):
-        self._it, self._lock, self._ready, self._next = it, threading.Lock(), {}, 0
+        self._it, self._lock, self._ready, self._next, self._error = it, threading.Lock(), {}, 0, None
+
+    def _advance(self) -> None:
+        if self._error is not None:
+            raise self._error
+        try:
+            self._ready[self._next] = next(self._it)
+        except StopIteration:
+            self._error = RuntimeError(f"the iterator ended after {self._next} items")
+            raise self._error from None
+        except BaseException as e:
+            self._error = e
+            raise
+        self._next += 1
 
     def get(self, k: int):
         with self._lock:
             while k not in self._ready:
-                self._ready[self._next] = next(self._it)
-                self._next += 1
+                self._advance()
             return self._ready.pop(k)
+
+    def prime(self) -> None:
+        """Read item 0 ahead (if nobody has yet), so that a later ``get(0)`` finds it ready; an error is
+        kept for ``get`` to raise."""
+        with self._lock:
+            if self._next == 0 and self._error is None:
+                try:
+                    self._advance()
+                except Exception:  # noqa: BLE001 - kept in self._error, raised by get
+                    pass
 
 
 def read_ahead(units: Iterator[Callable[[], T]], prefetch: int) -> Iterator[T]:

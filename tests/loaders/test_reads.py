@@ -118,3 +118,22 @@ def test_scanned_batches_are_views_of_the_record_batches_lance_returned(small_fr
             t = getattr(b, name)
             assert lo <= t.data_ptr() and t.data_ptr() + t.numel() * t.element_size() <= hi, name
     assert tensors.COPIES == before
+
+
+def test_ordered_hands_out_items_by_index_and_repeats_an_error_to_every_later_caller():
+    from loaders.reads import Ordered
+
+    def items():
+        yield "a"
+        yield "b"
+        raise ValueError("bad row")
+
+    o = Ordered(items())
+    o.prime()
+    assert o.get(1) == "b" and o.get(0) == "a"
+    for _ in range(2):
+        with pytest.raises(ValueError, match="bad row"):
+            o.get(2)
+    short = Ordered(iter(["x"]))
+    with pytest.raises(RuntimeError, match="ended after 1"):
+        short.get(1)
