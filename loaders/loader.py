@@ -33,6 +33,7 @@ from .shuffle import get_shuffle
 from .world import World, detect
 
 STATE_VERSION = 1
+PRIME_BEFORE_END = 4  # batches before a run's end at which the next run's scan is opened
 _SKIP = ("split", "n_samples", "n_tokens")  # per-pack bookkeeping the batch does not need
 
 
@@ -163,8 +164,8 @@ class Loader(IterableDataset):
 
     def _units(self, batches: list[np.ndarray], pin: bool):
         """One callable per batch, in order, reading it (see ``reads``): a take outside runs, the next
-        record batch of the run's shared scan inside one. When a run starts, the next run's scan is opened
-        and its first batch read on a side thread: a scan's first batch takes ~4x a later one (Lance fills its
+        record batch of the run's shared scan inside one. Near a run's end, the next run's scan is opened and
+        its first batch read on a side thread: a scan's first batch takes ~4x a later one (Lance fills its
         pipeline), which would otherwise stall every run's start."""
         ds, what = self._dataset(), self.source.table_uri
 
@@ -183,13 +184,13 @@ class Loader(IterableDataset):
         starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loaders-open")
         try:
             for i, run in enumerate(runs):
-                nxt = next((t for t in scans[i + 1:] if t is not None), None)
-                if nxt is not None and len(run) > 1:
-                    starter.submit(nxt.prime)
                 if scans[i] is None:
                     yield lambda packs=run[0]: one(packs)
                     continue
+                nxt = next((t for t in scans[i + 1:] if t is not None), None)
                 for k in range(len(run)):
+                    if nxt is not None and k == max(0, len(run) - PRIME_BEFORE_END):
+                        starter.submit(nxt.prime)  # late in the run: two scans' read-ahead overlap briefly
                     yield lambda k=k, tables=scans[i]: self._batch(tables.get(k), pin)
                 scans[i] = None  # the consumer holds what it needs; forget the run
         finally:
