@@ -246,23 +246,29 @@ class Lake:
         only the GOPs holding those frames, reading only their bytes: uint8 (len(frames), H, W, 3), equal to
         ``video(episode_id, camera)[frames]``. IndexError for indices outside the episode.
         """
-        from ._video import Segment, decode, decode_frames
+        reader = self.video_reader(episode_id, camera)
+        return reader.all() if frames is None else reader.frames(frames)
 
-        meta = self._video_meta(episode_id, camera)
-        blob = self.table("videos").take_blobs("data", ids=[meta["_rowid"]])[0]
-        seg = Segment(meta["codec"], meta["extradata"], meta["width"], meta["height"], meta["pix_fmt"],
-                      Fraction(meta["time_base_num"], meta["time_base_den"]), b"",
-                      meta["packet_offsets"], meta["packet_pts"], meta["packet_key"], meta["skip"], meta["frames"])
-        if frames is not None:
-            idx = np.asarray(frames, dtype=np.int64).reshape(-1)
-            n = int(seg.frames)
-            if ((idx < -n) | (idx >= n)).any():
-                raise IndexError(f"frame indices out of range for episode {episode_id} of {n} frames: "
-                                 f"{idx[(idx < -n) | (idx >= n)][:8].tolist()}")
-            return decode_frames(seg, blob, idx % n if n else idx)
-        seg.data = blob.read()
-        decoded, _ = decode(seg)
-        return np.stack(decoded[seg.skip:seg.skip + seg.frames])
+    def video_reader(self, episode_id: str, camera: str):
+        """A ``VideoReader`` of one camera of one episode: open once, decode frames many times (``.frames(idx)``,
+        ``.all()``), as ``video`` does. KeyError for an unknown episode or camera."""
+        return self.video_readers(episode_id, [camera])[camera]
+
+    def video_readers(self, episode_id: str, cameras=None) -> dict:
+        """``{camera: VideoReader}`` for ``cameras`` (default: all) of one episode, opened with one Lance blob
+        lookup (as cheap as one camera's)."""
+        from ._video import Segment, VideoReader
+
+        cameras = list(self._episode(episode_id)["cameras"] or []) if cameras is None else list(cameras)
+        metas = [self._video_meta(episode_id, c) for c in cameras]
+        blobs = self.table("videos").take_blobs("data", ids=[m["_rowid"] for m in metas]) if metas else []
+        out = {}
+        for camera, meta, blob in zip(cameras, metas, blobs):
+            seg = Segment(meta["codec"], meta["extradata"], meta["width"], meta["height"], meta["pix_fmt"],
+                          Fraction(meta["time_base_num"], meta["time_base_den"]), b"", meta["packet_offsets"],
+                          meta["packet_pts"], meta["packet_key"], meta["skip"], meta["frames"])
+            out[camera] = VideoReader(episode_id, camera, seg, blob)
+        return out
 
     def stats(self, split: str | None = None, filter: str | None = None) -> dict:
         """{feature: {"mean","std","min","max","q01","q99": arrays, "count"}} over the chosen episodes."""

@@ -136,7 +136,8 @@ class LeRobotStyleDataset(Dataset):
 
     def _episode(self, ep: int) -> dict:
         """{"columns": {name: ndarray (L, ...)}, "videos": {camera: uint8 tensor (L, C, H, W)}, "asked": {camera:
-        frames requested}}, LRU-cached (the columns stay in memory regardless)."""
+        frames requested}, "readers": {camera: lake VideoReader}}, LRU-cached (the columns stay in memory
+        regardless)."""
         if ep in self._cache:
             self._cache.move_to_end(ep)
             return self._cache[ep]
@@ -148,7 +149,7 @@ class LeRobotStyleDataset(Dataset):
         rows = len(next(iter(cols.values()))) if cols else length
         if rows != length:
             raise ValueError(f"episode {eid}: {rows} frames, episodes table says {length}")
-        entry = {"columns": cols, "videos": {}, "asked": {}}
+        entry = {"columns": cols, "videos": {}, "asked": {}, "readers": {}}
         self._cache[ep] = entry
         while len(self._cache) > self.cache_episodes:
             self._cache.popitem(last=False)
@@ -160,15 +161,23 @@ class LeRobotStyleDataset(Dataset):
         if camera not in entry["videos"]:
             asked = entry["asked"].get(camera, 0) + len(q)
             entry["asked"][camera] = asked
+            if not entry["readers"]:  # every camera at once, per cached episode: opening one costs about what
+                # decoding a frame does, opening all costs the same as one
+                entry["readers"] = self.lake.video_readers(self.episode_ids[ep], self._episode_cameras(ep))
+            reader = entry["readers"][camera]
             if asked * 4 < length:  # few frames of this episode so far: decode just these
-                v = self.lake.video(self.episode_ids[ep], camera, frames=q)
+                v = reader.frames(q)
                 return torch.from_numpy(np.ascontiguousarray(v)).permute(0, 3, 1, 2)
-            v = self.lake.video(self.episode_ids[ep], camera)
+            v = reader.all()
             if len(v) != length:
                 raise ValueError(f"episode {self.episode_ids[ep]} camera {camera}: {len(v)} frames decoded, "
                                  f"episode has {length}")
             entry["videos"][camera] = torch.from_numpy(np.ascontiguousarray(v)).permute(0, 3, 1, 2)
         return entry["videos"][camera][torch.from_numpy(q)]
+
+    def _episode_cameras(self, ep: int) -> list[str]:
+        """The cameras an item of episode ``ep`` decodes: the episode's own."""
+        return [c for c in self.cameras if c in (self.episodes[ep]["cameras"] or [])]
 
     def __getitem__(self, idx: int) -> dict:
         ep, i = self.locate(int(idx))

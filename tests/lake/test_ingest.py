@@ -225,3 +225,23 @@ def test_video_frames_decode_only_what_is_asked_and_equal_whole_decoding(ingeste
             with pytest.raises(IndexError):
                 ingested.video(e["episode_id"], cam, frames=[n])
     assert {"h264", "av1"} <= {c if c != "libdav1d" else "av1" for c in codecs}, codecs
+
+
+def test_one_video_reader_decodes_again_and_again_what_video_does(ingested):
+    """Readers of every camera opened with one lookup; the same reader used many times (its handle seeks
+    back and forth) decodes exactly what fresh ``video`` calls do."""
+    rng = np.random.default_rng(3)
+    for e in ingested.episodes(columns=["episode_id", "cameras"]).to_pylist()[:3]:
+        readers = ingested.video_readers(e["episode_id"])
+        assert sorted(readers) == sorted(e["cameras"])
+        for cam, reader in readers.items():
+            full = ingested.video(e["episode_id"], cam)
+            assert len(reader) == len(full)
+            for _ in range(4):
+                fr = rng.integers(-len(full), len(full), rng.integers(1, 6)).tolist()
+                assert np.array_equal(reader.frames(fr), full[fr]), fr
+                assert np.array_equal(reader.all(), full)
+            with pytest.raises(IndexError):
+                reader.frames([len(full)])
+        with pytest.raises(KeyError):
+            ingested.video_reader(e["episode_id"], "observation.images.nope")

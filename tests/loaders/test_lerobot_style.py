@@ -67,14 +67,26 @@ def test_dataset_index_is_the_lerobot_index_for_a_single_source_lake(dataset):
 
 
 def test_random_access_decodes_each_episode_once_while_it_is_cached(ingested, monkeypatch):
-    calls, partial = [], []
-    real = type(ingested).video
+    from lake._video import VideoReader
 
-    def counting(self, episode_id, camera, frames=None):
-        (calls if frames is None else partial).append((episode_id, camera))
-        return real(self, episode_id, camera, frames=frames)
+    calls, partial, opened = [], [], []
+    real_all, real_frames, real_open = VideoReader.all, VideoReader.frames, type(ingested).video_readers
 
-    monkeypatch.setattr(type(ingested), "video", counting)
+    def counting_all(self):
+        calls.append((self.episode_id, self.camera))
+        return real_all(self)
+
+    def counting_frames(self, frames):
+        partial.append((self.episode_id, self.camera))
+        return real_frames(self, frames)
+
+    def counting_open(self, episode_id, cameras=None):
+        opened.append(episode_id)
+        return real_open(self, episode_id, cameras)
+
+    monkeypatch.setattr(VideoReader, "all", counting_all)
+    monkeypatch.setattr(VideoReader, "frames", counting_frames)
+    monkeypatch.setattr(type(ingested), "video_readers", counting_open)
     ds = LeRobotStyleDataset(ingested, delta_timestamps=DELTAS, cache_episodes=2)
     idx = list(range(int(ds.starts[2])))  # the first two episodes, in random order
     for i in np.random.default_rng(0).permutation(idx):
@@ -82,6 +94,7 @@ def test_random_access_decodes_each_episode_once_while_it_is_cached(ingested, mo
     # the first items decode just their frames; an episode asked for often is decoded whole, once
     assert sorted(calls) == sorted((e, c) for e in ds.episode_ids[:2] for c in (TOP, WRIST))
     assert {p for p in partial} <= {(e, c) for e in ds.episode_ids[:2] for c in (TOP, WRIST)} and partial
+    assert sorted(opened) == sorted(ds.episode_ids[:2])  # both cameras with one lookup, once per cached episode
 
 
 def test_items_from_partial_decoding_equal_items_from_whole_episodes(ingested):
