@@ -11,7 +11,7 @@ wrist AV1 64x64, written by ``lake.write_pusht_dataset``; cached under ``benchma
 - ``lake.stream``: the source ingested into a lake of its own and packed by ``lk.pack()`` with
   ``Recipe(image_size=(96, 96), patch_size=16, action_horizon=16)`` (pre-decoded uint8 patches), split
   ``train``, a batch of ``round(B / samples per pack)`` packs (~B samples), to the end of the epoch;
-- ``loaders.LeRobotStyleDataset(lk, delta_timestamps=...)`` (unpacked, decoding via ``lk.video``) in a torch
+- ``loaders.LeRobotStyleDataset(lk, delta_timestamps=...)`` (unpacked, decoding via ``lk.video_readers``) in a torch
   DataLoader (``shuffle=True``, spawn context for workers), with its default episode cache (8) and with a cache
   that holds every episode (one epoch timed from ``iter()``: every episode decoded once per worker).
 
@@ -180,8 +180,11 @@ def profile_map(n: int, seed: int) -> dict:
     # Lance's outer to_table, called from the lake (lk.video, lk.frames): the filtered scans
     scans = [v for k, v in stats.items() if k[0].endswith("lance/dataset.py") and k[2] == "to_table"
              and any(c[0].endswith("lake/_lake.py") for c in v[4])]
+    blobs = [v for k, v in stats.items() if k[2] == "take_blobs" and k[0].endswith("lance/dataset.py")]
     return {"items": n, "cpu_s": cpu, "profiled_s": total, "lance_filtered_scans_s": sum(v[3] for v in scans),
             "lance_scans": sum(v[1] for v in scans),
+            "blobs_s": sum(v[3] for v in blobs), "blob_lookups": sum(v[1] for v in blobs),
+            "gop_decode_s": cum("lake/_video.py", "decode_frames"),
             "decode_s": cum("lake/_video.py", "decode"), "video_s": cum("lake/_lake.py", "video"),
             "frames_s": cum("lake/_lake.py", "frames")}
 
@@ -517,7 +520,7 @@ Checks (before timing; {len(found['indices'])} indices incl. first/last frames o
 
 {build_line}
 
-Where `LeRobotStyleDataset`'s time goes (cProfile of {prof['items']} random items, default cache, no workers: {prof['profiled_s']:.2f} s in `__getitem__` = {1000 * prof['profiled_s'] / prof['items']:.0f} ms per item, {prof['cpu_s']:.2f} CPU s as Lance scans on several threads; shares of the profiled time): Lance filtered scans in `lk.video` / `lk.frames` ({prof['lance_scans']} scans: `to_table(filter="episode_id = ...")`) {prof['lance_filtered_scans_s']:.2f} s = **{100 * prof['lance_filtered_scans_s'] / prof['profiled_s']:.0f}%**, whole-episode video decode (`lake._video.decode`) {prof['decode_s']:.2f} s = {100 * prof['decode_s'] / prof['profiled_s']:.0f}%, the rest (tensors, indexing) {100 * (1 - (prof['lance_filtered_scans_s'] + prof['decode_s']) / prof['profiled_s']):.0f}%.
+Where `LeRobotStyleDataset`'s time goes (cProfile of {prof['items']} random items, default cache, no workers: {prof['profiled_s']:.2f} s in `__getitem__` = {1000 * prof['profiled_s'] / prof['items']:.1f} ms per item, {prof['cpu_s']:.2f} CPU s; shares of the profiled time): opening the episode's videos (Lance blob lookups, {prof['blob_lookups']} calls, one per episode for all its cameras) {prof['blobs_s']:.2f} s = **{100 * prof['blobs_s'] / prof['profiled_s']:.0f}%**, decoding the GOPs of the asked frames (`lake._video.decode_frames`, reads included) {prof['gop_decode_s']:.2f} s = **{100 * prof['gop_decode_s'] / prof['profiled_s']:.0f}%**, whole-episode decodes (an episode asked for often while cached) {prof['decode_s']:.2f} s = {100 * prof['decode_s'] / prof['profiled_s']:.0f}%, Lance filtered scans ({prof['lance_scans']}) {prof['lance_filtered_scans_s']:.2f} s, the rest (frame columns, tensors, indexing) {100 * (1 - (prof['blobs_s'] + prof['gop_decode_s'] + prof['decode_s'] + prof['lance_filtered_scans_s']) / prof['profiled_s']):.0f}%.
 {NOTES}"""
 
 
