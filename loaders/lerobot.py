@@ -164,7 +164,9 @@ class LeRobotStyleDataset(Dataset):
             if not entry["readers"]:  # every camera at once, per cached episode: opening one costs about what
                 # decoding a frame does, opening all costs the same as one
                 entry["readers"] = self.lake.video_readers(self.episode_ids[ep], self._episode_cameras(ep))
-            reader = entry["readers"][camera]
+            reader = entry["readers"].get(camera)
+            if reader is None:  # not one of this episode's cameras: the lake's KeyError says so
+                reader = self.lake.video_reader(self.episode_ids[ep], camera)
             if asked * 4 < length:  # few frames of this episode so far: decode just these
                 v = reader.frames(q)
                 return torch.from_numpy(np.ascontiguousarray(v)).permute(0, 3, 1, 2)
