@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import numpy as np
@@ -27,14 +28,23 @@ def _run(coro):
     return asyncio.run(coro)
 
 
+@contextlib.asynccontextmanager
+async def _running(**opts):
+    """(recorder, batcher) with the batcher's loop running for the block."""
+    rec = _Recorder()
+    b = DynamicBatcher(rec, **opts)
+    task = asyncio.create_task(b.run())
+    try:
+        yield rec, b
+    finally:
+        task.cancel()
+
+
 def test_a_full_batch_goes_without_waiting_for_the_timeout():
     async def main():
-        rec = _Recorder()
-        b = DynamicBatcher(rec, max_batch_size=4, timeout_s=10.0)
-        task = asyncio.create_task(b.run())
-        t = time.perf_counter()
-        replies = await asyncio.gather(*[b.submit(_req(w, 2)) for w in range(2)])
-        task.cancel()
+        async with _running(max_batch_size=4, timeout_s=10.0) as (rec, b):
+            t = time.perf_counter()
+            replies = await asyncio.gather(*[b.submit(_req(w, 2)) for w in range(2)])
         return rec, replies, time.perf_counter() - t
 
     rec, replies, dt = _run(main())
@@ -44,14 +54,11 @@ def test_a_full_batch_goes_without_waiting_for_the_timeout():
 
 def test_a_partial_batch_goes_at_the_timeout_and_requests_are_never_split():
     async def main():
-        rec = _Recorder()
-        b = DynamicBatcher(rec, max_batch_size=4, timeout_s=0.05)
-        task = asyncio.create_task(b.run())
-        t = time.perf_counter()
-        await b.submit(_req(0, 1))
-        waited = time.perf_counter() - t
-        await asyncio.gather(*[b.submit(_req(w, 3)) for w in (1, 2)])  # 3 + 3 > 4: two batches, FIFO
-        task.cancel()
+        async with _running(max_batch_size=4, timeout_s=0.05) as (rec, b):
+            t = time.perf_counter()
+            await b.submit(_req(0, 1))
+            waited = time.perf_counter() - t
+            await asyncio.gather(*[b.submit(_req(w, 3)) for w in (1, 2)])  # 3 + 3 > 4: two batches, FIFO
         return rec, waited
 
     rec, waited = _run(main())
@@ -61,16 +68,13 @@ def test_a_partial_batch_goes_at_the_timeout_and_requests_are_never_split():
 
 def test_lockstep_waits_for_every_expected_worker_and_orders_rows_by_worker():
     async def main():
-        rec = _Recorder()
-        b = DynamicBatcher(rec, max_batch_size=1, timeout_s=0.0)  # size/timeout do not apply in lockstep
-        b.expect([0, 1, 2])
-        task = asyncio.create_task(b.run())
-        futs = [asyncio.create_task(b.submit(_req(w))) for w in (2, 0)]
-        await asyncio.sleep(0.05)
-        early = list(rec.batches)
-        b.leave(1)  # worker 1 finished its round: the others go on without it
-        await asyncio.gather(*futs)
-        task.cancel()
+        async with _running(max_batch_size=1, timeout_s=0.0) as (rec, b):  # size/timeout do not apply in lockstep
+            b.expect([0, 1, 2])
+            futs = [asyncio.create_task(b.submit(_req(w))) for w in (2, 0)]
+            await asyncio.sleep(0.05)
+            early = list(rec.batches)
+            b.leave(1)  # worker 1 finished its round: the others go on without it
+            await asyncio.gather(*futs)
         return rec, early
 
     rec, early = _run(main())
@@ -79,16 +83,13 @@ def test_lockstep_waits_for_every_expected_worker_and_orders_rows_by_worker():
 
 def test_pause_holds_requests_until_resume():
     async def main():
-        rec = _Recorder()
-        b = DynamicBatcher(rec, max_batch_size=1, timeout_s=0.0)
-        task = asyncio.create_task(b.run())
-        b.pause()
-        fut = asyncio.create_task(b.submit(_req(0)))
-        await asyncio.sleep(0.05)
-        held = not fut.done()
-        b.resume()
-        rep = await fut
-        task.cancel()
+        async with _running(max_batch_size=1, timeout_s=0.0) as (_, b):
+            b.pause()
+            fut = asyncio.create_task(b.submit(_req(0)))
+            await asyncio.sleep(0.05)
+            held = not fut.done()
+            b.resume()
+            rep = await fut
         return held, rep
 
     held, rep = _run(main())
@@ -97,14 +98,12 @@ def test_pause_holds_requests_until_resume():
 
 def test_stop_answers_waiting_and_later_requests():
     async def main():
-        b = DynamicBatcher(_Recorder(), max_batch_size=1, timeout_s=0.0)
-        task = asyncio.create_task(b.run())
-        b.pause()
-        fut = asyncio.create_task(b.submit(_req(0)))
-        await asyncio.sleep(0.01)
-        b.stop()
-        first, later = await fut, await b.submit(_req(1))
-        task.cancel()
+        async with _running(max_batch_size=1, timeout_s=0.0) as (_, b):
+            b.pause()
+            fut = asyncio.create_task(b.submit(_req(0)))
+            await asyncio.sleep(0.01)
+            b.stop()
+            first, later = await fut, await b.submit(_req(1))
         return first, later
 
     first, later = _run(main())
