@@ -1,4 +1,5 @@
-# .venv/bin/python benchmarks/lerobot_peers.py [--batch-size 32] [--workers 0,2] [--batches 50] [--map-batches 10] [--repeats 3] [--record]
+# .venv/bin/python benchmarks/lerobot_peers.py [--batch-size 32] [--workers 0,2] [--batches 50] [--map-batches 10]
+#     [--decoded-batches 150] [--repeats 3] [--record]
 """LeRobot's own loader vs the lake's: ``LeRobotDataset`` + DataLoader, ``lake.stream`` and ``LeRobotStyleDataset``.
 
 Issue 4, benchmark items 3 and 4, on one PushT source (LeRobot v3.0, 200 episodes, 2 cameras: top h264 96x96,
@@ -11,9 +12,11 @@ wrist AV1 64x64, written by ``lake.write_pusht_dataset``; cached under ``benchma
 - ``lake.stream``: the source ingested into a lake of its own and packed by ``lk.pack()`` with
   ``Recipe(image_size=(96, 96), patch_size=16, action_horizon=16)`` (pre-decoded uint8 patches), split
   ``train``, a batch of ``round(B / samples per pack)`` packs (~B samples), to the end of the epoch;
-- ``loaders.LeRobotStyleDataset(lk, delta_timestamps=...)`` (unpacked, decoding via ``lk.video_readers``) in a torch
-  DataLoader (``shuffle=True``, spawn context for workers), with its default episode cache (8) and with a cache
-  that holds every episode (one epoch timed from ``iter()``: every episode decoded once per worker).
+- ``loaders.LeRobotStyleDataset(lk, delta_timestamps=...)`` (unpacked) in a torch DataLoader (``shuffle=True``,
+  spawn context for workers): on the lake's decoded frames (``lk.decode_videos()``, built once with the lake: frames
+  taken by row, a batch at a time), and decoding video per item (``decoded=False``, via ``lk.video_readers``) with
+  its default episode cache (8) and with a cache that holds every episode (one epoch timed from ``iter()``: every
+  episode decoded once per worker).
 
 Same batch size B and worker count W for all. Every (method, W) round runs in a fresh process (so peak RSS is
 per method), the methods in rotating order within each repeat (background load hits all alike); best and median
@@ -86,13 +89,27 @@ def ensure_source() -> Path:
     return SOURCE
 
 
+def ensure_decoded(lk) -> None:
+    """The lake's videos decoded into ``decoded_frames`` (timed into BUILD when it is done here)."""
+    t = time.perf_counter()
+    rep = lk.decode_videos(progress=False)
+    if rep.version is not None:
+        decode_s = time.perf_counter() - t
+        print(f"decoded {rep.videos} videos, {rep.frames} frames ({rep.bytes / 2**20:.0f} MiB) in {decode_s:.1f} s", flush=True)
+        build = json.loads(BUILD.read_text()) if BUILD.exists() else {}
+        BUILD.write_text(json.dumps({**build, "decode_s": decode_s, "decode_bytes": rep.bytes,
+                                     "decode_frames": rep.frames, "decode_date": datetime.date.today().isoformat()}))
+
+
 def ensure_lake() -> Path:
-    """The source ingested and packed with ``recipe()`` (a lake of this benchmark's own; cached)."""
+    """The source ingested, packed with ``recipe()`` and its videos decoded (a lake of this benchmark's own; cached)."""
     import loaders
 
     if (LAKE / "_log.lance").exists():
         try:
-            loaders.resolve(lake.open(LAKE, create=False), recipe())
+            lk = lake.open(LAKE, create=False)
+            loaders.resolve(lk, recipe())
+            ensure_decoded(lk)
             return LAKE
         except Exception as e:  # noqa: BLE001 - anything short of a packed table: rebuild
             print(f"rebuilding {LAKE}: {type(e).__name__}: {e}", flush=True)
@@ -107,6 +124,7 @@ def ensure_lake() -> Path:
     pack_s = time.perf_counter() - t
     print(f"packed {rep.samples} samples into {rep.packs} packs (fill {rep.fill:.3f}) in {pack_s:.1f} s", flush=True)
     BUILD.write_text(json.dumps({"ingest_s": ingest_s, "pack_s": pack_s, "date": datetime.date.today().isoformat()}))
+    ensure_decoded(lk)
     return LAKE
 
 
@@ -134,8 +152,9 @@ def child(kind: str, batch_size: int, workers: int, warmup: int, batches: int, b
         res = measure(lambda: s, lambda b: b.n_samples, warmup, len(s) - warmup - 1)
         res["batch_packs"] = batch_packs
     else:
-        cache = {"map": 8, "map-cached": 10**6}[kind]
-        ds = loaders.LeRobotStyleDataset(lk, delta_timestamps=delta_timestamps(), cache_episodes=cache)
+        cache = {"map": 8, "map-cached": 10**6, "map-decoded": 8}[kind]
+        ds = loaders.LeRobotStyleDataset(lk, delta_timestamps=delta_timestamps(), cache_episodes=cache,
+                                         decoded=kind == "map-decoded")
         g = torch.Generator()
         g.manual_seed(seed)
 
@@ -161,7 +180,7 @@ def profile_map(n: int, seed: int) -> dict:
     import loaders
 
     lk = lake.open(LAKE, create=False)
-    ds = loaders.LeRobotStyleDataset(lk, delta_timestamps=delta_timestamps())
+    ds = loaders.LeRobotStyleDataset(lk, delta_timestamps=delta_timestamps(), decoded=False)
     ds[0]  # lake handles, episode index
     idx = np.random.default_rng(seed + 1).permutation(len(ds))[:n]
     pr = cProfile.Profile()
@@ -207,8 +226,9 @@ def peer_cmd(args, backend: str, workers: int) -> list[str]:
 
 
 def child_cmd(args, kind: str, workers: int, batch_packs: int) -> list[str]:
+    batches = args.decoded_batches if kind == "map-decoded" else args.map_batches
     return [sys.executable, __file__, "--child", kind, "--batch-size", str(args.batch_size), "--workers", str(workers),
-            "--warmup", str(args.warmup), "--batches", str(args.map_batches), "--batch-packs", str(batch_packs),
+            "--warmup", str(args.warmup), "--batches", str(batches), "--batch-packs", str(batch_packs),
             "--seed", str(args.seed)]
 
 
@@ -239,8 +259,13 @@ def check(args) -> dict:
     rng = np.random.default_rng(args.seed)
     indices = sorted(set(CHECK_INDICES + rng.integers(0, len(index), 13).tolist()))
     lk = lake.open(LAKE, create=False)
-    ds = loaders.LeRobotStyleDataset(lk, delta_timestamps=delta_timestamps())
-    ours = [ds[i] for i in indices]
+    ds = loaders.LeRobotStyleDataset(lk, delta_timestamps=delta_timestamps(), decoded=True)
+    ours = ds.__getitems__(indices)  # decoded frames, a batch at a time: checked against LeRobot below
+    video = loaders.LeRobotStyleDataset(lk, delta_timestamps=delta_timestamps(), decoded=False)
+    for i, a, b in zip(indices, ours, (video[i] for i in indices)):
+        for k in a:
+            if not (a[k] == b[k] if isinstance(a[k], str) else np.array_equal(a[k].numpy(), b[k].numpy())):
+                problems.append(f"item {i} {k}: decoded frames differ from decoding video")
     out: dict = {"indices": indices, "backends": {}}
     if not np.array_equal(index, np.arange(len(index))):
         problems.append("parquet `index` is not 0..N-1")
@@ -335,8 +360,9 @@ LABELS = {
     ("lerobot", "torchcodec"): "LeRobotDataset, video_backend torchcodec (LeRobot's default)",
     ("lerobot", "pyav"): "LeRobotDataset, video_backend pyav",
     ("stream", None): "`lake.stream` (packed, pre-decoded)",
-    ("map", None): "`LeRobotStyleDataset`, cache_episodes=8 (default)",
-    ("map-cached", None): "`LeRobotStyleDataset`, cache of every episode, epoch 1",
+    ("map-decoded", None): "`LeRobotStyleDataset` on decoded frames (`lk.decode_videos()`)",
+    ("map", None): "`LeRobotStyleDataset`, decoding video, cache_episodes=8 (default)",
+    ("map-cached", None): "`LeRobotStyleDataset`, decoding video, cache of every episode, epoch 1",
 }
 
 
@@ -351,6 +377,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5, help="batches before the timed window")
     ap.add_argument("--batches", type=int, default=50, help="timed batches for LeRobotDataset")
     ap.add_argument("--map-batches", type=int, default=10, help="timed batches for LeRobotStyleDataset (default cache)")
+    ap.add_argument("--decoded-batches", type=int, default=150, help="timed batches for LeRobotStyleDataset on decoded frames")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-pyav", action="store_true", help="skip LeRobot's pyav backend")
@@ -411,7 +438,7 @@ def main() -> None:
     configs = []
     for w in workers:
         configs += [("lerobot", b, w) for b in backends]
-        configs += [("stream", None, w), ("map", None, w), ("map-cached", None, w)]
+        configs += [("stream", None, w), ("map-decoded", None, w), ("map", None, w), ("map-cached", None, w)]
     rounds: dict[tuple, list[dict]] = {c: [] for c in configs}
     for r in range(args.repeats):
         for c in configs[r % len(configs):] + configs[:r % len(configs)]:
@@ -470,14 +497,21 @@ def report(args, rounds, configs, found, prof, packs, samples, batch_packs, load
         base = next(c for c in configs if c[0] == "lerobot" and c[2] == w)
         s = best(("stream", None, w)) / best(base)
         s_cpu = best(("stream", None, w), "samples_per_cpu_s") / best(base, "samples_per_cpu_s")
+        md = best(("map-decoded", None, w)) / best(base)
+        md_cpu = best(("map-decoded", None, w), "samples_per_cpu_s") / best(base, "samples_per_cpu_s")
         m = best(("map", None, w)) / best(base)
         mc = best(("map-cached", None, w)) / best(base)
         goal_lines.append(f"- W={w}: stream / LeRobotDataset = **{s:.1f}×** wall ({s_cpu:.1f}× per CPU s) — "
-                          f"goal ≥ "
-                          f"{GOAL_STREAM:.0f}×: **{'met' if s >= GOAL_STREAM else 'not met'}**; map-style / "
-                          f"LeRobotDataset = **{m:.2f}×** (default cache), {mc:.2f}× (every episode cached, epoch 1)")
+                          f"goal ≥ {GOAL_STREAM:.0f}×: **{'met' if s >= GOAL_STREAM else 'not met'}**; map-style on "
+                          f"decoded frames / LeRobotDataset = **{md:.1f}×** wall ({md_cpu:.1f}× per CPU s) — goal ≥ "
+                          f"{GOAL_STREAM:.0f}×: **{'met' if md >= GOAL_STREAM else 'not met'}**; map-style decoding "
+                          f"video: {m:.2f}× (default cache), {mc:.2f}× (every episode cached, epoch 1)")
     best_of = {k: max((best(c), c[2]) for c in configs if c[0] == k and (k != "lerobot" or c[1] == base_backend))
                for k in ("lerobot", "stream")}
+    best_of["map-decoded"] = max((best(c), c[2]) for c in configs if c[0] == "map-decoded")
+    goal_lines.append(f"- best W of each: map-style on decoded frames (W={best_of['map-decoded'][1]}) "
+                      f"{best_of['map-decoded'][0]:,.0f} samples/s / LeRobotDataset (W={best_of['lerobot'][1]}) = "
+                      f"**{best_of['map-decoded'][0] / best_of['lerobot'][0]:.1f}×**")
     goal_lines.append(f"- best W of each: stream (W={best_of['stream'][1]}) {best_of['stream'][0]:,.0f} samples/s / "
                       f"LeRobotDataset (W={best_of['lerobot'][1]}) {best_of['lerobot'][0]:,.0f} samples/s = "
                       f"**{best_of['stream'][0] / best_of['lerobot'][0]:.1f}×**")
@@ -495,10 +529,16 @@ def report(args, rounds, configs, found, prof, packs, samples, batch_packs, load
                   f"`{LAKE.relative_to(ROOT)}` was built ({build['date']}, Ray on the same 2 cores): `lk.ingest` "
                   f"{build['ingest_s']:.0f} s, `lk.pack` {build['pack_s']:.0f} s (wall; Ray start-up included)."
                   if build else "")
+    if build and "decode_s" in build:
+        video_mib = sum(f.stat().st_size for f in (SOURCE / "videos").rglob("*.mp4")) / 2**20
+        build_line += (f" Nor in the decoded map-style figures: `lk.decode_videos()` decoded {build['decode_frames']:,} "
+                       f"frames in {build['decode_s']:.0f} s ({build['decode_date']}), and the table holds "
+                       f"{build['decode_bytes'] / 2**20:,.0f} MiB of pixels where the source's videos take {video_mib:.1f} "
+                       f"MiB: decode once, store raw, the trade LeRobot's image (not video) datasets make.")
     problems = "none" if not found["problems"] else "; ".join(found["problems"])
     cmd = (f"benchmarks/lerobot_peers.py --batch-size {args.batch_size} --workers {args.workers} "
            f"--batches {args.batches} "
-           f"--map-batches {args.map_batches} --repeats {args.repeats} --record")
+           f"--map-batches {args.map_batches} --decoded-batches {args.decoded_batches} --repeats {args.repeats} --record")
     return f"""
 Command: `make bench-peers` (builds `.venv-peers`), then `.venv/bin/python {cmd}`  
 Machine: {cpu_model()}, {os.cpu_count()} cores, no GPU, Linux {platform.release()}, Python {platform.python_version()}  
@@ -507,7 +547,7 @@ Peer venv: lerobot {peer['lerobot']}, torch {peer['torch']} (the CUDA build PyPI
 
 Data: `{SOURCE.relative_to(ROOT)}`: LeRobot v3.0 PushT by `lake.write_pusht_dataset(episodes=200, min_len=20, max_len=80, seed=0)`, {found['frames']:,} frames, {found['episodes']} episodes, 2 cameras (top h264 96×96, wrist AV1 64×64). Every method yields a 16-step action chunk (`delta_timestamps={{"action": [i/10 for i in range(16)]}}` / `action_horizon=16`) and both cameras' current frame. `lake.stream`: the source ingested into `{LAKE.relative_to(ROOT)}` and packed by `lk.pack(Recipe(image_size=(96, 96), patch_size=16, action_horizon=16))`; it streams split `train` ({packs} packs, {samples:,} samples, {samples / packs:.1f} per pack), **{batch_packs} packs per batch** (≈{batch_packs * samples / packs:.0f} samples), shuffled, one epoch less the warm-up; the others take batches of **{args.batch_size}** samples, `shuffle=True`, over all {found['frames']:,} frames.
 
-Method: each (method, W) round is a fresh process; {args.warmup} warm-up batches (worker start-up, decoder caches), then the timed window: LeRobotDataset {args.batches} batches, `LeRobotStyleDataset` (default cache) {args.map_batches} batches, `lake.stream` the rest of the epoch; "every episode cached, epoch 1" times the whole first epoch from `iter()` (spawned workers' start-up included). Best / median of {args.repeats} rounds, methods in rotating order. CPU s = main process (all threads) + DataLoader workers, over the timed window (best round). Ratios are against LeRobotDataset with {base_backend} at the same W. Peak RSS = VmHWM (forked LeRobot workers count the pages they share with the parent again, so "main + workers" overstates them); PSS = proportional set size of main + workers at the end of the window (shared pages split).
+Method: each (method, W) round is a fresh process; {args.warmup} warm-up batches (worker start-up, decoder caches), then the timed window: LeRobotDataset {args.batches} batches, `LeRobotStyleDataset` on decoded frames {args.decoded_batches} batches, decoding video (default cache) {args.map_batches} batches, `lake.stream` the rest of the epoch; "every episode cached, epoch 1" times the whole first epoch from `iter()` (spawned workers' start-up included). Best / median of {args.repeats} rounds, methods in rotating order. CPU s = main process (all threads) + DataLoader workers, over the timed window (best round). Ratios are against LeRobotDataset with {base_backend} at the same W. Peak RSS = VmHWM (forked LeRobot workers count the pages they share with the parent again, so "main + workers" overstates them); PSS = proportional set size of main + workers at the end of the window (shared pages split).
 
 | method | W | samples timed | samples/s (best) | samples/s (median) | CPU s (best) | samples / CPU s | wall vs LeRobot | CPU vs LeRobot | peak RSS main MiB | peak RSS largest worker MiB | main + workers MiB | PSS at end MiB |
 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|

@@ -292,6 +292,17 @@ class Lake:
         self.refresh()
         return rep
 
+    def decode_videos(self, cameras=None, **kw):
+        """Decode every frame of ``cameras`` (default: all) once into the table ``decoded_frames`` (a Ray Data job,
+        one lake version), for readers that take single frames at random (``LeRobotStyleDataset``). Only videos
+        not decoded yet are decoded. Returns a DecodeReport; see ``lake._decoded``."""
+        from ._decoded import decode_videos
+
+        self._writable()
+        rep = decode_videos(self, cameras, **kw)
+        self.refresh()
+        return rep
+
     def stream(self, split: str, recipe=None, **opts):
         """Iterate PackedBatch from the packed table of ``recipe`` (default: the newest); see ``loaders``."""
         from loaders import stream

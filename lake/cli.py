@@ -8,6 +8,7 @@
     lake stats --lake URI [--split S]
     lake quarantine --lake URI
     lake pack [RECIPE.yaml] --lake URI [--repack]
+    lake decode [--camera C ...] --lake URI [--rebuild]
     lake train [CONFIG.yaml] [key=value ...] --lake URI
 
 ``--lake`` defaults to $LAKE_URI. S3 credentials come from the usual AWS_* variables (see ``storage_options``).
@@ -152,6 +153,17 @@ def cmd_pack(args) -> int:
     return 0
 
 
+def cmd_decode(args) -> int:
+    lk = _lake(args)
+    rep = lk.decode_videos(args.camera or None, rebuild=args.rebuild, progress=not args.quiet)
+    if rep.version is None:
+        print(f"table {rep.table} is up to date with lake version {lk.version} (nothing to decode)")
+    else:
+        print(f"lake {lk.uri}: version {rep.version}: {rep.videos} videos, {rep.frames} frames decoded "
+              f"({rep.bytes / 2**20:,.1f} MiB) into {rep.table}{' (rebuilt)' if rep.rebuilt else ''}; {rep.seconds:.1f} s")
+    return 0
+
+
 def cmd_train(args) -> int:
     from training.sft import main as sft
 
@@ -204,6 +216,10 @@ def parser() -> argparse.ArgumentParser:
     sp = add("pack", cmd_pack, "decode, tokenize and bin-pack every split (default recipe without RECIPE.yaml)")
     sp.add_argument("recipe", nargs="?")
     sp.add_argument("--repack", action="store_true", help="rebuild the packed table from scratch")
+    sp.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    sp = add("decode", cmd_decode, "decode every frame of the videos once (fast random frames for map-style datasets)")
+    sp.add_argument("--camera", action="append", help="a camera (source feature name); repeat for more; default all")
+    sp.add_argument("--rebuild", action="store_true", help="decode everything again")
     sp.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     sp = add("train", cmd_train, "train the reference VLA on the lake's packed table (training.sft)")
     sp.add_argument("config", nargs="?", help="YAML config (configs/sft/*.yaml)")

@@ -6,10 +6,16 @@ item holds the frame's columns as tensors (source names: ``observation.state``, 
 For a key in ``delta_timestamps`` the value is stacked at ``frame + round(dt * fps)`` for each ``dt``, the
 query frames clamped to the episode and ``{key}_is_pad`` marking the clamped ones, as LeRobot does (a camera
 with one offset is squeezed to (C, H, W), as LeRobot does). The numeric frame columns of all chosen episodes are
-read once per frames table (one scan) and kept in memory. Images are decoded for just the frames an item needs
-(``lk.video(..., frames=...)``: only the GOPs holding them); an episode that keeps being asked for while it sits in
-the LRU cache of ``cache_episodes`` episodes (requested frames reaching a quarter of its length) is decoded whole
-once and served from the cache after that.
+read once per frames table (one scan) and kept in memory.
+
+Images come from one of two places. If the lake holds decoded frames of a camera (``lk.decode_videos()`` /
+``lake decode``: every frame decoded once into the table ``decoded_frames``), they are taken by row: one sorted Lance
+take per camera per batch (the DataLoader calls ``__getitems__`` with a whole batch of indices), no decoding. Else
+they are decoded for just the frames an item needs (``lk.video_readers``: only the GOPs holding them); an episode
+that keeps being asked for while it sits in the LRU cache of ``cache_episodes`` episodes (requested frames reaching
+a quarter of its length) is decoded whole once and served from the cache after that. ``decoded=None`` (default)
+uses the decoded frames of every (episode, camera) the table has and decodes the rest; ``True`` requires them
+(ValueError naming what is missing); ``False`` always decodes video.
 """
 
 from __future__ import annotations
@@ -51,16 +57,22 @@ def _column_numpy(col: pa.ChunkedArray) -> np.ndarray | None:
     return arr.to_numpy(zero_copy_only=False).reshape(len(col), *shape)
 
 
+def _to_float_chw(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., C, H, W) (any strides) -> float32 in [0, 1], contiguous as LeRobot's frames are."""
+    return x.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
+
+
 class LeRobotStyleDataset(Dataset):
     """Map-style dataset over the frames of a lake (version), one item per frame (see the module doc).
 
     ``split`` / ``episodes`` (ids) choose episodes; ``version`` reads a lake version or tag; ``cache_episodes``
-    bounds the decoded episodes kept. Raises ValueError for delta_timestamps off the fps grid or episodes of
+    bounds the decoded episodes kept; ``decoded`` picks where images come from (see the module doc). Raises ValueError for delta_timestamps off the fps grid or episodes of
     different fps, KeyError for unknown keys or episode ids.
     """
 
     def __init__(self, lk, split: str | None = None, delta_timestamps: dict[str, list[float]] | None = None,
-                 episodes: list[str] | None = None, version=None, tolerance_s: float = 1e-4, cache_episodes: int = 8):
+                 episodes: list[str] | None = None, version=None, tolerance_s: float = 1e-4, cache_episodes: int = 8,
+                 decoded: bool | None = None):
         if version is not None:
             lk = lk.checkout(version)
         self.lake, self.cache_episodes = lk, max(1, int(cache_episodes))
@@ -96,6 +108,18 @@ class LeRobotStyleDataset(Dataset):
             self.delta_indices = delta_indices(self.delta_timestamps, self.fps)
         self._cache: OrderedDict[int, dict] = OrderedDict()
         self._columns: dict[str, dict[str, np.ndarray]] = {}  # episode id -> numeric columns (L, ...), loaded by table
+        self._flat: dict[str, dict[str, np.ndarray]] = {}  # frames table -> its columns, the chosen episodes' rows
+        self._where: dict[str, tuple[str, int]] = {}  # episode id -> (frames table, first row in _flat[table])
+        self.lengths = np.array([e["length"] for e in eps], np.int64)
+        # (episode number, camera) -> (first row in decoded_frames, height, width)
+        self._rows: dict[tuple[int, str], tuple[int, int, int]] = {} if decoded is False else self._decoded_rows()
+        if decoded:
+            missing = [(self.episode_ids[ep], c) for ep in range(len(eps)) for c in self._episode_cameras(ep)
+                       if (ep, c) not in self._rows]
+            if missing:
+                raise ValueError(f"lake version {lk.version} has no decoded frames for {len(missing)} (episode, camera) "
+                                 f"pairs, e.g. {missing[:3]}: run lk.decode_videos() (`lake decode`) first, or pass "
+                                 "decoded=None to decode those from video")
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -128,9 +152,11 @@ class LeRobotStyleDataset(Dataset):
         eid = t.column("episode_id").to_numpy(zero_copy_only=False)
         bounds = np.flatnonzero(eid[1:] != eid[:-1]) + 1 if len(eid) else np.zeros(0, np.int64)
         starts, stops = np.concatenate([[0], bounds]), np.concatenate([bounds, [len(eid)]])
+        self._flat[table] = cols
         for a, b in zip(starts.tolist(), stops.tolist()):
             if b > a:
                 self._columns[str(eid[a])] = {name: col[a:b] for name, col in cols.items()}
+                self._where[str(eid[a])] = (table, a)
         for e in ids:
             self._columns.setdefault(e, {name: col[:0] for name, col in cols.items()})
 
@@ -181,24 +207,123 @@ class LeRobotStyleDataset(Dataset):
         """The cameras an item of episode ``ep`` decodes: the episode's own."""
         return [c for c in self.cameras if c in (self.episodes[ep]["cameras"] or [])]
 
+    def _decoded_rows(self) -> dict[tuple[int, str], tuple[int, int, int]]:
+        """Where each chosen (episode, camera) starts in ``decoded_frames`` (row offsets at the pinned version: one scan
+        of the key columns). A video whose rows are not its frames 0..length-1 in order is left out (decoded from
+        video instead)."""
+        from lake._decoded import TABLE
+
+        if TABLE not in self.lake._entry.tables:
+            return {}
+        t = self.lake.table(TABLE).to_table(columns=["episode_id", "camera", "frame_index", "height", "width"])
+        eid = t["episode_id"].to_numpy(zero_copy_only=False)
+        cam = t["camera"].to_numpy(zero_copy_only=False)
+        frame = t["frame_index"].to_numpy()
+        if not len(eid):
+            return {}
+        starts = np.flatnonzero(np.r_[True, (eid[1:] != eid[:-1]) | (cam[1:] != cam[:-1]), True])
+        number = {e: n for n, e in enumerate(self.episode_ids)}
+        out = {}
+        for a, b in zip(starts[:-1].tolist(), starts[1:].tolist()):
+            ep = number.get(eid[a])
+            if ep is None or b - a != int(self.episodes[ep]["length"]) or frame[a] != 0 or frame[b - 1] != b - a - 1:
+                continue
+            if not (np.diff(frame[a:b]) == 1).all():
+                continue
+            out[(ep, str(cam[a]))] = (a, int(t["height"][a].as_py()), int(t["width"][a].as_py()))
+        return out
+
+    def _positions(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        """(episode numbers, frames in episode) of dataset indices (negative count from the end)."""
+        idx = np.asarray(indices, np.int64).reshape(-1)
+        n = len(self)
+        bad = (idx < -n) | (idx >= n)
+        if bad.any():
+            raise IndexError(f"index {int(idx[bad][0])} out of range for {n} frames")
+        idx = idx % n
+        ep = np.searchsorted(self.starts, idx, side="right") - 1
+        return ep, idx - self.starts[ep]
+
+    def _query(self, ep: np.ndarray, fr: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(k, len(delta)) frames ``fr + delta`` clamped to their episodes, and which were clamped (``*_is_pad``)."""
+        q = fr[:, None] + delta[None, :]
+        last = self.lengths[ep][:, None] - 1
+        return np.clip(q, 0, last), (q < 0) | (q > last)
+
+    def _decoded_frames(self, wanted: dict[str, tuple[list[int], np.ndarray]], ep: np.ndarray) -> dict[str, list]:
+        """{camera: [float32 (len(q), C, H, W) in [0, 1] per item]} for ``wanted`` = {camera: (items, clamped query
+        frames (k, nq))} of decoded (episode, camera) pairs: one sorted Lance take for every camera of the batch, one
+        conversion to float per camera and frame size."""
+        rows = {cam: np.array([self._rows[(int(ep[b]), cam)][0] for b in items])[:, None] + q
+                for cam, (items, q) in wanted.items()}
+        uniq, inv = np.unique(np.concatenate([r.ravel() for r in rows.values()]), return_inverse=True)
+        col = self.lake.table("decoded_frames").take(uniq, columns=["pixels"]).column("pixels").combine_chunks()
+        offs = np.frombuffer(col.buffers()[1], np.int64)[col.offset:col.offset + len(col) + 1]
+        data = np.frombuffer(col.buffers()[2], np.uint8)
+        out, at = {}, 0
+        for cam, (items, q) in wanted.items():
+            pos = inv[at:at + q.size].reshape(q.shape)
+            at += q.size
+            shapes = [self._rows[(int(ep[b]), cam)][1:] for b in items]
+            out[cam] = [None] * len(items)
+            for h, w in dict.fromkeys(shapes):  # one size per camera, unless sources differ
+                same = [n for n, s in enumerate(shapes) if s == (h, w)]
+                x = np.stack([data[offs[j]:offs[j] + h * w * 3] for n in same for j in pos[n].tolist()])
+                x = _to_float_chw(torch.from_numpy(x).view(len(same), q.shape[1], h, w, 3).permute(0, 1, 4, 2, 3))
+                for n, v in zip(same, x.unbind(0)):
+                    out[cam][n] = v
+        return out
+
     def __getitem__(self, idx: int) -> dict:
-        ep, i = self.locate(int(idx))
-        length = int(self.episodes[ep]["length"])
-        entry = self._episode(ep)
-        item: dict = {name: torch.as_tensor(col[i]) for name, col in entry["columns"].items()}
-        for key, delta in self.delta_indices.items():
-            q = i + delta
-            pad = (q < 0) | (q >= length)
-            q = np.clip(q, 0, length - 1)
-            if key in self.cameras:
-                frames = self._video(ep, entry, key, q).float() / 255.0
-                item[key] = frames.squeeze(0)  # LeRobot squeezes a single query
-            else:
-                item[key] = torch.as_tensor(entry["columns"][key][q])
-            item[f"{key}_is_pad"] = torch.from_numpy(pad)
+        return self.__getitems__([idx])[0]
+
+    def __getitems__(self, indices) -> list[dict]:
+        """The items of ``indices``, as ``[self[i] for i in indices]`` (what a DataLoader asks for one batch), built
+        a column at a time for the whole batch; decoded frames are taken with one Lance take per batch."""
+        ep, fr = self._positions(indices)
+        for e in np.unique(ep).tolist():
+            self._episode(e)  # frame columns loaded, lengths checked, LRU touched
+        items: list[dict] = [{} for _ in range(len(ep))]
+        where = [self._where[self.episode_ids[e]] for e in ep.tolist()]
+        for table in dict.fromkeys(t for t, _ in where):
+            members = np.array([b for b, (t, _) in enumerate(where) if t == table])
+            base = np.array([where[b][1] for b in members], np.int64)
+            cols = self._flat[table]
+            # one gather per column; the items hold views of it (copied once more by collate's stack)
+            batch = {name: col[base + fr[members]] for name, col in cols.items()}
+            for key, delta in self.delta_indices.items():
+                if key not in self.cameras:
+                    q, pad = self._query(ep[members], fr[members], delta)
+                    batch[key], batch[f"{key}_is_pad"] = cols[key][base[:, None] + q], pad
+            for name, value in batch.items():
+                for b, v in zip(members.tolist(), torch.from_numpy(value).unbind(0)):
+                    items[b][name] = v
+        wanted, video = {}, []
         for cam in self.cameras:
-            if cam not in self.delta_indices and cam in (self.episodes[ep]["cameras"] or []):
-                item[cam] = self._video(ep, entry, cam, np.array([i], np.int64))[0].float() / 255.0
-        item["task"] = self.episodes[ep]["task"] or ""
-        item["episode_id"] = self.episode_ids[ep]
-        return item
+            delta = self.delta_indices.get(cam)
+            # without an offset a camera is the current frame, for the episodes that have it
+            who = np.array([b for b, e in enumerate(ep.tolist())
+                            if delta is not None or cam in (self.episodes[e]["cameras"] or [])], np.int64)
+            if not len(who):
+                continue
+            q, pad = self._query(ep[who], fr[who], delta if delta is not None else np.zeros(1, np.int64))
+            if delta is not None:
+                for b, p in zip(who.tolist(), torch.from_numpy(pad).unbind(0)):
+                    items[b][f"{cam}_is_pad"] = p
+            taken = np.array([(int(ep[b]), cam) in self._rows for b in who])
+            if taken.any():
+                wanted[cam] = (who[taken].tolist(), q[taken])
+            video += [(cam, delta is not None, b, qb) for b, qb, t in zip(who.tolist(), q, taken) if not t]
+            for b in who.tolist():
+                items[b][cam] = None  # placeholder: keys in camera order
+        for cam, frames in (self._decoded_frames(wanted, ep) if wanted else {}).items():
+            squeeze = cam in self.delta_indices
+            for b, x in zip(wanted[cam][0], frames):
+                items[b][cam] = x.squeeze(0) if squeeze else x[0]  # LeRobot squeezes a single query
+        for cam, squeeze, b, qb in video:
+            x = _to_float_chw(self._video(int(ep[b]), self._episode(int(ep[b])), cam, qb))
+            items[b][cam] = x.squeeze(0) if squeeze else x[0]
+        for item, e in zip(items, ep.tolist()):
+            item["task"] = self.episodes[e]["task"] or ""
+            item["episode_id"] = self.episode_ids[e]
+        return items

@@ -46,6 +46,7 @@ def test_items_hold_frames_at_clamped_offsets_with_pads_at_the_episode_edges(ing
             q, pad = _expected_indices(i, length, DELTAS[TOP])
             img = item[TOP]
             assert img.dtype == torch.float32 and img.shape == (2, 3, 96, 96) and 0.0 <= img.min() <= img.max() <= 1.0
+            assert img.is_contiguous() and item[WRIST].is_contiguous()
             np.testing.assert_allclose(img.numpy(), top[q].transpose(0, 3, 1, 2) / 255.0, rtol=0, atol=1e-6)
             assert item[f"{TOP}_is_pad"].tolist() == pad.tolist()
             assert item[WRIST].shape == (3, 64, 64) and f"{WRIST}_is_pad" not in item  # no deltas: current frame
@@ -134,3 +135,89 @@ def test_bad_delta_timestamps_and_keys_are_errors_like_lerobots(ingested):
         LeRobotStyleDataset(ingested, episodes=["ep_missing"])
     with pytest.raises(IndexError):
         LeRobotStyleDataset(ingested)[10_000]
+
+
+# --- images from the lake's decoded frames (lk.decode_videos) --------------------------------------------------------
+
+def _equal_items(a: dict, b: dict, where) -> None:
+    assert a.keys() == b.keys(), where
+    for k in a:
+        if isinstance(a[k], torch.Tensor):
+            assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) and a[k].is_contiguous(), (where, k)
+        else:
+            assert a[k] == b[k], (where, k)
+
+
+@pytest.fixture
+def writable(ingested, tmp_path):
+    import shutil
+
+    import lake
+
+    shutil.copytree(ingested.uri, tmp_path / "lake")
+    return lake.open(tmp_path / "lake", create=False)
+
+
+def _no_decoding(monkeypatch):
+    from lake._video import VideoReader
+
+    def fail(*a, **k):
+        raise AssertionError("decoded video although the lake has decoded frames")
+
+    monkeypatch.setattr(VideoReader, "frames", fail)
+    monkeypatch.setattr(VideoReader, "all", fail)
+
+
+def test_decoded_frames_give_the_same_items_and_batches_without_decoding(writable, monkeypatch):
+    lk = writable
+    lk.decode_videos(progress=False)
+    video = LeRobotStyleDataset(lk, delta_timestamps=DELTAS, decoded=False, cache_episodes=100)
+    rng = np.random.default_rng(3)
+    batches = [[0, len(video) - 1, 0, 5], *[rng.integers(0, len(video), 16).tolist() for _ in range(4)]]
+    want = [[video[i] for i in b] for b in batches]
+    order = rng.permutation(len(video))[:8].tolist()
+    want_batch = torch.utils.data.default_collate([video[i] for i in order])
+    _no_decoding(monkeypatch)
+    ds = LeRobotStyleDataset(lk, delta_timestamps=DELTAS, decoded=True)
+    assert len(ds._rows) == 12
+    for b, items in zip(batches, want):
+        for n, (i, got) in enumerate(zip(b, ds.__getitems__(b))):  # a batch at once: one take per camera
+            _equal_items(got, items[n], (i, "batch"))
+        _equal_items(ds[b[-1]], items[-1], (b[-1], "item"))
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=8, sampler=order)))
+    assert batch.keys() == want_batch.keys()
+    for k, v in want_batch.items():
+        assert torch.equal(v, batch[k]) if isinstance(v, torch.Tensor) else v == batch[k], k
+
+
+def test_cameras_not_decoded_come_from_video_and_decoded_true_requires_them(writable):
+    lk = writable
+    lk.decode_videos(TOP, progress=False)
+    with pytest.raises(ValueError, match=r"no decoded frames for 6 .*observation.images.wrist.*decode_videos"):
+        LeRobotStyleDataset(lk, decoded=True)
+    ds, video = LeRobotStyleDataset(lk, delta_timestamps=DELTAS), LeRobotStyleDataset(lk, delta_timestamps=DELTAS, decoded=False)
+    assert {c for _, c in ds._rows} == {TOP} and not video._rows
+    b = np.random.default_rng(4).integers(0, len(ds), 12).tolist()
+    for i, got, want in zip(b, ds.__getitems__(b), video.__getitems__(b)):
+        _equal_items(got, want, i)
+
+
+def test_a_camera_of_different_sizes_across_episodes_in_one_batch(writable, monkeypatch):
+    import lake
+
+    lk = writable
+    rng = np.random.default_rng(0)
+    lk.append_episodes([lake.NewEpisode(frames={"observation.state": rng.normal(size=(9, 2)).astype(np.float32),
+                                                "action": rng.normal(size=(9, 2)).astype(np.float32)},
+                                        images={TOP: rng.integers(0, 255, (9, 32, 32, 3), dtype=np.uint8)})],
+                       source="rl", fps=10)
+    lk.decode_videos(progress=False)
+    deltas = {TOP: [-0.1, 0.0]}
+    video = LeRobotStyleDataset(lk, delta_timestamps=deltas, decoded=False)
+    b = [0, len(video) - 1, len(video) - 9, 40]  # PushT (96x96) and the appended episode (32x32)
+    want = video.__getitems__(b)
+    _no_decoding(monkeypatch)
+    got = LeRobotStyleDataset(lk, delta_timestamps=deltas, decoded=True).__getitems__(b)
+    assert [g[TOP].shape[-1] for g in got] == [96, 32, 32, 96]
+    for i, g, w in zip(b, got, want):
+        _equal_items(g, w, i)

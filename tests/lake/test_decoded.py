@@ -1,0 +1,79 @@
+"""lk.decode_videos(): every frame decoded once into `decoded_frames`, bit for bit lk.video, versioned, incremental."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+import lake
+from lake.cli import main
+
+TOP, WRIST = "observation.images.top", "observation.images.wrist"
+
+
+@pytest.fixture
+def lk(ingested, tmp_path):
+    dst = tmp_path / "lake"
+    shutil.copytree(ingested.uri, dst)
+    return lake.open(dst, create=False)
+
+
+def _frames_of(lk, eid, cam) -> np.ndarray:
+    t = lk.table("decoded_frames").to_table(filter=f"episode_id = '{eid}' AND camera = '{cam}'").sort_by("frame_index")
+    h, w = t["height"][0].as_py(), t["width"][0].as_py()
+    assert set(t["height"].to_pylist()) == {h} and set(t["width"].to_pylist()) == {w}
+    return np.stack([np.frombuffer(b, np.uint8).reshape(h, w, 3) for b in t["pixels"].to_pylist()])
+
+
+def test_decoded_frames_are_the_videos_bit_for_bit_in_one_new_version(lk):
+    before = lk.version
+    rep = lk.decode_videos(progress=False)
+    eps = lk.episodes(columns=["episode_id", "length", "cameras"]).to_pylist()
+    assert rep.version == before + 1 == lk.version and lk.log()[0].message.startswith("decode 12 videos")
+    assert (rep.videos, rep.frames) == (12, 2 * sum(e["length"] for e in eps))
+    assert rep.bytes == sum(e["length"] * (96 * 96 + 64 * 64) * 3 for e in eps)
+    for e in eps:
+        for cam in (TOP, WRIST):
+            got = _frames_of(lk, e["episode_id"], cam)
+            np.testing.assert_array_equal(got, lk.video(e["episode_id"], cam), err_msg=f"{e['episode_id']} {cam}")
+    assert "decoded_frames" not in lk.checkout(before)._entry.tables  # time travel: not there before
+    assert lk.decode_videos(progress=False).version is None  # nothing new
+
+
+def test_cameras_are_decoded_incrementally_and_new_episodes_only(lk):
+    rep = lk.decode_videos(TOP, progress=False)
+    assert rep.videos == 6 and {c for c in lk.table("decoded_frames").to_table(columns=["camera"])["camera"].to_pylist()} == {TOP}
+    rep = lk.decode_videos(progress=False)
+    assert rep.videos == 6 and not rep.rebuilt  # just the wrist camera
+    rng = np.random.default_rng(0)
+    new = lake.NewEpisode(frames={"observation.state": rng.normal(size=(9, 2)).astype(np.float32),
+                                  "action": rng.normal(size=(9, 2)).astype(np.float32)},
+                          images={TOP: rng.integers(0, 255, (9, 32, 32, 3), dtype=np.uint8)})
+    lk.append_episodes([new], source="rl", fps=10)
+    eid = lk.episodes(filter="source = 'rl'")["episode_id"][0].as_py()
+    rep = lk.decode_videos(progress=False)
+    assert (rep.videos, rep.frames) == (1, 9)
+    np.testing.assert_array_equal(_frames_of(lk, eid, TOP), lk.video(eid, TOP))
+    rows = lk.table("decoded_frames").count_rows()
+    rep = lk.decode_videos(progress=False, rebuild=True)
+    assert rep.rebuilt and rep.videos == 13 and lk.table("decoded_frames").count_rows() == rows
+    lk.compact(min_fragments=2)  # same rows after compaction
+    np.testing.assert_array_equal(_frames_of(lk, eid, TOP), lk.video(eid, TOP))
+
+
+def test_unknown_camera_is_a_key_error_and_nothing_is_committed(lk):
+    before = lk.version
+    with pytest.raises(KeyError, match="observation.images.side"):
+        lk.decode_videos(["observation.images.side"], progress=False)
+    assert lake.open(lk.uri, create=False).version == before
+
+
+def test_cli_decode(lk, capsys):
+    assert main(["decode", "--camera", WRIST, "--lake", lk.uri, "-q"]) == 0
+    assert "6 videos" in capsys.readouterr().out
+    assert main(["decode", "--lake", lk.uri, "-q"]) == 0
+    assert "6 videos" in capsys.readouterr().out  # the top camera now
+    assert main(["decode", "--lake", lk.uri, "-q"]) == 0
+    assert "up to date" in capsys.readouterr().out
