@@ -208,6 +208,48 @@ def profile_map(n: int, seed: int) -> dict:
             "frames_s": cum("lake/_lake.py", "frames")}
 
 
+def profile_decoded(batches: int, batch_size: int, seed: int) -> dict:
+    """(child) Per-batch costs of ``LeRobotStyleDataset`` on decoded frames, no workers, torch on one thread: the
+    items (``__getitems__``; its Lance take alone), and ``default_collate`` into ordinary memory (the main
+    process, W=0) and into shared memory (what a DataLoader worker does with every batch)."""
+    import torch
+    import torch.utils.data._utils.worker as worker
+    from torch.utils.data import default_collate
+
+    import loaders
+
+    torch.set_num_threads(1)
+    lk = lake.open(LAKE, create=False)
+    ds = loaders.LeRobotStyleDataset(lk, delta_timestamps=delta_timestamps(), decoded=True)
+    rng = np.random.default_rng(seed + 2)
+    idx = [rng.permutation(len(ds))[:batch_size] for _ in range(batches + 5)]
+    table = lk.table("decoded_frames")
+    take_s, items_s, plain_s, shared_s = [], [], [], []
+    for n, i in enumerate(idx):
+        rows = np.unique([ds._rows[(int(e), c)][0] + int(f) for e, f in zip(*ds._positions(i)) for c in ds.cameras])
+        t0 = time.perf_counter()
+        table.take(rows, columns=["pixels"])
+        t1 = time.perf_counter()
+        items = ds.__getitems__(i)
+        t2 = time.perf_counter()
+        default_collate(items)
+        t3 = time.perf_counter()
+        worker._worker_info = worker.WorkerInfo(id=0, num_workers=1, seed=0, dataset=ds)  # collate as a worker does
+        try:
+            default_collate(items)
+        finally:
+            worker._worker_info = None
+        t4 = time.perf_counter()
+        if n >= 5:
+            take_s.append(t1 - t0)
+            items_s.append(t2 - t1)
+            plain_s.append(t3 - t2)
+            shared_s.append(t4 - t3)
+    ms = lambda v: 1000 * statistics.median(v)  # noqa: E731
+    return {"batches": batches, "batch_size": batch_size, "take_ms": ms(take_s), "items_ms": ms(items_s),
+            "collate_ms": ms(plain_s), "collate_shared_ms": ms(shared_s)}
+
+
 # --- running the methods ------------------------------------------------------------------------------------------
 
 def run_json(cmd: list[str], env: dict | None = None) -> dict:
@@ -346,9 +388,14 @@ model consumes, decoded and resized once by `lk.pack()` (not in its figures; see
 epoch, paid once), where LeRobot hands float32 frames at source size and raw values that the training step still
 has to normalize, tokenize and (for another input size) resize, every step.
 
-The map-style `LeRobotStyleDataset` decodes per item as LeRobot does (the GOPs covering the requested frames, from
-the lake's packet index; rows found by id, not by filtered scans), so it lands near LeRobot's loader, not 10× above
-it: it is the drop-in path for LeRobot code, the packed stream is the fast one. With a cache that holds every
+The map-style `LeRobotStyleDataset` has the same items as LeRobot's (checked above, images included) from two
+sources. On the lake's decoded frames (`lk.decode_videos()`, one Ray job, once per lake version: every frame as raw
+RGB in a Lance table) an item costs no decoding: the DataLoader hands the dataset a whole batch of indices
+(`__getitems__`), the frames of all its cameras are one sorted Lance take, frame columns are gathered a column at
+a time from memory. That is the way past 10× LeRobot at W=0; it spends disk (see above) for it. With W=2 on these 2
+cores the workers' shared-memory collation (below) eats the gain, so its figure there is far lower, and below W=0's.
+Decoding video instead (no decoded frames, or `decoded=False`), an item decodes the GOPs covering its frames, from
+the lake's packet index, which lands near LeRobot's loader: it is the fallback. With a cache that holds every
 episode, epoch 1 decodes each whole episode once; with W=2 each spawned worker decodes every episode again and keeps
 its own copy of the decoded frames, so it gains little there. LeRobot's pyav backend is slower than its torchcodec
 default. Memory: LeRobot's ~1 GB main-process peak is mostly imports (`import torch`, the CUDA build, alone is
@@ -389,6 +436,9 @@ def main() -> None:
     if args.child == "profile-map":
         print(json.dumps(profile_map(48, args.seed)))
         return
+    if args.child == "profile-decoded":
+        print(json.dumps(profile_decoded(40, args.batch_size, args.seed)))
+        return
     if args.child:
         print(json.dumps(child(args.child, args.batch_size, int(args.workers), args.warmup, args.batches,
                                args.batch_packs, args.seed)))
@@ -424,6 +474,9 @@ def main() -> None:
 
     prof = run_json([sys.executable, __file__, "--child", "profile-map", "--seed", str(args.seed)])
     print(f"map-style profile: {json.dumps(prof)}", flush=True)
+    prof["decoded"] = run_json([sys.executable, __file__, "--child", "profile-decoded", "--seed", str(args.seed),
+                                "--batch-size", str(args.batch_size)])
+    print(f"map-style on decoded frames, per batch: {json.dumps(prof['decoded'])}", flush=True)
 
     backends = [] if args.no_pyav else ["pyav"]
     probe = subprocess.run([str(PEERS_PY), "-c", "import torchcodec.decoders"], check=False, capture_output=True,
@@ -461,6 +514,19 @@ def main() -> None:
 
         record(SECTION, body)
         print("recorded in benchmarks/RESULTS.md")
+
+
+def decoded_line(prof: dict) -> str:
+    d = prof.get("decoded")
+    if not d:
+        return ""
+    return (f"`LeRobotStyleDataset` on decoded frames, per batch of {d['batch_size']} (median of {d['batches']} random "
+            f"batches, no workers, torch on one thread): the items (`__getitems__`) **{d['items_ms']:.1f} ms**, of which "
+            f"the Lance take of the batch's frames {d['take_ms']:.1f} ms; `default_collate` {d['collate_ms']:.1f} ms into "
+            f"ordinary memory (W=0) but **{d['collate_shared_ms']:.1f} ms** into fresh shared memory, which is what every "
+            f"DataLoader worker does with every batch (torch's design: ~5 MiB a batch here, float32 frames, and page "
+            f"faults are dear on this VM). That, plus receiving the batches in the main process, is why W=2 on 2 cores "
+            f"is slower than W=0 for this dataset.")
 
 
 def report(args, rounds, configs, found, prof, packs, samples, batch_packs, load0, load1, date=None) -> str:
@@ -560,7 +626,9 @@ Checks (before timing; {len(found['indices'])} indices incl. first/last frames o
 
 {build_line}
 
-Where `LeRobotStyleDataset`'s time goes (cProfile of {prof['items']} random items, default cache, no workers: {prof['profiled_s']:.2f} s in `__getitem__` = {1000 * prof['profiled_s'] / prof['items']:.1f} ms per item, {prof['cpu_s']:.2f} CPU s; shares of the profiled time): opening the episode's videos (Lance blob lookups, {prof['blob_lookups']} calls, one per episode for all its cameras) {prof['blobs_s']:.2f} s = **{100 * prof['blobs_s'] / prof['profiled_s']:.0f}%**, decoding the GOPs of the asked frames (`lake._video.decode_frames`, reads included) {prof['gop_decode_s']:.2f} s = **{100 * prof['gop_decode_s'] / prof['profiled_s']:.0f}%**, whole-episode decodes (an episode asked for often while cached) {prof['decode_s']:.2f} s = {100 * prof['decode_s'] / prof['profiled_s']:.0f}%, Lance filtered scans ({prof['lance_scans']}) {prof['lance_filtered_scans_s']:.2f} s, the rest (frame columns, tensors, indexing) {100 * (1 - (prof['blobs_s'] + prof['gop_decode_s'] + prof['decode_s'] + prof['lance_filtered_scans_s']) / prof['profiled_s']):.0f}%.
+Where `LeRobotStyleDataset` decoding video spends its time (cProfile of {prof['items']} random items, default cache, no workers: {prof['profiled_s']:.2f} s in `__getitem__` = {1000 * prof['profiled_s'] / prof['items']:.1f} ms per item, {prof['cpu_s']:.2f} CPU s; shares of the profiled time): opening the episode's videos (Lance blob lookups, {prof['blob_lookups']} calls, one per episode for all its cameras) {prof['blobs_s']:.2f} s = **{100 * prof['blobs_s'] / prof['profiled_s']:.0f}%**, decoding the GOPs of the asked frames (`lake._video.decode_frames`, reads included) {prof['gop_decode_s']:.2f} s = **{100 * prof['gop_decode_s'] / prof['profiled_s']:.0f}%**, whole-episode decodes (an episode asked for often while cached) {prof['decode_s']:.2f} s = {100 * prof['decode_s'] / prof['profiled_s']:.0f}%, Lance filtered scans ({prof['lance_scans']}) {prof['lance_filtered_scans_s']:.2f} s, the rest (frame columns, tensors, indexing) {100 * (1 - (prof['blobs_s'] + prof['gop_decode_s'] + prof['decode_s'] + prof['lance_filtered_scans_s']) / prof['profiled_s']):.0f}%.
+
+{decoded_line(prof)}
 {NOTES}"""
 
 

@@ -320,7 +320,8 @@ class LeRobotStyleDataset(Dataset):
             squeeze = cam in self.delta_indices
             for b, x in zip(wanted[cam][0], frames):
                 items[b][cam] = x.squeeze(0) if squeeze else x[0]  # LeRobot squeezes a single query
-        for cam, squeeze, b, qb in video:
+        for cam, squeeze, b, qb in sorted(video, key=lambda v: v[2]):  # an item's cameras together: the episode's
+            # readers, opened for all its cameras at once, are still in the LRU cache for the second camera
             x = _to_float_chw(self._video(int(ep[b]), self._episode(int(ep[b])), cam, qb))
             items[b][cam] = x.squeeze(0) if squeeze else x[0]
         for item, e in zip(items, ep.tolist()):
