@@ -66,8 +66,9 @@ class LeRobotStyleDataset(Dataset):
     """Map-style dataset over the frames of a lake (version), one item per frame (see the module doc).
 
     ``split`` / ``episodes`` (ids) choose episodes; ``version`` reads a lake version or tag; ``cache_episodes``
-    bounds the decoded episodes kept; ``decoded`` picks where images come from (see the module doc). Raises ValueError for delta_timestamps off the fps grid or episodes of
-    different fps, KeyError for unknown keys or episode ids.
+    bounds the decoded episodes kept; ``decoded`` picks where images come from (see the module doc). Raises
+    ValueError for delta_timestamps off the fps grid, episodes of different fps, or missing decoded frames with
+    ``decoded=True``; KeyError for unknown keys or episode ids.
     """
 
     def __init__(self, lk, split: str | None = None, delta_timestamps: dict[str, list[float]] | None = None,
@@ -125,7 +126,9 @@ class LeRobotStyleDataset(Dataset):
         return int(self.starts[-1])
 
     def __getstate__(self):
-        return {**self.__dict__, "_cache": OrderedDict()}  # each DataLoader worker decodes for itself
+        # each DataLoader worker decodes and reads the frame columns for itself (one scan per frames table), rather
+        # than receiving them pickled from a parent that has read them: they grow with the dataset
+        return {**self.__dict__, "_cache": OrderedDict(), "_columns": {}, "_flat": {}, "_where": {}}
 
     def locate(self, idx: int) -> tuple[int, int]:
         """(episode number, frame in episode) of dataset index ``idx`` (negative counts from the end)."""

@@ -184,6 +184,11 @@ def test_decoded_frames_give_the_same_items_and_batches_without_decoding(writabl
         for n, (i, got) in enumerate(zip(b, ds.__getitems__(b))):  # a batch at once: one take per camera
             _equal_items(got, items[n], (i, "batch"))
         _equal_items(ds[b[-1]], items[-1], (b[-1], "item"))
+    import pickle
+
+    again = pickle.loads(pickle.dumps(ds))  # what a spawned worker gets: the index of decoded frames, no columns
+    assert again._rows == ds._rows and not again._flat and not again._columns
+    _equal_items(again[order[0]], ds[order[0]], "unpickled")
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=8, sampler=order)))
     assert batch.keys() == want_batch.keys()
     for k, v in want_batch.items():
