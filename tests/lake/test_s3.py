@@ -267,3 +267,27 @@ def test_lance_key_aliases_work_for_lake_and_source(s3_lake, s3_source, s3_endpo
                 "aws_default_region": REGION}
     src = read_source(s3_source, src_opts)
     assert len(src.episodes) == 6 and src.codebase_version == "v2.1"
+
+
+def test_decoded_frames_on_s3_serve_the_map_style_dataset(s3_lake, storage_options):
+    from loaders import LeRobotStyleDataset
+
+    lk = lake.open(f"s3://{BUCKET}/lake", create=False, storage_options=storage_options)
+    wrist = "observation.images.wrist"
+    rep = lk.decode_videos(wrist, progress=False)
+    assert rep.videos == 6 and lk.version == rep.version
+    fresh = lake.open(f"s3://{BUCKET}/lake", create=False, storage_options=storage_options)
+    ds = LeRobotStyleDataset(fresh, delta_timestamps={wrist: [-0.1, 0.0]})
+    video = LeRobotStyleDataset(fresh, delta_timestamps={wrist: [-0.1, 0.0]}, decoded=False)
+    assert {c for _, c in ds._rows} == {wrist} and len(ds._rows) == 6
+    idx = [0, 1, len(ds) - 1, len(ds) // 2]
+    for i, a, b in zip(idx, ds.__getitems__(idx), video.__getitems__(idx)):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch_equal(a[k], b[k]), (i, k)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
