@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import bisect
 from collections import OrderedDict
+from functools import cached_property
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -62,23 +64,72 @@ def _to_float_chw(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
 
 
+class LakeDatasetMeta:
+    """What ``LeRobotDataset.meta`` answers (``fps``, ``features``, ``camera_keys``, ``stats``, ...), for the episodes a
+    ``LeRobotStyleDataset`` holds: ``stats`` are the lake's over those episodes (a train split's stats leave the
+    validation episodes out), ``features`` LeRobot's of their sources."""
+
+    def __init__(self, lk, episodes: list[dict], fps: float | None, cameras: list[str]):
+        self._lake, self._ids, self._cameras = lk, [e["episode_id"] for e in episodes], cameras
+        self.fps = int(fps) if fps is not None and float(fps).is_integer() else fps  # LeRobot's is an int
+        self._sources = sorted({e["source"] for e in episodes if e["source"]})
+        self.robot_type = next((e["robot_type"] for e in episodes if e.get("robot_type")), None)
+        self.total_episodes = len(episodes)
+        self.total_frames = int(sum(e["length"] for e in episodes))
+
+    @cached_property
+    def features(self) -> dict[str, dict]:
+        feats = self._lake.features()
+        out: dict = {}
+        for src in self._sources:
+            out.update(feats.get(src, {}))
+        return out
+
+    @cached_property
+    def stats(self) -> dict[str, dict[str, np.ndarray]]:
+        ids = ", ".join("'" + i.replace("'", "''") + "'" for i in self._ids)
+        return self._lake.stats(filter=f"episode_id IN ({ids})")
+
+    @property
+    def camera_keys(self) -> list[str]:
+        return list(self._cameras)
+
+    @property
+    def video_keys(self) -> list[str]:
+        return [k for k in self._cameras if self.features.get(k, {}).get("dtype", "video") == "video"]
+
+    @property
+    def image_keys(self) -> list[str]:
+        return [k for k in self._cameras if self.features.get(k, {}).get("dtype") == "image"]
+
+    @property
+    def shapes(self) -> dict[str, tuple]:
+        return {k: tuple(f["shape"]) for k, f in self.features.items() if "shape" in f}
+
+    @property
+    def names(self) -> dict:
+        return {k: f.get("names") for k, f in self.features.items()}
+
+
 class LeRobotStyleDataset(Dataset):
     """Map-style dataset over the frames of a lake (version), one item per frame (see the module doc).
 
     ``split`` / ``episodes`` (ids) choose episodes; ``version`` reads a lake version or tag; ``cache_episodes``
-    bounds the decoded episodes kept; ``decoded`` picks where images come from (see the module doc). Raises
+    bounds the decoded episodes kept; ``decoded`` picks where images come from (see the module doc);
+    ``image_transforms`` is applied to each camera's value of an item, as LeRobot does. ``meta`` answers what
+    ``LeRobotDataset.meta`` does (``LakeDatasetMeta``). Raises
     ValueError for delta_timestamps off the fps grid, episodes of different fps, or missing decoded frames with
     ``decoded=True``; KeyError for unknown keys or episode ids.
     """
 
     def __init__(self, lk, split: str | None = None, delta_timestamps: dict[str, list[float]] | None = None,
                  episodes: list[str] | None = None, version=None, tolerance_s: float = 1e-4, cache_episodes: int = 8,
-                 decoded: bool | None = None):
+                 decoded: bool | None = None, image_transforms: Callable | None = None):
         if version is not None:
             lk = lk.checkout(version)
         self.lake, self.cache_episodes = lk, max(1, int(cache_episodes))
         eps = lk.episodes(split=split, columns=["episode_id", "source", "source_episode_index", "task", "length", "fps",
-                                               "cameras"]).to_pylist()
+                                               "cameras", "robot_type"]).to_pylist()
         if episodes is not None:
             known = {e["episode_id"] for e in eps}
             unknown = [e for e in episodes if e not in known]
@@ -107,6 +158,8 @@ class LeRobotStyleDataset(Dataset):
                                f"(columns: {sorted(columns)}; cameras: {self.cameras})")
             check_delta_timestamps(self.delta_timestamps, self.fps, tolerance_s)
             self.delta_indices = delta_indices(self.delta_timestamps, self.fps)
+        self.image_transforms = image_transforms
+        self.meta = LakeDatasetMeta(lk, eps, self.fps, self.cameras)
         self._cache: OrderedDict[int, dict] = OrderedDict()
         self._columns: dict[str, dict[str, np.ndarray]] = {}  # episode id -> numeric columns (L, ...), loaded by table
         self._flat: dict[str, dict[str, np.ndarray]] = {}  # frames table -> its columns, the chosen episodes' rows
@@ -124,6 +177,18 @@ class LeRobotStyleDataset(Dataset):
 
     def __len__(self) -> int:
         return int(self.starts[-1])
+
+    @property
+    def num_frames(self) -> int:
+        return len(self)
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.episodes)
+
+    @property
+    def features(self) -> dict[str, dict]:
+        return self.meta.features
 
     def __getstate__(self):
         # each DataLoader worker decodes and reads the frame columns for itself (one scan per frames table), rather
@@ -328,6 +393,10 @@ class LeRobotStyleDataset(Dataset):
             x = _to_float_chw(self._video(int(ep[b]), self._episode(int(ep[b])), cam, qb))
             items[b][cam] = x.squeeze(0) if squeeze else x[0]
         for item, e in zip(items, ep.tolist()):
+            if self.image_transforms is not None:
+                for cam in self.cameras:
+                    if cam in item:
+                        item[cam] = self.image_transforms(item[cam])
             item["task"] = self.episodes[e]["task"] or ""
             item["episode_id"] = self.episode_ids[e]
         return items

@@ -226,3 +226,30 @@ def test_a_camera_of_different_sizes_across_episodes_in_one_batch(writable, monk
     assert [g[TOP].shape[-1] for g in got] == [96, 32, 32, 96]
     for i, g, w in zip(b, got, want):
         _equal_items(g, w, i)
+
+
+def test_meta_and_image_transforms_answer_as_lerobots_do(ingested):
+    train = LeRobotStyleDataset(ingested, split="train")
+    eps = ingested.episodes(split="train")
+    m = train.meta
+    assert m.total_episodes == eps.num_rows == train.num_episodes
+    assert m.total_frames == len(train) == train.num_frames == sum(eps["length"].to_pylist())
+    assert m.fps == 10 and isinstance(m.fps, int) and m.robot_type == eps["robot_type"][0].as_py()
+    assert m.camera_keys == m.video_keys == [TOP, WRIST] and m.image_keys == []
+    (source,) = set(eps["source"].to_pylist())
+    assert train.features == m.features == ingested.features()[source] and m.shapes["observation.state"] == (2,)
+    want = ingested.stats(split="train")  # the chosen episodes' stats: no validation frames in them
+    assert m.stats.keys() == want.keys() and int(m.stats["action"]["count"][0]) == m.total_frames
+    for f in want:
+        for k in want[f]:
+            np.testing.assert_array_equal(m.stats[f][k], want[f][k], err_msg=f"{f}/{k}")
+
+    def flip(x):
+        return torch.flip(x, dims=[-1])
+
+    ds = LeRobotStyleDataset(ingested, delta_timestamps=DELTAS, image_transforms=flip)
+    plain = LeRobotStyleDataset(ingested, delta_timestamps=DELTAS)
+    for i in (0, 7, len(ds) - 1):
+        a, b = ds[i], plain[i]
+        assert torch.equal(a[TOP], flip(b[TOP])) and a[TOP].shape == (2, 3, 96, 96)  # stacked frames, as LeRobot
+        assert torch.equal(a[WRIST], flip(b[WRIST])) and torch.equal(a["action"], b["action"])
