@@ -107,13 +107,14 @@ def decode_videos(lk, cameras=None, *, rebuild: bool = False, progress: bool = T
         if unknown:
             raise KeyError(f"no episode in lake version {lk.version} has camera(s) {unknown} (cameras: {have})")
     wanted = set(have if cameras is None else cameras)
-    done = set() if rebuild else decoded_pairs(lk)
-    current = {e["episode_id"] for e in eps}
-    if not {e for e, _ in done} <= current:
-        rebuild, done = True, set()  # episodes left the lake: their frames must go with them
-    keep_cams = {c for _, c in done} | wanted
+    done = decoded_pairs(lk)
+    if not {e for e, _ in done} <= {e["episode_id"] for e in eps}:
+        rebuild = True  # episodes left the lake: their frames must go with them
+    if rebuild:  # decode again every camera the table had, and the ones asked for
+        wanted |= {c for _, c in done}
+        done = set()
     todo = [(e["episode_id"], c) for e in sorted(eps, key=lambda e: e["episode_id"])
-            for c in (e["cameras"] or []) if c in (wanted if not rebuild else keep_cams) and (e["episode_id"], c) not in done]
+            for c in (e["cameras"] or []) if c in wanted and (e["episode_id"], c) not in done]
     if not todo:
         return DecodeReport(None, TABLE, 0, 0, 0, False, time.perf_counter() - t0)
     lengths = {e["episode_id"]: int(e["length"]) for e in eps}

@@ -274,12 +274,13 @@ def test_decoded_frames_on_s3_serve_the_map_style_dataset(s3_lake, storage_optio
 
     lk = lake.open(f"s3://{BUCKET}/lake", create=False, storage_options=storage_options)
     wrist = "observation.images.wrist"
+    with_wrist = sum(wrist in (c or []) for c in lk.episodes(columns=["cameras"])["cameras"].to_pylist())
     rep = lk.decode_videos(wrist, progress=False)
-    assert rep.videos == 6 and lk.version == rep.version
+    assert rep.videos == with_wrist >= 6 and lk.version == rep.version  # earlier tests may have added episodes
     fresh = lake.open(f"s3://{BUCKET}/lake", create=False, storage_options=storage_options)
     ds = LeRobotStyleDataset(fresh, delta_timestamps={wrist: [-0.1, 0.0]})
     video = LeRobotStyleDataset(fresh, delta_timestamps={wrist: [-0.1, 0.0]}, decoded=False)
-    assert {c for _, c in ds._rows} == {wrist} and len(ds._rows) == 6
+    assert {c for _, c in ds._rows} == {wrist} and len(ds._rows) == with_wrist
     idx = [0, 1, len(ds) - 1, len(ds) // 2]
     for i, a, b in zip(idx, ds.__getitems__(idx), video.__getitems__(idx)):
         assert a.keys() == b.keys()
