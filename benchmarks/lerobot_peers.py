@@ -166,7 +166,7 @@ def child(kind: str, batch_size: int, workers: int, warmup: int, batches: int, b
         if kind == "map-cached":  # one epoch, from iter() on: every episode decoded once per worker
             warmup, batches = 0, len(ds) // batch_size - 1
         res = measure(loader, lambda b: len(b["index"]), warmup, batches)
-        res["cache_episodes"] = min(cache, len(ds.episodes))
+        res["cache_episodes"] = min(cache, ds.num_episodes)
     res.update({"method": kind, "workers": workers, "batch_size": batch_size, "torch": torch.__version__,
                 "torch_threads": torch.get_num_threads()})
     return res
@@ -286,6 +286,31 @@ def source_frames():
     return t.take(np.argsort(t["index"].to_numpy()))
 
 
+def meta_diff(lr: dict, ds) -> dict:
+    """LeRobot's ``dataset.meta`` (dumped by the peer) vs ``LeRobotStyleDataset.meta``: what differs (the fields
+    training code reads), and the largest stats difference (LeRobot's stats.json vs the lake's stats, relative to
+    the feature's range)."""
+    m = ds.meta
+    ours = {"fps": m.fps, "camera_keys": m.camera_keys, "video_keys": m.video_keys, "features": m.features,
+            "robot_type": m.robot_type, "total_frames": m.total_frames, "total_episodes": m.total_episodes,
+            "num_frames": ds.num_frames, "num_episodes": ds.num_episodes, "episodes_arg": ds.episodes,
+            "dataset_from_index": m.episodes["dataset_from_index"], "dataset_to_index": m.episodes["dataset_to_index"]}
+    differ = [k for k in ours if k not in lr]
+    differ += [k for k, v in ours.items() if k in lr and json.loads(json.dumps(v)) != lr[k]]
+    worst = {}
+    for feat, st in lr["stats"].items():
+        if feat not in m.stats:
+            differ.append(f"stats[{feat}] missing")
+            continue
+        span = np.maximum(np.asarray(st["max"], float) - np.asarray(st["min"], float), 1e-12)
+        worst[feat] = max(float(np.max(np.abs(np.asarray(st[s], float) - np.asarray(m.stats[feat][s], float)) / span))
+                          for s in ("mean", "std", "min", "max"))
+        if int(np.asarray(st["count"]).ravel()[0]) != int(np.asarray(m.stats[feat]["count"]).ravel()[0]):
+            differ.append(f"stats[{feat}].count")
+    return {"differ": differ, "stats_max_rel_diff": max(worst.values()) if worst else None,
+            "stats_worst": max(worst, key=worst.get) if worst else None}
+
+
 def check(args) -> dict:
     """LeRobot's items vs the parquet and vs ``LeRobotStyleDataset``'s; returns findings (problems listed)."""
     import loaders
@@ -311,7 +336,7 @@ def check(args) -> dict:
     out: dict = {"indices": indices, "backends": {}}
     if not np.array_equal(index, np.arange(len(index))):
         problems.append("parquet `index` is not 0..N-1")
-    lake_lengths = [int(e["length"]) for e in ds.episodes]
+    lake_lengths = [int(e["length"]) for e in ds.episode_rows]
     if lake_lengths != lengths.tolist():
         problems.append("lake episode lengths differ from the parquet's")
     for backend in ("torchcodec", "pyav"):  # a backend that fails is reported under problems
@@ -324,7 +349,10 @@ def check(args) -> dict:
                 problems.append(f"LeRobot ({backend}) could not read the items: {str(e)[-600:]}")
                 continue
             lr = dict(np.load(npz))
-        found: dict = {"backend_used": meta["backend"]}
+        found: dict = {"backend_used": meta["backend"], "meta": meta_diff(meta, ds)}
+        if found["meta"]["differ"]:
+            problems.append(f"LeRobot ({backend}): dataset.meta differs from LeRobotStyleDataset.meta in "
+                            f"{found['meta']['differ']}")
         if meta["len"] != len(index) or meta["num_episodes"] != len(eps) or meta["episode_lengths"] != lengths.tolist():
             problems.append(f"LeRobot ({backend}): len {meta['len']}, {meta['num_episodes']} episodes, lengths "
                             f"{'equal' if meta['episode_lengths'] == lengths.tolist() else 'differ'}; parquet: "
@@ -587,7 +615,14 @@ def report(args, rounds, configs, found, prof, packs, samples, batch_packs, load
         diffs = "; ".join(f"{k.split('.')[-1]} max {v['max']:.1f}, mean {v['mean']:.2f}, "
                           f"{100 * v['equal_frac']:.1f}% of values equal"
                           for k, v in f["image_diff"].items())
-        img_lines.append(f"  - `{b}` (backend used: {f['backend_used']}): indices, timestamps, state, 16-step action "
+        meta = f.get("meta")
+        meta_txt = ("" if not meta else
+                    f"; `dataset.meta` (fps, features, camera/video keys, robot type, totals, episodes' dataset from/to "
+                    f"indices) {'equal to `LeRobotStyleDataset.meta`' if not meta['differ'] else 'DIFFERS: ' + str(meta['differ'])}"
+                    f", `meta.stats` within {meta['stats_max_rel_diff']:.3f} of each feature's range (largest: "
+                    f"{meta['stats_worst']}; LeRobot's stats.json image stats come from the frames before video "
+                    f"encoding, the lake's from the decoded video)")
+        img_lines.append(f"  - `{b}` (backend used: {f['backend_used']}){meta_txt}: indices, timestamps, state, 16-step action "
                          f"chunks and `action_is_pad` {'equal to the parquet' if f['fields_equal'] else 'DIFFER'}; "
                          f"images vs the lake's decode, in 1/255 units: {diffs}")
     build = json.loads(BUILD.read_text()) if BUILD.exists() else None

@@ -64,18 +64,43 @@ def _to_float_chw(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
 
 
+def _choose(eps: list[dict], episodes: list, where: str) -> list[dict]:
+    """The rows of ``episodes``: lake ids (str), or LeRobot episode indices (int: ``source_episode_index``, when the
+    candidates come from one source). KeyError for ones not there, ValueError for indices over several sources."""
+    if all(isinstance(e, str) for e in episodes):
+        key, name = "episode_id", "episodes"
+    elif all(isinstance(e, (int, np.integer)) and not isinstance(e, bool) for e in episodes):
+        sources = sorted({e["source"] for e in eps})
+        if len(sources) > 1:
+            raise ValueError(f"episode indices are ambiguous over the sources {sources} of {where}: pass episode ids "
+                             "(lk.episodes()['episode_id']) or choose one source's episodes")
+        key, name, episodes = "source_episode_index", "episode indices", [int(e) for e in episodes]
+    else:
+        raise TypeError(f"episodes must be all lake ids (str) or all LeRobot episode indices (int), got {episodes[:5]}")
+    known = {e[key] for e in eps}
+    unknown = [e for e in episodes if e not in known]
+    if unknown:
+        raise KeyError(f"{name} not in {where}: {unknown}")
+    wanted = set(episodes)
+    return [e for e in eps if e[key] in wanted]
+
+
 class LakeDatasetMeta:
     """What ``LeRobotDataset.meta`` answers (``fps``, ``features``, ``camera_keys``, ``stats``, ...), for the episodes a
     ``LeRobotStyleDataset`` holds: ``stats`` are the lake's over those episodes (a train split's stats leave the
     validation episodes out), ``features`` LeRobot's of their sources."""
 
-    def __init__(self, lk, episodes: list[dict], fps: float | None, cameras: list[str]):
+    def __init__(self, lk, episodes: list[dict], fps: float | None, cameras: list[str], starts: np.ndarray):
         self._lake, self._ids, self._cameras = lk, [e["episode_id"] for e in episodes], cameras
         self.fps = int(fps) if fps is not None and float(fps).is_integer() else fps  # LeRobot's is an int
         self._sources = sorted({e["source"] for e in episodes if e["source"]})
         self.robot_type = next((e["robot_type"] for e in episodes if e.get("robot_type")), None)
         self.total_episodes = len(episodes)
         self.total_frames = int(sum(e["length"] for e in episodes))
+        # LeRobot's meta.episodes columns that samplers read (EpisodeAwareSampler: dataset_from/to_index)
+        self.episodes = {"episode_index": list(range(len(episodes))), "episode_id": list(self._ids),
+                         "length": [int(e["length"]) for e in episodes], "tasks": [[e["task"] or ""] for e in episodes],
+                         "dataset_from_index": starts[:-1].tolist(), "dataset_to_index": starts[1:].tolist()}
 
     @cached_property
     def features(self) -> dict[str, dict]:
@@ -114,7 +139,7 @@ class LakeDatasetMeta:
 class LeRobotStyleDataset(Dataset):
     """Map-style dataset over the frames of a lake (version), one item per frame (see the module doc).
 
-    ``split`` / ``episodes`` (ids) choose episodes; ``version`` reads a lake version or tag; ``cache_episodes``
+    ``split`` / ``episodes`` (lake ids, or LeRobot episode indices in a one-source lake) choose episodes; ``version`` reads a lake version or tag; ``cache_episodes``
     bounds the decoded episodes kept; ``decoded`` picks where images come from (see the module doc);
     ``image_transforms`` is applied to each camera's value of an item, as LeRobot does. ``meta`` answers what
     ``LeRobotDataset.meta`` does (``LakeDatasetMeta``). Raises
@@ -131,16 +156,11 @@ class LeRobotStyleDataset(Dataset):
         eps = lk.episodes(split=split, columns=["episode_id", "source", "source_episode_index", "task", "length", "fps",
                                                "cameras", "robot_type"]).to_pylist()
         if episodes is not None:
-            known = {e["episode_id"] for e in eps}
-            unknown = [e for e in episodes if e not in known]
-            if unknown:
-                raise KeyError(f"episodes not in lake version {lk.version}{f' split {split!r}' if split else ''}: {unknown}")
-            wanted = set(episodes)
-            eps = [e for e in eps if e["episode_id"] in wanted]
+            eps = _choose(eps, list(episodes), f"lake version {lk.version}{f' split {split!r}' if split else ''}")
         if not eps:
             raise ValueError(f"no episodes in lake version {lk.version}" + (f" split {split!r}" if split else ""))
         eps.sort(key=lambda e: (e["source"] or "", e["source_episode_index"] or 0, e["episode_id"]))
-        self.episodes = eps
+        self.episode_rows = eps
         self.episode_ids = [e["episode_id"] for e in eps]
         self.starts = np.concatenate([[0], np.cumsum([e["length"] for e in eps])]).astype(np.int64)
         self.cameras = list(dict.fromkeys(c for e in eps for c in (e["cameras"] or [])))
@@ -159,7 +179,7 @@ class LeRobotStyleDataset(Dataset):
             check_delta_timestamps(self.delta_timestamps, self.fps, tolerance_s)
             self.delta_indices = delta_indices(self.delta_timestamps, self.fps)
         self.image_transforms = image_transforms
-        self.meta = LakeDatasetMeta(lk, eps, self.fps, self.cameras)
+        self.meta = LakeDatasetMeta(lk, eps, self.fps, self.cameras, self.starts)
         self._cache: OrderedDict[int, dict] = OrderedDict()
         self._columns: dict[str, dict[str, np.ndarray]] = {}  # episode id -> numeric columns (L, ...), loaded by table
         self._flat: dict[str, dict[str, np.ndarray]] = {}  # frames table -> its columns, the chosen episodes' rows
@@ -184,12 +204,20 @@ class LeRobotStyleDataset(Dataset):
 
     @property
     def num_episodes(self) -> int:
-        return len(self.episodes)
+        return len(self.episode_rows)
 
     @property
     def features(self) -> dict[str, dict]:
         return self.meta.features
 
+    @property
+    def episodes(self) -> None:
+        """LeRobot's ``dataset.episodes`` (the episode indices to use, None for all): None, as ``meta.episodes`` holds
+        exactly this dataset's episodes (numbered 0..num_episodes-1; their lake ids: ``episode_ids``, their rows:
+        ``episode_rows``), so LeRobot's ``EpisodeAwareSampler`` works as with a LeRobotDataset."""
+        return None
+
+    streaming = False  # LeRobot's training script asks
     def __getstate__(self):
         # each DataLoader worker decodes and reads the frame columns for itself (one scan per frames table), rather
         # than receiving them pickled from a parent that has read them: they grow with the dataset
@@ -239,7 +267,7 @@ class LeRobotStyleDataset(Dataset):
         if eid not in self._columns:
             self._load_columns(ep)
         cols = self._columns[eid]
-        length = int(self.episodes[ep]["length"])
+        length = int(self.episode_rows[ep]["length"])
         rows = len(next(iter(cols.values()))) if cols else length
         if rows != length:
             raise ValueError(f"episode {eid}: {rows} frames, episodes table says {length}")
@@ -251,7 +279,7 @@ class LeRobotStyleDataset(Dataset):
 
     def _video(self, ep: int, entry: dict, camera: str, q: np.ndarray) -> torch.Tensor:
         """Frames ``q`` (in range) of a camera as uint8 (len(q), C, H, W)."""
-        length = int(self.episodes[ep]["length"])
+        length = int(self.episode_rows[ep]["length"])
         if camera not in entry["videos"]:
             asked = entry["asked"].get(camera, 0) + len(q)
             entry["asked"][camera] = asked
@@ -273,7 +301,7 @@ class LeRobotStyleDataset(Dataset):
 
     def _episode_cameras(self, ep: int) -> list[str]:
         """The cameras an item of episode ``ep`` decodes: the episode's own."""
-        return [c for c in self.cameras if c in (self.episodes[ep]["cameras"] or [])]
+        return [c for c in self.cameras if c in (self.episode_rows[ep]["cameras"] or [])]
 
     def _decoded_rows(self) -> dict[tuple[int, str], tuple[int, int, int]]:
         """Where each chosen (episode, camera) starts in ``decoded_frames`` (row offsets at the pinned version: one scan
@@ -294,7 +322,7 @@ class LeRobotStyleDataset(Dataset):
         out = {}
         for a, b in zip(starts[:-1].tolist(), starts[1:].tolist()):
             ep = number.get(eid[a])
-            if ep is None or b - a != int(self.episodes[ep]["length"]) or frame[a] != 0 or frame[b - 1] != b - a - 1:
+            if ep is None or b - a != int(self.episode_rows[ep]["length"]) or frame[a] != 0 or frame[b - 1] != b - a - 1:
                 continue
             if not (np.diff(frame[a:b]) == 1).all():
                 continue
@@ -371,7 +399,7 @@ class LeRobotStyleDataset(Dataset):
             delta = self.delta_indices.get(cam)
             # without an offset a camera is the current frame, for the episodes that have it
             who = np.array([b for b, e in enumerate(ep.tolist())
-                            if delta is not None or cam in (self.episodes[e]["cameras"] or [])], np.int64)
+                            if delta is not None or cam in (self.episode_rows[e]["cameras"] or [])], np.int64)
             if not len(who):
                 continue
             q, pad = self._query(ep[who], fr[who], delta if delta is not None else np.zeros(1, np.int64))
@@ -397,6 +425,6 @@ class LeRobotStyleDataset(Dataset):
                 for cam in self.cameras:
                     if cam in item:
                         item[cam] = self.image_transforms(item[cam])
-            item["task"] = self.episodes[e]["task"] or ""
+            item["task"] = self.episode_rows[e]["task"] or ""
             item["episode_id"] = self.episode_ids[e]
         return items

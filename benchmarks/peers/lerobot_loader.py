@@ -48,9 +48,14 @@ def dump(ds, indices: list[int], out: str) -> None:
     arrays["task"] = np.array([it["task"] for it in items])
     np.savez(out, **arrays)
     meta = ds.meta
+    stats = {k: {s: np.asarray(v).tolist() for s, v in d.items()} for k, d in meta.stats.items()}
     print(json.dumps({"len": len(ds), "num_episodes": ds.num_episodes, "num_frames": ds.num_frames, "fps": ds.fps,
-                      "video_keys": meta.video_keys, "backend": ds.video_backend,
-                      "episode_lengths": [int(x) for x in meta.episodes["length"]]}))
+                      "video_keys": meta.video_keys, "camera_keys": meta.camera_keys, "backend": ds.video_backend,
+                      "episode_lengths": [int(x) for x in meta.episodes["length"]],
+                      "dataset_from_index": [int(x) for x in meta.episodes["dataset_from_index"]],
+                      "dataset_to_index": [int(x) for x in meta.episodes["dataset_to_index"]],
+                      "features": meta.features, "robot_type": meta.robot_type, "total_frames": meta.total_frames,
+                      "total_episodes": meta.total_episodes, "stats": stats, "episodes_arg": ds.episodes}))
 
 
 def main() -> None:

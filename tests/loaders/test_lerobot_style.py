@@ -253,3 +253,26 @@ def test_meta_and_image_transforms_answer_as_lerobots_do(ingested):
         a, b = ds[i], plain[i]
         assert torch.equal(a[TOP], flip(b[TOP])) and a[TOP].shape == (2, 3, 96, 96)  # stacked frames, as LeRobot
         assert torch.equal(a[WRIST], flip(b[WRIST])) and torch.equal(a["action"], b["action"])
+
+
+def test_lerobot_episode_indices_and_meta_episodes_for_episode_aware_samplers(ingested):
+    rows = ingested.episodes(columns=["episode_id", "source_episode_index"]).to_pylist()
+    by_index = {r["source_episode_index"]: r["episode_id"] for r in rows}
+    ds = LeRobotStyleDataset(ingested, episodes=[0, 2])  # LeRobot's episodes=: source episode indices
+    assert ds.episode_ids == [by_index[0], by_index[2]]
+    assert ds.episode_ids == LeRobotStyleDataset(ingested, episodes=[by_index[2], by_index[0]]).episode_ids
+    with pytest.raises(KeyError, match=r"episode indices not in .*\[99\]"):
+        LeRobotStyleDataset(ingested, episodes=[0, 99])
+    with pytest.raises(TypeError, match="all lake ids"):
+        LeRobotStyleDataset(ingested, episodes=[0, by_index[1]])
+    # what LeRobot's EpisodeAwareSampler reads: meta.episodes["dataset_from/to_index"], dataset.episodes (None: all)
+    full = LeRobotStyleDataset(ingested)
+    m = full.meta.episodes
+    assert full.episodes is None and full.streaming is False and m["episode_index"] == list(range(full.num_episodes))
+    for k, (lo, hi) in enumerate(zip(m["dataset_from_index"], m["dataset_to_index"])):
+        assert hi - lo == m["length"][k] == ingested.frames(full.episode_ids[k]).num_rows
+        first, last = full[lo], full[hi - 1]
+        assert first["episode_id"] == last["episode_id"] == m["episode_id"][k] == full.episode_ids[k]
+        assert first["frame_index"].item() == 0 and last["frame_index"].item() == hi - lo - 1
+        assert m["tasks"][k] == [first["task"]]
+    assert m["dataset_to_index"][-1] == len(full)
