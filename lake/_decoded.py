@@ -28,6 +28,7 @@ SCHEMA = pa.schema([
     pa.field("pixels", pa.large_binary(), nullable=False),  # RGB uint8 (height, width, 3), C order
 ])
 FLUSH_BYTES = 256 << 20  # a worker writes a fragment each time it holds this much decoded video
+CHUNK_BYTES = 64 << 20  # a longer video is decoded this many bytes of frames at a time (memory stays bounded)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,19 @@ def decoded_pairs(lk) -> set[tuple[str, str]]:
     return set(zip(t["episode_id"].to_pylist(), t["camera"].to_pylist()))
 
 
+def _chunks(reader):
+    """(first frame, uint8 (t, H, W, 3) C-contiguous) covering a video in order: whole when it is small, else
+    CHUNK_BYTES of frames at a time (each chunk decodes from the keyframe before it)."""
+    seg = reader.segment
+    n, frame_bytes = len(reader), seg.width * seg.height * 3
+    if n * frame_bytes <= CHUNK_BYTES:
+        yield 0, np.ascontiguousarray(reader.all())
+        return
+    step = max(1, CHUNK_BYTES // frame_bytes)
+    for first in range(0, n, step):
+        yield first, np.ascontiguousarray(reader.frames(np.arange(first, min(n, first + step))))
+
+
 def decode_unit(row: dict, *, lake_ref, units: list[list[tuple[str, str]]]) -> dict:
     """Ray task: decode the (episode, camera) pairs of one unit and write them as uncommitted fragments."""
     from . import _tables
@@ -71,19 +85,20 @@ def decode_unit(row: dict, *, lake_ref, units: list[list[tuple[str, str]]]) -> d
         by_episode.setdefault(eid, []).append(cam)
     for eid, cams in by_episode.items():
         for cam, reader in lk.video_readers(eid, cams).items():
-            v = np.ascontiguousarray(reader.all())
-            t, h, w, _ = v.shape
-            size = h * w * 3
-            pixels = pa.LargeBinaryArray.from_buffers(
-                pa.large_binary(), t, [None, pa.py_buffer(np.arange(t + 1, dtype=np.int64) * size), pa.py_buffer(v)])
-            parts.append(pa.table([pa.array([eid] * t, pa.string()), pa.array([cam] * t, pa.string()),
-                                   pa.array(np.arange(t, dtype=np.int32)), pa.array(np.full(t, h, np.int32)),
-                                   pa.array(np.full(t, w, np.int32)), pixels], schema=SCHEMA))
-            held += v.nbytes
-            frames += t
-            nbytes += v.nbytes
-            if held >= FLUSH_BYTES:
-                flush()
+            for first, v in _chunks(reader):
+                t, h, w, _ = v.shape
+                pixels = pa.LargeBinaryArray.from_buffers(
+                    pa.large_binary(), t, [None, pa.py_buffer(np.arange(t + 1, dtype=np.int64) * (h * w * 3)),
+                                           pa.py_buffer(v)])
+                parts.append(pa.table([pa.array([eid] * t, pa.string()), pa.array([cam] * t, pa.string()),
+                                       pa.array(np.arange(first, first + t, dtype=np.int32)),
+                                       pa.array(np.full(t, h, np.int32)), pa.array(np.full(t, w, np.int32)), pixels],
+                                      schema=SCHEMA))
+                held += v.nbytes
+                frames += t
+                nbytes += v.nbytes
+                if held >= FLUSH_BYTES:
+                    flush()
     flush()
     return {"unit": row["unit"], "frags": pickle.dumps(frags), "videos": len(units[row["unit"]]), "frames": frames,
             "bytes": nbytes}
@@ -123,7 +138,8 @@ def decode_videos(lk, cameras=None, *, rebuild: bool = False, progress: bool = T
 
     # Units of about FLUSH_BYTES of pixels, fewer when that leaves CPUs idle: each unit writes its own fragments, and
     # a take over many small fragments costs more (64 random rows: 2.6 ms over 25 fragments, 1.8 ms over one)
-    size = {p: lengths[p[0]] * 3 * (lambda m: m["width"] * m["height"])(lk._video_meta(*p)) for p in todo}
+    metas = {p: lk._video_meta(*p) for p in todo}
+    size = {p: lengths[p[0]] * 3 * metas[p]["width"] * metas[p]["height"] for p in todo}
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     target = max(1, min(FLUSH_BYTES, sum(size.values()) // (2 * cpus)))
     units: list[list[tuple[str, str]]] = [[]]

@@ -77,3 +77,16 @@ def test_cli_decode(lk, capsys):
     assert "6 videos" in capsys.readouterr().out  # the top camera now
     assert main(["decode", "--lake", lk.uri, "-q"]) == 0
     assert "up to date" in capsys.readouterr().out
+
+
+def test_long_videos_are_decoded_in_chunks_equal_to_the_whole(ingested, monkeypatch):
+    from lake import _decoded
+
+    eid = ingested.episodes(columns=["episode_id"])["episode_id"][0].as_py()
+    reader = ingested.video_reader(eid, TOP)
+    whole = ingested.video(eid, TOP)
+    monkeypatch.setattr(_decoded, "CHUNK_BYTES", 5 * 96 * 96 * 3)  # 5 frames a chunk
+    chunks = list(_decoded._chunks(reader))
+    assert [first for first, _ in chunks] == list(range(0, len(whole), 5)) and len(chunks) > 2
+    assert all(v.flags.c_contiguous for _, v in chunks)
+    np.testing.assert_array_equal(np.concatenate([v for _, v in chunks]), whole)
