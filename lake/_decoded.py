@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pickle
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +34,8 @@ CHUNK_BYTES = 64 << 20  # a longer video is decoded this many bytes of frames at
 @dataclass(frozen=True)
 class DecodeReport:
     """What one ``decode_videos`` did: the lake version made (None if nothing was new), (episode, camera) pairs
-    and frames decoded, bytes written, whether the table was rebuilt, wall seconds."""
+    and frames decoded, bytes written, whether the table was rebuilt, wall seconds, and the videos that did not
+    decode as (episode, camera, reason) (left out; the others landed)."""
 
     version: int | None
     table: str
@@ -43,6 +44,7 @@ class DecodeReport:
     bytes: int
     rebuilt: bool = False
     seconds: float = 0.0
+    failed: list = field(default_factory=list)
 
 
 def decoded_pairs(lk) -> set[tuple[str, str]]:
@@ -66,13 +68,13 @@ def _chunks(reader):
         yield first, np.ascontiguousarray(reader.frames(np.arange(first, min(n, first + step))))
 
 
-def decode_unit(row: dict, *, lake_ref, units: list[list[tuple[str, str]]]) -> dict:
+def decode_unit(row: dict, *, lake_ref, units: list[list[tuple[str, str]]], lengths: dict[str, int]) -> dict:
     """Ray task: decode the (episode, camera) pairs of one unit and write them as uncommitted fragments."""
     from . import _tables
     from ._lake import Lake
 
     lk = Lake(*lake_ref, read_only=True)
-    frags, parts, held, frames, nbytes = [], [], 0, 0, 0
+    frags, parts, held, frames, nbytes, failed = [], [], 0, 0, 0, []
 
     def flush():
         nonlocal parts, held
@@ -85,23 +87,38 @@ def decode_unit(row: dict, *, lake_ref, units: list[list[tuple[str, str]]]) -> d
         by_episode.setdefault(eid, []).append(cam)
     for eid, cams in by_episode.items():
         for cam, reader in lk.video_readers(eid, cams).items():
-            for first, v in _chunks(reader):
-                t, h, w, _ = v.shape
-                pixels = pa.LargeBinaryArray.from_buffers(
-                    pa.large_binary(), t, [None, pa.py_buffer(np.arange(t + 1, dtype=np.int64) * (h * w * 3)),
-                                           pa.py_buffer(v)])
-                parts.append(pa.table([pa.array([eid] * t, pa.string()), pa.array([cam] * t, pa.string()),
-                                       pa.array(np.arange(first, first + t, dtype=np.int32)),
-                                       pa.array(np.full(t, h, np.int32)), pa.array(np.full(t, w, np.int32)), pixels],
-                                      schema=SCHEMA))
-                held += v.nbytes
-                frames += t
-                nbytes += v.nbytes
-                if held >= FLUSH_BYTES:
-                    flush()
+            try:
+                video, n = _video_rows(eid, cam, reader, lengths[eid])
+            except Exception as e:  # noqa: BLE001 - a video that does not decode is reported; the others land
+                failed.append((eid, cam, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"))
+                continue
+            parts += video
+            held += n
+            frames += lengths[eid]
+            nbytes += n
+            if held >= FLUSH_BYTES:
+                flush()
     flush()
-    return {"unit": row["unit"], "frags": pickle.dumps(frags), "videos": len(units[row["unit"]]), "frames": frames,
-            "bytes": nbytes}
+    return {"unit": row["unit"], "frags": pickle.dumps(frags), "videos": len(units[row["unit"]]) - len(failed),
+            "frames": frames, "bytes": nbytes, "failed": failed}
+
+
+def _video_rows(eid: str, cam: str, reader, length: int) -> tuple[list[pa.Table], int]:
+    """Rows of one video (tables of at most CHUNK_BYTES of pixels) and their pixel bytes. ValueError when it
+    decodes to a number of frames other than its episode's length."""
+    out, n, at = [], 0, 0
+    for first, v in _chunks(reader):
+        t, h, w, _ = v.shape
+        pixels = pa.LargeBinaryArray.from_buffers(
+            pa.large_binary(), t, [None, pa.py_buffer(np.arange(t + 1, dtype=np.int64) * (h * w * 3)), pa.py_buffer(v)])
+        out.append(pa.table([pa.array([eid] * t, pa.string()), pa.array([cam] * t, pa.string()),
+                             pa.array(np.arange(first, first + t, dtype=np.int32)), pa.array(np.full(t, h, np.int32)),
+                             pa.array(np.full(t, w, np.int32)), pixels], schema=SCHEMA))
+        n += v.nbytes
+        at = first + t
+    if at != length:
+        raise ValueError(f"decoded {at} frames, the episode has {length}")
+    return out, n
 
 
 def decode_videos(lk, cameras=None, *, rebuild: bool = False, progress: bool = True,
@@ -150,13 +167,17 @@ def decode_videos(lk, cameras=None, *, rebuild: bool = False, progress: bool = T
             held = 0
         units[-1].append(pair)
         held += size[pair]
-    frags, frames, nbytes = [], 0, 0
+    frags, frames, nbytes, failed = [], 0, 0, []
     with tqdm(total=sum(lengths[e] for e, _ in todo), desc="decode videos", unit="frame", disable=not progress) as bar:
         for row in map_units(decode_unit, len(units), lambda r: bar.update(r["frames"]), tasks_per_cpu=2,
-                             lake_ref=(lk.store, lk._entry), units=units):
+                             lake_ref=(lk.store, lk._entry), units=units, lengths=lengths):
             frags += pickle.loads(row["frags"])
             frames += row["frames"]
             nbytes += row["bytes"]
+            failed += [tuple(f) for f in row["failed"]]
+    videos = len(todo) - len(failed)
+    if not frags:
+        return DecodeReport(None, TABLE, 0, 0, 0, False, time.perf_counter() - t0, sorted(failed))
 
     def build(head):
         if head.version != lk.version and head.tables.get(TABLE) != lk._entry.tables.get(TABLE):
@@ -165,9 +186,10 @@ def decode_videos(lk, cameras=None, *, rebuild: bool = False, progress: bool = T
         return {TABLE: _tables.overwrite_with(lk.store, TABLE, SCHEMA, pinned, frags)}
 
     cams = sorted({c for _, c in todo})
-    entry = _versions.commit(lk.store, build, f"decode {len(todo)} videos ({', '.join(cams)}) from version {lk.version}"
-                             + (" (rebuilt)" if rebuild and TABLE in lk._entry.tables else ""),
-                             {"decoded_videos": len(todo), "frames": frames, "bytes": nbytes,
+    entry = _versions.commit(lk.store, build, f"decode {videos} videos ({', '.join(cams)}) from version {lk.version}"
+                             + (" (rebuilt)" if rebuild and TABLE in lk._entry.tables else "")
+                             + (f"; {len(failed)} did not decode" if failed else ""),
+                             {"decoded_videos": videos, "frames": frames, "bytes": nbytes, "failed": len(failed),
                               "source_version": lk.version})
-    return DecodeReport(entry.version, TABLE, len(todo), frames, nbytes, bool(rebuild and TABLE in lk._entry.tables),
-                        time.perf_counter() - t0)
+    return DecodeReport(entry.version, TABLE, videos, frames, nbytes, bool(rebuild and TABLE in lk._entry.tables),
+                        time.perf_counter() - t0, sorted(failed))

@@ -156,12 +156,14 @@ def cmd_pack(args) -> int:
 def cmd_decode(args) -> int:
     lk = _lake(args)
     rep = lk.decode_videos(args.camera or None, rebuild=args.rebuild, progress=not args.quiet)
-    if rep.version is None:
-        print(f"table {rep.table} is up to date with lake version {lk.version} (nothing to decode)")
-    else:
+    if rep.version is not None:
         print(f"lake {lk.uri}: version {rep.version}: {rep.videos} videos, {rep.frames} frames decoded "
               f"({rep.bytes / 2**20:,.1f} MiB) into {rep.table}{' (rebuilt)' if rep.rebuilt else ''}; {rep.seconds:.1f} s")
-    return 0
+    elif not rep.failed:
+        print(f"table {rep.table} is up to date with lake version {lk.version} (nothing to decode)")
+    for eid, cam, reason in rep.failed:
+        print(f"error: episode {eid} camera {cam}: did not decode ({reason})", file=sys.stderr)
+    return 1 if rep.failed else 0
 
 
 def cmd_train(args) -> int:

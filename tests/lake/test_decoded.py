@@ -90,3 +90,34 @@ def test_long_videos_are_decoded_in_chunks_equal_to_the_whole(ingested, monkeypa
     assert [first for first, _ in chunks] == list(range(0, len(whole), 5)) and len(chunks) > 2
     assert all(v.flags.c_contiguous for _, v in chunks)
     np.testing.assert_array_equal(np.concatenate([v for _, v in chunks]), whole)
+
+
+def test_a_video_that_does_not_decode_is_reported_and_the_others_land(lk, monkeypatch, capsys):
+    import dataclasses
+
+    from lake import _append
+
+    real = _append.encode_segment
+
+    def truncated(frames, fps, item, crf=23):  # the lake stores a video cut short (its index still says 9 frames)
+        seg, decoded = real(frames, fps, item, crf)
+        return dataclasses.replace(seg, data=seg.data[: len(seg.data) // 3]), decoded
+
+    rng = np.random.default_rng(1)
+    monkeypatch.setattr(_append, "encode_segment", truncated)
+    lk.append_episodes([lake.NewEpisode(frames={"observation.state": rng.normal(size=(9, 2)).astype(np.float32)},
+                                        images={TOP: rng.integers(0, 255, (9, 32, 32, 3), dtype=np.uint8)})],
+                       source="broken", fps=10)
+    monkeypatch.undo()
+    bad = lk.episodes(filter="source = 'broken'")["episode_id"][0].as_py()
+    before = lk.version
+    rep = lk.decode_videos(TOP, progress=False)
+    assert rep.version == before + 1 and rep.videos == 6  # PushT's top camera landed
+    assert [(e, c) for e, c, _ in rep.failed] == [(bad, TOP)] and "corrupt video data" in rep.failed[0][2], rep.failed
+    assert "1 did not decode" in lk.log()[0].message
+    from lake._decoded import decoded_pairs
+
+    assert (bad, TOP) not in decoded_pairs(lk) and len(decoded_pairs(lk)) == 6
+    assert main(["decode", "--camera", TOP, "--lake", lk.uri, "-q"]) == 1  # tried again, and reported again
+    err = capsys.readouterr().err
+    assert f"episode {bad} camera {TOP}: did not decode" in err
