@@ -282,12 +282,22 @@ class VideoReader:
         if ((idx < -n) | (idx >= n)).any():
             raise IndexError(f"frame indices out of range for episode {self.episode_id} of {n} frames: "
                              f"{idx[(idx < -n) | (idx >= n)][:8].tolist()}")
-        return decode_frames(self.segment, self.blob, idx % n if n else idx)
+        try:
+            return decode_frames(self.segment, self.blob, idx % n if n else idx)
+        except EpisodeError as e:
+            raise self._named(e) from None
 
     def all(self) -> np.ndarray:
         """Every frame of the episode, uint8 (T, H, W, 3)."""
         self.blob.seek(0)
         seg = self.segment
-        decoded, _ = decode(Segment(seg.codec, seg.extradata, seg.width, seg.height, seg.pix_fmt, seg.time_base,
-                                    self.blob.read(), seg.offsets, seg.pts, seg.key, seg.skip, seg.frames))
+        try:
+            decoded, _ = decode(Segment(seg.codec, seg.extradata, seg.width, seg.height, seg.pix_fmt, seg.time_base,
+                                        self.blob.read(), seg.offsets, seg.pts, seg.key, seg.skip, seg.frames))
+        except EpisodeError as e:
+            raise self._named(e) from None
         return np.stack(decoded[seg.skip:seg.skip + seg.frames])
+
+    def _named(self, e: EpisodeError) -> EpisodeError:
+        """The error naming this video (the decoders only know they decode "video")."""
+        return EpisodeError(f"episode {self.episode_id} camera {self.camera}", e.reason)

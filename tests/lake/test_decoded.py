@@ -113,7 +113,7 @@ def test_a_video_that_does_not_decode_is_reported_and_the_others_land(lk, monkey
     before = lk.version
     rep = lk.decode_videos(TOP, progress=False)
     assert rep.version == before + 1 and rep.videos == 6  # PushT's top camera landed
-    assert [(e, c) for e, c, _ in rep.failed] == [(bad, TOP)] and "corrupt video data" in rep.failed[0][2], rep.failed
+    assert [(e, c) for e, c, _ in rep.failed] == [(bad, TOP)] and f"episode {bad} camera {TOP}: corrupt video data" in rep.failed[0][2], rep.failed
     assert "1 did not decode" in lk.log()[0].message
     from lake._decoded import decoded_pairs
 
@@ -121,3 +121,8 @@ def test_a_video_that_does_not_decode_is_reported_and_the_others_land(lk, monkey
     assert main(["decode", "--camera", TOP, "--lake", lk.uri, "-q"]) == 1  # tried again, and reported again
     err = capsys.readouterr().err
     assert f"episode {bad} camera {TOP}: did not decode" in err
+    # the map-style dataset falls back to the video for it, and says which one fails
+    from loaders import LeRobotStyleDataset
+
+    with pytest.raises(lake.EpisodeError, match=f"episode {bad} camera {TOP}"):
+        LeRobotStyleDataset(lk, episodes=[bad])[-1]  # the last frame: its packets were cut off
