@@ -3,6 +3,7 @@
 1. Write genuine LeRobot datasets from PushT simulation (v3.0 with h264 + AV1 cameras; v2.1).
 2. Ingest a first recording session, then the longer session (only its new episodes land), then the v2.1 set.
 3. Show the log, a diff, the episodes, stats, and a contact sheet decoded from the lake (lake_demo/episode.png).
+4. Pack, decode the videos for the LeRobot-style dataset, train the reference VLA, evaluate it in simulation.
 Running it again is a no-op for the lake (ingestion is idempotent).
 """
 
@@ -102,6 +103,20 @@ def main(argv=None) -> int:
         console.print(f"→ version {rep.version}: {rep.packs} packs of ≤{recipe.token_budget} tokens hold "
                       f"{rep.samples} samples (one per frame), fill {rep.fill:.1%} (padding each sample to the "
                       f"longest would fill {_padded_fill(lk, rep):.1%}); table {rep.table}")
+
+    console.rule("LeRobot-style map dataset: videos decoded once, then LeRobotDataset's batches")
+    rep = lk.decode_videos()
+    if rep.version is not None:
+        console.print(f"→ version {rep.version}: {rep.frames} frames of {rep.videos} videos decoded into "
+                      f"{rep.table} ({rep.bytes / 2**20:.0f} MiB), {rep.seconds:.1f} s")
+    import torch
+
+    from loaders import LeRobotStyleDataset
+
+    ds = LeRobotStyleDataset(lk, split="train", delta_timestamps={"action": [i / 10 for i in range(16)]})
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=8, shuffle=True)))
+    console.print(f"→ {len(ds)} frames of {ds.num_episodes} episodes; a batch: " + ", ".join(
+        f"{k} {tuple(v.shape)}" for k, v in batch.items() if isinstance(v, torch.Tensor) and v.ndim > 1))
 
     console.rule(f"train the reference VLA on lake.stream('train') for {args.steps} steps")
     from training.sft import SFTConfig, train
