@@ -13,6 +13,7 @@ import os as _os
 _os.environ.setdefault("LANCE_LOG", "error")  # Lance's Rust warnings ("will be created") are noise to users
 
 from ._append import NewEpisode, episode_id  # noqa: E402
+from ._decoded import DecodeReport  # noqa: E402
 from ._ingest import IngestReport, split_of  # noqa: E402
 from ._lake import Diff, Lake, ReadOnlyError, open  # noqa: E402
 from ._lerobot import EpisodeError, SourceError  # noqa: E402
@@ -32,7 +33,7 @@ def write_pusht_dataset(*args, **kwargs):
 
 
 __all__ = [
-    "Diff", "EpisodeError", "IngestReport", "Lake", "LakeBusy", "LogEntry", "NewEpisode", "ReadOnlyError", "SourceError",
+    "DecodeReport", "Diff", "EpisodeError", "IngestReport", "Lake", "LakeBusy", "LogEntry", "NewEpisode", "ReadOnlyError", "SourceError",
     "episode_id",
     "open", "split_of", "stream", "write_pusht_dataset",
 ]
