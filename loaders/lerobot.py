@@ -59,6 +59,17 @@ def _column_numpy(col: pa.ChunkedArray) -> np.ndarray | None:
     return arr.to_numpy(zero_copy_only=False).reshape(len(col), *shape)
 
 
+def _shared(a: np.ndarray) -> torch.Tensor | np.ndarray:
+    """``a`` copied into shared memory (a torch tensor, pickled by handle to DataLoader workers); a dtype torch
+    cannot hold stays a numpy array."""
+    try:
+        t = torch.empty(a.shape, dtype=torch.from_numpy(np.empty(0, a.dtype)).dtype).share_memory_()
+    except TypeError:
+        return np.array(a)
+    t.numpy()[...] = a
+    return t
+
+
 def _to_float_chw(x: torch.Tensor) -> torch.Tensor:
     """uint8 (..., C, H, W) (any strides) -> float32 in [0, 1], contiguous as LeRobot's frames are."""
     return x.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
@@ -181,9 +192,11 @@ class LeRobotStyleDataset(Dataset):
         self.image_transforms = image_transforms
         self.meta = LakeDatasetMeta(lk, eps, self.fps, self.cameras, self.starts)
         self._cache: OrderedDict[int, dict] = OrderedDict()
-        self._columns: dict[str, dict[str, np.ndarray]] = {}  # episode id -> numeric columns (L, ...), loaded by table
-        self._flat: dict[str, dict[str, np.ndarray]] = {}  # frames table -> its columns, the chosen episodes' rows
-        self._where: dict[str, tuple[str, int]] = {}  # episode id -> (frames table, first row in _flat[table])
+        # frames table -> its numeric columns over the chosen episodes' rows, in shared memory: DataLoader workers
+        # get them by handle, so memory does not grow with the number of workers
+        self._shared: dict[str, dict[str, torch.Tensor | np.ndarray]] = {}
+        self._views: dict[str, dict[str, np.ndarray]] = {}  # numpy views of _shared (per process)
+        self._where: dict[str, tuple[str, int, int]] = {}  # episode id -> (frames table, first row, rows)
         self.lengths = np.array([e["length"] for e in eps], np.int64)
         # (episode number, camera) -> (first row in decoded_frames, height, width)
         self._rows: dict[tuple[int, str], tuple[int, int, int]] = {} if decoded is False else self._decoded_rows()
@@ -194,6 +207,7 @@ class LeRobotStyleDataset(Dataset):
                 raise ValueError(f"lake version {lk.version} has no decoded frames for {len(missing)} (episode, camera) "
                                  f"pairs, e.g. {missing[:3]}: run lk.decode_videos() (`lake decode`) first, or pass "
                                  "decoded=None to decode those from video")
+        self._load_columns()  # here, so that spawned DataLoader workers share them rather than read them each
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -219,9 +233,8 @@ class LeRobotStyleDataset(Dataset):
 
     streaming = False  # LeRobot's training script asks
     def __getstate__(self):
-        # each DataLoader worker decodes and reads the frame columns for itself (one scan per frames table), rather
-        # than receiving them pickled from a parent that has read them: they grow with the dataset
-        return {**self.__dict__, "_cache": OrderedDict(), "_columns": {}, "_flat": {}, "_where": {}}
+        # each DataLoader worker decodes for itself; the frame columns travel as shared-memory handles
+        return {**self.__dict__, "_cache": OrderedDict(), "_views": {}}
 
     def locate(self, idx: int) -> tuple[int, int]:
         """(episode number, frame in episode) of dataset index ``idx`` (negative counts from the end)."""
@@ -232,14 +245,19 @@ class LeRobotStyleDataset(Dataset):
         ep = bisect.bisect_right(self.starts, idx) - 1
         return ep, idx - int(self.starts[ep])
 
-    def _load_columns(self, ep: int) -> None:
-        """Read the numeric frame columns of every chosen episode in ``ep``'s frames table (one scan)."""
+    def _load_columns(self) -> None:
+        """Read the numeric frame columns of the chosen episodes into shared memory (one scan per frames table)."""
+        tables: dict[str, list[str]] = {}
+        for e in self.episode_ids:
+            tables.setdefault(self.lake._episode(e)["frames_table"], []).append(e)
+        for table, ids in tables.items():
+            self._load_table(table, ids)
+
+    def _load_table(self, table: str, ids: list[str]) -> None:
         import pyarrow.compute as pc
 
         from lake._schema import unnest
 
-        table = self.lake._episode(self.episode_ids[ep])["frames_table"]
-        ids = [e for e in self.episode_ids if self.lake._episode(e)["frames_table"] == table]
         t = self.lake.table(table).to_table()
         t = t.filter(pc.is_in(t.column("episode_id"), value_set=pa.array(ids, pa.string())))
         order = [("episode_id", "ascending")] + ([("frame_index", "ascending")] if "frame_index" in t.column_names else [])
@@ -248,30 +266,33 @@ class LeRobotStyleDataset(Dataset):
         eid = t.column("episode_id").to_numpy(zero_copy_only=False)
         bounds = np.flatnonzero(eid[1:] != eid[:-1]) + 1 if len(eid) else np.zeros(0, np.int64)
         starts, stops = np.concatenate([[0], bounds]), np.concatenate([bounds, [len(eid)]])
-        self._flat[table] = cols
+        self._shared[table] = {name: _shared(col) for name, col in cols.items()}
         for a, b in zip(starts.tolist(), stops.tolist()):
             if b > a:
-                self._columns[str(eid[a])] = {name: col[a:b] for name, col in cols.items()}
-                self._where[str(eid[a])] = (table, a)
+                self._where[str(eid[a])] = (table, a, b - a)
         for e in ids:
-            self._columns.setdefault(e, {name: col[:0] for name, col in cols.items()})
+            self._where.setdefault(e, (table, 0, 0))
+
+    def _columns_of(self, table: str) -> dict[str, np.ndarray]:
+        if table not in self._views:
+            self._views[table] = {name: t.numpy() if isinstance(t, torch.Tensor) else t
+                                  for name, t in self._shared[table].items()}
+        return self._views[table]
 
     def _episode(self, ep: int) -> dict:
-        """{"columns": {name: ndarray (L, ...)}, "videos": {camera: uint8 tensor (L, C, H, W)}, "asked": {camera:
-        frames requested}, "readers": {camera: lake VideoReader}}, LRU-cached (the columns stay in memory
-        regardless)."""
+        """{"videos": {camera: uint8 tensor (L, C, H, W)}, "asked": {camera: frames requested}, "readers": {camera:
+        lake VideoReader}}, LRU-cached; ValueError when the frames table holds another number of frames than the
+        episodes table says."""
         if ep in self._cache:
             self._cache.move_to_end(ep)
             return self._cache[ep]
         eid = self.episode_ids[ep]
-        if eid not in self._columns:
-            self._load_columns(ep)
-        cols = self._columns[eid]
-        length = int(self.episode_rows[ep]["length"])
-        rows = len(next(iter(cols.values()))) if cols else length
+        if not self._where:
+            self._load_columns()
+        rows, length = self._where[eid][2], int(self.episode_rows[ep]["length"])
         if rows != length:
             raise ValueError(f"episode {eid}: {rows} frames, episodes table says {length}")
-        entry = {"columns": cols, "videos": {}, "asked": {}, "readers": {}}
+        entry = {"videos": {}, "asked": {}, "readers": {}}
         self._cache[ep] = entry
         while len(self._cache) > self.cache_episodes:
             self._cache.popitem(last=False)
@@ -381,10 +402,10 @@ class LeRobotStyleDataset(Dataset):
             self._episode(e)  # frame columns loaded, lengths checked, LRU touched
         items: list[dict] = [{} for _ in range(len(ep))]
         where = [self._where[self.episode_ids[e]] for e in ep.tolist()]
-        for table in dict.fromkeys(t for t, _ in where):
-            members = np.array([b for b, (t, _) in enumerate(where) if t == table])
+        for table in dict.fromkeys(w[0] for w in where):
+            members = np.array([b for b, w in enumerate(where) if w[0] == table])
             base = np.array([where[b][1] for b in members], np.int64)
-            cols = self._flat[table]
+            cols = self._columns_of(table)
             # one gather per column; the items hold views of it (copied once more by collate's stack)
             batch = {name: col[base + fr[members]] for name, col in cols.items()}
             for key, delta in self.delta_indices.items():

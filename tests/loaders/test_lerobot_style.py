@@ -185,9 +185,18 @@ def test_decoded_frames_give_the_same_items_and_batches_without_decoding(writabl
             _equal_items(got, items[n], (i, "batch"))
         _equal_items(ds[b[-1]], items[-1], (b[-1], "item"))
     import pickle
+    from multiprocessing.reduction import ForkingPickler
 
-    again = pickle.loads(pickle.dumps(ds))  # what a spawned worker gets: the index of decoded frames, no columns
-    assert again._rows == ds._rows and not again._flat and not again._columns
+    # what a spawned DataLoader worker gets: the decoded-frames index, and the frame columns by shared-memory handle
+    again = pickle.loads(ForkingPickler.dumps(ds))
+    assert again._rows == ds._rows and not again._cache and not again._views
+    (table,) = ds._shared
+    t, u = ds._shared[table]["observation.state"], again._shared[table]["observation.state"]
+    assert t.is_shared() and u.is_shared() and torch.equal(t, u)
+    old = t[0, 0].item()
+    t[0, 0] = old + 1  # the same memory, not a copy
+    assert u[0, 0].item() == old + 1
+    t[0, 0] = old
     _equal_items(again[order[0]], ds[order[0]], "unpickled")
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=8, sampler=order)))
     assert batch.keys() == want_batch.keys()
@@ -276,3 +285,19 @@ def test_lerobot_episode_indices_and_meta_episodes_for_episode_aware_samplers(in
         assert first["frame_index"].item() == 0 and last["frame_index"].item() == hi - lo - 1
         assert m["tasks"][k] == [first["task"]]
     assert m["dataset_to_index"][-1] == len(full)
+
+
+def test_spawned_dataloader_workers_give_the_same_batches(writable):
+    lk = writable
+    lk.decode_videos(TOP, progress=False)  # top from decoded frames, wrist decoded from video, in the workers
+    ds = LeRobotStyleDataset(lk, delta_timestamps=DELTAS)
+    order = np.random.default_rng(5).permutation(len(ds))[:24].tolist()
+
+    def batches(workers):
+        return list(torch.utils.data.DataLoader(ds, batch_size=8, sampler=order, num_workers=workers,
+                                                multiprocessing_context="spawn" if workers else None))
+
+    for a, b in zip(batches(0), batches(2), strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k], k
