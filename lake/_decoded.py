@@ -4,9 +4,10 @@ decoding GOPs per item.
 
 One row per (episode, camera, frame): ``pixels`` holds the frame as RGB uint8 (height, width, 3), C order, at the
 source's size, bit for bit what ``lk.video`` decodes. It costs disk (PushT, 96x96 and 64x64 cameras: 384 MiB
-against 4.7 MiB of video): the trade LeRobot makes with image (not video) datasets, chosen per lake and per camera here. The table
-is versioned with the lake like any other: ``checkout(v)`` sees the frames decoded by version ``v``. Re-running
-decodes only (episode, camera) pairs not there yet; if episodes left the lake since, the table is rebuilt.
+against 4.7 MiB of video): the trade LeRobot makes with image (not video) datasets, chosen per lake and per
+camera here. The table is versioned with the lake like any other: ``checkout(v)`` sees the frames decoded by
+version ``v``. Re-running decodes only (episode, camera) pairs not there yet; if episodes left the lake since,
+the table is rebuilt. A video that does not decode is reported (``DecodeReport.failed``); the others land.
 """
 
 from __future__ import annotations
