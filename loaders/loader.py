@@ -24,6 +24,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from . import cache as _cache
 from . import partition as _partition
 from . import reads as _reads
 from .batch import PackedBatch, packed_batch
@@ -61,7 +62,8 @@ class Loader(IterableDataset):
 
     def __init__(self, source: PackedSource, split: str, *, batch_packs: int = 1, shuffle: str = "random",
                  seed: int = 0, epoch: int = 0, world: World = World(), num_workers: int = 0, prefetch: int = 2,
-                 pin_memory: bool = False, device=None, partition: str = "balanced"):
+                 pin_memory: bool = False, device=None, partition: str = "balanced", cache_dir=None,
+                 progress: bool = True):
         if batch_packs < 1:
             raise ValueError(f"batch_packs must be >= 1, got {batch_packs}")
         if num_workers < 0 or prefetch < 0:
@@ -85,6 +87,12 @@ class Loader(IterableDataset):
                              f"(splits: {sorted(set(splits.tolist()))})")
         self.tokens = np.asarray(meta["n_tokens"].to_numpy())[self.rows].astype(np.int64)
         self.columns = [n for n in ds.schema.names if n not in _SKIP]
+        self.cache = None  # a CacheReader when reading from a local copy of the split (see ``cache``)
+        if cache_dir is not None:
+            path = _cache.cache_file(cache_dir, source.table_uri, source.lance_version, split, self.columns)
+            _cache.build(ds, path, _split_filter(split), self.columns, len(self.rows),
+                         f"split {split!r} of {source.table}", source.backoff, progress)
+            self.cache = _cache.CacheReader(path, len(self.rows))
 
     # --- order ------------------------------------------------------------------------------------------------
 
@@ -167,6 +175,10 @@ class Loader(IterableDataset):
         record batch of the run's shared scan inside one. Near a run's end, the next run's scan is opened and
         its first batch read on a side thread: a scan's first batch takes ~4x a later one (Lance fills its
         pipeline), which would otherwise stall every run's start."""
+        if self.cache is not None:  # any batch is a few file reads: no runs, no Lance
+            for packs in batches:
+                yield lambda packs=packs: self._batch(self.cache.read(packs), pin)
+            return
         ds, what = self._dataset(), self.source.table_uri
 
         def one(packs):
@@ -233,7 +245,7 @@ class Loader(IterableDataset):
 def stream(lk, split: str, recipe=None, version=None, batch_packs: int = 1, shuffle: bool | str = True,
            seed: int = 0, epoch: int = 0, rank: int | None = None, world_size: int | None = None,
            num_workers: int = 0, prefetch: int = 2, pin_memory: bool = False, device=None,
-           partition: str = "balanced", read_bytes: int | None = None) -> Loader:
+           partition: str = "balanced", read_bytes: int | None = None, cache_dir=None, progress: bool = True) -> Loader:
     """Stream ``split`` of the packed table of ``recipe`` (None = newest) at lake ``version`` (number or tag;
     None = ``lk``'s) as ``PackedBatch`` es of ``batch_packs`` packs.
 
@@ -242,6 +254,9 @@ def stream(lk, split: str, recipe=None, version=None, batch_packs: int = 1, shuf
     its doc); ``rank`` / ``world_size`` default to torch.distributed, then $RANK / $WORLD_SIZE, then 0 / 1.
     ``num_workers`` > 0 reads in spawned DataLoader workers; ``prefetch`` bounds the batches read ahead (per
     worker). ``pin_memory`` / ``device`` put batches in page-locked memory / on a device (one copy each).
+    ``cache_dir``: read the split from a local copy written there on first use (``loaders.cache``: fast for any
+    shuffle, no download per epoch from ``s3://``; batches are then one concatenation, not views of Lance's
+    buffers); ``progress`` shows writing it.
     ``read_bytes`` is accepted for old callers and ignored (with a DeprecationWarning). Raises
     PackedTableNotFound when there is nothing packed, ValueError for an unknown split.
     """
@@ -253,4 +268,4 @@ def stream(lk, split: str, recipe=None, version=None, batch_packs: int = 1, shuf
     name = shuffle if isinstance(shuffle, str) else ("random" if shuffle else "none")
     return Loader(resolve(lk, recipe, version), split, batch_packs=batch_packs, shuffle=name, seed=seed,
                   epoch=epoch, world=detect(rank, world_size), num_workers=num_workers, prefetch=prefetch,
-                  pin_memory=pin_memory, device=device, partition=partition)
+                  pin_memory=pin_memory, device=device, partition=partition, cache_dir=cache_dir, progress=progress)

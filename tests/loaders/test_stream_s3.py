@@ -124,6 +124,15 @@ def test_an_s3_lake_streams_the_same_batches_as_a_local_one(s3_packed):
     assert _run(s3.stream("train", batch_packs=2, seed=3)) == _run(local.stream("train", batch_packs=2, seed=3))
 
 
+def test_an_s3_lake_streams_from_a_local_cache_after_the_first_loader(s3_packed, tmp_path):
+    s3, local = s3_packed
+    want = _run(local.stream("train", batch_packs=2, seed=3, epoch=1))
+    first = s3.stream("train", batch_packs=2, seed=3, epoch=1, cache_dir=tmp_path, progress=False)
+    assert first.cache.path.parent == tmp_path and _run(first) == want
+    again = s3.stream("train", batch_packs=2, seed=3, epoch=1, cache_dir=tmp_path, progress=False)
+    assert again.cache.path == first.cache.path and _run(again) == want
+
+
 @pytest.mark.parametrize("shuffle", ["random", "none"])  # takes of single batches; one scan of the whole split
 def test_an_endpoint_restart_mid_epoch_loses_and_repeats_nothing(s3_packed, proxy, shuffle):
     s3, local = s3_packed
