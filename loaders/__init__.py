@@ -8,9 +8,11 @@
         ckpt = loader.state_dict()                          # a handful of numbers; load_state_dict resumes
 
 - ``stream`` / ``Loader``: shuffled (``shuffle``), sharded over ranks and DataLoader workers (``partition``,
-  ``World``), resumable, retrying reads on object storage (``retry``).
+  ``World``), resumable, retrying reads on object storage (``retry``); ``cache_dir=`` reads a local copy of the
+  split (``cache``).
 - ``ray_dataset`` / ``packed_batches``: the same packs as a Ray Data dataset, for Ray Train.
-- ``LeRobotStyleDataset``: unpacked frames with LeRobotDataset's ``delta_timestamps`` semantics.
+- ``LeRobotStyleDataset``: unpacked frames with LeRobotDataset's ``delta_timestamps`` semantics and ``meta``; fast
+  on frames decoded once by ``lk.decode_videos()``.
 """
 
 from .batch import PackedBatch, packed_batch
