@@ -12,7 +12,8 @@ Reading (``reads``): a batch's rows are asked for in table order; consecutive ba
 the table are read with one lazy Lance scan restricted to their rows, the others with one take each; up to
 ``prefetch`` batches are read ahead on threads and retried on transient I/O errors. Every batch is a
 ``PackedBatch`` of views over the Arrow buffers Lance returned. Memory is bounded by the read-ahead,
-whatever the table's size.
+whatever the table's size. With ``cache_dir`` the packs come from a local copy of the split instead
+(``cache``): a few file reads and one concatenation per batch, in any order.
 """
 
 from __future__ import annotations
