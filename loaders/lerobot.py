@@ -20,7 +20,6 @@ uses the decoded frames of every (episode, camera) the table has and decodes the
 
 from __future__ import annotations
 
-import bisect
 from collections import OrderedDict
 from functools import cached_property
 from typing import Callable
@@ -232,18 +231,15 @@ class LeRobotStyleDataset(Dataset):
         return None
 
     streaming = False  # LeRobot's training script asks
+
     def __getstate__(self):
         # each DataLoader worker decodes for itself; the frame columns travel as shared-memory handles
         return {**self.__dict__, "_cache": OrderedDict(), "_views": {}}
 
     def locate(self, idx: int) -> tuple[int, int]:
         """(episode number, frame in episode) of dataset index ``idx`` (negative counts from the end)."""
-        n = len(self)
-        if not -n <= idx < n:
-            raise IndexError(f"index {idx} out of range for {n} frames")
-        idx = idx % n
-        ep = bisect.bisect_right(self.starts, idx) - 1
-        return ep, idx - int(self.starts[ep])
+        ep, fr = self._positions([idx])
+        return int(ep[0]), int(fr[0])
 
     def _load_columns(self) -> None:
         """Read the numeric frame columns of the chosen episodes into shared memory (one scan per frames table)."""
@@ -287,8 +283,6 @@ class LeRobotStyleDataset(Dataset):
             self._cache.move_to_end(ep)
             return self._cache[ep]
         eid = self.episode_ids[ep]
-        if not self._where:
-            self._load_columns()
         rows, length = self._where[eid][2], int(self.episode_rows[ep]["length"])
         if rows != length:
             raise ValueError(f"episode {eid}: {rows} frames, episodes table says {length}")
