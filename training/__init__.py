@@ -1,4 +1,5 @@
-"""Training-side building blocks: packed (varlen) attention, a π0.5-like model, FP8 linears.
+"""Training-side building blocks: packed (varlen) attention, a π0.5-like model, FP8 linears, and the
+registry of model factories that checkpoints name (``register_factory``).
 
 Importing this package pulls in torch only (no ray, no lance; torchao / flash-attn /
 Transformer Engine are imported lazily where used).
@@ -29,9 +30,19 @@ from training.packing import (
 from training.pi05 import Pi05Backbone, Pi05Config, Pi05KVCache, RMSNorm, apply_rope, sincos_embedding, suffix_packing
 from training.pi05_policy import Pi05Policy, flow_matching_targets, sample_actions, sample_actions_dense
 from training.varlen import varlen_attention
+from training.factories import FACTORIES, UnknownFactory, get_factory, register_factory
+
+# the built-in model factories register themselves where they are defined; importing them here means any
+# ``import training...`` (a checkpoint load in a fresh process included) knows their names
+import training.vla  # noqa: E402,F401  - registers "vla"
+import training.rl.policy  # noqa: E402,F401  - registers "gaussian_actor_critic"
 
 __all__ = [
     "ATTENTION_BACKENDS",
+    "FACTORIES",
+    "UnknownFactory",
+    "get_factory",
+    "register_factory",
     "EmulatedFloat8Linear",
     "ScaledMMFloat8Linear",
     "FP8_ENGINES",

@@ -12,7 +12,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from .vla import ACTION, IMAGE, STATE, TEXT
+# token modality codes: packers.schema.MODALITIES (not imported: the model needs neither lake nor pyarrow)
+IMAGE, TEXT, STATE, ACTION = 0, 1, 2, 3
 
 
 def normalize(layout: dict, obs: dict[str, np.ndarray], names: list[str]) -> np.ndarray:

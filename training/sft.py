@@ -120,7 +120,7 @@ def save(cfg: SFTConfig, model, opt, loader, lineage, model_cfg, state, name: st
     from training import checkpoint
 
     core = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-    return checkpoint.save(Path(cfg.out_dir) / name, core, factory="training.vla:make_vla", config=model_cfg,
+    return checkpoint.save(Path(cfg.out_dir) / name, core, factory="vla", config=model_cfg,
                            step=state["step"], lineage=lineage, optimizer=opt.state_dict(), rng=torch.get_rng_state(),
                            loader=loader.state_dict(), losses=state["losses"], sft_config=dataclasses.asdict(cfg))
 

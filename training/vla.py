@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .factories import register_factory
+from .observations import ACTION, IMAGE, STATE, TEXT, observation_prefix
 from .pi05 import Pi05Backbone, Pi05Config, sincos_embedding
-
-IMAGE, TEXT, STATE, ACTION = 0, 1, 2, 3  # packers.schema.MODALITIES (not imported: training does not need lake)
 
 
 class VLA(nn.Module):
@@ -108,8 +108,6 @@ class VLA(nn.Module):
 
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray], tasks: list[str]) -> np.ndarray:
-        from .observations import observation_prefix
-
         b = len(tasks)
         if len(self._queue) != b:
             self.reset(b)
@@ -133,8 +131,11 @@ class VLA(nn.Module):
 
 
 def make_vla(**config) -> VLA:
-    """Checkpoint factory (``training.vla:make_vla``)."""
+    """Checkpoint factory, registered as ``vla``."""
     return VLA(**config)
+
+
+register_factory("vla", make_vla)
 
 
 __all__ = ["VLA", "make_vla"]

@@ -75,14 +75,15 @@ class AlgoConfig:
 @dataclass(frozen=True)
 class PolicyConfig:
     """The policy trained. Default: the tiny Gaussian actor-critic, shaped from the env. Any module implementing
-    ``training.rl.RLPolicy`` works: name its ``factory`` ("module:function") and ``kwargs``, or start from a
-    ``training.checkpoint`` file (``init_checkpoint``: its factory, config and weights; e.g. an SFT policy)."""
+    ``training.rl.RLPolicy`` works: register its factory in your code (``training.register_factory(name, fn)``)
+    and name it here with its ``kwargs``, or start from a ``training.checkpoint`` file (``init_checkpoint``:
+    its factory name, config and weights; e.g. an SFT policy)."""
 
     hidden: int = 64
     image: bool = False  # also see a downsampled camera image (PushT: observation.images.top)
     image_size: int = 24
     init_log_std: float = -0.5
-    factory: str = "training.rl.policy:build_policy"
+    factory: str = "gaussian_actor_critic"  # a registered name (training.factories)
     kwargs: dict = field(default_factory=dict)  # for another factory (the default one is shaped from the env)
     init_checkpoint: str | None = None
 

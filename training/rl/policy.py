@@ -11,16 +11,17 @@ seed, so an action does not depend on which other rows the dynamic batcher put i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
 
 from training.checkpoint import Policy
+from training.factories import factory_name, get_factory, register_factory
 
-FACTORY = "training.rl.policy:build_policy"
+FACTORY = "gaussian_actor_critic"
 
 
 @dataclass(frozen=True)
@@ -160,18 +161,19 @@ class GaussianActorCritic(nn.Module):
 
 @dataclass(frozen=True)
 class PolicySpec:
-    """How every actor builds the same policy: ``training.checkpoint.build(factory, config)``, then ``weights``
-    (None: the factory's own initialization, seeded by the trainer)."""
+    """How every actor builds the same policy: the factory registered as ``factory``, called with ``config``,
+    then ``weights`` (None: the factory's own initialization, seeded by the trainer). ``fn`` is that factory,
+    looked up where the spec is made (the driver, where the user's own registrations ran) and shipped to the
+    actors by Ray with the spec."""
 
     factory: str
     config: dict
     weights: dict | None = None
+    fn: Callable | None = field(default=None, compare=False, repr=False)
 
     def build(self) -> "RLPolicy":
-        """The module; TypeError if it lacks what RL calls."""
-        from training.checkpoint import build
-
-        module = build(self.factory, self.config)
+        """The module; UnknownFactory (ValueError) for an unregistered name, TypeError if it lacks what RL calls."""
+        module = (self.fn or get_factory(self.factory))(**self.config)
         if not isinstance(module, RLPolicy):
             missing = [m for m in ("input_features", "act_with_logprob", "evaluate_actions", "value", "get_weights",
                                    "set_weights", "reset", "act") if not hasattr(module, m)]
@@ -187,18 +189,23 @@ def policy_spec(cfg) -> PolicySpec:
     if p.init_checkpoint:
         from training.checkpoint import load
 
-        ckpt = load(p.init_checkpoint)
+        ckpt = load(p.init_checkpoint)  # refuses an unregistered factory, naming the file
         weights = {k: v.detach().cpu().numpy() for k, v in ckpt["state_dict"].items()}
-        return PolicySpec(ckpt["factory"], dict(ckpt["config"]), weights)
-    if p.factory != FACTORY:
-        return PolicySpec(p.factory, dict(p.kwargs))
+        return PolicySpec(ckpt["factory"], dict(ckpt["config"]), weights, get_factory(ckpt["factory"]))
+    name = factory_name(p.factory)
+    fn = get_factory(name, "policy.factory")
+    if name != FACTORY:
+        return PolicySpec(name, dict(p.kwargs), fn=fn)
     return PolicySpec(FACTORY, policy_config(cfg.env.id, image=p.image, hidden=p.hidden, image_size=p.image_size,
-                                             init_log_std=p.init_log_std, env_kwargs=cfg.env.kwargs))
+                                             init_log_std=p.init_log_std, env_kwargs=cfg.env.kwargs), fn=fn)
 
 
 def build_policy(**config) -> GaussianActorCritic:
-    """Checkpoint factory (``training.rl.policy:build_policy``)."""
+    """Checkpoint factory, registered as ``gaussian_actor_critic``."""
     return GaussianActorCritic(**config)
+
+
+register_factory(FACTORY, build_policy)
 
 
 def policy_config(env_id: str, *, image: bool = False, hidden: int = 64, image_size: int = 24,
