@@ -12,7 +12,6 @@ the table is rebuilt. A video that does not decode is reported (``DecodeReport.f
 
 from __future__ import annotations
 
-import pickle
 import time
 from dataclasses import dataclass, field
 
@@ -70,17 +69,17 @@ def _chunks(reader):
 
 
 def decode_unit(row: dict, *, lake_ref, units: list[list[tuple[str, str]]], lengths: dict[str, int]) -> dict:
-    """Ray task: decode the (episode, camera) pairs of one unit and write them as uncommitted fragments."""
+    """Ray task: decode the (episode, camera) pairs of one unit and write them as uncommitted fragments.
+    ``lake_ref``: the driver's read-only ``Lake`` handle (taken, not imported: the facade stays above this)."""
     from . import _tables
-    from ._lake import Lake
 
-    lk = Lake(*lake_ref, read_only=True)
+    lk = lake_ref
     frags, parts, held, frames, nbytes, failed = [], [], 0, 0, 0, []
 
     def flush():
         nonlocal parts, held
         if parts:
-            frags.extend(pickle.loads(_tables.write_fragments(lk.store, TABLE, pa.concat_tables(parts), SCHEMA)))
+            frags.extend(_tables.load_fragments(_tables.write_fragments(lk.store, TABLE, pa.concat_tables(parts), SCHEMA)))
         parts, held = [], 0
 
     by_episode: dict[str, list[str]] = {}
@@ -100,7 +99,7 @@ def decode_unit(row: dict, *, lake_ref, units: list[list[tuple[str, str]]], leng
             if held >= FLUSH_BYTES:
                 flush()
     flush()
-    return {"unit": row["unit"], "frags": pickle.dumps(frags), "videos": len(units[row["unit"]]) - len(failed),
+    return {"unit": row["unit"], "frags": _tables.dump_fragments(frags), "videos": len(units[row["unit"]]) - len(failed),
             "frames": frames, "bytes": nbytes, "failed": failed}
 
 
@@ -171,8 +170,8 @@ def decode_videos(lk, cameras=None, *, rebuild: bool = False, progress: bool = T
     frags, frames, nbytes, failed = [], 0, 0, []
     with tqdm(total=sum(lengths[e] for e, _ in todo), desc="decode videos", unit="frame", disable=not progress) as bar:
         for row in map_units(decode_unit, len(units), lambda r: bar.update(r["frames"]), tasks_per_cpu=2,
-                             lake_ref=(lk.store, lk._entry), units=units, lengths=lengths):
-            frags += pickle.loads(row["frags"])
+                             lake_ref=lk.checkout(lk.version), units=units, lengths=lengths):
+            frags += _tables.load_fragments(row["frags"])
             frames += row["frames"]
             nbytes += row["bytes"]
             failed += [tuple(f) for f in row["failed"]]

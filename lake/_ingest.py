@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -195,7 +194,7 @@ def write_unit(row: dict, *, src: Source, units: list[Unit], fields: list[pa.Fie
         "videos": _tables.write_fragments(store, "videos", pa.Table.from_pylist(video_rows, VIDEOS), VIDEOS),
         "episodes": _tables.write_fragments(store, "episodes", pa.Table.from_pylist(episode_rows, EPISODES), EPISODES),
     }
-    return {"unit": row["unit"], "frags": pickle.dumps(frags), "episodes": json.dumps([r["episode_id"] for r in episode_rows]),
+    return {"unit": row["unit"], "frags": json.dumps(frags), "episodes": json.dumps([r["episode_id"] for r in episode_rows]),
             "frames": sum(r["length"] for r in episode_rows), "bad": json.dumps(bad), "skipped": skipped,
             "seen": sum(e.length for e in unit.episodes),
             "tasks": json.dumps(sorted({t for r in episode_rows for t in r["tasks"]}))}
@@ -270,8 +269,8 @@ def ingest(store: Store, src_uri: str, *, split_ratios: dict[str, float] | None 
         frames_added = skipped = 0
         for i in sorted(results):
             row = results[i]
-            for table, fl in pickle.loads(row["frags"]).items():
-                frags[table] += pickle.loads(fl)
+            for table, fl in json.loads(row["frags"]).items():
+                frags[table] += _tables.load_fragments(fl)
             landed += json.loads(row["episodes"])
             tasks.update(json.loads(row["tasks"]))
             frames_added += row["frames"]

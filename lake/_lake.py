@@ -1,4 +1,11 @@
-"""The ``Lake`` handle: reads one lake version; a writable handle moves forward with its own commits."""
+"""The ``Lake`` handle: reads one lake version; a writable handle moves forward with its own commits.
+
+Imports run one way: lake <- packers <- loaders <- training <- entry points (``lake.cli``, ``lake.demo``, the
+server). The one exception is this facade: ``Lake.pack`` and ``Lake.stream`` import ``packers`` / ``loaders``
+lazily, inside the method, so users get the whole workflow from ``import lake``. Nothing below the facade
+imports it back: packers' and the decoder's Ray tasks are handed a read-only ``Lake`` by their driver rather
+than importing this module. ``tests/test_imports.py`` holds the rule and lists these hooks by function.
+"""
 
 from __future__ import annotations
 

@@ -106,3 +106,21 @@ def filesystem(uri: str, storage_options: dict[str, str] | None = None):
 
 def schema_with_metadata(schema: pa.Schema, **meta: str) -> pa.Schema:
     return schema.with_metadata({**(schema.metadata or {}), **{k.encode(): v.encode() for k, v in meta.items()}})
+
+
+def storage_options_from_env(uri: str) -> dict | None:
+    """Lance-style S3 options from AWS_* variables, for s3:// lakes."""
+    if not uri.startswith("s3://"):
+        return None
+    env = os.environ
+    opts = {
+        "aws_access_key_id": env.get("AWS_ACCESS_KEY_ID"),
+        "aws_secret_access_key": env.get("AWS_SECRET_ACCESS_KEY"),
+        "aws_session_token": env.get("AWS_SESSION_TOKEN"),
+        "aws_region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
+        "aws_endpoint": env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),
+    }
+    opts = {k: v for k, v in opts.items() if v}
+    if opts.get("aws_endpoint", "").startswith("http://"):
+        opts["allow_http"] = "true"
+    return opts or None

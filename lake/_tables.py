@@ -14,7 +14,7 @@ nothing is rewritten. Changing a column's type, or adding a field inside an exis
 
 from __future__ import annotations
 
-import pickle
+import json
 import time
 
 import pyarrow as pa
@@ -54,11 +54,23 @@ def _conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=schema)
 
 
-def write_fragments(store: Store, table: str, data: pa.Table, schema: pa.Schema) -> bytes:
-    """Write ``data`` as uncommitted fragments of ``table``; returns their pickled metadata (empty if no rows).
-    Columns ``table`` does not have yet come after its own (see the module doc)."""
+def dump_fragments(frags: list) -> str:
+    """Fragment metadata as JSON: how workers hand it to the driver (never a pickle: nothing read back runs code)."""
+    return json.dumps([f.to_json() for f in frags])
+
+
+def load_fragments(text: str) -> list:
+    """``dump_fragments``'s inverse: a list of ``lance.fragment.FragmentMetadata``."""
+    from lance.fragment import FragmentMetadata
+
+    return [FragmentMetadata.from_json(json.dumps(d)) for d in json.loads(text)]
+
+
+def write_fragments(store: Store, table: str, data: pa.Table, schema: pa.Schema) -> str:
+    """Write ``data`` as uncommitted fragments of ``table``; returns their metadata as JSON (``load_fragments``
+    reads it; empty if no rows). Columns ``table`` does not have yet come after its own (see the module doc)."""
     if data.num_rows == 0:
-        return pickle.dumps([])
+        return dump_fragments([])
     from lance.fragment import write_fragments as _write
 
     opts = {}
@@ -70,7 +82,7 @@ def write_fragments(store: Store, table: str, data: pa.Table, schema: pa.Schema)
         schema = evolved_schema(table, ds.schema, schema, fields_from="new")  # field ids follow this order
     frags = _write(_conform(data, schema), store.table_uri(table), schema=schema,
                    storage_options=store.storage_options, max_rows_per_file=1 << 22, **opts)
-    return pickle.dumps(frags)
+    return dump_fragments(frags)
 
 
 def pinned_fragments(store: Store, table: str, version: int | None) -> list:
@@ -116,4 +128,4 @@ def append_tables(store: Store, pins: dict[str, int], batches: dict[str, tuple[p
 
 def write_rows(store: Store, table: str, rows: pa.Table, schema: pa.Schema) -> list:
     """Driver-side small writes (tasks, quarantine, sources): fragments, not yet committed."""
-    return pickle.loads(write_fragments(store, table, rows, schema))
+    return load_fragments(write_fragments(store, table, rows, schema))

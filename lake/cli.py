@@ -22,6 +22,8 @@ import sys
 
 import numpy as np
 
+from lake._store import storage_options_from_env
+
 
 def _parse_split(text: str) -> dict[str, float]:
     out = {}
@@ -34,24 +36,6 @@ def _parse_split(text: str) -> dict[str, float]:
     if not out:
         raise argparse.ArgumentTypeError("empty split")
     return out
-
-
-def storage_options_from_env(uri: str) -> dict | None:
-    """Lance-style S3 options from AWS_* variables, for s3:// lakes."""
-    if not uri.startswith("s3://"):
-        return None
-    env = os.environ
-    opts = {
-        "aws_access_key_id": env.get("AWS_ACCESS_KEY_ID"),
-        "aws_secret_access_key": env.get("AWS_SECRET_ACCESS_KEY"),
-        "aws_session_token": env.get("AWS_SESSION_TOKEN"),
-        "aws_region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
-        "aws_endpoint": env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),
-    }
-    opts = {k: v for k, v in opts.items() if v}
-    if opts.get("aws_endpoint", "").startswith("http://"):
-        opts["allow_http"] = "true"
-    return opts or None
 
 
 def _lake(args, create: bool = False):
@@ -177,11 +161,6 @@ def cmd_eval(args) -> int:
     from training.evaluate import cli  # torch and the simulator load only for this command
 
     return cli(args)
-
-
-def cmd_not_yet(args) -> int:
-    print(f"error: 'lake {args.cmd}' is not available in this build yet", file=sys.stderr)
-    return 2
 
 
 def parser() -> argparse.ArgumentParser:

@@ -9,7 +9,6 @@ the fragments and a row of ``packings`` (lineage: recipe, source lake version, c
 from __future__ import annotations
 
 import json
-import pickle
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -18,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from .binpack import SampleTooLong, get_packer
+from .encoders import get_encoder
 from .images import get_image_tokenizer, resize
 from .recipe import Recipe, default_recipe
 from .samples import Samples, assemble, episode_samples, make_layout
@@ -94,14 +94,16 @@ def _group_images(lk, episodes: list[dict], layout: dict, tokenize) -> dict[tupl
             for e in episodes for c in layout["cameras"] if c in (e["cameras"] or [])}
 
 
-def pack_group(row: dict, *, lake_ref, groups: list[tuple], layout: dict, recipe: Recipe, table: str) -> dict:
+def pack_group(row: dict, *, lake_ref, groups: list[tuple], layout: dict, recipe: Recipe, table: str,
+               encoder=None) -> dict:
+    """Ray task: pack one group of episodes. ``lake_ref``: the driver's read-only ``Lake`` handle (taken, not
+    imported: packers sit below the ``lake`` facade, whose ``pack`` calls them)."""
     from lake import _tables
-    from lake._lake import Lake
 
-    lk = Lake(*lake_ref, read_only=True)
+    lk = lake_ref
     split, episodes, first_id, seed = groups[row["unit"]]
     tok = get_tokenizer(recipe.tokenizer)
-    image_tok = get_image_tokenizer(recipe.image_encoder, recipe.patch_size, recipe.encoder)
+    image_tok = get_image_tokenizer(recipe.image_encoder, recipe.patch_size, encoder)
     columns = _group_columns(lk, episodes, layout["state_features"] + layout["action_features"])
     images = _group_images(lk, episodes, layout, image_tok)
     parts = []
@@ -150,6 +152,8 @@ def pack(lk, recipe=None, *, repack: bool = False, progress: bool = True, ray_ad
 
     t0 = time.perf_counter()
     recipe = resolve_recipe(lk, recipe)
+    # looked up here, where the user's registrations ran; the factory itself travels to the Ray tasks
+    encoder = get_encoder(recipe.encoder, f"recipe {recipe.name}") if recipe.image_encoder == "frozen" else None
     table = f"packed_{recipe.hash}"
     prior = [r for r in packings(lk) if r["recipe_hash"] == recipe.hash]
     eps = lk.episodes(columns=["episode_id", "split", "length", "task", "fps", "frames_table", "cameras"])
@@ -183,8 +187,9 @@ def pack(lk, recipe=None, *, repack: bool = False, progress: bool = True, ray_ad
     frags, packs_n, samples_n, tokens, n_eps = [], 0, 0, 0, 0
     with tqdm(total=sum(len(g[1]) for g in groups), desc=f"pack {recipe.name}", unit="ep", disable=not progress) as bar:
         for row in map_units(pack_group, len(groups), lambda r: bar.update(r["episodes"]),
-                             lake_ref=(lk.store, lk._entry), groups=groups, layout=layout, recipe=recipe, table=table):
-            frags += pickle.loads(row["frags"])
+                             lake_ref=lk.checkout(lk.version), groups=groups, layout=layout, recipe=recipe, table=table,
+                             encoder=encoder):
+            frags += _tables.load_fragments(row["frags"])
             packs_n += row["packs"]
             samples_n += row["samples"]
             tokens += row["tokens"]

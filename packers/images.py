@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 from functools import lru_cache
 from typing import Callable
 
 import numpy as np
+
+from .encoders import EncoderFactory, get_encoder
 
 ImageTokenizer = Callable[[np.ndarray], np.ndarray]  # uint8 (T, H, W, 3) -> (T, tokens, dim)
 
@@ -29,21 +30,19 @@ def patchify(frames: np.ndarray, p: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=4)
-def _load_encoder(spec: str):
-    mod, _, fn = spec.partition(":")
-    if not fn:
-        raise ValueError(f"encoder must be 'module:factory', got {spec!r}")
-    module = getattr(importlib.import_module(mod), fn)()
-    return module.eval()
+def _load_encoder(factory: EncoderFactory):
+    return factory().eval()
 
 
-def frozen_tokens(spec: str, batch: int = 64) -> ImageTokenizer:
-    """Embeddings from a frozen module: (B, 3, H, W) float in [0, 1] -> (B, N, D); stored as float16."""
+def frozen_tokens(encoder: str | EncoderFactory, batch: int = 64) -> ImageTokenizer:
+    """Embeddings from a frozen module: (B, 3, H, W) float in [0, 1] -> (B, N, D); stored as float16.
+    ``encoder``: a registered name (``packers.encoders``), or the factory the driver already looked up."""
+    factory = encoder if callable(encoder) else get_encoder(encoder)
 
     def run(frames: np.ndarray) -> np.ndarray:
         import torch
 
-        enc = _load_encoder(spec)
+        enc = _load_encoder(factory)
         out = []
         with torch.inference_mode():
             for i in range(0, len(frames), batch):
@@ -54,7 +53,7 @@ def frozen_tokens(spec: str, batch: int = 64) -> ImageTokenizer:
     return run
 
 
-def get_image_tokenizer(kind: str, patch_size: int, encoder: str | None = None) -> ImageTokenizer:
+def get_image_tokenizer(kind: str, patch_size: int, encoder: str | EncoderFactory | None = None) -> ImageTokenizer:
     if kind == "patches":
         return lambda frames: patchify(frames, patch_size)
     if kind == "frozen":

@@ -23,7 +23,7 @@ class Recipe:
     image_size: tuple[int, int] = (64, 64)  # (height, width) after resize
     patch_size: int = 16  # image tokens per camera per step = (H / p) * (W / p)
     image_encoder: str = "patches"  # "patches" (raw uint8 p×p×3 patches) | "frozen" (embeddings)
-    encoder: str | None = None  # "module:factory" -> torch.nn.Module, (B,3,H,W) float -> (B,N,D); for "frozen"
+    encoder: str | None = None  # for "frozen": a registered encoder name (packers.register_encoder)
     observation_deltas: tuple[float, ...] = (0.0,)  # seconds, e.g. (-0.1, 0.0) for one step of history
     action_deltas: tuple[float, ...] | None = None  # seconds; None = action_horizon steps from 0
     action_horizon: int = 16
@@ -62,7 +62,7 @@ class Recipe:
         if self.too_long not in ("error", "truncate"):
             raise ValueError(f"too_long must be 'error' or 'truncate', got {self.too_long!r}")
         if self.image_encoder not in ("patches", "frozen") or (self.image_encoder == "frozen" and not self.encoder):
-            raise ValueError("image_encoder is 'patches', or 'frozen' with encoder='module:factory'")
+            raise ValueError("image_encoder is 'patches', or 'frozen' with encoder=NAME (packers.register_encoder)")
         if self.token_budget <= 0 or self.frame_stride <= 0 or self.action_horizon <= 0:
             raise ValueError("token_budget, frame_stride and action_horizon must be positive")
         if not self.observation_deltas:

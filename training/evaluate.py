@@ -233,7 +233,7 @@ def evaluate(checkpoint_path, env_id: str | None = None, episodes: int = 10, lak
 
 def cli(args) -> int:
     """``lake eval CHECKPOINT --env ENV_ID --episodes N --lake URI`` (called by ``lake.cli``)."""
-    from lake.cli import storage_options_from_env
+    from lake._store import storage_options_from_env
 
     uri = getattr(args, "lake", None) or os.environ.get("LAKE_URI")
     rep = evaluate(args.checkpoint, args.env, args.episodes if args.episodes is not None else 10, lake_uri=uri,

@@ -3,7 +3,6 @@ them as nulls, nothing is rewritten; a changed column type is refused with the t
 
 from __future__ import annotations
 
-import pickle
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +21,7 @@ NEW = pa.schema([pa.field("id", pa.string()), pa.field("tag", pa.string()),
 
 
 def _commit(store, table, data, schema, pinned):
-    frags = pickle.loads(_tables.write_fragments(store, table, data, schema))
+    frags = _tables.load_fragments(_tables.write_fragments(store, table, data, schema))
     return _tables.overwrite_with(store, table, schema, pinned, frags)
 
 

@@ -174,7 +174,7 @@ def test_frozen_encoder_embeddings(packed, tmp_path):
     dst = tmp_path / "lake"
     shutil.copytree(lk.uri, dst)
     lk2 = lake.open(dst)
-    r = Recipe(image_size=(32, 32), image_encoder="frozen", encoder="packers.encoders:patch_embed",
+    r = Recipe(image_size=(32, 32), image_encoder="frozen", encoder="patch_embed",
                cameras=("observation.images.top",), action_horizon=4, episodes_per_group=8)
     rep = lk2.pack(r, progress=False)
     row = lk2.table(rep.table).to_table().slice(0, 1).to_pylist()[0]
@@ -230,3 +230,18 @@ def test_incremental_pack_into_a_table_packed_before_fixed_size_rows_keeps_its_f
     got = sorted(o for b in lk2.stream("train", recipe=RECIPE, batch_packs=3) for o in b.origin)
     eps = lk2.episodes(columns=["episode_id", "split", "length"]).to_pylist()
     assert got == sorted((e["episode_id"], t) for e in eps if e["split"] == "train" for t in range(e["length"]))
+
+
+def test_a_recipe_naming_an_unregistered_encoder_fails_before_any_work(packed, tmp_path, capsys):
+    """A recipe file cannot choose code: ``encoder: os:system`` is a name nobody registered, refused with one line
+    naming the recipe and the name; no version is written."""
+    lk, _, _ = packed
+    dst = tmp_path / "lake"
+    shutil.copytree(lk.uri, dst)
+    before = lake.open(dst).version
+    recipe = tmp_path / "hostile.yaml"
+    recipe.write_text(Recipe(image_size=(32, 32), image_encoder="frozen", encoder="os:system", name="hostile").to_yaml())
+    assert cli(["pack", str(recipe), "--lake", str(dst), "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "recipe hostile" in err[0] and "'os:system' is not registered" in err[0], err
+    assert lake.open(dst).version == before

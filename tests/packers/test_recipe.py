@@ -14,7 +14,7 @@ CHANGES = {
     "action_features": ("other",), "pad": "zero", "tokenizer": "tok.json", "max_text_tokens": 9,
     "normalization": "quantile", "action_bins": 256, "token_budget": 4096, "max_samples_per_pack": 7,
     "too_long": "truncate", "frame_stride": 2, "episodes_per_group": 3, "packer": "bfd", "seed": 1,
-    "image_encoder": "frozen", "encoder": "packers.encoders:patch_embed",
+    "image_encoder": "frozen", "encoder": "patch_embed",
 }
 
 
@@ -68,3 +68,26 @@ def test_default_recipe_takes_every_camera_and_observation_feature():
     r = default_recipe(feats)
     assert r.cameras == ("observation.images.a", "observation.images.b")
     assert r.state_features == ("observation.state",) and r.action_features == ("action",)
+
+
+def test_frozen_encoders_are_chosen_by_registered_name_only():
+    from packers import UnknownEncoder, get_encoder, register_encoder
+    from packers.encoders import ENCODERS, patch_embed
+
+    assert get_encoder("patch_embed") is patch_embed
+    assert get_encoder("packers.encoders:patch_embed") is patch_embed  # recipes written before the registry
+    with pytest.raises(UnknownEncoder, match=r"recipe mine: image encoder 'os:system' is not registered"):
+        get_encoder("os:system", "recipe mine")
+    with pytest.raises(ValueError, match="plain name"):
+        register_encoder("mymod:make", patch_embed)  # module paths are what the registry replaces
+
+    def mine():
+        return patch_embed(dim=8)
+
+    try:
+        register_encoder("mine", mine)
+        assert get_encoder("mine") is mine
+        with pytest.raises(ValueError, match="already registered"):
+            register_encoder("mine", patch_embed)
+    finally:
+        ENCODERS.pop("mine", None)

@@ -13,7 +13,7 @@ from .advantages import ADVANTAGES, gae, get_advantage, group_relative
 from .batcher import ActReply, ActRequest, DynamicBatcher
 from .config import (AlgoConfig, BatchingConfig, EnvConfig, LakeConfig, LatencyConfig, PlacementConfig, PolicyConfig,
                      RLConfig, WorkersConfig, from_dict, load_config, validate, with_overrides)
-from .envs import get_family, make_env, make_vector_env, to_features
+from .envs import ENV_NAMESPACES, get_family, make_env, make_vector_env, register_env_namespace, to_features
 from .latency import LATENCIES, get_latency
 from .ledger import Ledger
 from .losses import CORRECTIONS, get_correction
@@ -22,10 +22,10 @@ from .policy import ActionSample, GaussianActorCritic, PolicySpec, RLPolicy, bui
 from .trajectory import Trajectory, staleness, to_new_episode
 
 __all__ = [
-    "ADVANTAGES", "CORRECTIONS", "LATENCIES", "ActReply", "ActRequest", "ActionSample", "AlgoConfig", "BatchingConfig",
+    "ADVANTAGES", "CORRECTIONS", "ENV_NAMESPACES", "LATENCIES", "ActReply", "ActRequest", "ActionSample", "AlgoConfig", "BatchingConfig",
     "DynamicBatcher", "EnvConfig", "GaussianActorCritic", "LakeConfig", "LatencyConfig", "Ledger", "PlacementConfig",
     "PolicyConfig", "PolicySpec", "RLConfig", "RLPolicy", "RunReport", "Trajectory", "WorkersConfig", "build_policy", "from_dict",
     "gae", "get_advantage", "get_correction", "get_family", "get_latency", "group_relative", "load_config",
-    "make_env", "make_vector_env", "policy_config", "policy_spec", "required_cpus", "run", "staleness", "summary", "to_features",
+    "make_env", "make_vector_env", "policy_config", "policy_spec", "register_env_namespace", "required_cpus", "run", "staleness", "summary", "to_features",
     "to_new_episode", "validate", "with_overrides",
 ]

@@ -5,11 +5,15 @@ Policies (RL and SFT alike) see ``{"observation.state": (B, D), "observation.ima
 *family* says how to build the env for the features a policy wants and how to rename its observation keys;
 any registered id with a Box action space works (generic family: a Box observation is ``observation.state``,
 dict keys follow LeRobot's ``agent_pos`` / ``environment_state`` / ``pixels`` convention).
+
+Env ids choose code only through registries that code declares: Gymnasium's own (ids registered by packages
+this process imported) and ``ENV_NAMESPACES`` (namespace -> a function that registers its ids, e.g. by
+importing ``gym_pusht``). An id never names a module to import: Gymnasium's ``module:Env-v0`` form is refused,
+since an env id may come from a checkpoint file.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -47,6 +51,20 @@ GENERIC = EnvFamily("gymnasium", "")
 FAMILIES: dict[str, EnvFamily] = {"gym_pusht/": PUSHT}
 
 
+def _register_gym_pusht() -> None:
+    import gym_pusht  # noqa: F401 - registers gym_pusht/PushT-v0 with Gymnasium
+
+
+ENV_NAMESPACES: dict[str, Callable[[], None]] = {"gym_pusht": _register_gym_pusht}
+
+
+def register_env_namespace(namespace: str, register: Callable[[], None]) -> None:
+    """Make ids ``namespace/...`` available: ``register()`` runs before the first such env is made (typically an
+    import of the package that registers them with Gymnasium, e.g. ``lambda: __import__("metaworld")`` written
+    in your own code)."""
+    ENV_NAMESPACES[namespace] = register
+
+
 def get_family(env_id: str) -> EnvFamily:
     """The family whose prefix ``env_id`` starts with; the generic family otherwise."""
     for prefix, fam in FAMILIES.items():
@@ -57,15 +75,18 @@ def get_family(env_id: str) -> EnvFamily:
 
 def make_env(env_id: str, *, image: bool = False, max_episode_steps: int | None = None, kwargs: dict | None = None,
              render: bool = False):
-    """One Gymnasium env. Raises ValueError if the id is unknown or its actions are not a Box."""
+    """One Gymnasium env. Raises ValueError if the id is unknown, names a module, or its actions are not a Box."""
     import gymnasium as gym
 
+    if not isinstance(env_id, str) or ":" in env_id:
+        raise ValueError(f"env id {env_id!r}: 'module:Env' ids are refused (an id never names code to import); "
+                         f"register the namespace with training.rl.register_env_namespace")
     ns = env_id.split("/")[0] if "/" in env_id else None
-    if ns:  # namespaced ids register on import (gym_pusht/PushT-v0 needs ``import gym_pusht``)
+    if ns in ENV_NAMESPACES:  # namespaced ids register on import (gym_pusht/PushT-v0 needs ``import gym_pusht``)
         try:
-            importlib.import_module(ns)
-        except ImportError:
-            pass
+            ENV_NAMESPACES[ns]()
+        except ImportError as e:
+            raise ValueError(f"env {env_id!r}: its package is not installed ({e})") from None
     fam = get_family(env_id)
     kw = {**fam.make_kwargs(image), **(kwargs or {})}
     if render:
@@ -73,7 +94,9 @@ def make_env(env_id: str, *, image: bool = False, max_episode_steps: int | None 
     try:
         env = gym.make(env_id, max_episode_steps=max_episode_steps, **kw)
     except gym.error.Error as e:
-        raise ValueError(f"cannot make env {env_id!r}: {e}") from None
+        hint = (f" (namespace {ns!r} is not registered: training.rl.register_env_namespace)"
+                if ns and ns not in ENV_NAMESPACES else "")
+        raise ValueError(f"cannot make env {env_id!r}: {e}{hint}") from None
     if not isinstance(env.action_space, gym.spaces.Box):
         raise ValueError(f"env {env_id!r}: actions are {env.action_space}; the Gaussian policies need a Box")
     return env
