@@ -91,7 +91,16 @@ def test_rl_can_start_from_any_checkpointed_rl_policy_and_rejects_modules_that_c
     assert spec.factory == FACTORY and spec.config == state_config
     q = spec.build()
     assert torch.equal(q.log_std, p.log_std)
-    bad = policy_spec(with_overrides(RLConfig(), {"policy.factory": "torch.nn:Linear",
-                                                  "policy.kwargs": {"in_features": 2, "out_features": 2}}))
-    with pytest.raises(TypeError, match="not an RLPolicy"):
-        bad.build()
+    linear = {"policy.factory": "linear", "policy.kwargs": {"in_features": 2, "out_features": 2}}
+    with pytest.raises(ValueError, match="policy.factory: model factory 'linear' is not registered"):
+        policy_spec(with_overrides(RLConfig(), linear))
+    with pytest.raises(ValueError, match="'torch.nn:Linear' is not registered"):  # a module path chooses no code
+        policy_spec(with_overrides(RLConfig(), {**linear, "policy.factory": "torch.nn:Linear"}))
+    from training.factories import FACTORIES, register_factory
+
+    try:
+        register_factory("linear", torch.nn.Linear)
+        with pytest.raises(TypeError, match="not an RLPolicy"):
+            policy_spec(with_overrides(RLConfig(), linear)).build()
+    finally:
+        FACTORIES.pop("linear", None)

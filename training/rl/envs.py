@@ -55,7 +55,18 @@ def _register_gym_pusht() -> None:
     import gym_pusht  # noqa: F401 - registers gym_pusht/PushT-v0 with Gymnasium
 
 
-ENV_NAMESPACES: dict[str, Callable[[], None]] = {"gym_pusht": _register_gym_pusht}
+def _register_gym_aloha() -> None:
+    import gym_aloha  # noqa: F401 - LeRobot's sim envs, when installed
+
+
+def _register_gym_xarm() -> None:
+    import gym_xarm  # noqa: F401
+
+
+# namespace -> registers its ids; these run in every process (RL actors too), so a user's own namespace
+# registered in the driver reaches Ray actors only if their code registers it there as well
+ENV_NAMESPACES: dict[str, Callable[[], None]] = {"gym_pusht": _register_gym_pusht, "gym_aloha": _register_gym_aloha,
+                                                  "gym_xarm": _register_gym_xarm}
 
 
 def register_env_namespace(namespace: str, register: Callable[[], None]) -> None:
