@@ -146,13 +146,38 @@ class Lake:
         entries = _versions.chain(self._store)
         return [
             _versions.LogEntry(e.version, e.timestamp, e.message, e.tables, e.summary,
-                               tuple(sorted(by_version.get(e.version, ()))), e.writer)
+                               tuple(sorted(by_version.get(e.version, ()))), e.writer, e.data_deleted)
             for e in reversed(entries)
         ]
 
     def checkout(self, version_or_tag) -> "Lake":
-        """A read-only handle at a lake version number or tag."""
+        """A read-only handle at a lake version number or tag. Raises KeyError for an unknown one, and
+        ``VersionDeleted`` (a KeyError naming the retained versions) for one whose data ``gc`` deleted."""
         return Lake(self._store, _versions.resolve(self._store, version_or_tag), read_only=True)
+
+    def describe(self, version_or_tag) -> _versions.LogEntry:
+        """The log entry of a lake version or tag, also after ``gc`` deleted its data (``.data_deleted``):
+        what a checkpoint's lineage names stays answerable."""
+        if isinstance(version_or_tag, str) and not version_or_tag.lstrip("-").isdigit():
+            t = _versions.tags(self._store)
+            if version_or_tag not in t:
+                raise KeyError(f"no tag {version_or_tag!r} (tags: {sorted(t)})")
+            version_or_tag = t[version_or_tag]
+        e = _versions.entry(self._store, int(version_or_tag))
+        tags = tuple(sorted(n for n, v in _versions.tags(self._store).items() if v == e.version))
+        return _versions.LogEntry(e.version, e.timestamp, e.message, e.tables, e.summary, tags, e.writer,
+                                  e.version in _versions.deleted_versions(self._store))
+
+    def gc(self, keep_last: int = 10, keep_within=None, dry_run: bool = False):
+        """Delete the data of versions nobody keeps: tagged versions, the newest ``keep_last`` and those newer
+        than ``keep_within`` (a timedelta or "7d", "12h", ...) stay. Returns a GcReport (``.deleted_versions``,
+        ``.bytes_freed``); ``dry_run`` deletes nothing. See ``lake._gc``."""
+        from ._gc import gc
+
+        self._writable()
+        rep = gc(self._store, keep_last=keep_last, keep_within=keep_within, dry_run=dry_run)
+        self._datasets.clear()
+        return rep
 
     def _ids_at(self, version_or_tag) -> set[str]:
         entry = _versions.resolve(self._store, version_or_tag)
