@@ -269,12 +269,19 @@ def compact_log(store: Store) -> bool:
         raise
 
 
+_fault_hits: dict[str, int] = {}
+
+
 def _fault_point(name: str) -> None:
-    """Test hook: with EPISODE_LAKE_FAULT=<name>:<marker path>, touch the marker and hang here (to be killed)."""
+    """Test hook: with EPISODE_LAKE_FAULT=<name>:<marker path>, touch the marker and hang here (to be killed);
+    EPISODE_LAKE_FAULT_SKIP=k passes the first k hits."""
     import os
 
     spec = os.environ.get("EPISODE_LAKE_FAULT", "")
     if spec.startswith(name + ":"):
+        _fault_hits[name] = _fault_hits.get(name, 0) + 1
+        if _fault_hits[name] <= int(os.environ.get("EPISODE_LAKE_FAULT_SKIP", "0")):
+            return
         with open(spec.split(":", 1)[1], "w") as f:
             f.write(str(os.getpid()))
         time.sleep(3600)
