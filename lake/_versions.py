@@ -11,12 +11,13 @@ another row at its version number, rebuilds its table versions on the new head a
 
 Reading the head costs the same at any history length. Every writer appends ``head + 1`` after reading a
 valid head, so a row can only follow the valid row before it: the chain is found by replaying the rows that
-come after a known-valid row. The log's *first fragment* is kept clean (rows ``0..n-1`` are exactly lake
-versions ``0..n-1``): it is the creating row, and every log compaction (``compact_log``, run by the writer
-whose commit leaves more than ``LOG_FRAGMENTS`` fragments) first deletes the rows that lost races, then lets
-Lance merge the fragments. A head lookup reads the first fragment's last row plus the fragments after it
-(fewer than ``LOG_FRAGMENTS``), and version ``v`` of the clean prefix is one ``take``. A log that does not
-have this shape (written by hand, say) is read whole: slower, never wrong.
+come after a known-valid row. One fragment of the log is kept *clean* (its rows ``0..n-1`` are exactly lake
+versions ``0..n-1``): the creating row, until the writer whose commit leaves more than ``LOG_FRAGMENTS``
+fragments compacts the log (``compact_log``: one Lance ``Rewrite`` of every fragment into one holding just the
+chain, in version order; rows that lost races are dropped). Rows appended meanwhile may land before it (Lance
+places a rebased rewrite last) but are all newer, so a head lookup reads the clean fragment's last row plus
+the other fragments (at most ``LOG_FRAGMENTS``), and version ``v < n`` is one ``take``. A log without a clean
+fragment (written by hand, say) is read whole: slower, never wrong.
 
 Tags and gc records live in ``_refs`` (rows ``kind, name, version``: ``tag`` names a lake version; ``deleted``
 says ``gc`` removed a version's data; its log row stays, so lineage still names it). A tag is also a Lance tag
