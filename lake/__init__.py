@@ -17,7 +17,8 @@ from ._decoded import DecodeReport  # noqa: E402
 from ._ingest import IngestReport, split_of  # noqa: E402
 from ._lake import Diff, Lake, ReadOnlyError, open  # noqa: E402
 from ._lerobot import EpisodeError, SourceError  # noqa: E402
-from ._versions import LakeBusy, LogEntry  # noqa: E402
+from ._gc import GcReport  # noqa: E402
+from ._versions import LakeBusy, LogEntry, VersionDeleted  # noqa: E402
 
 
 def stream(split: str, uri=None, **opts):
@@ -33,7 +34,7 @@ def write_pusht_dataset(*args, **kwargs):
 
 
 __all__ = [
-    "DecodeReport", "Diff", "EpisodeError", "IngestReport", "Lake", "LakeBusy", "LogEntry", "NewEpisode", "ReadOnlyError", "SourceError",
+    "DecodeReport", "Diff", "GcReport", "EpisodeError", "IngestReport", "Lake", "LakeBusy", "LogEntry", "NewEpisode", "ReadOnlyError", "SourceError", "VersionDeleted",
     "episode_id",
     "open", "split_of", "stream", "write_pusht_dataset",
 ]

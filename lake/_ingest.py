@@ -161,7 +161,7 @@ def write_unit(row: dict, *, src: Source, units: list[Unit], fields: list[pa.Fie
             continue
         split = split_of(eid, split_ratios)
         try:
-            stats = _stats.frame_stats(frames)
+            stats, sketch = _stats.frame_stats(frames), _stats.frame_sketches(frames)
             videos = []
             for cam, ref in ep.videos:
                 item = f"{ref.path} episode {ep.index}"
@@ -173,6 +173,7 @@ def write_unit(row: dict, *, src: Source, units: list[Unit], fields: list[pa.Fie
                 seg.skip = select(seg, pts, ref.from_ts, ep.length, src.fps, item)
                 seg.frames = ep.length
                 stats[cam] = image_stats(imgs[seg.skip:seg.skip + ep.length])
+                sketch.append(_stats.image_sketch(cam, imgs[seg.skip:seg.skip + ep.length]))
                 videos.append(_video_row(eid, cam, ref, seg))
         except EpisodeError as e:
             bad.append((e.item if e.item != "video" else f"episode {ep.index}", e.reason))
@@ -184,7 +185,7 @@ def write_unit(row: dict, *, src: Source, units: list[Unit], fields: list[pa.Fie
             "task": ep.tasks[0] if ep.tasks else "", "tasks": list(ep.tasks), "length": ep.length, "split": split,
             "robot_type": src.robot_type, "fps": src.fps, "frames_table": frames_table,
             "cameras": [c for c, _ in ep.videos], "codebase_version": src.codebase_version,
-            "stats": _stats.to_rows(stats),
+            "stats": _stats.to_rows(stats), "sketch": sketch,
         })
     fschema = frames_schema(fields)
     frags = {

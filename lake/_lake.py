@@ -55,9 +55,10 @@ class Lake:
         self._index: tuple[int, dict] | None = None  # (version, episode_id -> row): lookups without a scan each
         self._datasets: dict[tuple[str, int], object] = {}  # opened Lance datasets at pinned versions
         self._video_index: tuple[int, dict] | None = None  # (version, (episode, camera) -> video row sans blob)
+        self._frame_rows: dict[tuple[str, int], tuple[dict, np.ndarray]] = {}  # see _rows_of
 
     def __getstate__(self):  # opened datasets stay behind (Lance handles are per process)
-        return {**self.__dict__, "_datasets": {}, "_index": None, "_video_index": None}
+        return {**self.__dict__, "_datasets": {}, "_index": None, "_video_index": None, "_frame_rows": {}}
 
     def __repr__(self) -> str:
         return f"Lake({self.uri!r}, version={self.version}{', read-only' if self._read_only else ''})"
@@ -153,13 +154,38 @@ class Lake:
         entries = _versions.chain(self._store)
         return [
             _versions.LogEntry(e.version, e.timestamp, e.message, e.tables, e.summary,
-                               tuple(sorted(by_version.get(e.version, ()))), e.writer)
+                               tuple(sorted(by_version.get(e.version, ()))), e.writer, e.data_deleted)
             for e in reversed(entries)
         ]
 
     def checkout(self, version_or_tag) -> "Lake":
-        """A read-only handle at a lake version number or tag."""
+        """A read-only handle at a lake version number or tag. Raises KeyError for an unknown one, and
+        ``VersionDeleted`` (a KeyError naming the retained versions) for one whose data ``gc`` deleted."""
         return Lake(self._store, _versions.resolve(self._store, version_or_tag), read_only=True)
+
+    def describe(self, version_or_tag) -> _versions.LogEntry:
+        """The log entry of a lake version or tag, also after ``gc`` deleted its data (``.data_deleted``):
+        what a checkpoint's lineage names stays answerable."""
+        if isinstance(version_or_tag, str) and not version_or_tag.lstrip("-").isdigit():
+            t = _versions.tags(self._store)
+            if version_or_tag not in t:
+                raise KeyError(f"no tag {version_or_tag!r} (tags: {sorted(t)})")
+            version_or_tag = t[version_or_tag]
+        e = _versions.entry(self._store, int(version_or_tag))
+        tags = tuple(sorted(n for n, v in _versions.tags(self._store).items() if v == e.version))
+        return _versions.LogEntry(e.version, e.timestamp, e.message, e.tables, e.summary, tags, e.writer,
+                                  e.version in _versions.deleted_versions(self._store))
+
+    def gc(self, keep_last: int = 10, keep_within=None, dry_run: bool = False):
+        """Delete the data of versions nobody keeps: tagged versions, the newest ``keep_last`` and those newer
+        than ``keep_within`` (a timedelta or "7d", "12h", ...) stay. Returns a GcReport (``.deleted_versions``,
+        ``.bytes_freed``); ``dry_run`` deletes nothing. See ``lake._gc``."""
+        from ._gc import gc
+
+        self._writable()
+        rep = gc(self._store, keep_last=keep_last, keep_within=keep_within, dry_run=dry_run)
+        self._datasets.clear()
+        return rep
 
     def _ids_at(self, version_or_tag) -> set[str]:
         entry = _versions.resolve(self._store, version_or_tag)
@@ -192,7 +218,7 @@ class Lake:
         preds = [f"({filter})"] if filter else []
         if split is not None:
             preds.append(f"split = '{_quote(split)}'")
-        cols = columns or [n for n in EPISODES.names if n != "stats"]
+        cols = columns or [n for n in EPISODES.names if n not in ("stats", "sketch")]
         if "episodes" in self._entry.tables:  # lakes written before a column existed
             have = set(self.table("episodes").schema.names)
             cols = [c for c in cols if c in have]
@@ -215,10 +241,32 @@ class Lake:
         cols = None if columns is None else list(dict.fromkeys(["frame_index", *columns]))
         from ._schema import unnest
 
-        t = unnest(self.table(ep["frames_table"]).to_table(filter=f"episode_id = '{episode_id}'", columns=cols))
+        ds = self.table(ep["frames_table"])
+        addrs = self._rows_of(ep["frames_table"], episode_id)
+        # by address, not fragment offset: addresses stay right when rows before them are deleted
+        t = unnest(ds._take_rows(addrs.tolist(), columns=cols) if len(addrs) else
+                   ds.to_table(columns=cols, limit=0))
         if "frame_index" in t.column_names:
             t = t.sort_by("frame_index")
         return t.select(columns) if columns is not None else t
+
+    def _rows_of(self, table: str, episode_id: str) -> np.ndarray:
+        """Row addresses (fragment << 32 | offset) of an episode's frames in the pinned ``table``. The first call
+        per table version reads the ``episode_id`` column once (with row addresses); every later call is a dict
+        lookup, so reading episodes one by one costs a take each, not a scan each."""
+        key = (table, self._entry.tables[table])
+        if key not in self._frame_rows:
+            t = self.table(table).to_table(columns=["episode_id"], with_row_address=True)
+            codes = t.column("episode_id").combine_chunks().dictionary_encode()
+            idx = codes.indices.to_numpy(zero_copy_only=False)
+            order = np.argsort(idx, kind="stable")
+            addr = t.column("_rowaddr").to_numpy().astype(np.uint64)[order]
+            bounds = np.searchsorted(idx[order], np.arange(len(codes.dictionary) + 1))
+            spans = {e: (int(bounds[i]), int(bounds[i + 1])) for i, e in enumerate(codes.dictionary.to_pylist())}
+            self._frame_rows[key] = (spans, addr)
+        spans, addr = self._frame_rows[key]
+        a, b = spans.get(episode_id, (0, 0))
+        return addr[a:b]
 
     def _video_meta(self, episode_id: str, camera: str) -> dict:
         """The videos row of (episode, camera) without its blob, plus ``_rowid``; from a per-version map built by
@@ -279,8 +327,8 @@ class Lake:
 
     def stats(self, split: str | None = None, filter: str | None = None) -> dict:
         """{feature: {"mean","std","min","max","q01","q99": arrays, "count"}} over the chosen episodes."""
-        t = self.episodes(split=split, filter=filter, columns=["stats"])
-        return _stats.aggregate([_stats.from_rows(rows) for rows in t["stats"].to_pylist()])
+        t = self.episodes(split=split, filter=filter, columns=["stats", "sketch"])
+        return _stats.aggregate_columns(t["stats"], t["sketch"] if "sketch" in t.column_names else None)
 
     def features(self) -> dict:
         """LeRobot ``features`` of every ingested source, by source name (as in its info.json)."""

@@ -43,6 +43,10 @@ EPISODES = pa.schema([
     pa.field("episode_return", pa.float64()),
     pa.field("success", pa.bool_()),
     pa.field("attrs", pa.string()),  # JSON: anything else the producer wants to keep (checkpoint, env id, ...)
+    # mergeable per-feature quantile sketches (``_sketch``): lake-wide q01/q99 without reading frames
+    pa.field("sketch", pa.list_(pa.struct([
+        pa.field("feature", pa.string()), pa.field("kind", pa.string()),
+        pa.field("codes", pa.binary()), pa.field("counts", pa.binary())]))),
 ])
 
 VIDEOS = pa.schema([

@@ -129,3 +129,43 @@ def append_tables(store: Store, pins: dict[str, int], batches: dict[str, tuple[p
 def write_rows(store: Store, table: str, rows: pa.Table, schema: pa.Schema) -> list:
     """Driver-side small writes (tasks, quarantine, sources): fragments, not yet committed."""
     return load_fragments(write_fragments(store, table, rows, schema))
+
+
+# --- compaction of small tables -----------------------------------------------------------------------------
+# Every commit adds a fragment to each table it touches, and a Lance manifest lists every fragment, so a table
+# fed by small commits would make each commit (and each open) cost more than the last. Tables whose rows are
+# located by file and offset (frames: ``episodes.frames_file``), blobs (videos) and training tables (packed,
+# decoded) are compacted on request only (``Lake.compact``).
+COMPACT_FRAGMENTS = 16
+
+
+def is_small(table: str) -> bool:
+    """Tables that commits compact automatically (episodes, tasks, sources, quarantine, packings, evals, ...)."""
+    return not table.startswith(("frames_", "packed_", "decoded_")) and table != "videos"
+
+
+def compact_version(store: Store, table: str, version: int) -> int | None:
+    """Merge the small fragments of ``table`` at ``version`` (Lance ``compact_files``): a new Lance version with
+    the same rows in the same order, or None when a concurrent commit to the table got in first."""
+    ds = store.dataset(table, version=version)
+    rows = ds.count_rows()
+    try:
+        ds.optimize.compact_files(materialize_deletions=True, num_threads=1)
+    except OSError as e:  # Rewrite vs a concurrent Overwrite: leave it for the next commit
+        if "incompatible" in str(e).lower() or "conflict" in str(e).lower():
+            return None
+        raise
+    if ds.version == version or ds.count_rows() != rows:
+        return None
+    return ds.version
+
+
+def compact_small(store: Store, pins: dict[str, int], changed: dict[str, int]) -> dict[str, int]:
+    """New pins for the ``changed`` small tables that have more than ``COMPACT_FRAGMENTS`` fragments."""
+    out = {}
+    for name in changed:
+        if is_small(name) and len(store.dataset(name, version=pins[name]).get_fragments()) > COMPACT_FRAGMENTS:
+            v = compact_version(store, name, pins[name])
+            if v is not None:
+                out[name] = v
+    return out

@@ -78,7 +78,8 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_log(args) -> int:
-    rows = [[e.version, e.timestamp.strftime("%Y-%m-%d %H:%M:%S"), ", ".join(e.tags), e.message,
+    rows = [[e.version, e.timestamp.strftime("%Y-%m-%d %H:%M:%S"), ", ".join(e.tags),
+             e.message + (" [data deleted]" if e.data_deleted else ""),
              e.summary.get("episodes_added", ""), e.summary.get("frames_added", ""), e.summary.get("quarantined", "")]
             for e in _lake(args).log()]
     _table("lake log", ["version", "time (UTC)", "tags", "message", "episodes+", "frames+", "quarantined"], rows)
@@ -89,6 +90,16 @@ def cmd_tag(args) -> int:
     lk = _lake(args)
     lk.tag(args.name, args.version)
     print(f"tagged version {lk.version if args.version is None else args.version} as {args.name!r}")
+    return 0
+
+
+def cmd_gc(args) -> int:
+    rep = _lake(args).gc(keep_last=args.keep_last, keep_within=args.keep_within, dry_run=args.dry_run)
+    print(rep.summary())
+    for v in rep.deleted_versions if args.dry_run else ():
+        print(f"would delete version {v}")
+    for t in rep.tables_removed if args.dry_run else ():
+        print(f"would remove table {t}")
     return 0
 
 
@@ -184,6 +195,10 @@ def parser() -> argparse.ArgumentParser:
     sp = add("tag", cmd_tag, "name a lake version")
     sp.add_argument("name")
     sp.add_argument("--version", type=int, default=None)
+    sp = add("gc", cmd_gc, "delete the data of old versions (tagged, the newest N and recent ones are kept)")
+    sp.add_argument("--keep-last", type=int, default=10, help="newest versions kept (default 10)")
+    sp.add_argument("--keep-within", default=None, help="also keep versions newer than this, e.g. 7d, 12h, 30m")
+    sp.add_argument("--dry-run", action="store_true", help="list what would be deleted; delete nothing")
     sp = add("diff", cmd_diff, "episodes added/removed between two versions or tags")
     sp.add_argument("a")
     sp.add_argument("b")

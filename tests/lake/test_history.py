@@ -1,0 +1,135 @@
+"""Cost independent of history: bounded log reads per commit, automatic compaction that changes no version,
+indexed episode reads equal to scans, stats merged from sketches equal to exact numpy within the stated error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lake
+from lake import _sketch, _tables, _versions
+
+
+def _episode(i: int, length: int = 5) -> lake.NewEpisode:
+    r = np.random.default_rng(i)
+    return lake.NewEpisode(frames={"observation.state": r.normal(2, 3, size=(length, 2)).astype(np.float32),
+                                   "action": r.exponential(1, size=(length, 3)).astype(np.float32)},
+                           task=f"task {i % 4}")
+
+
+@pytest.fixture(scope="module")
+def long_lake(tmp_path_factory):
+    """80 commits of one episode each; a handle opened at version 5 before the compactions."""
+    lk = lake.open(tmp_path_factory.mktemp("long") / "lake")
+    reads = []
+    old = None
+    for i in range(80):
+        before = _versions.counters["log_rows_read"]
+        lk.append_episodes([_episode(i)], source="rl", fps=10)
+        reads.append(_versions.counters["log_rows_read"] - before)
+        if lk.version == 5:
+            old = lk.checkout(5)
+            old_view = {"ids": sorted(old.episodes()["episode_id"].to_pylist())}
+    return lk, reads, old, old_view
+
+
+def test_a_commit_reads_a_bounded_number_of_log_rows_whatever_the_history(long_lake):
+    lk, reads, _, _ = long_lake
+    # head lookup, winner check and the handle's refresh each read the clean fragment's last row and the
+    # fragments after it (at most LOG_FRAGMENTS + 1); a compaction (one commit in LOG_FRAGMENTS) reads the log once
+    bound = 3 * (_versions.LOG_FRAGMENTS + 2)
+    over = [i for i, r in enumerate(reads) if r > bound]
+    assert len(over) <= len(reads) // _versions.LOG_FRAGMENTS, reads
+    assert all(reads[i] <= bound + i + 2 for i in over), reads  # one whole-log read, not one per version
+
+
+def test_log_and_small_tables_are_compacted_and_no_version_changes(long_lake):
+    lk, _, old, old_view = long_lake
+    store = lk.store
+    assert len(store.dataset(_versions.LOG).get_fragments()) <= _versions.LOG_FRAGMENTS + 1
+    assert len(lk.table("episodes").get_fragments()) <= _tables.COMPACT_FRAGMENTS + 1
+    chain = _versions.chain(store)
+    assert [e.version for e in chain] == list(range(81))
+    for e in chain[1:]:  # every version still holds exactly the episodes committed up to it
+        assert store.dataset("episodes", version=e.tables["episodes"]).count_rows() == e.version
+    assert sorted(old.episodes()["episode_id"].to_pylist()) == old_view["ids"]  # old handles read as before
+    assert lk.checkout(5).episodes().num_rows == 5 and _versions.head(store).version == 80
+    for v in (0, 1, 33, 64, 79, 80):  # by-number lookups from the clean fragment or the tail
+        assert _versions.entry(store, v).version == v
+
+
+def test_log_compaction_drops_only_rows_that_lost_races(tmp_path):
+    """Rows appended by losers (same version number, later) vanish at compaction; the chain is the same."""
+    import lance
+    import pyarrow as pa
+
+    lk = lake.open(tmp_path / "lake")
+    for i in range(3):
+        lk.append_episodes([_episode(i)], source="rl", fps=10)
+    before = [(e.version, e.writer) for e in _versions.chain(lk.store)]
+    loser = {"version": [2], "parent": [1], "writer": ["loser"], "timestamp": [before and lk.log()[0].timestamp],
+             "message": ["lost"], "tables": ["{}"], "summary": ["{}"]}
+    lance.write_dataset(pa.table(loser, schema=_versions.LOG_SCHEMA), lk.store.table_uri("_log"), mode="append")
+    assert [(e.version, e.writer) for e in _versions.chain(lk.store)] == before
+    assert _versions.compact_log(lk.store)
+    rows = lk.store.dataset("_log").to_table()
+    assert rows.num_rows == 4 and "loser" not in rows["writer"].to_pylist()
+    assert [(e.version, e.writer) for e in _versions.chain(lk.store)] == before
+    assert len(lk.store.dataset("_log").get_fragments()) == 1
+    lk.append_episodes([_episode(9)], source="rl", fps=10)
+    assert lk.version == 4 and _versions.head(lk.store).version == 4
+
+
+def test_indexed_frames_equal_a_filtered_scan(long_lake, ingested):
+    lk, _, _, _ = long_lake
+    for handle in (lk, ingested):
+        eps = handle.episodes()
+        for eid, table in zip(eps["episode_id"].to_pylist(), eps["frames_table"].to_pylist()):
+            from lake._schema import unnest
+
+            scan = unnest(handle.table(table).to_table(filter=f"episode_id = '{eid}'")).sort_by("frame_index")
+            got = handle.frames(eid)
+            assert got.equals(scan)
+            assert handle.frames(eid, ["action"]).column("action").equals(scan.column("action"))
+    with pytest.raises(KeyError):
+        lk.frames("nope")
+
+
+def _exact(eps, name):
+    return np.concatenate([np.asarray(e.frames[name], np.float64).reshape(len(e.frames[name]), -1) for e in eps])
+
+
+def test_stats_merged_from_sketches_equal_exact_numpy_within_the_stated_error(tmp_path):
+    lk = lake.open(tmp_path / "lake")
+    eps = [_episode(100 + i, length=5 + i % 17) for i in range(60)]
+    for k in range(0, 60, 20):  # three commits: stats merge across appends
+        lk.append_episodes(eps[k:k + 20], source="rl", fps=10)
+    st = lk.stats()
+    for name in ("observation.state", "action"):
+        x, s = _exact(eps, name), st[name]
+        assert int(s["count"][0]) == len(x)
+        np.testing.assert_allclose(s["mean"], x.mean(0), rtol=1e-9)
+        np.testing.assert_allclose(s["std"], x.std(0), rtol=1e-9)
+        np.testing.assert_array_equal(s["min"], x.min(0))
+        np.testing.assert_array_equal(s["max"], x.max(0))
+        for q, key in ((0.01, "q01"), (0.99, "q99")):
+            lo = np.quantile(x, q, axis=0, method="lower")
+            hi = np.quantile(x, q, axis=0, method="higher")
+            a = _sketch.ALPHA
+            assert (s[key] >= np.minimum(lo * (1 - a), lo * (1 + a)) - 1e-9).all(), (key, s[key], lo)
+            assert (s[key] <= np.maximum(hi * (1 - a), hi * (1 + a)) + 1e-9).all(), (key, s[key], hi)
+    # a subset (filter) merges only its episodes
+    part = lk.stats(filter="length > 12")["action"]
+    x = _exact([e for e in eps if len(e.frames["action"]) > 12], "action")
+    assert int(part["count"][0]) == len(x)
+    np.testing.assert_allclose(part["mean"], x.mean(0), rtol=1e-9)
+
+
+def test_pixel_sketch_quantiles_are_exact():
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8) for _ in range(5)]
+    codes, counts = _sketch.pixels(frames)
+    q01, q99 = _sketch.quantiles("u8", codes, counts, 3)
+    x = np.stack(frames).reshape(-1, 3) / 255.0
+    np.testing.assert_array_equal(q01, np.quantile(x, 0.01, axis=0, method="lower"))
+    np.testing.assert_array_equal(q99, np.quantile(x, 0.99, axis=0, method="lower"))
