@@ -179,8 +179,14 @@ class _Mp4:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.fps, self.n = fps, 0
         self.container = av.open(str(path), "w")
-        self.stream = self.container.add_stream(pick_encoder(codec), rate=fps,
-                                                options={"g": "2", "crf": "30"})
+        encoder = pick_encoder(codec)
+        options = {"g": "2", "crf": "30"}
+        if encoder == "libsvtav1":
+            # SVT-AV1's default random-access structure reorders frames, and on a long file its flush can
+            # hand back a packet with an old dts (the mp4 muxer then fails with EINVAL, seen at 200-400
+            # episodes); the low-delay structure never reorders, so dts == pts and rises with every packet.
+            options["svtav1-params"] = "pred-struct=1"
+        self.stream = self.container.add_stream(encoder, rate=fps, options=options)
         self.stream.pix_fmt = "yuv420p"
         self.stream.height, self.stream.width = hw
 

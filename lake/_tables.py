@@ -131,17 +131,17 @@ def write_rows(store: Store, table: str, rows: pa.Table, schema: pa.Schema) -> l
     return load_fragments(write_fragments(store, table, rows, schema))
 
 
-# --- compaction of small tables -----------------------------------------------------------------------------
+# --- automatic compaction ------------------------------------------------------------------------------------
 # Every commit adds a fragment to each table it touches, and a Lance manifest lists every fragment, so a table
-# fed by small commits would make each commit (and each open) cost more than the last. Tables whose rows are
-# located by file and offset (frames: ``episodes.frames_file``), blobs (videos) and training tables (packed,
-# decoded) are compacted on request only (``Lake.compact``).
+# fed by small commits would make each commit (and each open) cost more than the last. Lance compaction merges
+# only fragments below its target size (1M rows), so a full fragment is never rewritten. Training tables
+# (packed, decoded), written by rare large jobs, are compacted on request only (``Lake.compact``).
 COMPACT_FRAGMENTS = 16
 
 
 def is_small(table: str) -> bool:
-    """Tables that commits compact automatically (episodes, tasks, sources, quarantine, packings, evals, ...)."""
-    return not table.startswith(("frames_", "packed_", "decoded_")) and table != "videos"
+    """Tables that commits compact automatically (every table but ``packed_*`` / ``decoded_*``)."""
+    return not table.startswith(("packed_", "decoded_"))
 
 
 def compact_version(store: Store, table: str, version: int) -> int | None:

@@ -171,14 +171,21 @@ def _recent(store: Store, lance_version: int | str | None = None) -> tuple[list[
     ds = store.dataset(LOG, version=lance_version)
     c, tail, n = _layout(ds)
     if c is None:  # not the expected shape: replay everything
-        return _chain(_read(ds))[0], 0
+        return _chain(_ordered_rows(ds))[0], 0
     rows = _read(ds, tail) if tail else []
     return _chain(rows, [_take(c, n - 1)])[0], n
 
 
+def _ordered_rows(ds, columns=None) -> list[dict]:
+    """Every row of the log in commit order: the clean fragment first (rows appended while it was being
+    written may sit before it), then the others as they lie."""
+    c, tail, _ = _layout(ds)
+    return _read(ds, ([c] if c is not None else []) + tail, columns)
+
+
 def chain(store: Store, lance_version: int | str | None = None) -> list[LogEntry]:
     """Every lake version, oldest first, as of a Lance version of the log (default: newest). Reads the whole log."""
-    entries = _chain(_read(store.dataset(LOG, version=lance_version)))[0]
+    entries = _chain(_ordered_rows(store.dataset(LOG, version=lance_version)))[0]
     deleted = deleted_versions(store)
     if not deleted:
         return entries
@@ -197,7 +204,7 @@ def entry(store: Store, version: int) -> LogEntry:
     c, _, n = _layout(ds)
     if 0 <= version < n:
         return _take(c, version)
-    entries = _recent(store)[0]
+    entries = _recent(store)[0] if c is not None else _chain(_ordered_rows(ds))[0]
     for e in entries:
         if e.version == version:
             return e
@@ -253,8 +260,7 @@ def compact_log(store: Store) -> bool:
     from lance.fragment import write_fragments
 
     ds = store.dataset(LOG)
-    c, tail, _ = _layout(ds)
-    rows = _read(ds, ([c] if c is not None else []) + tail)
+    rows = _ordered_rows(ds)
     _, keep = _chain(rows)
     new = write_fragments(pa.Table.from_pylist([rows[i] for i in keep], LOG_SCHEMA), store.table_uri(LOG),
                           schema=LOG_SCHEMA, storage_options=store.storage_options)

@@ -133,3 +133,29 @@ def test_pixel_sketch_quantiles_are_exact():
     x = np.stack(frames).reshape(-1, 3) / 255.0
     np.testing.assert_array_equal(q01, np.quantile(x, 0.01, axis=0, method="lower"))
     np.testing.assert_array_equal(q99, np.quantile(x, 0.99, axis=0, method="lower"))
+
+
+def test_a_commit_landing_during_log_compaction_is_kept_in_order(tmp_path, monkeypatch):
+    """Lance places a rewrite that rebased over an append *after* the appended fragment: the chain, the head,
+    lookups by number and the next compaction must still read commit order."""
+    lk = lake.open(tmp_path / "lake")
+    for i in range(3):
+        lk.append_episodes([_episode(i)], source="rl", fps=10)
+    other = lake.open(lk.uri)
+    real = _versions._fault_point
+
+    def commit_meanwhile(name):  # another writer commits between the compaction's read and its Rewrite
+        if name == "log_compaction":
+            monkeypatch.setattr(_versions, "_fault_point", real)
+            other.append_episodes([_episode(50)], source="rl", fps=10)
+
+    monkeypatch.setattr(_versions, "_fault_point", commit_meanwhile)
+    assert _versions.compact_log(lk.store)
+    frags = lk.store.dataset("_log").get_fragments()
+    assert [f.count_rows() for f in frags] == [1, 4]  # the newer row lies before the compacted ones
+    assert [e.version for e in _versions.chain(lk.store)] == [0, 1, 2, 3, 4]
+    assert _versions.head(lk.store).version == 4 and _versions.entry(lk.store, 4).summary["episodes_added"] == 1
+    lk.refresh().append_episodes([_episode(51)], source="rl", fps=10)
+    assert lk.version == 5 and _versions.compact_log(lk.store)
+    assert [e.version for e in _versions.chain(lk.store)] == list(range(6))
+    assert lk.store.dataset("_log").to_table()["version"].to_pylist() == list(range(6))
