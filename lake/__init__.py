@@ -17,6 +17,7 @@ from ._decoded import DecodeReport  # noqa: E402
 from ._ingest import IngestReport, split_of  # noqa: E402
 from ._lake import Diff, Lake, ReadOnlyError, open  # noqa: E402
 from ._lerobot import EpisodeError, SourceError  # noqa: E402
+from ._verify import Mismatch, VerifyReport  # noqa: E402
 from ._versions import LakeBusy, LogEntry  # noqa: E402
 
 
@@ -33,7 +34,7 @@ def write_pusht_dataset(*args, **kwargs):
 
 
 __all__ = [
-    "DecodeReport", "Diff", "EpisodeError", "IngestReport", "Lake", "LakeBusy", "LogEntry", "NewEpisode", "ReadOnlyError", "SourceError",
-    "episode_id",
+    "DecodeReport", "Diff", "EpisodeError", "IngestReport", "Lake", "LakeBusy", "LogEntry", "Mismatch", "NewEpisode", "ReadOnlyError", "SourceError",
+    "VerifyReport", "episode_id",
     "open", "split_of", "stream", "write_pusht_dataset",
 ]

@@ -387,18 +387,35 @@ def _per_file(bad: list[tuple]) -> list[tuple[str, str]]:
     return out + [(file_item(path, idx), reason) for (path, reason), idx in files.items()]
 
 
-def _without(store: Store, table: str, pinned: int | None, ids: list[str]) -> list:
-    """The fragments of ``table`` at ``pinned`` with the rows of episodes ``ids`` deleted (deletion files only;
-    nothing is committed): the base of a version that replaces those episodes."""
+def _without(store: Store, table: str, pinned: int | None, ids: list[str]) -> tuple[list, list]:
+    """The fragments of ``table`` at ``pinned`` minus the rows of episodes ``ids``: (untouched fragments' metadata,
+    new uncommitted fragments holding the other rows of the fragments that had some). Lake commits are Lance
+    Overwrites of explicit fragment lists, which refuse deletion files, so a fragment that loses rows is
+    rewritten (blobs included): cost is the few fragments that hold a replaced episode, not the table."""
     if pinned is None:
-        return []
+        return [], []
+    ds = store.dataset(table, version=pinned)
     pred = "episode_id IN (" + ", ".join(f"'{i}'" for i in ids) + ")"
-    out = []
-    for frag in store.dataset(table, version=pinned).get_fragments():
-        meta = frag.delete(pred)
-        if meta is not None:
-            out.append(meta)
-    return out
+    # Lance shows a blob column as its own extension type; it is written back as bytes marked as a blob
+    blobs = [f.name for f in ds.schema if isinstance(f.type, pa.BaseExtensionType) and "blob" in str(f.type).lower()]
+    plain = [n for n in ds.schema.names if n not in blobs]
+    schema = pa.schema([pa.field(f.name, pa.large_binary(), metadata={"lance-encoding:blob": "true"})
+                        if f.name in blobs else f for f in ds.schema], metadata=ds.schema.metadata)
+    keep, rows = [], []
+    for frag in ds.get_fragments():
+        if frag.count_rows(filter=pred) == 0:
+            keep.append(frag.metadata)
+            continue
+        t = frag.to_table(columns=plain, filter=f"NOT ({pred})", with_row_id=True)
+        ids_ = t["_rowid"].to_pylist()
+        t = t.drop_columns(["_rowid"])
+        for name in blobs:
+            data = [b.read() for b in ds.take_blobs(name, ids=ids_)] if ids_ else []
+            t = t.append_column(schema.field(name), pa.array(data, pa.large_binary()))
+        rows.append(t.select(schema.names).cast(schema))
+    rest = [t for t in rows if t.num_rows]
+    written = _tables.write_rows(store, table, pa.concat_tables(rest), schema) if rest else []
+    return keep, written
 
 
 def _replace_tables(store, head, batches, replaced) -> dict[str, int]:
@@ -414,8 +431,9 @@ def _replace_tables(store, head, batches, replaced) -> dict[str, int]:
         schema, new = batches.get(name, (None, []))
         if schema is None:
             schema = store.dataset(name, version=head.tables[name]).schema
-        base = _without(store, name, head.tables.get(name), replaced)
-        pins[name] = _tables.overwrite_with(store, name, schema, head.tables.get(name), new, base=base)
+        keep, rewritten = _without(store, name, head.tables.get(name), replaced)
+        pins[name] = _tables.overwrite_with(store, name, schema, head.tables.get(name), rewritten + list(new),
+                                            base=keep)
     return pins
 
 

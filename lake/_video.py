@@ -128,6 +128,8 @@ def decode(seg: Segment, fmt: str | None = "rgb24", strict: bool = True, _thread
         ctx.options = {"err_detect": "explode"}
     if _threads:
         ctx.thread_type = "AUTO"
+    else:  # errors surface at the packet that holds them (dav1d's frame delay follows its thread count too)
+        ctx.thread_count = 1
     out, pts = [], []
 
     def take(frames):
