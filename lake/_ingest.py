@@ -118,8 +118,8 @@ def _source_options(src: Source) -> dict | None:
 _PRESENT: dict = {}  # per worker process: the ids already in the lake, fetched once per ingest
 
 
-def _present(ref) -> dict[str, str | None]:
-    """episode_id -> content_hash (None for rows written before content hashes) of the lake's head."""
+def _present(ref) -> dict[str, tuple[str | None, str]]:
+    """episode_id -> (content_hash, source) of the lake's head (hash None for rows from before content hashes)."""
     if isinstance(ref, (set, frozenset, dict)):
         return ref
     if ref not in _PRESENT:
@@ -134,8 +134,9 @@ def write_unit(row: dict, *, src: Source, units: list[Unit], fields: list[pa.Fie
                frames_table: str, present, split_ratios: dict[str, float], exclude: dict[int, list[str]],
                fingerprints: dict[int, str | None] | None = None) -> dict:
     """One unit, one pass: validate, derive ids, cut video, skip what the lake holds (same id and content
-    hash), decode strictly + check against timestamps, write fragments. An episode the lake holds with other
-    video bytes (same id, another content hash) is written again to replace it (``replaced``)."""
+    hash), decode strictly + check against timestamps, write fragments. An episode the lake holds from this
+    same source (by name) with other video bytes (same id, another content hash: a repaired source) is written
+    again to replace it (``replaced``); the same episode packaged differently by another source is skipped."""
     from ._checksum import content_hash, frames_checksum
     from ._video import DecodeError, cut, decode, demux, image_stats, select
 
@@ -184,8 +185,8 @@ def write_unit(row: dict, *, src: Source, units: list[Unit], fields: list[pa.Fie
                 segs.append((cam, ref, seg, _segment_checksum(seg)))
             chash = content_hash(eid, {cam: c for cam, _, _, c in segs})
             held = known.get(eid, _ABSENT)
-            if held is not _ABSENT and (held is None or held == chash):
-                skipped += 1  # the same episode, byte for byte (or a row from before content hashes)
+            if held is not _ABSENT and (held[0] in (None, chash) or held[1] != src.name):
+                skipped += 1  # the same bytes, a row from before content hashes, or another source's copy
                 continue
             stats = _stats.frame_stats(frames)
             videos = []
@@ -277,15 +278,15 @@ def _existing(store: Store, head: _versions.LogEntry, table: str, column: str) -
     return set(ds.to_table(columns=[column])[column].to_pylist())
 
 
-def _hashes(store: Store, head: _versions.LogEntry) -> dict[str, str | None]:
-    """episode_id -> content_hash in ``head`` (None for rows from before content hashes)."""
+def _hashes(store: Store, head: _versions.LogEntry) -> dict[str, tuple[str | None, str]]:
+    """episode_id -> (content_hash, source) in ``head`` (hash None for rows from before content hashes)."""
     if "episodes" not in head.tables:
         return {}
     ds = store.dataset("episodes", version=head.tables["episodes"])
-    cols = ["episode_id"] + (["content_hash"] if "content_hash" in ds.schema.names else [])
+    cols = ["episode_id", "source"] + (["content_hash"] if "content_hash" in ds.schema.names else [])
     t = ds.to_table(columns=cols)
     hashes = t["content_hash"].to_pylist() if "content_hash" in cols else [None] * t.num_rows
-    return dict(zip(t["episode_id"].to_pylist(), hashes))
+    return dict(zip(t["episode_id"].to_pylist(), zip(hashes, t["source"].to_pylist())))
 
 
 def ingest(store: Store, src_uri: str, *, split_ratios: dict[str, float] | None = None, message: str | None = None,

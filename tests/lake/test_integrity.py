@@ -338,7 +338,10 @@ def test_repaired_source_replaces_the_silently_damaged_episode_in_a_new_version(
     assert not np.array_equal(bad_pixels[frame], truth[frame])
     rows_before = lk.table(lk.episodes()["frames_table"][0].as_py()).count_rows()
 
-    rep = lk.ingest(clean, progress=False)  # the repaired source (same episodes, the right bytes)
+    shutil.copy(_video(clean, TOP, 3), _video(damaged, TOP, 3))  # the source repaired in place
+    other = lk.ingest(copy_source(clean, "other"), progress=False)  # another source's copy: not a repair
+    assert other.version is None and other.episodes_skipped == 10 and not other.episodes_replaced
+    rep = lk.ingest(damaged, progress=False)
     assert rep.version == first.version + 1 and rep.episodes_replaced == [eid] and rep.episodes_added == 0
     assert np.array_equal(lk.video(eid, TOP), truth)
     assert lk.episodes().num_rows == 10 and lk.table("videos").count_rows() == 20
@@ -347,8 +350,8 @@ def test_repaired_source_replaces_the_silently_damaged_episode_in_a_new_version(
     assert lk.diff(first.version, rep.version).episodes_added == []
     assert lk.verify(progress=False).ok
     # an identical source adds nothing, read or not
-    assert lk.ingest(clean, progress=False).version is None
-    assert lk.ingest(clean, progress=False, verify_all=True).version is None
+    assert lk.ingest(damaged, progress=False).version is None
+    assert lk.ingest(damaged, progress=False, verify_all=True).version is None
 
 
 def test_unchanged_source_is_recognised_without_reading_it_and_verify_all_reads_it(clean, copy_source, tmp_path,
