@@ -1,13 +1,17 @@
 """LeRobot → lake ingestion as a Ray Data job: workers write fragments, the driver commits once.
 
 1. ``read_source`` parses ``meta/`` on the driver and groups episodes into units by data file (v3.0: many
-   episodes per parquet/mp4, so each file is opened once per task, not once per episode).
+   episodes per parquet/mp4, so each file is opened once per task, not once per episode). ``_plan`` lists the
+   source once: missing / empty videos are reported per file, and episodes whose metadata and file sizes/mtimes
+   match a fingerprint the lake holds are left out (no Ray job at all when nothing is left).
 2. One Ray Data pass over the units: read the parquet, validate every episode (columns, shapes vs info.json,
    row counts, NaN/inf), derive its content id and skip it if the lake holds it (idempotence; the id set is
    shipped once per worker); demux each mp4 once, cut every new episode's GOPs, decode them to check the
    frames line up with the episode's timestamps, compute stats, and write Lance fragments (frames / videos /
-   episodes). Bad episodes go to the quarantine instead; good ones still land. Identical episodes in two
-   units (rare) are resolved after the pass by rewriting the later units without them.
+   episodes). Decoding is strict (``_video.decode``) and every unit gets its checksum (``_checksum``); an
+   episode held with other video bytes from the same source is replaced. Bad episodes go to the quarantine
+   instead; good ones still land. Identical episodes in two units (rare) are resolved after the pass by
+   rewriting the later units without them.
 3. The driver commits one lake version (``_versions.commit``), re-running on a lost race that overlaps.
 """
 
@@ -120,8 +124,10 @@ _PRESENT: dict = {}  # per worker process: the ids already in the lake, fetched 
 
 def _present(ref) -> dict[str, tuple[str | None, str]]:
     """episode_id -> (content_hash, source) of the lake's head (hash None for rows from before content hashes)."""
-    if isinstance(ref, (set, frozenset, dict)):
+    if isinstance(ref, dict):
         return ref
+    if isinstance(ref, (set, frozenset)):  # bare ids (in-process callers): held, bytes unknown -> skipped
+        return {e: (None, None) for e in ref}
     if ref not in _PRESENT:
         import ray
 
