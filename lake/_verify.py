@@ -32,7 +32,7 @@ class Mismatch:
     def __str__(self) -> str:
         where = [f"table {self.table}"] + ([f"episode {self.episode}"] if self.episode else []) \
             + ([f"camera {self.camera}"] if self.camera else [])
-        return f"{': '.join([' '.join(where[:1]), *where[1:]])}: {self.reason}"
+        return ": ".join([*where, self.reason])
 
 
 @dataclass(frozen=True)
