@@ -18,6 +18,7 @@ from ._ingest import IngestReport, split_of  # noqa: E402
 from ._lake import Diff, Lake, ReadOnlyError, open  # noqa: E402
 from ._lerobot import EpisodeError, SourceError  # noqa: E402
 from ._gc import GcReport  # noqa: E402
+from ._verify import Mismatch, VerifyReport  # noqa: E402
 from ._versions import LakeBusy, LogEntry, VersionDeleted  # noqa: E402
 
 
@@ -34,7 +35,7 @@ def write_pusht_dataset(*args, **kwargs):
 
 
 __all__ = [
-    "DecodeReport", "Diff", "GcReport", "EpisodeError", "IngestReport", "Lake", "LakeBusy", "LogEntry", "NewEpisode", "ReadOnlyError", "SourceError", "VersionDeleted",
-    "episode_id",
+    "DecodeReport", "Diff", "GcReport", "EpisodeError", "IngestReport", "Lake", "LakeBusy", "LogEntry", "Mismatch", "NewEpisode", "ReadOnlyError", "SourceError",
+    "VerifyReport", "VersionDeleted", "episode_id",
     "open", "split_of", "stream", "write_pusht_dataset",
 ]

@@ -115,7 +115,8 @@ def append_episodes(store: Store, episodes: list[NewEpisode], *, source: str, fp
     """
     import time
 
-    from ._ingest import _existing, _video_row
+    from ._checksum import content_hash, frames_checksum
+    from ._ingest import _existing, _segment_checksum, _video_row
     from ._lerobot import VideoRef
 
     t0 = time.perf_counter()
@@ -132,10 +133,12 @@ def append_episodes(store: Store, episodes: list[NewEpisode], *, source: str, fp
         ft = _frames_table(ep, fields, fps)
         eid = content_id(ft, (ep.task,))  # = episode_id(ep, fps)
         stats, sketch = _stats.frame_stats(ft), _stats.frame_sketches(ft)
+        sums = {}
         for cam, imgs in ep.images.items():
             seg, decoded = encode_segment(np.asarray(imgs, np.uint8), fps, f"{source} {eid} {cam}")
             stats[cam] = image_stats(decoded)
             sketch.append(_stats.image_sketch(cam, decoded))
+            sums[cam] = _segment_checksum(seg)
             video_rows.append(_video_row(eid, cam, VideoRef("", 0.0, ft.num_rows / fps), seg))
         frames_parts.append(ft.add_column(0, "episode_id", pa.array([eid] * ft.num_rows, pa.string())))
         tasks.add(ep.task)
@@ -147,6 +150,8 @@ def append_episodes(store: Store, episodes: list[NewEpisode], *, source: str, fp
             "stats": _stats.to_rows(stats), "sketch": sketch, "policy_version": ep.policy_version,
             "episode_return": None if ep.episode_return is None else float(ep.episode_return),
             "success": ep.success, "attrs": json.dumps(ep.attrs) if ep.attrs else None,
+            "frames_checksum": frames_checksum(ft), "content_hash": content_hash(eid, sums),
+            "video_checksums": [{"camera": c, "checksum": v} for c, v in sums.items()],
         })
     ids = [r["episode_id"] for r in episode_rows]
 

@@ -102,8 +102,11 @@ class Lake:
 
     def ingest(self, src, split_ratios: dict[str, float] | None = None, message: str | None = None, *,
                source_name: str | None = None, source_storage_options: dict | None = None,
-               ray_address: str | None = None, progress: bool = True):
-        """Ingest a LeRobot v2.x/v3.0 folder as one lake version (a Ray Data job). Returns an IngestReport."""
+               ray_address: str | None = None, progress: bool = True, verify_all: bool = False):
+        """Ingest a LeRobot v2.x/v3.0 folder as one lake version (a Ray Data job). Returns an IngestReport.
+
+        Episodes whose metadata and file sizes/mtimes match what an earlier ingest recorded are not read again;
+        ``verify_all`` reads, cuts and compares every episode (by content hash) instead."""
         import os
 
         from ._ingest import ingest
@@ -112,7 +115,8 @@ class Lake:
         src = os.fspath(src)
         src = src if "://" in src else normalize_uri(src)
         rep = ingest(self._store, src, split_ratios=split_ratios, message=message, source_name=source_name,
-                     storage_options=source_storage_options, ray_address=ray_address, progress=progress)
+                     storage_options=source_storage_options, ray_address=ray_address, progress=progress,
+                     verify_all=verify_all)
         self.refresh()
         return rep
 
@@ -329,6 +333,14 @@ class Lake:
         """{feature: {"mean","std","min","max","q01","q99": arrays, "count"}} over the chosen episodes."""
         t = self.episodes(split=split, filter=filter, columns=["stats", "sketch"])
         return _stats.aggregate_columns(t["stats"], t["sketch"] if "sketch" in t.column_names else None)
+
+    def verify(self, version=None, deep: bool = False, progress: bool = True):
+        """Recompute the checksums of what lake ``version`` (default: this handle's) holds; ``deep`` also decodes
+        every video segment strictly. Returns a VerifyReport: ``.ok``, ``.mismatches`` (table, episode, camera,
+        reason). See ``lake._verify``."""
+        from ._verify import verify
+
+        return verify(self if version is None else self.checkout(version), deep=deep, progress=progress)
 
     def features(self) -> dict:
         """LeRobot ``features`` of every ingested source, by source name (as in its info.json)."""

@@ -68,6 +68,8 @@ class Source:
     info: dict = field(hash=False, compare=False)
     modality: dict | None = field(hash=False, compare=False)
     episodes: tuple[EpisodeRef, ...] = ()
+    # (item, reason) found in the metadata itself (duplicated episode rows); reported, never dropped silently
+    problems: tuple[tuple[str, str], ...] = field(default=(), hash=False, compare=False)
 
     @property
     def fps(self) -> float:
@@ -160,10 +162,32 @@ def read_source(uri: str, storage_options: dict | None = None, name: str | None 
         f.get("dtype") == "video" for f in info["features"].values()) else None
     modality = r.json("meta/modality.json") if r.exists("meta/modality.json") else None
     eps = (_episodes_v2 if SUPPORTED[version] == "v2" else _episodes_v3)(r, info, data_t, video_t)
-    if not eps:
+    eps, problems = _unique(eps, "meta/episodes.jsonl" if SUPPORTED[version] == "v2" else "meta/episodes")
+    if not eps and not problems:
         raise SourceError("meta/info.json", "dataset has no episodes")
     name = name or posixpath.basename(r.root.rstrip("/"))
-    return Source(uri=uri, name=name, codebase_version=version, info=info, modality=modality, episodes=tuple(eps))
+    return Source(uri=uri, name=name, codebase_version=version, info=info, modality=modality, episodes=tuple(eps),
+                  problems=tuple(problems))
+
+
+def _unique(eps: list[EpisodeRef], meta: str) -> tuple[list[EpisodeRef], list[tuple[str, str]]]:
+    """One EpisodeRef per episode_index. Repeated rows are reported: identical ones keep the episode (once),
+    differing ones quarantine it (which row is right cannot be told)."""
+    by_index: dict[int, list[EpisodeRef]] = {}
+    for e in eps:
+        by_index.setdefault(e.index, []).append(e)
+    out, problems = [], []
+    for i, rows in by_index.items():
+        if len(rows) == 1:
+            out.append(rows[0])
+        elif all(r == rows[0] for r in rows):
+            out.append(rows[0])
+            problems.append((f"{meta} episode {i}", f"episode_index {i} appears in {len(rows)} rows of the episode "
+                                                    f"metadata (identical: the episode is ingested once)"))
+        else:
+            problems.append((f"{meta} episode {i}", f"episode_index {i} appears in {len(rows)} rows of the episode "
+                                                    f"metadata that differ (length, tasks or files): not ingested"))
+    return out, problems
 
 
 def _episodes_v2(r: _Reader, info: dict, data_t: str, video_t: str | None) -> list[EpisodeRef]:
@@ -267,10 +291,12 @@ def pc_list_lengths(col) -> np.ndarray:
     return pc.list_value_length(col).to_numpy(zero_copy_only=False)
 
 
-def episode_frames(table: pa.Table, ep: EpisodeRef, fields: list[pa.Field], data_path: str) -> pa.Table:
+def episode_frames(table: pa.Table, ep: EpisodeRef, fields: list[pa.Field], data_path: str,
+                   fps: float | None = None) -> pa.Table:
     """The rows of episode ``ep`` from its data file, cast to the lake's frame schema and validated.
 
-    Raises EpisodeError for missing columns, wrong shapes, wrong row counts and non-finite values.
+    Raises EpisodeError for missing columns, wrong shapes, wrong row counts, non-finite values and (with
+    ``fps``) timestamps that are not strictly increasing by 1/fps (see ``check_timestamps``).
     """
     import pyarrow.compute as pc
 
@@ -295,7 +321,29 @@ def episode_frames(table: pa.Table, ep: EpisodeRef, fields: list[pa.Field], data
             if not finite.all():
                 raise EpisodeError(item, f"feature {f.name!r} has NaN/inf at frame {int(np.argmin(finite))}")
         cols[f.name] = arr
+    if fps and "timestamp" in cols:
+        check_timestamps(cols["timestamp"].to_numpy(zero_copy_only=False), fps, item)
     return pa.table(cols, schema=pa.schema(fields))
+
+
+TIMESTAMP_TOLERANCE_S = 1e-4  # LeRobot's own (``check_timestamps_sync``)
+
+
+def check_timestamps(ts: np.ndarray, fps: float, item: str, tol: float = TIMESTAMP_TOLERANCE_S) -> None:
+    """Timestamps of one episode, in row order, must increase strictly and step by 1/fps within ``tol``
+    seconds (LeRobot's check). Raises EpisodeError naming the first bad frame index."""
+    ts = np.asarray(ts, np.float64).reshape(-1)
+    d = np.diff(ts)
+    back = np.flatnonzero(d <= 0)
+    if len(back):
+        i = int(back[0]) + 1
+        raise EpisodeError(item, f"timestamps are not strictly increasing at frame {i} "
+                                 f"({ts[i - 1]:.6f} s, then {ts[i]:.6f} s)")
+    off = np.flatnonzero(np.abs(d - 1.0 / fps) > tol)
+    if len(off):
+        i = int(off[0]) + 1
+        raise EpisodeError(item, f"timestamp at frame {i} is {d[i - 1]:.6f} s after the previous one, fps {fps:g} "
+                                 f"says {1.0 / fps:.6f} s (tolerance {tol:g} s)")
 
 
 def content_id(frames: pa.Table, tasks: tuple[str, ...]) -> str:

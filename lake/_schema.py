@@ -7,6 +7,10 @@
 - ``videos``: one row per (episode, camera): the GOP-aligned elementary stream as a Lance blob + packet index.
 - ``tasks``: task strings with stable ids. ``sources``: each ingested folder's info.json / modality.json.
 - ``quarantine``: what did not land, with the reason.
+
+Every stored unit carries a checksum written with it (``lake._checksum``), in its episode's row:
+``video_checksums`` per camera's packet segment, ``frames_checksum`` over the episode's frame rows, and
+``content_hash`` over the id and the segments.
 """
 
 from __future__ import annotations
@@ -47,6 +51,13 @@ EPISODES = pa.schema([
     pa.field("sketch", pa.list_(pa.struct([
         pa.field("feature", pa.string()), pa.field("kind", pa.string()),
         pa.field("codes", pa.binary()), pa.field("counts", pa.binary())]))),
+    # integrity (see lake._checksum); null in rows written before these columns existed
+    pa.field("frames_checksum", pa.string()),  # the episode's frame rows
+    pa.field("content_hash", pa.string()),  # id + every camera's segment checksum: what re-ingest compares
+    pa.field("source_fingerprint", pa.string()),  # source metadata + file sizes/mtimes: cheap re-ingest check
+    # each camera's packet segment (lake._checksum.segment_checksum). Kept here, not in ``videos``: a column
+    # added after that table's blob column reads back null in this Lance (field ids shift past the blob)
+    pa.field("video_checksums", pa.list_(pa.struct([("camera", pa.string()), ("checksum", pa.string())]))),
 ])
 
 VIDEOS = pa.schema([

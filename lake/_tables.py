@@ -91,14 +91,16 @@ def pinned_fragments(store: Store, table: str, version: int | None) -> list:
     return [f.metadata for f in store.dataset(table, version=version).get_fragments()]
 
 
-def overwrite_with(store: Store, table: str, schema: pa.Schema, pinned: int | None, new: list) -> int:
-    """Commit ``table`` = fragments at version ``pinned`` + ``new``; returns the new Lance version."""
+def overwrite_with(store: Store, table: str, schema: pa.Schema, pinned: int | None, new: list,
+                   base: list | None = None) -> int:
+    """Commit ``table`` = fragments at version ``pinned`` (or ``base``: those fragments with some rows deleted)
+    + ``new``; returns the new Lance version."""
     import dataclasses
 
     import lance
     from lance import LanceOperation
 
-    base = pinned_fragments(store, table, pinned)
+    base = pinned_fragments(store, table, pinned) if base is None else base
     next_id = max((f.id for f in base), default=-1) + 1
     frags = base + [dataclasses.replace(f, id=next_id + i) for i, f in enumerate(new)]
     if pinned is not None:  # keep the field ids of the existing files; new columns after them

@@ -102,14 +102,34 @@ def cut(s: Stream, from_ts: float, to_ts: float, item: str) -> Segment:
                    s.pts[start:stop].copy(), s.key[start:stop].copy())
 
 
-def decode(seg: Segment, fmt: str | None = "rgb24"):
-    """Decode a segment; returns (frames in presentation order, their pts). ``fmt=None`` keeps av.VideoFrame."""
+class DecodeError(EpisodeError):
+    """A segment did not decode cleanly; ``pts`` is that of the first bad frame (or packet)."""
+
+    def __init__(self, reason: str, pts: int):
+        super().__init__("video", reason)
+        self.pts = pts
+
+
+def decode(seg: Segment, fmt: str | None = "rgb24", strict: bool = True, _threads: bool = True):
+    """Decode a segment; returns (frames in presentation order, their pts). ``fmt=None`` keeps av.VideoFrame.
+
+    ``strict`` (ingest, ``lake verify --deep``): FFmpeg's error detection is on (``err_detect=explode``: a
+    damaged packet fails instead of being concealed) and a frame the decoder flags as corrupt (concealed
+    errors: ``AVFrame.decode_error_flags``) or a packet that yields no frame is an error too. Errors raise
+    DecodeError with the first bad frame's pts (located by a single-threaded re-decode, since frame threads
+    report errors late); without ``strict`` only errors the decoder itself raises do.
+    """
     import av
 
     ctx = av.CodecContext.create(_decoder(seg.codec), "r")
     if seg.extradata:
         ctx.extradata = seg.extradata
-    ctx.thread_type = "AUTO"
+    if strict:
+        ctx.options = {"err_detect": "explode"}
+    if _threads:
+        ctx.thread_type = "AUTO"
+    else:  # errors surface at the packet that holds them (dav1d's frame delay follows its thread count too)
+        ctx.thread_count = 1
     out, pts = [], []
 
     def take(frames):
@@ -118,7 +138,11 @@ def decode(seg: Segment, fmt: str | None = "rgb24"):
             out.append(fr.to_ndarray(format=fmt, threads=1) if fmt else fr)
             pts.append(fr.pts)
 
+            if strict and fr.is_corrupt:
+                raise DecodeError(f"decoder concealed errors in the frame with pts {fr.pts}", fr.pts)
+
     mv = memoryview(seg.data)
+    i = 0
     try:
         for i in range(len(seg.pts)):
             pkt = av.Packet(mv[seg.offsets[i]:seg.offsets[i + 1]])
@@ -126,8 +150,18 @@ def decode(seg: Segment, fmt: str | None = "rgb24"):
             pkt.time_base = seg.time_base
             take(ctx.decode(pkt))
         take(ctx.decode(None))
-    except av.error.FFmpegError as e:
-        raise EpisodeError("video", f"corrupt video data ({str(e).splitlines()[0][:160]})") from None
+    except (av.error.FFmpegError, DecodeError) as e:
+        if strict and _threads:  # name the first bad frame exactly
+            decode(seg, None, strict=True, _threads=False)
+        if isinstance(e, DecodeError):
+            raise
+        at = int(seg.pts[i]) if len(seg.pts) else 0
+        raise DecodeError(f"corrupt video data at the packet with pts {at} ({str(e).splitlines()[0][:160]})",
+                          at) from None
+    if strict and len(pts) != len(seg.pts):
+        lost = sorted(set(seg.pts.tolist()) - set(pts)) or [int(seg.pts[-1])]
+        raise DecodeError(f"{len(seg.pts) - len(pts)} of {len(seg.pts)} packets gave no frame "
+                          f"(first: pts {lost[0]})", int(lost[0]))
     order = np.argsort(np.asarray(pts, np.int64), kind="stable")
     return [out[i] for i in order], np.asarray(pts, np.int64)[order]
 

@@ -1,12 +1,13 @@
 """The ``lake`` command line. Exit 0 on success; non-zero with one line per failure on stderr.
 
-    lake ingest SRC --lake URI [--split train=0.9,val=0.1] [--message M] [--ray-address ADDR]
+    lake ingest SRC --lake URI [--split train=0.9,val=0.1] [--message M] [--ray-address ADDR] [--verify-all]
     lake log --lake URI
     lake tag NAME [--version N] --lake URI
     lake diff A B --lake URI
     lake episodes --lake URI [--split S] [--filter SQL] [--limit N]
     lake stats --lake URI [--split S]
     lake quarantine --lake URI
+    lake verify [--version V] [--deep] --lake URI
     lake pack [RECIPE.yaml] --lake URI [--repack]
     lake decode [--camera C ...] --lake URI [--rebuild]
     lake train [CONFIG.yaml] [key=value ...] --lake URI
@@ -68,10 +69,14 @@ def _fmt(x) -> str:
 def cmd_ingest(args) -> int:
     lk = _lake(args, create=True)
     rep = lk.ingest(args.src, split_ratios=args.split, message=args.message, ray_address=args.ray_address,
-                    source_storage_options=storage_options_from_env(args.src), progress=not args.quiet)
+                    source_storage_options=storage_options_from_env(args.src), progress=not args.quiet,
+                    verify_all=args.verify_all)
+    replaced = f"{len(rep.episodes_replaced)} replaced (new video bytes); " if rep.episodes_replaced else ""
+    unchanged = f" ({rep.episodes_unchanged} recognised unchanged without reading)" if rep.episodes_unchanged else ""
     print(f"lake {lk.uri}: version {rep.version if rep.version is not None else lk.version} "
           f"({'new' if rep.version is not None else 'unchanged'}); {rep.episodes_added} episodes, "
-          f"{rep.frames_added} frames added; {rep.episodes_skipped} already present; {rep.seconds:.1f} s")
+          f"{rep.frames_added} frames added; {replaced}{rep.episodes_skipped} already present{unchanged}; "
+          f"{rep.seconds:.1f} s")
     for source, item, reason in rep.quarantined:
         print(f"quarantined: {source}: {item}: {reason}", file=sys.stderr)
     return 1 if rep.quarantined else 0
@@ -136,6 +141,21 @@ def cmd_quarantine(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    lk = _lake(args)
+    version = None if args.version is None else int(args.version) if args.version.isdigit() else args.version
+    rep = lk.verify(version, deep=args.deep, progress=not args.quiet)
+    for m in rep.mismatches:
+        print(f"mismatch: {m}", file=sys.stderr)
+    mb = rep.bytes / 1e6
+    print(f"lake {lk.uri}: version {rep.version}: {rep.episodes} episodes, {rep.segments} video segments"
+          f"{' decoded strictly' if rep.deep else ''}, {mb:,.1f} MB in {rep.seconds:.1f} s "
+          f"({mb / max(rep.seconds, 1e-9):,.1f} MB/s); "
+          + (f"{rep.unchecked} without checksums (written before them); " if rep.unchecked else "")
+          + ("ok" if rep.ok else f"{len(rep.mismatches)} MISMATCHES"))
+    return 0 if rep.ok else 1
+
+
 def cmd_pack(args) -> int:
     lk = _lake(args)
     rep = lk.pack(args.recipe, repack=args.repack, progress=not args.quiet)
@@ -191,6 +211,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--message", "-m", default=None)
     sp.add_argument("--ray-address", default=None, help="join a Ray cluster instead of starting one in-process")
     sp.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    sp.add_argument("--verify-all", action="store_true",
+                    help="read and compare every episode, even those whose files look unchanged (size, mtime)")
     add("log", cmd_log, "lake versions, newest first")
     sp = add("tag", cmd_tag, "name a lake version")
     sp.add_argument("name")
@@ -209,6 +231,10 @@ def parser() -> argparse.ArgumentParser:
     sp = add("stats", cmd_stats, "feature statistics")
     sp.add_argument("--split", default=None)
     add("quarantine", cmd_quarantine, "what did not land, and why")
+    sp = add("verify", cmd_verify, "recompute the checksums of what a lake version holds (exit 1 on any mismatch)")
+    sp.add_argument("--version", default=None, help="lake version or tag (default: the newest)")
+    sp.add_argument("--deep", action="store_true", help="also decode every video segment strictly")
+    sp.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     sp = add("pack", cmd_pack, "decode, tokenize and bin-pack every split (default recipe without RECIPE.yaml)")
     sp.add_argument("recipe", nargs="?")
     sp.add_argument("--repack", action="store_true", help="rebuild the packed table from scratch")
