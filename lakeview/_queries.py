@@ -1,0 +1,419 @@
+"""What the pages show, read from a ``Lake`` handle: plain dicts and lists, no markup.
+
+Reads go through the public Lake API (``log``, ``checkout``, ``diff``, ``episodes``, ``frames``, ``stats``,
+``quarantine``) and ``Lake.table(name)`` where a page needs a scan the API does not offer (a page of episodes
+with Lance's filter + order + offset/limit; the packed tables; the ``packings`` / ``evals`` rows).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+
+# columns of the episodes table shown and sortable in the episodes list (others may exist; these are the contract's)
+LIST_COLUMNS = ("episode_id", "source", "source_episode_index", "task", "length", "split", "robot_type")
+SORTABLE = LIST_COLUMNS + ("fps", "policy_version", "episode_return", "success")
+MAX_FILTER = 2000
+_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
+_TAG_OR_VERSION = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
+_LANCE_TRAILER = re.compile(r",\s*/\S+\.rs:\d+:\d+\s*$")  # Lance appends the Rust source location
+
+
+class BadRequest(ValueError):
+    """Input from the URL that cannot be served (shown as a 4xx page with this message)."""
+
+
+class NotFound(KeyError):
+    """An id, version or table that the lake does not hold (a 404 page with this message)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "not found"
+
+
+def check_id(text: str, what: str = "episode id") -> str:
+    if not isinstance(text, str) or not _ID.match(text):
+        raise BadRequest(f"not a valid {what}: {text[:80]!r} (letters, digits, '_', '-', '.')")
+    return text
+
+
+def check_version(text: str) -> int | str:
+    """A lake version number or tag from the URL."""
+    if not isinstance(text, str) or not _TAG_OR_VERSION.match(text):
+        raise BadRequest(f"not a lake version or tag: {str(text)[:80]!r}")
+    return int(text) if text.isdigit() else text
+
+
+def check_filter(text: str | None) -> str | None:
+    """A filter box value: one SQL predicate for Lance's parser. Statement separators and comments outside string
+    literals are refused here (Lance would ignore what follows a ';', which would mislead the reader)."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    if len(text) > MAX_FILTER:
+        raise BadRequest(f"filter is longer than {MAX_FILTER} characters")
+    if "\x00" in text:
+        raise BadRequest("filter contains a NUL character")
+    bare = re.sub(r"'(?:[^']|'')*'", "''", text)  # string literals out
+    if "'" in bare:
+        raise BadRequest("filter has an unterminated string literal")
+    for bad, why in ((";", "';' (one predicate only)"), ("--", "'--' (no comments)"), ("/*", "'/*' (no comments)")):
+        if bad in bare:
+            raise BadRequest(f"filter contains {why}")
+    return text
+
+
+def lance_message(e: Exception) -> str:
+    """Lance's error text without the Rust source location, first line only."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return _LANCE_TRAILER.sub("", msg)[:400]
+
+
+def _quote(s: str) -> str:
+    return str(s).replace("'", "''")
+
+
+# --- versions ------------------------------------------------------------------------------------------------
+
+class Sizes:
+    """Rows and bytes of a table at a Lance version; pinned versions never change, so each is read once."""
+
+    def __init__(self, lk):
+        self._lk = lk
+        self._cache: dict[tuple[str, int], tuple[int, int] | None] = {}
+
+    def __call__(self, name: str, lance_version: int) -> tuple[int, int] | None:
+        key = (name, int(lance_version))
+        if key not in self._cache:
+            try:
+                ds = self._lk.store.dataset(name, version=key[1])
+                files = [f for fr in ds.get_fragments() for f in fr.metadata.files]
+                self._cache[key] = (ds.count_rows(), sum(int(getattr(f, "file_size_bytes", 0) or 0) for f in files))
+            except Exception:  # noqa: BLE001 - a version removed by gc: shown as unknown, not an error page
+                self._cache[key] = None
+        return self._cache[key]
+
+
+def log_rows(lk, sizes: Sizes, offset: int = 0, limit: int = 50) -> tuple[list[dict], int]:
+    """One page of the versions log, newest first, with episode counts and stored bytes per version."""
+    log = lk.log()
+    out = []
+    for e in log[offset:offset + limit]:
+        episodes = sizes("episodes", e.tables["episodes"]) if "episodes" in e.tables else (0, 0)
+        parts = [sizes(n, v) for n, v in e.tables.items()]
+        out.append({
+            "version": e.version, "time": e.timestamp.strftime("%Y-%m-%d %H:%M:%S"), "message": e.message,
+            "tags": list(e.tags), "summary": {k: v for k, v in e.summary.items() if not isinstance(v, (dict, list))},
+            "episodes": episodes[0] if episodes else None,
+            "bytes": None if any(p is None for p in parts) else sum(p[1] for p in parts),
+            "tables": len(e.tables),
+        })
+    return out, len(log)
+
+
+def _episode_meta(lk, columns=("episode_id", "source", "task", "split")) -> dict[str, dict]:
+    t = lk.episodes(columns=list(columns))
+    return {r["episode_id"]: r for r in t.to_pylist()}
+
+
+def diff(lk, a, b) -> dict:
+    """Episodes added, removed and changed (task or split relabelled) from version/tag ``a`` to ``b``, with counts
+    per (source, task)."""
+    try:
+        la, lb = lk.checkout(a), lk.checkout(b)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        raise NotFound(str(e.args[0]) if e.args else f"no lake version {a} or {b}") from None
+    d = lk.diff(la.version, lb.version)
+    ma, mb = _episode_meta(la), _episode_meta(lb)
+    changed = sorted(i for i in set(ma) & set(mb)
+                     if (ma[i]["task"], ma[i]["split"]) != (mb[i]["task"], mb[i]["split"]))
+
+    def groups(ids, meta):
+        c = Counter((meta[i]["source"], meta[i]["task"]) for i in ids)
+        return [{"source": s, "task": t, "count": n} for (s, t), n in sorted(c.items(), key=lambda x: -x[1])]
+
+    return {"a": la.version, "b": lb.version,
+            "added": [mb[i] for i in d.episodes_added], "removed": [ma[i] for i in d.episodes_removed],
+            "changed": [{"episode_id": i, "before": ma[i], "after": mb[i]} for i in changed],
+            "added_groups": groups(d.episodes_added, mb), "removed_groups": groups(d.episodes_removed, ma)}
+
+
+# --- episodes ------------------------------------------------------------------------------------------------
+
+def episodes_page(lk, filter: str | None, split: str | None, sort: str, desc: bool, offset: int,
+                  limit: int) -> tuple[pa.Table, int]:
+    """One page of episodes: Lance applies the filter, the order and offset/limit, so a page reads its rows only
+    (plus the sort column when sorted). Returns (rows, matching count). BadRequest for a filter Lance rejects."""
+    from lance.dataset import ColumnOrdering
+
+    if sort not in SORTABLE:
+        raise BadRequest(f"cannot sort by {sort[:40]!r}; sortable: {', '.join(SORTABLE)}")
+    preds = [f"({filter})"] if filter else []
+    if split:
+        preds.append(f"split = '{_quote(split)}'")
+    where = " AND ".join(preds) or None
+    try:
+        ds = lk.table("episodes")
+    except KeyError:
+        return pa.table({c: pa.array([], pa.string()) for c in LIST_COLUMNS}), 0
+    have = set(ds.schema.names)
+    cols = [c for c in LIST_COLUMNS if c in have] + [c for c in ("success", "episode_return") if c in have]
+    if sort not in have:
+        raise BadRequest(f"this lake's episodes have no column {sort!r}")
+    try:
+        total = ds.count_rows(filter=where)
+        rows = ds.to_table(columns=cols, filter=where, offset=offset, limit=limit,
+                           order_by=[ColumnOrdering(sort, ascending=not desc), ColumnOrdering("episode_id")])
+    except (ValueError, OSError, RuntimeError, TypeError) as e:
+        raise BadRequest(f"filter rejected: {lance_message(e)}") from None
+    return rows, total
+
+
+def episode(lk, episode_id: str) -> dict:
+    """Everything the episode page shows except video: the row, numeric per-frame features, quarantine notes."""
+    check_id(episode_id)
+    if not _has(lk, "episodes"):
+        raise NotFound(f"no episode {episode_id!r} in lake version {lk.version}")
+    ds = lk.table("episodes")
+    t = ds.to_table(filter=f"episode_id = '{_quote(episode_id)}'", columns=[c for c in ds.schema.names if c != "stats"])
+    if t.num_rows == 0:
+        raise NotFound(f"no episode {episode_id!r} in lake version {lk.version}")
+    row = t.to_pylist()[0]
+    frames = lk.frames(episode_id)
+    series = {}
+    for name, col in zip(frames.column_names, frames.columns):
+        if name in ("frame_index", "episode_index", "index", "task_index"):
+            continue
+        typ = col.type
+        if pa.types.is_list(typ) or pa.types.is_fixed_size_list(typ) or pa.types.is_large_list(typ):
+            if not (pa.types.is_floating(typ.value_type) or pa.types.is_integer(typ.value_type)):
+                continue
+            arr = np.asarray(col.to_pylist(), np.float64)
+        elif pa.types.is_floating(typ) or pa.types.is_integer(typ) or pa.types.is_boolean(typ):
+            arr = np.asarray(col.to_pylist(), np.float64)
+        else:
+            continue
+        series[name] = arr.reshape(len(arr), -1)
+    attrs = {}
+    if row.get("attrs"):
+        try:
+            attrs = json.loads(row["attrs"])
+        except ValueError:
+            attrs = {"attrs": row["attrs"]}
+    idx = row.get("source_episode_index")
+    quarantine = [q for q in lk.quarantine().to_pylist()
+                  if q["source"] == row.get("source") and (q["item"].endswith(f"episode {idx}") or episode_id in q["item"])]
+    checksums = {k: v for k, v in row.items() if "checksum" in k or "sha" in k or "crc" in k}
+    return {"row": row, "series": series, "attrs": attrs, "quarantine": quarantine, "checksums": checksums,
+            "length": frames.num_rows}
+
+
+def _has(lk, name: str) -> bool:
+    try:
+        lk.table(name)
+        return True
+    except KeyError:
+        return False
+
+
+def video_checksums(lk, episode_id: str) -> dict[str, dict]:
+    """Checksum-like columns of the videos rows of an episode, by camera (empty when the lake stores none)."""
+    if not _has(lk, "videos"):
+        return {}
+    ds = lk.table("videos")
+    cols = [n for n in ds.schema.names if any(k in n for k in ("checksum", "sha", "crc"))]
+    if not cols:
+        return {}
+    t = ds.to_table(columns=["camera", *cols], filter=f"episode_id = '{_quote(episode_id)}'")
+    return {r.pop("camera"): r for r in t.to_pylist()}
+
+
+# --- stats ---------------------------------------------------------------------------------------------------
+
+def splits(lk) -> list[str]:
+    if not _has(lk, "episodes"):
+        return []
+    return sorted({s for s in lk.table("episodes").to_table(columns=["split"])["split"].to_pylist() if s})
+
+
+def robot_types(lk) -> list[str]:
+    if not _has(lk, "episodes"):
+        return []
+    return sorted({s for s in lk.table("episodes").to_table(columns=["robot_type"])["robot_type"].to_pylist() if s})
+
+
+def stats(lk, split: str | None, robot_type: str | None, sample_episodes: int = 64) -> dict:
+    """Stored per-feature stats (mean/std/min/max/q01/q99 per dimension) over the chosen episodes, and histograms of
+    each numeric frame feature over a sample of up to ``sample_episodes`` of those episodes."""
+    filt = f"robot_type = '{_quote(robot_type)}'" if robot_type else None
+    st = lk.stats(split=split, filter=filt)
+    eps = lk.episodes(split=split, filter=filt, columns=["episode_id", "frames_table"])
+    ids = eps["episode_id"].to_pylist()
+    chosen = [ids[i] for i in np.linspace(0, len(ids) - 1, min(sample_episodes, len(ids))).astype(int)] if ids else []
+    hist: dict[str, np.ndarray] = {}
+    by_table: dict[str, list[str]] = {}
+    for eid, tab in zip(eps["episode_id"].to_pylist(), eps["frames_table"].to_pylist()):
+        if eid in set(chosen):
+            by_table.setdefault(tab, []).append(eid)
+    for tab, tids in by_table.items():
+        ds = lk.table(tab)
+        numeric = [f.name for f in ds.schema if f.name != "episode_id"]
+        inlist = ", ".join(f"'{_quote(i)}'" for i in tids)
+        from lake._schema import unnest  # dotted names back, as lk.frames gives them
+
+        t = unnest(ds.to_table(columns=numeric, filter=f"episode_id IN ({inlist})"))
+        for name in st:
+            if name in t.column_names:
+                try:
+                    arr = np.asarray(t[name].to_pylist(), np.float64)
+                except (TypeError, ValueError):
+                    continue
+                arr = arr.reshape(len(arr), -1)
+                hist[name] = np.concatenate([hist[name], arr]) if name in hist else arr
+    out = []
+    for name, s in st.items():
+        dims = np.asarray(s["mean"]).ravel().size
+        rows = [{k: float(np.asarray(s[k]).ravel()[d]) for k in ("mean", "std", "min", "max", "q01", "q99")}
+                for d in range(min(dims, 32))]
+        out.append({"feature": name, "count": int(np.asarray(s["count"]).ravel()[0]), "dims": dims, "rows": rows,
+                    "sample": [hist[name][:, d] for d in range(min(hist[name].shape[1], 8))] if name in hist else None})
+    return {"features": out, "episodes": len(ids), "sampled": len(chosen)}
+
+
+# --- packs and lineage ---------------------------------------------------------------------------------------
+
+def packings(lk) -> list[dict]:
+    """Rows of the ``packings`` table (one per pack job), oldest first; [] before anything was packed."""
+    if not _has(lk, "packings"):
+        return []
+    return lk.table("packings").to_table().to_pylist()
+
+
+def pack_detail(lk, recipe_hash: str) -> dict:
+    check_id(recipe_hash, "recipe hash")
+    rows = [r for r in packings(lk) if r["recipe_hash"] == recipe_hash]
+    if not rows:
+        raise NotFound(f"no packed table for recipe {recipe_hash!r} in lake version {lk.version}")
+    last = rows[-1]
+    try:
+        ds = lk.table(last["table"])
+    except KeyError:
+        raise NotFound(f"packed table {last['table']} is not in lake version {lk.version}") from None
+    budget = None
+    try:
+        budget = json.loads(last["recipe_json"]).get("token_budget")
+    except (TypeError, ValueError):
+        pass
+    t = ds.to_table(columns=["split", "n_samples", "n_tokens", "cu_seqlens"])
+    per_split = {}
+    for split in sorted(set(t["split"].to_pylist())):
+        sub = t.filter(pa.compute.equal(t["split"], split))
+        n_tokens = np.asarray(sub["n_tokens"].to_pylist(), np.float64)
+        lengths = np.concatenate([np.diff(np.asarray(c, np.int64)) for c in sub["cu_seqlens"].to_pylist()]) \
+            if sub.num_rows else np.zeros(0)
+        per_split[split] = {"packs": sub.num_rows, "samples": int(np.sum(sub["n_samples"].to_pylist())),
+                            "fill": float(n_tokens.sum() / (len(n_tokens) * budget)) if budget and len(n_tokens) else None,
+                            "n_samples": np.asarray(sub["n_samples"].to_pylist()), "lengths": lengths,
+                            "n_tokens": n_tokens}
+    return {"rows": rows, "last": last, "recipe": json.loads(last["recipe_json"] or "{}"), "budget": budget,
+            "splits": per_split, "table": last["table"]}
+
+
+def evals(lk) -> list[dict]:
+    """Rows of the ``evals`` table (closed-loop evaluations recorded by ``training.evaluate``)."""
+    if not _has(lk, "evals"):
+        return []
+    return lk.table("evals").to_table().to_pylist()
+
+
+def rl_runs(lk) -> dict[str, dict]:
+    """RL runs found in the lake: episodes whose attrs name a ``run_id``, grouped, with return / success by
+    policy version."""
+    if not _has(lk, "episodes"):
+        return {}
+    ds = lk.table("episodes")
+    if "attrs" not in ds.schema.names or "policy_version" not in ds.schema.names:
+        return {}
+    t = ds.to_table(columns=["attrs", "policy_version", "episode_return", "success", "source"],
+                    filter="attrs LIKE '%run_id%'")
+    runs: dict[str, dict] = {}
+    for r in t.to_pylist():
+        try:
+            run = json.loads(r["attrs"]).get("run_id")
+        except (TypeError, ValueError):
+            continue
+        if not run:
+            continue
+        d = runs.setdefault(str(run), {"source": r["source"], "by_version": {}})
+        d["by_version"].setdefault(int(r["policy_version"] or 0), []).append(
+            (r["episode_return"] if r["episode_return"] is not None else np.nan, bool(r["success"])))
+    for d in runs.values():
+        vs = sorted(d["by_version"])
+        d["versions"] = vs
+        d["mean_return"] = [float(np.nanmean([x[0] for x in d["by_version"][v]])) for v in vs]
+        d["success_rate"] = [float(np.mean([x[1] for x in d["by_version"][v]])) for v in vs]
+        d["episodes"] = sum(len(x) for x in d["by_version"].values())
+    return runs
+
+
+def lineage(lk) -> dict:
+    """Nodes and edges: sources -> lake versions (ingests/appends) -> packs (recipe, from a version) ->
+    checkpoints (named by evaluations) -> evaluations; RL runs -> the versions their episodes landed in."""
+    nodes: dict[str, dict] = {}
+    edges: set[tuple[str, str]] = set()
+
+    def node(key, kind, label, href, note=""):
+        nodes.setdefault(key, {"id": key, "kind": kind, "label": label, "href": href, "note": note})
+        return key
+
+    log = list(reversed(lk.log()))
+    for e in log:
+        src = e.summary.get("source")
+        if src:
+            s = node(f"source:{src}", "source", src, f"/episodes?filter={_url_filter(f'source = {_sql(src)}')}")
+            v = node(f"version:{e.version}", "version", f"v{e.version}", f"/version/{e.version}",
+                     ", ".join(e.tags) or e.message[:40])
+            edges.add((s, v))
+    for r in packings(lk):
+        v = node(f"version:{r['source_version']}", "version", f"v{r['source_version']}",
+                 f"/version/{r['source_version']}")
+        p = node(f"pack:{r['recipe_hash']}", "pack", f"pack {r['recipe_hash'][:10]}", f"/packs/{r['recipe_hash']}",
+                 f"fill {r['fill']:.0%}" if r["fill"] is not None else "")
+        edges.add((v, p))
+    for r in evals(lk):
+        ck = r["checkpoint"] or "?"
+        c = node(f"ckpt:{ck}", "checkpoint", _short(ck), f"/checkpoint?path={_url_filter(ck)}",
+                 f"step {r['checkpoint_step']}")
+        if r.get("recipe_hash") and f"pack:{r['recipe_hash']}" in nodes:
+            edges.add((f"pack:{r['recipe_hash']}", c))
+        elif r.get("lake_version") is not None:
+            v = node(f"version:{r['lake_version']}", "version", f"v{r['lake_version']}", f"/version/{r['lake_version']}")
+            edges.add((v, c))
+        ev = node(f"eval:{r['eval_id']}", "eval", f"eval {r['env_id']}", f"/eval/{r['eval_id']}",
+                  f"success {r['success_rate']:.0%}")
+        edges.add((c, ev))
+    for run, d in rl_runs(lk).items():
+        node(f"rl:{run}", "rl", f"RL {run}", f"/rl/{run}",
+             f"{d['episodes']} episodes, last success {d['success_rate'][-1]:.0%}" if d["success_rate"] else "")
+        for e in log:
+            if run in e.message:
+                edges.add((f"rl:{run}", node(f"version:{e.version}", "version", f"v{e.version}", f"/version/{e.version}")))
+    return {"nodes": list(nodes.values()), "edges": sorted(edges)}
+
+
+def _short(path: str) -> str:
+    parts = path.rstrip("/").split("/")
+    return "/".join(parts[-2:])
+
+
+def _sql(s: str) -> str:
+    return "'" + _quote(s) + "'"
+
+
+def _url_filter(s: str) -> str:
+    from urllib.parse import quote
+
+    return quote(s, safe="")
