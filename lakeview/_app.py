@@ -281,4 +281,6 @@ def serve(lk, host: str = "127.0.0.1", port: int = 8470) -> None:
     import uvicorn
 
     print(f"serving lake {public_uri(lk.uri)} (version {lk.version}) at http://{host}:{port}/", flush=True)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: bound to {host}: anyone who can reach this port can read the lake", flush=True)
     uvicorn.run(make_app(lk), host=host, port=int(port), log_level="warning")

@@ -255,12 +255,14 @@ def stats(lk, split: str | None, robot_type: str | None, sample_episodes: int = 
     chosen = [ids[i] for i in np.linspace(0, len(ids) - 1, min(sample_episodes, len(ids))).astype(int)] if ids else []
     hist: dict[str, np.ndarray] = {}
     by_table: dict[str, list[str]] = {}
+    picked = set(chosen)
     for eid, tab in zip(eps["episode_id"].to_pylist(), eps["frames_table"].to_pylist()):
-        if eid in set(chosen):
+        if eid in picked:
             by_table.setdefault(tab, []).append(eid)
+    heads = {name.split(".", 1)[0] for name in st}  # stored nested: "observation.state" is column "observation"
     for tab, tids in by_table.items():
         ds = lk.table(tab)
-        numeric = [f.name for f in ds.schema if f.name != "episode_id"]
+        numeric = [f.name for f in ds.schema if f.name in heads]
         inlist = ", ".join(f"'{_quote(i)}'" for i in tids)
         from lake._schema import unnest  # dotted names back, as lk.frames gives them
 
