@@ -153,3 +153,11 @@ def test_public_uri_drops_userinfo_and_query():
 
     assert public_uri("s3://AKIA:secret@bucket/lake?token=x") == "s3://bucket/lake"
     assert public_uri("/data/lake") == "/data/lake"
+
+
+def test_serve_refuses_a_missing_lake_with_one_line(tmp_path, capsys):
+    from lake.cli import main
+
+    assert main(["serve", "--lake", str(tmp_path / "nothing"), "--port", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no lake at" in err[0]
