@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from . import _lineage as lin
 from . import _queries as q
 from . import _svg
 from ._remux import remux
@@ -157,37 +158,38 @@ def make_app(lk):
                     robots=q.robot_types(view), title="Stats")
 
     async def packs_page(request: Request):
-        return page("packs.html", rows=q.packings(lk), title="Packs")
+        return page("packs.html", rows=lin.packings(lk), title="Packs")
 
     async def pack_page(request: Request):
-        d = q.pack_detail(lk, request.path_params["recipe_hash"])
+        d = lin.pack_detail(lk, request.path_params["recipe_hash"])
         return page("pack.html", d=d, title=f"Pack {d['last']['recipe_hash']}")
 
     async def lineage_page(request: Request):
-        g = q.lineage(lk)
+        g = lin.lineage(lk)
         return page("lineage.html", g=g, layout=_layout(g), title="Lineage")
 
     async def eval_page(request: Request):
         eid = q.check_id(request.path_params["eval_id"], "eval id")
-        rows = [r for r in q.evals(lk) if r["eval_id"] == eid]
+        rows = [r for r in lin.evals(lk) if r["eval_id"] == eid]
         if not rows:
             raise q.NotFound(f"no evaluation {eid!r} in lake version {lk.version}")
         r = rows[0]
         ids = r.get("episode_ids") or []
-        eps = lk.episodes(filter=f"episode_id IN ({', '.join(repr(i) for i in map(str, ids) if q._ID.match(i))})",
+        ids = [i for i in map(str, ids) if q._ID.match(i)]  # ids as written by training.evaluate: checked anyway
+        eps = lk.episodes(filter=f"episode_id IN ({', '.join(lin._sql(i) for i in ids)})",
                           columns=["episode_id", "length", "task"]).to_pylist() if ids else []
         return page("eval.html", r=r, eps=eps, title=f"Evaluation {eid}")
 
     async def checkpoint_page(request: Request):
         path = request.query_params.get("path", "")
-        rows = [r for r in q.evals(lk) if r["checkpoint"] == path]
+        rows = [r for r in lin.evals(lk) if r["checkpoint"] == path]
         if not rows:
             raise q.NotFound("no evaluation in this lake names that checkpoint")
         return page("checkpoint.html", path=path, rows=rows, title="Checkpoint")
 
     async def rl_page(request: Request):
         run = q.check_id(request.path_params["run_id"], "run id")
-        runs = q.rl_runs(lk)
+        runs = lin.rl_runs(lk)
         if run not in runs:
             raise q.NotFound(f"no RL run {run!r} in lake version {lk.version}")
         d = runs[run]
