@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 
 from ._queries import NotFound, _has, _quote, check_id
 
+
 def packings(lk) -> list[dict]:
     """Rows of the ``packings`` table (one per pack job), oldest first; [] before anything was packed."""
     if not _has(lk, "packings"):
