@@ -3,7 +3,8 @@ naive page would be (lk.episodes(filter) materialised, sorted, sliced). Both run
 
     .venv/bin/python benchmarks/serve_pages.py [--episodes 100000] [--lake /tmp/serve_bench] [--record]
 
-The lake is built once (append_episodes of tiny 3-frame episodes, in batches) and kept for reruns.
+The lake is built once (append_episodes of tiny 3-frame episodes, in batches of 10k) and kept: a rerun with more
+--episodes appends the difference and measures there.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 
-def build(uri: str, n: int, batch: int = 20_000):
+def build(uri: str, n: int, batch: int = 10_000):
     import lake
 
     lk = lake.open(uri)
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = p.parse_args(argv)
-    lk = build(f"{args.lake}_{args.episodes}", args.episodes)
+    lk = build(args.lake, args.episodes)
     from starlette.testclient import TestClient
 
     from lakeview import make_app

@@ -145,9 +145,11 @@ def diff(lk, a, b) -> dict:
 
 def episodes_page(lk, filter: str | None, split: str | None, sort: str, desc: bool, offset: int,
                   limit: int) -> tuple[pa.Table, int]:
-    """One page of episodes: Lance applies the filter, the order and offset/limit, so a page reads its rows only
-    (plus the sort column when sorted). Returns (rows, matching count). BadRequest for a filter Lance rejects."""
-    from lance.dataset import ColumnOrdering
+    """One page of episodes, in two reads: Lance filters and returns only the sort key, the id and the row id of
+    the matching episodes (narrow columns); Arrow orders them; then only the page's rows are taken, by row id. So
+    a page never materialises the other columns of every match (what ``lk.episodes(filter)`` and a slice would).
+    Returns (rows, matching count). BadRequest for a filter Lance rejects."""
+    import pyarrow.compute as pc
 
     if sort not in SORTABLE:
         raise BadRequest(f"cannot sort by {sort[:40]!r}; sortable: {', '.join(SORTABLE)}")
@@ -163,13 +165,19 @@ def episodes_page(lk, filter: str | None, split: str | None, sort: str, desc: bo
     cols = [c for c in LIST_COLUMNS if c in have] + [c for c in ("success", "episode_return") if c in have]
     if sort not in have:
         raise BadRequest(f"this lake's episodes have no column {sort!r}")
+    keys = list(dict.fromkeys([sort, "episode_id"]))  # episode_id breaks ties: a stable order across pages
     try:
-        total = ds.count_rows(filter=where)
-        rows = ds.to_table(columns=cols, filter=where, offset=offset, limit=limit,
-                           order_by=[ColumnOrdering(sort, ascending=not desc), ColumnOrdering("episode_id")])
+        index = ds.to_table(columns=keys, filter=where, with_row_id=True)
     except (ValueError, OSError, RuntimeError, TypeError) as e:
         raise BadRequest(f"filter rejected: {lance_message(e)}") from None
-    return rows, total
+    order = pc.sort_indices(index, sort_keys=[(sort, "descending" if desc else "ascending"), ("episode_id", "ascending")],
+                            null_placement="at_end")
+    page = order[offset:offset + limit]
+    row_ids = pc.take(index["_rowid"], page)
+    # _take_rows: pylance's take by row id (pinned 14.0.2; the lake's blob reads use the same ids); rows come back
+    # in the order asked
+    rows = ds._take_rows(row_ids.to_pylist(), columns=cols) if len(page) else ds.schema.empty_table().select(cols)
+    return rows, index.num_rows
 
 
 def episode(lk, episode_id: str) -> dict:
