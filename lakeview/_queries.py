@@ -170,8 +170,11 @@ def episodes_page(lk, filter: str | None, split: str | None, sort: str, desc: bo
         index = ds.to_table(columns=keys, filter=where, with_row_id=True)
     except (ValueError, OSError, RuntimeError, TypeError) as e:
         raise BadRequest(f"filter rejected: {lance_message(e)}") from None
-    order = pc.sort_indices(index, sort_keys=[(sort, "descending" if desc else "ascending"), ("episode_id", "ascending")],
-                            null_placement="at_end")
+    direction = "descending" if desc else "ascending"
+    try:  # pyarrow >= 25 takes the null placement per key
+        order = pc.sort_indices(index, sort_keys=[(sort, direction, "at_end"), ("episode_id", "ascending", "at_end")])
+    except (TypeError, ValueError):
+        order = pc.sort_indices(index, sort_keys=[(sort, direction), ("episode_id", "ascending")], null_placement="at_end")
     page = order[offset:offset + limit]
     row_ids = pc.take(index["_rowid"], page)
     # _take_rows: pylance's take by row id (pinned 14.0.2; the lake's blob reads use the same ids); rows come back
