@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv bench bench-gpu bench-peers clean
+.PHONY: demo test venv browser bench bench-gpu bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,9 +18,17 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m lake.demo
+	@echo "browse the demo lake: $(BIN)/lake serve --lake lake_demo  ->  open http://127.0.0.1:8470/"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Headless Chromium + chromedriver from Debian for the lake serve tests (tests/serve skip without them).
+# Idempotent: installs only what is missing.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then echo "chromium and chromedriver present"; \
+	else SUDO=$$([ "$$(id -u)" -ne 0 ] && command -v sudo >/dev/null && echo sudo); \
+	$$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; fi
 
 # Every speed claim, against its baseline, recorded into benchmarks/RESULTS.md (run on an idle machine).
 bench: $(STAMP)

@@ -376,6 +376,12 @@ class Lake:
 
         return stream(self, split, recipe=recipe, **opts)
 
+    def serve(self, host: str = "127.0.0.1", port: int = 8470) -> None:
+        """Serve a read-only browser view of this lake at http://host:port until interrupted (``lakeview``)."""
+        from lakeview import serve  # the facade's lazy hook to an entry point, as for packers / loaders
+
+        serve(self, host=host, port=port)
+
     def quarantine(self) -> pa.Table:
         """What did not land: source, item (file / episode), reason, when."""
         return self._scan("quarantine", columns=["source", "item", "reason", "timestamp"])

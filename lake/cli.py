@@ -11,6 +11,7 @@
     lake pack [RECIPE.yaml] --lake URI [--repack]
     lake decode [--camera C ...] --lake URI [--rebuild]
     lake train [CONFIG.yaml] [key=value ...] --lake URI
+    lake serve --lake URI [--host 127.0.0.1] [--port 8470]
 
 ``--lake`` defaults to $LAKE_URI. S3 credentials come from the usual AWS_* variables (see ``storage_options``).
 """
@@ -194,6 +195,14 @@ def cmd_eval(args) -> int:
     return cli(args)
 
 
+def cmd_serve(args) -> int:
+    from lakeview import serve  # an entry point above the packages; starlette / uvicorn load only here
+
+    lk = _lake(args)
+    serve(lk, host=args.host, port=args.port)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lake", description="episode-lake: a versioned lake of robot episodes")
     p.add_argument("--lake", help="lake URI (local folder or s3://bucket/prefix); default $LAKE_URI")
@@ -246,6 +255,9 @@ def parser() -> argparse.ArgumentParser:
     sp = add("train", cmd_train, "train the reference VLA on the lake's packed table (training.sft)")
     sp.add_argument("config", nargs="?", help="YAML config (configs/sft/*.yaml)")
     sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=100")
+    sp = add("serve", cmd_serve, "a read-only browser view of the lake (versions, episodes with video, stats, packs, lineage)")
+    sp.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    sp.add_argument("--port", type=int, default=8470)
     sp = add("eval", cmd_eval, "closed-loop evaluation in simulation")
     sp.add_argument("checkpoint")
     sp.add_argument("--env", help="gymnasium env id (default: the one the checkpoint was trained for)")

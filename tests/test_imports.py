@@ -14,14 +14,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDER = ["lake", "packers", "loaders", "training"]  # each may import only the ones before it (and itself)
-ENTRY_POINTS = ("lake.cli", "lake.demo", "lake.serve", "lake._serve", "lake.server", "lake._server", "lake.web")
+ENTRY_POINTS = ("lake.cli", "lake.demo", "lakeview")  # lakeview: the `lake serve` web app
 ENTRY = len(ORDER)  # entry points stand on top of everything; nothing imports them
 
 # (module, function qualname) -> packages that function may import lazily although they stand above it
 FACADE_HOOKS = {
     ("lake._lake", "Lake.pack"): {"packers"},
     ("lake._lake", "Lake.stream"): {"loaders"},
-    ("lake._lake", "Lake.serve"): {"lake.serve", "lake._serve", "lake.server", "lake._server", "lake.web"},
+    ("lake._lake", "Lake.serve"): {"lakeview"},
 }
 
 
