@@ -100,9 +100,9 @@ def merge(store: Store, other, filter: str | None = None, message: str | None = 
         def add(name, data, schema):
             data = data.filter(pc.is_in(data["episode_id"], value_set=keep)) if "episode_id" in data.column_names else data
             if data.num_rows:
-                schema = store.dataset(name, version=h.tables[name]).schema if name in h.tables else schema
-                data = _tables._conform(data.select([c for c in data.column_names if c in schema.names]), schema) \
-                    if name in h.tables else data
+                if name in h.tables and name != "videos":  # (the videos blob column reads back as a struct)
+                    schema = store.dataset(name, version=h.tables[name]).schema
+                    data = _tables._conform(data.select([c for c in data.column_names if c in schema.names]), schema)
                 batches[name] = (schema, _tables.write_rows(store, name, data, schema))
 
         add("episodes", rows, EPISODES)

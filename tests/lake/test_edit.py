@@ -79,7 +79,7 @@ def test_delete_three_episodes_diff_stream_checkout_and_restore(packed, tmp_path
         want = sorted((e["episode_id"], f) for e in lk.episodes(split=split).to_pylist() for f in range(e["length"]))
         assert sorted(_streamed(lk, split)) == want
     old = lk.checkout(before)
-    old_streamed = [e for s in ("train", "val") for e, _ in _streamed(old, s)]
+    old_streamed = [e for s in set(old.episodes()["split"].to_pylist()) for e, _ in _streamed(old, s)]
     assert set(gone) <= set(old_streamed)  # packs of the old version are untouched
 
     for e in gone:  # checkout of the old version: bit-exact
@@ -110,14 +110,16 @@ def test_relabel_task_new_pack_uses_new_text_old_pack_unchanged(packed, tmp_path
     assert d.relabelled == {eid: [old_task, "Push the T gently."]} and not d.episodes_removed and not d.moved
 
     lk.pack(progress=False)
-    tok = get_tokenizer(lk.stream("train").source.layout.get("tokenizer", "byte") if False else "byte")
+    from packers._job import resolve_recipe
+
+    tok = get_tokenizer(resolve_recipe(lk, None).tokenizer)
     new_ids, old_ids = tok.encode("Push the T gently."), tok.encode(old_task)
 
     def texts(handle):
         out = {}
         split = handle.episodes(filter=f"episode_id = '{eid}'")["split"][0].as_py()
         for b in handle.stream(split, batch_packs=4):
-            for i, (e, _) in enumerate(b.origin):
+            for e, _ in b.origin:
                 if e == eid:
                     out[e] = b
         return out
