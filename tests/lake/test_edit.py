@@ -296,3 +296,67 @@ def test_edit_concurrent_with_ingest_both_land(ingested, pusht_v21, tmp_path):
     assert eps[ids[2]]["success"] is False and set(ids) <= set(eps)  # the v2.1 copy brings the deleted 2 back
     msgs = [e.message for e in final.log()[:2]]
     assert any(m.startswith("update") for m in msgs)
+
+
+def test_cli_edit_dry_run_prints_the_diff_and_writes_nothing_then_edits(ingested, tmp_path, capsys):
+    import json
+
+    import lake.cli
+
+    lk = _copy(ingested, tmp_path)
+    v = lk.version
+    ids = sorted(lk.episodes()["episode_id"].to_pylist())
+    assert lake.cli.main(["edit", "delete", ids[0], ids[1], "--dry-run", "--lake", lk.uri]) == 0
+    out = capsys.readouterr().out
+    assert "dry run" in out and f"- {ids[0]}" in out and f"- {ids[1]}" in out
+    assert lake.open(lk.uri).version == v
+    assert lake.cli.main(["edit", "relabel", "--filter", f"episode_id = '{ids[2]}'", "--task", "Push it.",
+                          "-m", "fix typo", "--lake", lk.uri]) == 0
+    assert lake.open(lk.uri).log()[0].message == "fix typo"
+    assert lake.cli.main(["edit", "delete", "--filter", "length > 100000", "--lake", lk.uri]) == 0
+    assert "no change" in capsys.readouterr().out and lake.open(lk.uri).version == v + 1
+    (tmp_path / "v.json").write_text(json.dumps({ids[3]: True}))
+    assert lake.cli.main(["edit", "add-feature", "reviewed", "--values", str(tmp_path / "v.json"),
+                          "--level", "episode", "--lake", lk.uri]) == 0
+    assert lake.cli.main(["diff", str(v), str(v + 2), "--lake", lk.uri]) == 0
+    out = capsys.readouterr().out
+    assert f"~ {ids[2]} task:" in out and "'Push it.'" in out and "+ feature episodes:reviewed" in out
+    assert lake.cli.main(["edit", "restore", str(v), "--lake", lk.uri]) == 0
+    assert lake.cli.main(["edit", "update", "--set", "nope=1", "--filter", "length > 0", "--lake", lk.uri]) == 1
+    assert "no column 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_delete_and_restore_on_an_s3_lake(pusht_v3, ray_session):
+    from test_s3 import BUCKET, KEY, REGION, SECRET, _free_port  # the moto server setup of the S3 tests
+
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        import boto3
+
+        endpoint = f"http://127.0.0.1:{port}"
+        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=KEY, aws_secret_access_key=SECRET,
+                     region_name=REGION).create_bucket(Bucket=BUCKET)
+        opts = {"aws_access_key_id": KEY, "aws_secret_access_key": SECRET, "aws_endpoint": endpoint,
+                "aws_region": REGION, "allow_http": "true"}
+        lk = lake.open(f"s3://{BUCKET}/edit", storage_options=opts)
+        lk.ingest(pusht_v3, progress=False)
+        v = lk.version
+        ids = sorted(lk.episodes()["episode_id"].to_pylist())
+        frames = lk.frames(ids[0])
+        rep = lk.delete_episodes(ids=ids[:2])
+        assert lk.diff(v, rep.version).episodes_removed == ids[:2] and lk.episodes().num_rows == 4
+        lk.update_episodes(None, {"task": "Push it on S3."}, ids=[ids[2]])
+        assert lk.checkout(v).frames(ids[0]).equals(frames)
+        lk.restore(v)
+        assert sorted(lk.episodes()["episode_id"].to_pylist()) == ids and lk.frames(ids[0]).equals(frames)
+        assert lake.open(f"s3://{BUCKET}/edit", storage_options=opts).log()[0].summary["restored"] == v
+    finally:
+        server.stop()
