@@ -88,28 +88,39 @@ def select(store: Store, entry: _versions.LogEntry, ids=None, filter: str | None
 
     Raises KeyError naming ids the version does not hold, ValueError for a bad filter, NoChange when nothing
     matches."""
+    return sorted(select_rows(store, entry, ids, filter)["episode_id"].to_pylist())
+
+
+def select_rows(store: Store, entry: _versions.LogEntry, ids=None, filter: str | None = None,
+                columns: list[str] | None = None) -> pa.Table:
+    """``select``'s episodes as rows of ``columns`` (default: episode_id), one scan."""
     if ids is None and filter is None:
         raise ValueError("name the episodes: ids=[...] and/or filter='SQL predicate'")
-    have = set(_episodes(store, entry, columns=["episode_id"])["episode_id"].to_pylist())
-    chosen: set[str] = set()
+    columns = list(dict.fromkeys(["episode_id", *(columns or [])]))
+    preds = []
     if ids is not None:
-        ids = [ids] if isinstance(ids, str) else list(ids)
+        ids = sorted({ids} if isinstance(ids, str) else set(ids))
+        if not ids:
+            raise NoChange("no episode ids given: nothing to do")
+        preds.append(in_list(ids))
+    if filter is not None:
+        preds.append(f"({filter})")
+    try:
+        rows = _episodes(store, entry, " AND ".join(preds), columns)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"bad filter {filter!r}: {str(e).splitlines()[0]}") from None
+    if ids is not None:
+        have = set(rows["episode_id"].to_pylist()) if filter is None else \
+            set(_episodes(store, entry, in_list(ids), ["episode_id"])["episode_id"].to_pylist())
         missing = sorted(set(ids) - have)
         if missing:
             raise KeyError(f"no episode(s) {missing[:5]}{' ...' if len(missing) > 5 else ''} in lake version "
                            f"{entry.version}")
-        chosen = set(ids)
-    if filter is not None:
-        try:
-            hit = set(_episodes(store, entry, filter, ["episode_id"])["episode_id"].to_pylist())
-        except (OSError, ValueError) as e:
-            raise ValueError(f"bad filter {filter!r}: {str(e).splitlines()[0]}") from None
-        chosen = hit if ids is None else chosen & hit
-    if not chosen:
+    if rows.num_rows == 0:
         raise NoChange(f"no episode matches ({'ids given' if ids is not None else ''}"
                        f"{' and ' if ids is not None and filter else ''}{f'filter {filter!r}' if filter else ''}) "
                        f"in lake version {entry.version}: nothing to do")
-    return sorted(chosen)
+    return rows
 
 
 def episode_tables(store: Store, pins: dict[str, int]) -> list[str]:
@@ -127,22 +138,33 @@ def delete_rows(store: Store, table: str, pinned: int, predicate: str) -> int | 
     """Lance deletion vectors for the rows matching ``predicate`` on the pinned fragments; None if none match."""
     from lance import LanceOperation
 
-    hit = store.dataset(table, version=pinned).count_rows(filter=predicate)
-    if hit == 0:
+    if store.dataset(table, version=pinned).count_rows(filter=predicate) == 0:
         return None
 
     def op(ds):
-        updated, gone = [], []
-        for frag in ds.get_fragments():
-            before = frag.metadata
-            after = frag.delete(predicate)
-            if after is None:
-                gone.append(before.id)
-            elif after.deletion_file != before.deletion_file:
-                updated.append(after)
+        updated, gone = deletion_vectors(ds, predicate)
         return LanceOperation.Delete(updated, gone, predicate)
 
     return _pinned.commit_op(store, table, pinned, op)
+
+
+def deletion_vectors(ds, predicate: str) -> tuple[list, list[int]]:
+    """(fragments with new deletion vectors, ids of fragments left with no rows) for the rows matching: one scan
+    for their row addresses (fragment id in the high 32 bits, row offset in the low), then each fragment's
+    deletion vector gains exactly those offsets (no per-fragment re-scan)."""
+    import numpy as np
+
+    addr = ds.to_table(columns=["episode_id"], filter=predicate, with_row_address=True)["_rowaddr"].to_numpy()
+    addr = np.asarray(addr, np.uint64)
+    frag_ids, offsets = (addr >> np.uint64(32)).astype(np.int64), (addr & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    updated, gone = [], []
+    for fid in np.unique(frag_ids).tolist():
+        after = ds.get_fragment(fid).delete_rows(offsets[frag_ids == fid].tolist())
+        if after is None:
+            gone.append(fid)
+        else:
+            updated.append(after)
+    return updated, gone
 
 
 def unregister_packs(store: Store, pins: dict[str, int], ids: set[str]) -> tuple[dict[str, int], list[str]]:
@@ -197,7 +219,8 @@ def delete_episodes(store: Store, ids=None, filter: str | None = None, message: 
     extra_notes: list[str] = []
 
     def build(h: _versions.LogEntry) -> dict[str, int]:
-        now = set(_episodes(store, h, columns=["episode_id"])["episode_id"].to_pylist())
+        now = set(chosen) if h.version == head.version else \
+            set(_episodes(store, h, in_list(chosen), ["episode_id"])["episode_id"].to_pylist())
         todo = sorted(set(chosen) & now)
         if not todo:
             raise NoChange(f"the episodes to delete are already gone at lake version {h.version}")
@@ -269,14 +292,7 @@ def rewrite_episodes(store: Store, pinned: int, changes: dict[str, dict[str, obj
         new = pa.Table.from_pydict(cols, schema=rows.schema)
         frags = write_fragments(new, store.table_uri("episodes"), schema=ds.schema,
                                 storage_options=store.storage_options)
-        updated, gone = [], []
-        for frag in ds.get_fragments():
-            before = frag.metadata
-            after = frag.delete(pred)
-            if after is None:
-                gone.append(before.id)
-            elif after.deletion_file != before.deletion_file:
-                updated.append(after)
+        updated, gone = deletion_vectors(ds, pred)
         return LanceOperation.Update(removed_fragment_ids=gone, updated_fragments=updated, new_fragments=frags)
 
     return _pinned.commit_op(store, "episodes", pinned, op)
@@ -295,23 +311,28 @@ def _tasks_pin(store: Store, head: _versions.LogEntry, episodes_pin: int) -> dic
 
 
 def _apply_updates(store: Store, operation: str, per_episode: dict[str, dict[str, pa.Scalar]], message: str,
-                   summary: dict, dry_run: bool) -> EditReport:
-    head = _versions.head(store)
-    rows = _episodes(store, head, in_list(sorted(per_episode)))
+                   summary: dict, dry_run: bool, head: _versions.LogEntry | None = None,
+                   rows: pa.Table | None = None) -> EditReport:
+    """``rows``: the episodes' current values of the columns set (prefetched by the caller at ``head``)."""
+    head = head or _versions.head(store)
+    cols = ["episode_id", *sorted({c for v in per_episode.values() for c in v})]
+    if rows is None:
+        rows = _episodes(store, head, in_list(sorted(per_episode)), cols)
     changes = _changes(rows, per_episode)
     if not changes:
         raise NoChange(f"the {len(per_episode)} matching episode(s) already have these values: nothing to do")
-    notes = _split_notes(store, head, _episodes(store, head, columns=["episode_id", "split"]),
-                         {e: c["split"][1] for e, c in changes.items() if "split" in c})
+    moves = {e: c["split"][1] for e, c in changes.items() if "split" in c}
+    notes = _split_notes(store, head, _episodes(store, head, columns=["episode_id", "split"]), moves) if moves else []
     if dry_run:
         return EditReport(operation, None, sorted(changes), message, changes, notes, True)
     extra: list[str] = []
 
     def build(h: _versions.LogEntry) -> dict[str, int]:
-        now = _changes(_episodes(store, h, in_list(sorted(per_episode))), per_episode)
+        now = changes if h.version == head.version else \
+            _changes(_episodes(store, h, in_list(sorted(per_episode)), cols), per_episode)
         if not now:
             raise NoChange(f"the episodes already have these values at lake version {h.version}")
-        todo = {e: {c: n for c, (_, n) in cols.items()} for e, cols in now.items()}
+        todo = {e: {c: new for c, (_, new) in changed.items()} for e, changed in now.items()}
         pins = {"episodes": rewrite_episodes(store, h.tables["episodes"], todo)}
         if any("task" in c for c in todo.values()):
             pins.update(_tasks_pin(store, h, pins["episodes"]))
@@ -332,11 +353,12 @@ def update_episodes(store: Store, filter: str | None, values: dict, ids=None, me
     if "episodes" not in head.tables:
         raise NoChange("the lake has no episodes: nothing to update")
     checked = _check_values(store.dataset("episodes", version=head.tables["episodes"]).schema, values)
-    chosen = select(store, head, ids, filter)
+    rows = select_rows(store, head, ids, filter, sorted(checked))
+    chosen = sorted(rows["episode_id"].to_pylist())
     what = ", ".join(f"{k}={v!r}" for k, v in values.items())
     msg = message or f"update {len(chosen)} episode(s)" + (f" where {filter}" if filter else "") + f": {what}"
     return _apply_updates(store, "update", {e: checked for e in chosen}, msg,
-                          {"filter": filter, "values": {k: str(v) for k, v in values.items()}}, dry_run)
+                          {"filter": filter, "values": {k: str(v) for k, v in values.items()}}, dry_run, head, rows)
 
 
 def _rank(seed: int, eid: str) -> str:
@@ -428,8 +450,14 @@ def diff_details(store: Store, a: _versions.LogEntry, b: _versions.LogEntry) -> 
     """Edits between two versions: relabelled (task changed), moved (split changed: id -> [old, new]), other
     episode columns changed, and features (columns) added / removed per table."""
     cols = ["episode_id", "task", "split"]
-    ta = {r["episode_id"]: r for r in _episodes(store, a, columns=None).to_pylist()} if "episodes" in a.tables else {}
-    tb = {r["episode_id"]: r for r in _episodes(store, b, columns=None).to_pylist()} if "episodes" in b.tables else {}
+
+    def rows(e: _versions.LogEntry) -> dict:
+        if "episodes" not in e.tables:
+            return {}
+        names = [n for n in store.dataset("episodes", version=e.tables["episodes"]).schema.names if n != "stats"]
+        return {r["episode_id"]: r for r in _episodes(store, e, columns=names).to_pylist()}
+
+    ta, tb = rows(a), rows(b)
     relabelled, moved, changed = {}, {}, {}
     for eid in sorted(set(ta) & set(tb)):
         ra, rb = ta[eid], tb[eid]

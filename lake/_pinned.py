@@ -31,10 +31,12 @@ def on_pinned(store: Store, table: str, pinned: int, apply: Callable | None, att
     """Run ``apply(ds)``, with ``ds`` the newest Lance version of ``table`` holding exactly the pinned version's
     content; ``apply`` commits one Lance operation on ``ds.version`` and returns the new dataset (or version).
     Returns the new Lance version. Raises RuntimeError after ``attempts`` lost races."""
-    want = store.dataset(table, version=pinned)
-    key = _manifest_key(want)
+    want = key = None
     for attempt in range(attempts):
         ds = store.dataset(table)
+        if ds.version != pinned and want is None:  # (manifest keys cost ~3 ms a fragment: only when needed)
+            want = store.dataset(table, version=pinned)
+            key = _manifest_key(want)
         if ds.version != pinned and (ds.schema != want.schema or _manifest_key(ds) != key):
             try:
                 store.dataset(table, version=pinned).restore()
