@@ -143,7 +143,7 @@ def _mb(n: float) -> str:
     return f"{n / 2**20:,.2f} MB" if n >= 2**20 else f"{n / 1024:,.1f} KB"
 
 
-def report(rounds_lake: list[dict], rounds_peer: list[dict], cmd: str) -> str:
+def report(rounds_lake: list[dict], rounds_peer: list[dict], cmd: str, note: str = "") -> str:
     from _report import machine
 
     def best(rs, k):
@@ -154,7 +154,7 @@ def report(rounds_lake: list[dict], rounds_peer: list[dict], cmd: str) -> str:
 
     lines = [
         f"Command: `{cmd}` — {machine()}. The machine is shared with other engineers' jobs (2 cores, busy): wall "
-        "times are noisy; the ratios and the bytes are the figures to trust.",
+        "times are noisy; the ratios and the bytes are the figures to trust." + (f" {note}" if note else ""),
         "",
         "200-episode PushT v3.0 (2 cameras), delete 20 episodes (10%) then relabel every episode of one task "
         f"({rounds_lake[0]['relabelled']} episodes). Lake: `lk.delete_episodes` / `lk.update_episodes`, each one "
@@ -177,8 +177,11 @@ def report(rounds_lake: list[dict], rounds_peer: list[dict], cmd: str) -> str:
     lines += ["", f"Both edits: lake {tl:.3f} s vs LeRobot {tp:.2f} s = **{tp / tl:,.0f}x** (target >= 100x); "
               f"peak RSS lake {max(r['peak_rss_mb'] for r in rounds_lake):,.0f} MB, LeRobot "
               f"{max(r['peak_rss_mb'] for r in rounds_peer):,.0f} MB. The lake's delete writes deletion vectors and "
-              "manifests (no data file, no video byte); its relabel rewrites the 20-odd KB of changed `episodes` rows. "
-              "The old version stays readable (`checkout`), and `restore` undoes either edit."]
+              "manifests (no data file, no video byte); its relabel writes the changed `episodes` rows, the tasks "
+              "table, manifests and the log row. LeRobot's `delete_episodes` writes a whole new dataset and "
+              "re-encodes every video file that held a deleted episode; its `modify_tasks` rewrites the task files "
+              "in place (cheap, but the old labels are gone: no version to go back to), which is why the relabel "
+              "ratio is small. The lake's old version stays readable (`checkout`), and `restore` undoes either edit."]
     return "\n".join(lines)
 
 
@@ -188,7 +191,18 @@ def main() -> None:
     ap.add_argument("--record", action="store_true")
     ap.add_argument("--lake-round", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--no-peer", action="store_true", help="lake side only (no .venv-peers)")
+    ap.add_argument("--rerender", action="store_true", help="re-render the last run's figures (edit.json)")
     a = ap.parse_args()
+    if a.rerender:
+        saved = json.loads((DATA / "edit.json").read_text())
+        body = report(saved["lake"], saved["lerobot"], saved.get("cmd", "python benchmarks/edit.py --record"),
+                      saved.get("note", ""))
+        print(body)
+        if a.record:
+            from _report import record
+
+            record(SECTION, body)
+        return
     if a.lake_round:
         print(json.dumps(lake_round()))
         return
@@ -208,10 +222,11 @@ def main() -> None:
         if peer:
             rp.append(peer_round(task_eps))
             print(f"round {i}: LeRobot {json.dumps(rp[-1])}", flush=True)
-    body = report(rl, rp, "python benchmarks/edit.py" + (f" --repeats {a.repeats}" if a.repeats != 3 else "")
-                  + " --record")
+    cmd = "python benchmarks/edit.py" + (f" --repeats {a.repeats}" if a.repeats != 3 else "") + " --record"
+    body = report(rl, rp, cmd, f"5-minute load average at the end of the run: {os.getloadavg()[1]:.0f}.")
     print(body)
-    (DATA / "edit.json").write_text(json.dumps({"lake": rl, "lerobot": rp}))
+    note = f"5-minute load average at the end of the run: {os.getloadavg()[1]:.0f}."
+    (DATA / "edit.json").write_text(json.dumps({"lake": rl, "lerobot": rp, "cmd": cmd, "note": note}))
     if a.record:
         from _report import record
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import pickle
 import re
-from typing import Callable
-
 import numpy as np
 import pyarrow as pa
 
@@ -178,13 +176,9 @@ def add_feature(store: Store, name: str, values, level: str = "frame", message: 
                                             lambda _ds, fr=frags, s=schema: LanceOperation.Merge(fr, s))
         return pins
 
-    entry = _versions.commit(store, build, msg, {"operation": "add_feature", "by": who(), "feature": name,
+    entry = _versions.commit(store, build, msg, {"operation": "add_feature", "by": _edit.who(), "feature": name,
                                                  "level": level, "type": str(typ), "tables": tables})
     return _edit.EditReport("add_feature", entry.version, [], msg, notes=[f"{', '.join(tables)} gained {name!r} ({typ})"])
-
-
-def who() -> str:
-    return _edit.who()
 
 
 def _key(store: Store, table: str, pinned: int, fid: int) -> dict:
@@ -262,9 +256,7 @@ def remove_feature(store: Store, name: str, message: str | None = None, dry_run:
             pins[t] = _pinned.on_pinned(store, t, h.tables[t], drop)
         return pins
 
-    entry = _versions.commit(store, build, msg, {"operation": "remove_feature", "by": who(), "feature": name,
+    entry = _versions.commit(store, build, msg, {"operation": "remove_feature", "by": _edit.who(), "feature": name,
                                                  "tables": where})
     return _edit.EditReport("remove_feature", entry.version, [], msg, notes=[f"{', '.join(where)} lost {name!r}"])
 
-
-Values = dict | Callable
