@@ -117,9 +117,11 @@ def cmd_tag(args) -> int:
 
 def cmd_diff(args) -> int:
     d = _lake(args).diff(args.a, args.b)
-    print(f"{d.a} -> {d.b}: +{len(d.episodes_added)} episodes, -{len(d.episodes_removed)} episodes, "
-          f"{len(d.relabelled)} relabelled, {len(d.moved)} moved, {len(d.changed)} changed, "
-          f"+{len(d.features_added)} / -{len(d.features_removed)} features")
+    edits = [f"{n} {what}" for n, what in ((len(d.relabelled), "relabelled"), (len(d.moved), "moved"),
+                                          (len(d.changed), "changed"), (len(d.features_added), "features added"),
+                                          (len(d.features_removed), "features removed")) if n]
+    print(f"{d.a} -> {d.b}: +{len(d.episodes_added)} episodes, -{len(d.episodes_removed)} episodes"
+          + "".join(f", {e}" for e in edits))
     for e in d.episodes_added:
         print(f"+ {e}")
     for e in d.episodes_removed:

@@ -75,6 +75,9 @@ def test_delete_three_episodes_diff_stream_checkout_and_restore(packed, tmp_path
     with pytest.raises(Exception):
         next(iter(lk.stream("train")))
     lk.pack(progress=False)
+    from packers._job import packings
+
+    assert packings(lk)[-1]["source_version"] == rep.version  # lineage names the edited version
     for split in sorted(set(lk.episodes()["split"].to_pylist())):
         want = sorted((e["episode_id"], f) for e in lk.episodes(split=split).to_pylist() for f in range(e["length"]))
         assert sorted(_streamed(lk, split)) == want
@@ -360,3 +363,17 @@ def test_delete_and_restore_on_an_s3_lake(pusht_v3, ray_session):
         assert lake.open(f"s3://{BUCKET}/edit", storage_options=opts).log()[0].summary["restored"] == v
     finally:
         server.stop()
+
+
+def test_delete_reaches_decoded_frames_and_keeps_them_in_the_old_version(ingested, tmp_path):
+    lk = _copy(ingested, tmp_path)
+    lk.decode_videos(["observation.images.top"], progress=False)
+    v = lk.version
+    eid = sorted(lk.episodes()["episode_id"].to_pylist())[0]
+    lk.delete_episodes(ids=[eid])
+
+    def decoded(handle):
+        return set(handle.table("decoded_frames").to_table(columns=["episode_id"])["episode_id"].to_pylist())
+
+    assert eid not in decoded(lk) and eid in decoded(lk.checkout(v)) and len(decoded(lk)) == 5
+    assert lk.decode_videos(["observation.images.top"], progress=False).version is None  # nothing to redo
