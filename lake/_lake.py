@@ -10,7 +10,7 @@ than importing this module. ``tests/test_imports.py`` holds the rule and lists t
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
@@ -24,12 +24,19 @@ _ID = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 @dataclass(frozen=True)
 class Diff:
-    """Episodes in ``b`` and not in ``a`` (added) and the reverse (removed), sorted ids."""
+    """Episodes in ``b`` and not in ``a`` (added) and the reverse (removed), sorted ids; and the edits between:
+    ``relabelled`` / ``moved`` {episode_id: [old, new]} task / split, ``changed`` {episode_id: [other columns]},
+    ``features_added`` / ``features_removed`` ["table:feature"]."""
 
     a: int
     b: int
     episodes_added: list[str]
     episodes_removed: list[str]
+    relabelled: dict = field(default_factory=dict)
+    moved: dict = field(default_factory=dict)
+    changed: dict = field(default_factory=dict)
+    features_added: list = field(default_factory=list)
+    features_removed: list = field(default_factory=list)
 
 
 class ReadOnlyError(RuntimeError):
@@ -148,6 +155,69 @@ class Lake:
             raise ValueError(f"tag names are letters, digits, '_', '-', '.', and not all digits: {name!r}")
         _versions.create_tag(self._store, name, self.version if version is None else int(version))
 
+    # --- curation: each edit one zero-copy lake version (see lake._edit) --------------------------------------
+
+    def _edited(self, rep):
+        self.refresh()
+        return rep
+
+    def delete_episodes(self, ids=None, filter: str | None = None, message: str | None = None, dry_run: bool = False):
+        """Delete episodes (by id and/or SQL ``filter``) from every table holding them, as Lance deletion vectors:
+        nothing rewritten, older versions keep them. Returns an EditReport; NoChange if nothing matches."""
+        from ._edit import delete_episodes
+
+        self._writable()
+        return self._edited(delete_episodes(self._store, ids, filter, message, dry_run))
+
+    def update_episodes(self, filter: str | None, values: dict, ids=None, message: str | None = None,
+                        dry_run: bool = False):
+        """Set episode-level columns (``task``, ``split``, ``success``, a column add_feature made, ...) of the
+        episodes matching ``filter`` (and/or ``ids``); the tasks table follows. ValueError for an unknown column
+        or a value of the wrong type; NoChange when nothing would change."""
+        from ._edit import update_episodes
+
+        self._writable()
+        return self._edited(update_episodes(self._store, filter, values, ids, message, dry_run))
+
+    def resplit(self, spec: dict, seed: int = 0, message: str | None = None, dry_run: bool = False):
+        """Re-split: ``{split: ratio}`` (deterministic in ``seed``) or ``{split: SQL filter}``."""
+        from ._edit import resplit
+
+        self._writable()
+        return self._edited(resplit(self._store, spec, seed, message, dry_run))
+
+    def add_feature(self, name: str, values, level: str = "frame", message: str | None = None,
+                    dry_run: bool = False, ray_address: str | None = None):
+        """A new column by Lance column addition (existing columns untouched): ``values`` is {episode_id: value
+        (or per-frame array)} or a function of an episode's frames (a Ray Data job at frame level)."""
+        from ._features import add_feature
+
+        self._writable()
+        return self._edited(add_feature(self._store, name, values, level, message, dry_run, ray_address))
+
+    def remove_feature(self, name: str, message: str | None = None, dry_run: bool = False):
+        """Hide a feature from the new version (Lance drop_columns: metadata only; older versions keep it)."""
+        from ._features import remove_feature
+
+        self._writable()
+        return self._edited(remove_feature(self._store, name, message, dry_run))
+
+    def merge(self, other, filter: str | None = None, message: str | None = None, dry_run: bool = False,
+              storage_options: dict | None = None):
+        """Bring in the episodes of another lake (a Lake or a URI) this one lacks, by content identity; video
+        packets copied as stored."""
+        from ._merge import merge
+
+        self._writable()
+        return self._edited(merge(self._store, other, filter, message, dry_run, storage_options))
+
+    def restore(self, version_or_tag, message: str | None = None, dry_run: bool = False):
+        """Make an old version's content the newest version (history kept)."""
+        from ._edit import restore
+
+        self._writable()
+        return self._edited(restore(self._store, version_or_tag, message, dry_run))
+
     # --- versions -----------------------------------------------------------------------------------------
 
     def log(self) -> list[_versions.LogEntry]:
@@ -201,8 +271,10 @@ class Lake:
     def diff(self, a, b) -> Diff:
         """Episodes added and removed going from lake version (or tag) ``a`` to ``b``."""
         ea, eb = _versions.resolve(self._store, a), _versions.resolve(self._store, b)
+        from ._edit import diff_details
+
         ia, ib = self._ids_at(ea.version), self._ids_at(eb.version)
-        return Diff(ea.version, eb.version, sorted(ib - ia), sorted(ia - ib))
+        return Diff(ea.version, eb.version, sorted(ib - ia), sorted(ia - ib), **diff_details(self._store, ea, eb))
 
     # --- reading ------------------------------------------------------------------------------------------
 
@@ -223,9 +295,10 @@ class Lake:
         if split is not None:
             preds.append(f"split = '{_quote(split)}'")
         cols = columns or [n for n in EPISODES.names if n not in ("stats", "sketch")]
-        if "episodes" in self._entry.tables:  # lakes written before a column existed
-            have = set(self.table("episodes").schema.names)
-            cols = [c for c in cols if c in have]
+        if "episodes" in self._entry.tables:  # lakes written before a column existed; columns add_feature added
+            names = self.table("episodes").schema.names
+            cols = [c for c in cols if c in set(names)] + ([n for n in names if n not in set(EPISODES.names)]
+                                                           if columns is None else [])
         return self._scan("episodes", " AND ".join(preds) or None, cols)
 
     def _episode(self, episode_id: str) -> dict:

@@ -100,6 +100,14 @@ def overwrite_with(store: Store, table: str, schema: pa.Schema, pinned: int | No
     import lance
     from lance import LanceOperation
 
+    from . import _pinned
+
+    if _pinned.needs_pinned_path(store, table, pinned):  # an edited table (deletion vectors, dropped columns)
+        have = store.dataset(table, version=pinned).schema.names
+        if set(schema.names) - set(have):
+            raise SchemaMismatch(f"table {table!r}: new columns {sorted(set(schema.names) - set(have))} cannot be "
+                                 "added to a table edited by delete_episodes/remove_feature (add_feature adds columns)")
+        return _pinned.append(store, table, pinned, new)
     base = pinned_fragments(store, table, pinned) if base is None else base
     next_id = max((f.id for f in base), default=-1) + 1
     frags = base + [dataclasses.replace(f, id=next_id + i) for i, f in enumerate(new)]

@@ -12,6 +12,13 @@
     lake decode [--camera C ...] --lake URI [--rebuild]
     lake train [CONFIG.yaml] [key=value ...] --lake URI
     lake serve --lake URI [--host 127.0.0.1] [--port 8470]
+    lake edit delete [ID ...] [--filter SQL] [-m M] [--dry-run] --lake URI
+    lake edit relabel|update --filter SQL [--task T] [--split S] [--set COL=JSON ...] [--dry-run] --lake URI
+    lake edit resplit train=0.9,val=0.1 [--seed N] | --by SPLIT=SQL ... [--dry-run] --lake URI
+    lake edit add-feature NAME --values FILE.json [--level frame|episode] [--dry-run] --lake URI
+    lake edit remove-feature NAME [--dry-run] --lake URI
+    lake edit merge OTHER_URI [--filter SQL] [--dry-run] --lake URI
+    lake edit restore VERSION_OR_TAG [--dry-run] --lake URI
 
 ``--lake`` defaults to $LAKE_URI. S3 credentials come from the usual AWS_* variables (see ``storage_options``).
 """
@@ -111,11 +118,86 @@ def cmd_gc(args) -> int:
 
 def cmd_diff(args) -> int:
     d = _lake(args).diff(args.a, args.b)
-    print(f"{d.a} -> {d.b}: +{len(d.episodes_added)} episodes, -{len(d.episodes_removed)} episodes")
+    edits = [f"{n} {what}" for n, what in ((len(d.relabelled), "relabelled"), (len(d.moved), "moved"),
+                                          (len(d.changed), "changed"), (len(d.features_added), "features added"),
+                                          (len(d.features_removed), "features removed")) if n]
+    print(f"{d.a} -> {d.b}: +{len(d.episodes_added)} episodes, -{len(d.episodes_removed)} episodes"
+          + "".join(f", {e}" for e in edits))
     for e in d.episodes_added:
         print(f"+ {e}")
     for e in d.episodes_removed:
         print(f"- {e}")
+    for e, (old, new) in d.relabelled.items():
+        print(f"~ {e} task: {old!r} -> {new!r}")
+    for e, (old, new) in d.moved.items():
+        print(f"~ {e} split: {old} -> {new}")
+    for e, cols in d.changed.items():
+        print(f"~ {e} {', '.join(cols)}")
+    for f in d.features_added:
+        print(f"+ feature {f}")
+    for f in d.features_removed:
+        print(f"- feature {f}")
+    return 0
+
+
+def _json_value(text: str):
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text  # a bare string
+
+
+def cmd_edit(args) -> int:
+    import json
+
+    import lake
+
+    lk = _lake(args)
+    kw = {"message": args.message, "dry_run": args.dry_run}
+    op = args.op
+    try:
+        if op == "delete":
+            if not args.args and not args.filter:
+                raise SystemExit("error: lake edit delete needs episode ids and/or --filter")
+            rep = lk.delete_episodes(ids=args.args or None, filter=args.filter, **kw)
+        elif op in ("relabel", "update"):
+            values = {k: _json_value(v) for k, _, v in (s.partition("=") for s in args.set or [])}
+            if args.task is not None:
+                values["task"] = args.task
+            if args.split_to is not None:
+                values["split"] = args.split_to
+            rep = lk.update_episodes(args.filter, values, ids=args.args or None, **kw)
+        elif op == "resplit":
+            spec = dict(_parse_split(args.args[0])) if args.args else {}
+            spec.update({k: v for k, _, v in (s.partition("=") for s in args.by or [])})
+            rep = lk.resplit(spec, seed=args.seed, **kw)
+        elif op == "add-feature":
+            if len(args.args) != 1 or not args.values:
+                raise SystemExit("error: lake edit add-feature NAME --values FILE.json (JSON {episode_id: value})")
+            with open(args.values) as f:
+                values = json.load(f)
+            rep = lk.add_feature(args.args[0], values, level=args.level, **kw)
+        elif op == "remove-feature":
+            if len(args.args) != 1:
+                raise SystemExit("error: lake edit remove-feature NAME")
+            rep = lk.remove_feature(args.args[0], **kw)
+        elif op == "merge":
+            if len(args.args) != 1:
+                raise SystemExit("error: lake edit merge OTHER_URI")
+            rep = lk.merge(args.args[0], filter=args.filter, storage_options=storage_options_from_env(args.args[0]), **kw)
+        else:  # restore
+            if len(args.args) != 1:
+                raise SystemExit("error: lake edit restore VERSION_OR_TAG")
+            rep = lk.restore(args.args[0], **kw)
+    except lake.NoChange as e:
+        print(f"no change: {e}")
+        return 0
+    head = "dry run (nothing written)" if rep.dry_run else f"lake {lk.uri}: version {rep.version}"
+    print(f"{head}: {rep.message}")
+    for line in rep.lines():
+        print(line)
     return 0
 
 
@@ -233,6 +315,20 @@ def parser() -> argparse.ArgumentParser:
     sp = add("diff", cmd_diff, "episodes added/removed between two versions or tags")
     sp.add_argument("a")
     sp.add_argument("b")
+    sp = add("edit", cmd_edit, "curate: each edit one zero-copy lake version (--dry-run prints the diff)")
+    sp.add_argument("op", choices=["delete", "relabel", "update", "resplit", "add-feature", "remove-feature", "merge",
+                                   "restore"])
+    sp.add_argument("args", nargs="*", help="ids (delete, relabel), ratios (resplit), NAME, OTHER_URI or VERSION")
+    sp.add_argument("--filter", default=None, help="SQL predicate over episodes")
+    sp.add_argument("--task", default=None, help="relabel: the new task string")
+    sp.add_argument("--split", dest="split_to", default=None, help="relabel/update: move to this split")
+    sp.add_argument("--set", action="append", help="update: COLUMN=VALUE (VALUE as JSON, else a string)")
+    sp.add_argument("--by", action="append", help="resplit: SPLIT=SQL predicate")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--values", default=None, help="add-feature: JSON file {episode_id: value or per-frame list}")
+    sp.add_argument("--level", choices=["frame", "episode"], default="frame")
+    sp.add_argument("--message", "-m", default=None)
+    sp.add_argument("--dry-run", action="store_true", help="print what would change; write nothing")
     sp = add("episodes", cmd_episodes, "list episodes")
     sp.add_argument("--split", default=None)
     sp.add_argument("--filter", default=None, help="SQL predicate, e.g. \"length > 50 AND task LIKE '%%T%%'\"")
