@@ -13,7 +13,6 @@ Feature names are top-level (no '.'): Lance adds columns, not fields inside an e
 from __future__ import annotations
 
 import json
-import pickle
 import re
 import numpy as np
 import pyarrow as pa
@@ -89,14 +88,24 @@ def _merge_fragment(store, table, pinned, fid, name, values, typ, unnest) -> dic
         return pa.record_batch([arr], names=[name])
 
     meta, schema = frag.merge_columns(udf, columns=["episode_id", "frame_index"])
-    return {"table": table, "frag": json.dumps(meta.to_json()), "schema": pickle.dumps(schema)}
+    return {"table": table, "frag": json.dumps(meta.to_json()), "schema": _schema_json(schema)}
 
 
-def _probe_type(store: Store, head, name: str, values) -> pa.DataType:
+def _schema_json(schema) -> str:
+    """A LanceSchema (field ids included) as JSON of its protobuf form: how workers hand it to the driver (no
+    pickle). Lance's own pickling goes through the same ``_from_protos`` triple."""
+    return json.dumps([["b", a.hex()] if isinstance(a, bytes) else ["s", a] for a in schema.__reduce__()[1]])
+
+
+def _schema_from_json(text: str):
+    from lance.schema import LanceSchema
+
+    return LanceSchema._from_protos(*(bytes.fromhex(v) if k == "b" else v for k, v in json.loads(text)))
+
+
+def _probe_type(reader, head, name: str, values) -> pa.DataType:
     """The column type, from the values of the first episode (an early, clear error if ``values`` is wrong)."""
-    from ._lake import Lake
-
-    lk = Lake(store, head, read_only=True)
+    lk = reader(head)
     ids = sorted(values) if isinstance(values, dict) else lk.episodes(columns=["episode_id"])["episode_id"].to_pylist()
     if not ids:
         raise _edit.NoChange("the lake has no episodes: nothing to add a feature to")
@@ -109,7 +118,7 @@ def _probe_type(store: Store, head, name: str, values) -> pa.DataType:
 
 
 def add_feature(store: Store, name: str, values, level: str = "frame", message: str | None = None,
-                dry_run: bool = False, ray_address: str | None = None) -> _edit.EditReport:
+                dry_run: bool = False, ray_address: str | None = None, *, reader) -> _edit.EditReport:
     """A new column ``name`` (see the module doc). ``values``: {episode_id: value} ({episode_id: array of one
     value or vector per frame} at frame level), or a function of one episode's frames (pyarrow Table, LeRobot
     names, frame order) returning that. Episodes without a value read null."""
@@ -131,13 +140,13 @@ def add_feature(store: Store, name: str, values, level: str = "frame", message: 
             raise ValueError(f"table {t!r} already has a column {name!r} (remove_feature it first, or pick a name)")
     msg = message or f"add {level} feature {name!r}"
     if level == "episode":
-        per_episode = _episode_values(store, head, values)
+        per_episode = _episode_values(reader, head, values)
         typ = pa.array(list(per_episode.values())).type
         if dry_run:
             return _edit.EditReport("add_feature", None, sorted(per_episode), msg,
                                     {e: {name: [None, v]} for e, v in per_episode.items()}, dry_run=True)
     else:
-        typ = _probe_type(store, head, name, values)
+        typ = _probe_type(reader, head, name, values)
         if dry_run:
             return _edit.EditReport("add_feature", None, [], msg, notes=[f"frames tables {tables} gain {name!r} ({typ})"],
                                     dry_run=True)
@@ -170,7 +179,7 @@ def add_feature(store: Store, name: str, values, level: str = "frame", message: 
                            if level == "episode" else
                            _merge_fragment(store, t, h.tables[t], f.fragment_id, name, values, typ, unnest))
                 frags.append(FragmentMetadata.from_json(got["frag"]))
-                schema = pickle.loads(got["schema"])
+                schema = _schema_from_json(got["schema"])
             if schema is not None:
                 pins[t] = _pinned.commit_op(store, t, h.tables[t],
                                             lambda _ds, fr=frags, s=schema: LanceOperation.Merge(fr, s))
@@ -186,10 +195,8 @@ def _key(store: Store, table: str, pinned: int, fid: int) -> dict:
     return {k: m[k] for k in ("files", "deletion_file", "physical_rows")}
 
 
-def _episode_values(store: Store, head, values) -> dict:
-    from ._lake import Lake
-
-    lk = Lake(store, head, read_only=True)
+def _episode_values(reader, head, values) -> dict:
+    lk = reader(head)
     ids = lk.episodes(columns=["episode_id"])["episode_id"].to_pylist()
     if isinstance(values, dict):
         unknown = sorted(set(values) - set(ids))
@@ -218,7 +225,7 @@ def _merge_episode_fragment(store, table, pinned, fid, name, per_episode: dict, 
                                names=[name])
 
     meta, schema = frag.merge_columns(udf, columns=["episode_id"])
-    return {"table": table, "frag": json.dumps(meta.to_json()), "schema": pickle.dumps(schema)}
+    return {"table": table, "frag": json.dumps(meta.to_json()), "schema": _schema_json(schema)}
 
 
 def remove_feature(store: Store, name: str, message: str | None = None, dry_run: bool = False) -> _edit.EditReport:

@@ -193,7 +193,9 @@ class Lake:
         from ._features import add_feature
 
         self._writable()
-        return self._edited(add_feature(self._store, name, values, level, message, dry_run, ray_address))
+        # the module gets read handles from here: it does not import this facade (no import circle)
+        return self._edited(add_feature(self._store, name, values, level, message, dry_run, ray_address,
+                                        reader=lambda entry: Lake(self._store, entry, read_only=True)))
 
     def remove_feature(self, name: str, message: str | None = None, dry_run: bool = False):
         """Hide a feature from the new version (Lance drop_columns: metadata only; older versions keep it)."""
@@ -209,7 +211,9 @@ class Lake:
         from ._merge import merge
 
         self._writable()
-        return self._edited(merge(self._store, other, filter, message, dry_run, storage_options))
+        if not isinstance(other, Lake):
+            other = open(other, create=False, storage_options=storage_options)
+        return self._edited(merge(self._store, other, filter, message, dry_run))
 
     def restore(self, version_or_tag, message: str | None = None, dry_run: bool = False):
         """Make an old version's content the newest version (history kept)."""

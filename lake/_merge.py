@@ -15,14 +15,6 @@ from . import _edit, _tables, _versions
 from ._store import Store
 
 
-def _other(other, storage_options):
-    from ._lake import Lake, open as open_lake
-
-    if isinstance(other, Lake):
-        return other
-    return open_lake(other, create=False, storage_options=storage_options)
-
-
 def _theirs(o, filter: str | None) -> pa.Table:
     if "episodes" not in o._entry.tables:
         return pa.table({"episode_id": pa.array([], pa.string())})
@@ -60,11 +52,12 @@ def _videos(o, ids: list[str]) -> pa.Table | None:
     return _tables._conform(t, VIDEOS)
 
 
-def merge(store: Store, other, filter: str | None = None, message: str | None = None, dry_run: bool = False,
-          storage_options: dict | None = None) -> _edit.EditReport:
+def merge(store: Store, other, filter: str | None = None, message: str | None = None,
+          dry_run: bool = False) -> _edit.EditReport:
+    """Episodes of ``other`` (an open Lake handle) that ``store`` lacks, as one new version."""
     from ._schema import EPISODES, SOURCES, TASKS, task_id
 
-    o = _other(other, storage_options)
+    o = other
     if o.uri == store.uri:
         raise ValueError("merging a lake into itself changes nothing")
     head = _versions.head(store)
