@@ -158,6 +158,9 @@ def serial_vs(ref: str, src: Path, repeats: int) -> str:
 
 
 def main() -> None:
+    import faulthandler
+
+    faulthandler.dump_traceback_later(900, repeat=True)  # a stuck run shows where
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--episodes", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3)
@@ -220,11 +223,15 @@ def main() -> None:
             return rep
 
         wall["unchanged"], cpu["unchanged"], _ = timed(again, max(3, args.repeats))
+        print(f"unchanged re-ingest: {min(wall['unchanged']):.3f} s", flush=True)
         with mon.watching():
             wall["verify_all"], c, _ = timed(again_all, 1)
         cpu["verify_all"] = [c[0] - mon.own_cpu + mon.cpu_seconds()]
+        print(f"verify_all re-ingest: {wall['verify_all'][0]:.2f} s", flush=True)
         wall["verify"], cpu["verify"], vrep = timed(lambda: lk.verify(progress=False), args.repeats)
+        print(f"verify: {min(wall['verify']):.2f} s", flush=True)
         wall["deep"], cpu["deep"], drep = timed(lambda: lk.verify(deep=True, progress=False), 1)
+        print(f"verify --deep: {wall['deep'][0]:.2f} s", flush=True)
         assert vrep.ok and drep.ok, (vrep.mismatches, drep.mismatches)
         rss = driver_peak_rss()
         flips = detection(files, args.flips)
