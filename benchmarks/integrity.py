@@ -1,4 +1,4 @@
-# .venv/bin/python benchmarks/integrity.py [--episodes 200] [--repeats 3] [--record]
+# .venv/bin/python benchmarks/integrity.py [--episodes 200] [--repeats 3] [--record] [--serial-vs REF]
 """Cost of byte integrity: ingest with strict decoding vs the plain decode of the same videos, `lake verify`
 throughput, and re-ingest of an unchanged source vs the first ingest.
 
@@ -16,6 +16,10 @@ One process, one run, on the 200-episode PushT v3.0 source of ``benchmarks/inges
 
 Wall seconds are best of ``--repeats`` (medians printed); CPU seconds count the driver and every Ray process
 (psutil), which a busy machine distorts less.
+
+``--serial-vs REF`` instead runs the ingest work alone (``write_unit`` for every unit, serially, no Ray) with this
+checkout's ``lake`` and with ``git archive REF lake`` (the code before the integrity checks), alternating, in
+fresh subprocesses: the CPU cost of the checks without Ray or machine load in the way.
 """
 
 from __future__ import annotations
@@ -104,15 +108,76 @@ def detection(files: list[Path], trials: int, seed: int = 0) -> list[tuple[str, 
     return out
 
 
+SERIAL = r"""
+import json, sys, tempfile, shutil, time
+import lake
+from lake import _ingest as ing
+from lake._lerobot import frame_fields, read_source
+from lake._schema import frames_schema, frames_table_name
+from lake._store import normalize_uri
+s = read_source(normalize_uri(sys.argv[1]))
+fields = frame_fields(s.features)
+ft = frames_table_name(frames_schema(fields))
+units = ing.units_of(s)
+d = tempfile.mkdtemp()
+lk = lake.open(d + "/lk")
+c, t = time.process_time(), time.perf_counter()
+for i in range(len(units)):
+    r = ing.write_unit({"unit": i}, src=s, units=units, fields=fields, store=lk.store, frames_table=ft,
+                       present=frozenset(), split_ratios={"train": 1.0}, exclude={})
+    assert not json.loads(r["bad"]), r["bad"]
+print(json.dumps({"cpu": time.process_time() - c, "wall": time.perf_counter() - t}))
+shutil.rmtree(d)
+"""
+
+
+def serial_vs(ref: str, src: Path, repeats: int) -> str:
+    import subprocess
+
+    old = Path(tempfile.mkdtemp(prefix="lake-ref-", dir=DATA))
+    try:
+        tar = subprocess.run(["git", "archive", ref, "lake"], cwd=HERE.parent, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(old)], input=tar, check=True)
+        res = defaultdict(list)
+        for r in range(repeats):
+            for name, path in (("before", old), ("now", HERE.parent)):
+                out = subprocess.run([sys.executable, "-c", SERIAL, str(src)], check=True, capture_output=True,
+                                     text=True, env={**os.environ, "PYTHONPATH": str(path)}).stdout
+                res[name].append(json.loads(out.strip().splitlines()[-1]))
+                print(f"[{r + 1}/{repeats}] {name}: {res[name][-1]}", flush=True)
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+    b = min(x["cpu"] for x in res["before"])
+    n = min(x["cpu"] for x in res["now"])
+    all_b = ", ".join(f"{x['cpu']:.2f}" for x in res["before"])
+    all_n = ", ".join(f"{x['cpu']:.2f}" for x in res["now"])
+    return (f"Serial ingest work (`write_unit` for every unit, no Ray, fresh process each, alternating; "
+            f"`--serial-vs {ref}`), CPU seconds best of {repeats}: before the integrity checks ({ref}) "
+            f"**{b:.2f}**, with them **{n:.2f}** (all rounds: before "
+            f"{all_b}; now {all_n}): **now / before = {n / b:.2f}**.")
+
+
 def main() -> None:
+    import faulthandler
+
+    faulthandler.dump_traceback_later(900, repeat=True)  # a stuck run shows where
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--episodes", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--serial-vs", metavar="REF", help="only compare the serial ingest work with git REF's lake/")
     ap.add_argument("--flips", type=int, default=100, help="random bit flips per codec and frame type")
     ap.add_argument("--record", action="store_true", help='replace the "## Integrity" section of RESULTS.md')
     args = ap.parse_args()
     cmd = " ".join([".venv/bin/python benchmarks/integrity.py", *sys.argv[1:]])
     src = dataset(args.episodes)
+    if args.serial_vs:
+        line = serial_vs(args.serial_vs, src, args.repeats)
+        print(line)
+        if args.record:
+            record("Integrity: CPU cost of the checks", f"Command: `{cmd}`; {cpu_model()}, {os.cpu_count()} cores, "
+                   f"{datetime.date.today().isoformat()}, load average {os.getloadavg()[0]:.0f} (shared machine)."
+                   f"\n\n{line}")
+        return
     info = json.loads((src / "meta" / "info.json").read_text())
     T = int(info["total_frames"])
     files = sorted((src / "videos").rglob("*.mp4"))
@@ -158,11 +223,15 @@ def main() -> None:
             return rep
 
         wall["unchanged"], cpu["unchanged"], _ = timed(again, max(3, args.repeats))
+        print(f"unchanged re-ingest: {min(wall['unchanged']):.3f} s", flush=True)
         with mon.watching():
             wall["verify_all"], c, _ = timed(again_all, 1)
         cpu["verify_all"] = [c[0] - mon.own_cpu + mon.cpu_seconds()]
+        print(f"verify_all re-ingest: {wall['verify_all'][0]:.2f} s", flush=True)
         wall["verify"], cpu["verify"], vrep = timed(lambda: lk.verify(progress=False), args.repeats)
+        print(f"verify: {min(wall['verify']):.2f} s", flush=True)
         wall["deep"], cpu["deep"], drep = timed(lambda: lk.verify(deep=True, progress=False), 1)
+        print(f"verify --deep: {wall['deep'][0]:.2f} s", flush=True)
         assert vrep.ok and drep.ok, (vrep.mismatches, drep.mismatches)
         rss = driver_peak_rss()
         flips = detection(files, args.flips)
