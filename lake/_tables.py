@@ -75,8 +75,11 @@ def write_fragments(store: Store, table: str, data: pa.Table, schema: pa.Schema)
 
     opts = {}
     data = data.cast(schema)
-    if store.exists(table):
+    try:  # one open (opening the newest version lists the table's manifests)
         ds = store.dataset(table)
+    except FileNotFoundError:
+        ds = None
+    if ds is not None:
         if set(schema.names) - set(ds.schema.names):  # Lance refuses appends with new columns
             opts = {"mode": "overwrite", "data_storage_version": ds.data_storage_version}
         schema = evolved_schema(table, ds.schema, schema, fields_from="new")  # field ids follow this order
@@ -108,16 +111,20 @@ def overwrite_with(store: Store, table: str, schema: pa.Schema, pinned: int | No
             raise SchemaMismatch(f"table {table!r}: new columns {sorted(set(schema.names) - set(have))} cannot be "
                                  "added to a table edited by delete_episodes/remove_feature (add_feature adds columns)")
         return _pinned.append(store, table, pinned, new)
-    base = pinned_fragments(store, table, pinned) if base is None else base
+    pinned_ds = store.dataset(table, version=pinned) if pinned is not None else None
+    if base is None:
+        base = [f.metadata for f in pinned_ds.get_fragments()] if pinned_ds is not None else []
     next_id = max((f.id for f in base), default=-1) + 1
     frags = base + [dataclasses.replace(f, id=next_id + i) for i, f in enumerate(new)]
-    if pinned is not None:  # keep the field ids of the existing files; new columns after them
-        schema = evolved_schema(table, store.dataset(table, version=pinned).schema, schema)
+    if pinned_ds is not None:  # keep the field ids of the existing files; new columns after them
+        schema = evolved_schema(table, pinned_ds.schema, schema)
     for attempt in range(20):
         try:
-            latest = store.dataset(table).latest_version if store.exists(table) else None
+            # read at the newest version (an Overwrite read at an older one conflicts with any Overwrite since):
+            # one open, which lists the table's manifests (gc keeps that list short)
+            read = _latest(store, table)
             ds = lance.LanceDataset.commit(store.table_uri(table), LanceOperation.Overwrite(schema, frags),
-                                           read_version=latest, storage_options=store.storage_options)
+                                           read_version=read, storage_options=store.storage_options)
             return ds.version
         except Exception as e:  # Overwrite vs a concurrent Overwrite (or creation): retryable by design
             msg = str(e).lower()
@@ -125,6 +132,13 @@ def overwrite_with(store: Store, table: str, schema: pa.Schema, pinned: int | No
                 raise
             time.sleep(0.02 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def _latest(store: Store, table: str) -> int | None:
+    try:
+        return store.dataset(table).version
+    except FileNotFoundError:
+        return None
 
 
 def append_tables(store: Store, pins: dict[str, int], batches: dict[str, tuple[pa.Schema, list]]) -> dict[str, int]:
