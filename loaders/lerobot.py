@@ -335,6 +335,7 @@ class LeRobotStyleDataset(Dataset):
             return self.lake.video_readers(self.episode_ids[ep], cameras)
         from lake._video import Segment, VideoReader
 
+        cameras = [c for c in cameras if (ep, c) in self._video_metas]  # the others come from decoded frames
         metas = [self._video_metas[(ep, c)] for c in cameras]
         uri, version = self._tables["videos"]
         blobs = _forks.helper().blobs(uri, version, self.lake.storage_options, "data", [m["_rowid"] for m in metas])
