@@ -29,6 +29,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -183,7 +184,7 @@ def run_lake(args) -> dict:
                                          multiprocessing_context="fork" if W else None)
         epochs_of = lambda: dl  # noqa: E731
     packs = loader.packs
-    first, samples, orders, ok = [], 0, [], True
+    first, samples, orders, ok, epochs = [], 0, [], True, []
     for e in range(args.epochs):
         t = time.perf_counter()
         order = []
@@ -192,6 +193,7 @@ def run_lake(args) -> dict:
                 first.append(time.perf_counter() - t)
             samples += b.n_samples
             order += b.pack_ids.tolist()
+        epochs.append(time.perf_counter() - t)
         orders.append(order)
         ok &= sorted(order) == sorted(orders[0]) and len(order) == packs
     wall = time.perf_counter() - t0
@@ -200,7 +202,7 @@ def run_lake(args) -> dict:
               for e in range(args.epochs))
     ok &= len({tuple(o) for o in orders}) == len(orders)
     return {"first": first, "samples": samples, "wall": wall, "ok": bool(ok), "rss_mib": _peak_rss_mib(),
-            "np": np.__version__}
+            "np": np.__version__, "epochs": epochs}
 
 
 def run_mds(args) -> dict:
@@ -217,7 +219,7 @@ def run_mds(args) -> dict:
     dl = cls(ds, batch_size=args.batch_packs, num_workers=W, persistent_workers=persistent and W > 0,
              collate_fn=mds_collate, multiprocessing_context="fork" if W else None)
     packs = ds.num_samples
-    first, samples, orders, ok = [], 0, [], True
+    first, samples, orders, ok, epochs = [], 0, [], True, []
     for e in range(args.epochs):
         t = time.perf_counter()
         order = []
@@ -227,12 +229,13 @@ def run_mds(args) -> dict:
             samples += len(b["origin_frame"]) if "origin_frame" in b and not isinstance(b["origin_frame"], list) \
                 else int(b["cu_seqlens"].numel() - 1)
             order += b["pack_id"].tolist()
+        epochs.append(time.perf_counter() - t)
         orders.append(order)
         ok &= sorted(order) == sorted(orders[0]) and len(order) == packs
     wall = time.perf_counter() - t0
     ok &= len({tuple(o) for o in orders}) == len(orders)
     return {"first": first, "samples": samples, "wall": wall, "ok": bool(ok), "rss_mib": _peak_rss_mib(),
-            "np": np.__version__}
+            "np": np.__version__, "epochs": epochs}
 
 
 # --- driver -------------------------------------------------------------------------------------------------------
@@ -320,10 +323,18 @@ def main() -> None:
                 if best is None or res["sps"] > best["sps"]:
                     results[(side, mode)] = res
                 print(side, label(mode), f"{res['sps']:,.0f} samples/s", "first batch per epoch (s):",
-                      [round(x, 3) for x in res["first"]], "ok" if res["ok"] else "WRONG", flush=True)
+                      [round(x, 3) for x in res["first"]], "epochs (s):", [round(x, 2) for x in res["epochs"]],
+                      "ok" if res["ok"] else "WRONG", flush=True)
+                if args.record:  # as the modes come in: a long run on a busy machine keeps what it measured
+                    record(SECTION, report(all_modes, results, args, what, cpu_model))
+    print(report(all_modes, results, args, what, cpu_model))
+
+
+def report(all_modes, results, args, what, cpu_model) -> str:
 
     rows = ["| mode | lake samples/s | MDS samples/s | lake ÷ MDS | lake: first batch per epoch (s) | "
-            "MDS: first batch per epoch (s) | epochs right (lake / MDS) | peak RSS lake / MDS |", "|---|" + "---:|" * 7]
+            "MDS: first batch per epoch (s) | later epochs, median s (lake / MDS) | epochs right (lake / MDS) | "
+            "peak RSS lake / MDS |", "|---|" + "---:|" * 8]
     ratios = []
     for mode in all_modes:
         a, b = results.get(("lake", mode)), results.get(("mds", mode))
@@ -333,10 +344,12 @@ def main() -> None:
         if ratio is not None:
             ratios.append(ratio)
         f = lambda r: " / ".join(f"{x:.3f}" for x in r["first"]) if r else "-"  # noqa: E731
+        later = lambda r: f"{statistics.median(r['epochs'][1:] or r['epochs']):.2f}" if r else "-"  # noqa: E731
         rows.append(f"| {label(mode)} | {a['sps']:,.0f} | {b['sps']:,.0f} | **{ratio:.2f}** | {f(a)} | {f(b)} | "
-                    f"{'✓' if a['ok'] else '✗'} / {'✓' if b['ok'] else '✗'} | {a['rss_mib']:.0f} / {b['rss_mib']:.0f} MiB |"
-                    if b else f"| {label(mode)} | {a['sps']:,.0f} | - | - | {f(a)} | - | {'✓' if a['ok'] else '✗'} / - | "
-                    f"{a['rss_mib']:.0f} MiB |")
+                    f"{later(a)} / {later(b)} | {'✓' if a['ok'] else '✗'} / {'✓' if b['ok'] else '✗'} | "
+                    f"{a['rss_mib']:.0f} / {b['rss_mib']:.0f} MiB |"
+                    if b else f"| {label(mode)} | {a['sps']:,.0f} | - | - | {f(a)} | - | {later(a)} / - | "
+                    f"{'✓' if a['ok'] else '✗'} / - | {a['rss_mib']:.0f} MiB |")
     cmd = " ".join(["benchmarks/workers.py", *sys.argv[1:]])
     body = f"""Command: `.venv/bin/python {cmd}` · machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} ·
 data: {what}; train split, {args.batch_packs} packs per batch, {args.epochs} epochs per mode, each mode in a fresh
@@ -344,15 +357,14 @@ process, best of {args.rounds} round(s) alternating sides. Lake reads its `cache
 shards (`benchmarks/.venv-mds`: mosaicml-streaming, numpy<2.2, torch 2.14.1). samples/s counts the whole run (worker
 start-up included); first batch: seconds from asking for an epoch's first batch to getting it. Peak RSS: main process +
 largest worker (ru_maxrss). **The machine was shared and heavily loaded while this ran** (load average far above its
-2 cores from other engineers' jobs): absolute figures are noisy, ratios less so.
+2 cores from other engineers' jobs; 1-minute load average {os.getloadavg()[0]:.0f} when this table was written):
+absolute figures are noisy, ratios less so; modes that have not run yet are missing.
 
 {chr(10).join(rows)}
 
 Goal: lake ≥ {GOAL}× MDS in every mode: {'met' if ratios and min(ratios) >= GOAL else 'NOT met'} (min {min(ratios) if ratios else float('nan'):.2f}×).
 """
-    print(body)
-    if args.record:
-        record(SECTION, body)
+    return body
 
 
 if __name__ == "__main__":
