@@ -382,7 +382,8 @@ def stream(lk, split: str, recipe=None, version=None, batch_packs: int = 1, shuf
     its doc); ``rank`` / ``world_size`` default to torch.distributed, then $RANK / $WORLD_SIZE, then 0 / 1.
     ``num_workers`` > 0 reads in DataLoader workers, started once per loader (``persistent_workers``) with
     ``multiprocessing_context`` (default: fork with ``cache_dir``, else forkserver; any start method gives the
-    same stream); ``prefetch`` bounds the batches read ahead (per worker). ``pin_memory`` / ``device`` put batches in page-locked memory / on a device (one copy each).
+    same stream); ``prefetch`` bounds the batches read ahead (per worker). ``pin_memory`` / ``device`` put
+    batches in page-locked memory / on a device (one copy each).
     ``cache_dir``: read the split from a local copy written there on first use (``loaders.cache``: fast for any
     shuffle, no download per epoch from ``s3://``; batches are then one concatenation, not views of Lance's
     buffers); ``progress`` shows writing it.
