@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv browser bench bench-gpu bench-peers clean
+.PHONY: demo test venv browser bench bench-gpu bench-peers test-lerobot-env clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -71,5 +71,23 @@ $(PEERS_STAMP):
 bench-peers: $(STAMP) $(PEERS_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/lerobot_peers.py
 
+# The project inside a LeRobot 0.4.x environment (its av 15, older fsspec/s3fs: .ci/lerobot-0.4.4-constraints.txt),
+# in a second venv: the lake and LeRobotStyleDataset tests must pass there too.
+LRENV := .venv-lerobot
+LRENV_STAMP := $(LRENV)/.installed
+LR_CONSTRAINTS := .ci/lerobot-0.4.4-constraints.txt
+
+$(LRENV_STAMP): pyproject.toml $(LR_CONSTRAINTS)
+	test -x $(LRENV)/bin/python || $(PY) -m venv $(LRENV)
+	$(LRENV)/bin/python -m pip install -q --upgrade pip
+	$(LRENV)/bin/python -m pip install -q torch==2.13.0
+	$(LRENV)/bin/python -m pip install -q -c $(LR_CONSTRAINTS) -e '.[test]'
+	touch $(LRENV_STAMP)
+
+test-lerobot-env: $(LRENV_STAMP)
+	$(LRENV)/bin/python -c 'import av, fsspec, s3fs; print("LeRobot env: av", av.__version__, "fsspec", fsspec.__version__, "s3fs", s3fs.__version__)'
+	$(LRENV)/bin/python -m pytest -q tests/lake/test_ingest.py tests/lake/test_decoded.py tests/lake/test_s3.py \
+	  tests/loaders/test_lerobot_style.py tests/loaders/test_forks.py
+
 clean:
-	rm -rf $(VENV) $(PEERS) lake_demo
+	rm -rf $(VENV) $(PEERS) $(LRENV) lake_demo

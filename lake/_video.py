@@ -14,6 +14,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from . import _av
 from ._lerobot import EpisodeError
 
 
@@ -135,7 +136,7 @@ def decode(seg: Segment, fmt: str | None = "rgb24", strict: bool = True, _thread
     def take(frames):
         for fr in frames:
             # threads=1: swscale's own threading costs more than it saves on small frames
-            out.append(fr.to_ndarray(format=fmt, threads=1) if fmt else fr)
+            out.append(_av.to_ndarray(fr, fmt) if fmt else fr)
             pts.append(fr.pts)
 
             if strict and fr.is_corrupt:
@@ -272,7 +273,7 @@ def decode_frames(seg: Segment, blob, idx: np.ndarray, fmt: str = "rgb24") -> np
                 for fr in frames:
                     if fr.pts in left:
                         # threads=1 as in decode(): the same conversion, bit for bit
-                        got[need[fr.pts]] = fr.to_ndarray(format=fmt, threads=1)
+                        got[need[fr.pts]] = _av.to_ndarray(fr, fmt)
                         left.discard(fr.pts)
 
             for i in range(start, stop):

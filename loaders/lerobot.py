@@ -16,18 +16,26 @@ that keeps being asked for while it sits in the LRU cache of ``cache_episodes`` 
 a quarter of its length) is decoded whole once and served from the cache after that. ``decoded=None`` (default)
 uses the decoded frames of every (episode, camera) the table has and decodes the rest; ``True`` requires them
 (ValueError naming what is missing); ``False`` always decodes video.
+
+DataLoader workers may be forked (LeRobot's default), spawned or forkserver'd, persistent or not. The frame columns
+are shared memory either way; a worker forked from a process that used Lance (``loaders.forks``) takes decoded frames
+and video bytes through its helper process instead of Lance (where each comes from is fixed at construction: table
+URI and version, video packet indices).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from functools import cached_property
+from fractions import Fraction
 from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import torch
 from torch.utils.data import Dataset
+
+from . import forks as _forks
 
 
 def check_delta_timestamps(delta_timestamps: dict[str, list[float]], fps: float, tolerance_s: float) -> None:
@@ -207,6 +215,11 @@ class LeRobotStyleDataset(Dataset):
                                  f"pairs, e.g. {missing[:3]}: run lk.decode_videos() (`lake decode`) first, or pass "
                                  "decoded=None to decode those from video")
         self._load_columns()  # here, so that spawned DataLoader workers share them rather than read them each
+        # where forked workers read without Lance (see the module doc): (uri, version) of the tables, video indices
+        self._tables = {name: (lk.table(name).uri, lk.table(name).version) for name in ("decoded_frames", "videos")
+                        if name in lk._entry.tables}
+        self._video_metas = {(ep, c): lk._video_meta(self.episode_ids[ep], c) for ep in range(len(eps))
+                             for c in self._episode_cameras(ep) if (ep, c) not in self._rows}
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -300,7 +313,7 @@ class LeRobotStyleDataset(Dataset):
             entry["asked"][camera] = asked
             if not entry["readers"]:  # every camera at once, per cached episode: opening one costs about what
                 # decoding a frame does, opening all costs the same as one
-                entry["readers"] = self.lake.video_readers(self.episode_ids[ep], self._episode_cameras(ep))
+                entry["readers"] = self._readers(ep)
             reader = entry["readers"].get(camera)
             if reader is None:  # not one of this episode's cameras: the lake's KeyError says so
                 reader = self.lake.video_reader(self.episode_ids[ep], camera)
@@ -313,6 +326,33 @@ class LeRobotStyleDataset(Dataset):
                                  f"episode has {length}")
             entry["videos"][camera] = torch.from_numpy(np.ascontiguousarray(v)).permute(0, 3, 1, 2)
         return entry["videos"][camera][torch.from_numpy(q)]
+
+    def _readers(self, ep: int) -> dict:
+        """{camera: VideoReader} of episode ``ep``'s cameras: from the lake, or in a forked worker with bytes its
+        helper process reads."""
+        cameras = self._episode_cameras(ep)
+        if not _forks.lance_forbidden():
+            return self.lake.video_readers(self.episode_ids[ep], cameras)
+        from lake._video import Segment, VideoReader
+
+        cameras = [c for c in cameras if (ep, c) in self._video_metas]  # the others come from decoded frames
+        metas = [self._video_metas[(ep, c)] for c in cameras]
+        uri, version = self._tables["videos"]
+        blobs = _forks.helper().blobs(uri, version, self.lake.storage_options, "data", [m["_rowid"] for m in metas])
+        out = {}
+        for camera, m, blob in zip(cameras, metas, blobs):
+            seg = Segment(m["codec"], m["extradata"], m["width"], m["height"], m["pix_fmt"],
+                          Fraction(m["time_base_num"], m["time_base_den"]), b"", m["packet_offsets"], m["packet_pts"],
+                          m["packet_key"], m["skip"], m["frames"])
+            out[camera] = VideoReader(self.episode_ids[ep], camera, seg, pa.BufferReader(blob))
+        return out
+
+    def _take(self, table: str, rows: np.ndarray, columns: list[str]) -> pa.Table:
+        """Rows of a lake table at the pinned version: a Lance take, or the helper's in a forked worker."""
+        if not _forks.lance_forbidden():
+            return self.lake.table(table).take(rows, columns=columns)
+        uri, version = self._tables[table]
+        return _forks.helper().take(uri, version, self.lake.storage_options, rows, columns)
 
     def _episode_cameras(self, ep: int) -> list[str]:
         """The cameras an item of episode ``ep`` decodes: the episode's own."""
@@ -368,7 +408,7 @@ class LeRobotStyleDataset(Dataset):
         rows = {cam: np.array([self._rows[(int(ep[b]), cam)][0] for b in items])[:, None] + q
                 for cam, (items, q) in wanted.items()}
         uniq, inv = np.unique(np.concatenate([r.ravel() for r in rows.values()]), return_inverse=True)
-        col = self.lake.table("decoded_frames").take(uniq, columns=["pixels"]).column("pixels").combine_chunks()
+        col = self._take("decoded_frames", uniq, ["pixels"]).column("pixels").combine_chunks()
         offs = np.frombuffer(col.buffers()[1], np.int64)[col.offset:col.offset + len(col) + 1]
         data = np.frombuffer(col.buffers()[2], np.uint8)
         out, at = {}, 0

@@ -8,6 +8,15 @@ another world size or batch size re-deals the rest of the order. Inside one rank
 of ``K`` reads the rank's batches ``k, k+K, ...``; the DataLoader's in-order round robin gives them back in
 the rank's order, so the stream is the same with any number of workers.
 
+Workers, however they are run (``stream(num_workers=K)``'s own persistent ones, or a DataLoader of the user's,
+persistent or not, fork / spawn / forkserver), take the position from a small shared-memory block (``Position``)
+the loader writes in the main process (``set_epoch``, ``load_state_dict``, the start of each of its own
+iterations): epoch, packs consumed, segment start, seed and world layout. A worker that finishes its share marks
+it there, so a user's DataLoader that is simply iterated again (no ``set_epoch``) goes on to the next epoch, as
+the loader itself does. The order of epoch ``e`` is therefore the same pure function of (seed, e, layout) in every
+configuration. Workers forked from a process that used Lance read without it (``forks``): from the local copy
+when there is one (``cache_dir``), else through a helper process.
+
 Reading (``reads``): a batch's rows are asked for in table order; consecutive batches that ascend through
 the table are read with one lazy Lance scan restricted to their rows, the others with one take each; up to
 ``prefetch`` batches are read ahead on threads and retried on transient I/O errors. Every batch is a
@@ -26,6 +35,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from . import cache as _cache
+from . import forks as _forks
 from . import partition as _partition
 from . import reads as _reads
 from .batch import PackedBatch, packed_batch
@@ -48,13 +58,62 @@ def _identity(x):
     return x
 
 
+class Position:
+    """Where the next iteration starts, in shared memory so that DataLoader workers (persistent or not, any
+    start method) read what the main process last set: ``(epoch, consumed, segment, seed, rank, world_size)``,
+    a generation bumped on every change, and per worker the number of full shares it finished since (tagged
+    with the generation: a worker still busy with an older one cannot count)."""
+
+    FIELDS = ("epoch", "consumed", "segment", "seed", "rank", "world_size", "generation", "workers", "counted")
+    MAX_WORKERS = 256
+
+    def __init__(self, epoch: int, consumed: int, segment: int, seed: int, world: World):
+        self.block = torch.zeros(len(self.FIELDS) + self.MAX_WORKERS, dtype=torch.int64)
+        try:
+            self.block.share_memory_()
+        except RuntimeError:  # no shared memory (a sandbox): workers then see the position they were made with
+            pass
+        self.set(epoch, consumed, segment, seed, world)
+
+    def set(self, epoch: int, consumed: int, segment: int, seed: int, world: World, counted: bool = False) -> None:
+        """A new position; ``counted``: the main process counts what it hands out (its own iteration), so the
+        workers' marks do not move it."""
+        b = self.block
+        n = len(self.FIELDS)
+        b[n:] = 0
+        b[:n] = torch.tensor([epoch, consumed, segment, seed, world.rank, world.world_size, int(b[6]) + 1, 0,
+                              int(counted)])
+
+    def read(self, workers: int = 0) -> dict:
+        """The published position: ``position`` (epoch, consumed, segment) moved on by the epochs every worker
+        finished since (``done`` of them), ``seed``, ``world``, ``generation``, ``counted``. ``workers``: how
+        many workers' marks to count (0: as many as the workers last recorded)."""
+        v = self.block.tolist()
+        epoch, consumed, segment, seed, rank, size, gen, recorded, counted = v[:len(self.FIELDS)]
+        workers = workers or recorded
+        done = 0
+        if 0 < workers <= self.MAX_WORKERS:
+            marks = v[len(self.FIELDS):len(self.FIELDS) + workers]
+            done = min((m & 0xFFFFFFFF) if (m >> 32) == gen else 0 for m in marks)
+        return {"position": (epoch + done, 0, 0) if done else (epoch, consumed, segment), "done": done,
+                "seed": seed, "world": World(rank=rank, world_size=size), "generation": gen, "counted": bool(counted)}
+
+    def finished(self, worker: int, workers: int, generation: int, shares: int) -> None:
+        """Worker ``worker`` of ``workers`` finished a share: ``shares`` full shares done in ``generation``."""
+        if worker < self.MAX_WORKERS:
+            self.block[7] = workers
+            self.block[len(self.FIELDS) + worker] = (generation << 32) | shares
+
+
 class Loader(IterableDataset):
     """Iterable of ``PackedBatch`` over one split of a packed table (see the module doc).
 
-    Also a ``torch.utils.data.IterableDataset``: inside a DataLoader each worker reads its share (use the
-    "spawn" context: Lance is not fork-safe). ``stream(..., num_workers=K)`` runs that DataLoader itself and
-    keeps ``state_dict()`` exact (it counts the batches it hands out); a DataLoader of your own gives the
-    same stream, but this object does not see its progress.
+    Also a ``torch.utils.data.IterableDataset``: inside a DataLoader each worker reads its share, with any
+    start method (forked workers read without Lance: see ``forks``) and persistent or not; ``set_epoch`` /
+    ``load_state_dict`` reach the workers (see the module doc). ``stream(..., num_workers=K)`` runs that
+    DataLoader itself, its workers started once, and keeps ``state_dict()`` exact (it counts the batches it
+    hands out); a DataLoader of your own gives the same stream, but this object sees only the epochs it
+    finished.
 
     Every pack is delivered once per epoch, so when the split's packs do not fill the last global step some
     ranks get one batch fewer (``len(loader)`` says how many): a synchronous trainer stops the epoch at the
@@ -64,7 +123,7 @@ class Loader(IterableDataset):
     def __init__(self, source: PackedSource, split: str, *, batch_packs: int = 1, shuffle: str = "random",
                  seed: int = 0, epoch: int = 0, world: World = World(), num_workers: int = 0, prefetch: int = 2,
                  pin_memory: bool = False, device=None, partition: str = "balanced", cache_dir=None,
-                 progress: bool = True):
+                 progress: bool = True, persistent_workers: bool = True, multiprocessing_context=None):
         if batch_packs < 1:
             raise ValueError(f"batch_packs must be >= 1, got {batch_packs}")
         if num_workers < 0 or prefetch < 0:
@@ -76,7 +135,11 @@ class Loader(IterableDataset):
         self.device = torch.device(device) if device is not None else None
         self.seed, self.epoch, self.consumed = int(seed), int(epoch), 0
         self.segment = 0  # position in the epoch's order where this world layout started dealing
-        self._ds = None
+        self.multiprocessing_context = multiprocessing_context
+        self.persistent_workers = bool(persistent_workers)
+        self.shared = Position(self.epoch, 0, 0, self.seed, world)  # what workers start from (see Position)
+        self._ds = _forks.ProcessLocal(source.open)  # each process opens the table itself, after any fork
+        self._workers = None  # this loader's own DataLoader (num_workers > 0), made on first iteration
         ds = self._dataset()
         meta = retrying(lambda: ds.to_table(columns=["split", "n_tokens"], with_row_address=True),
                         f"reading {source.table} index", source.backoff)
@@ -106,31 +169,53 @@ class Loader(IterableDataset):
         return self.world.world_size * self.batch_packs
 
     def _position(self) -> tuple[int, int, int]:
-        """(epoch, consumed, segment) the next ``iter()`` starts from; a finished epoch moves on to the next."""
+        """(epoch, consumed, segment) the next ``iter()`` starts from; a finished epoch moves on to the next
+        (also one finished by the workers of a DataLoader of the user's)."""
+        pub = self.shared.read()
+        if pub["done"] and not pub["counted"]:
+            return pub["position"]  # epochs a user's DataLoader's workers finished since the position was set
         if self.consumed >= self.packs:
             return self.epoch + 1, 0, 0
         return self.epoch, self.consumed, self.segment
 
-    def plan(self, world: World | None = None) -> list[np.ndarray]:
-        """Batches (split-local pack numbers) ``world`` (default: this rank) reads from where the next
-        ``iter()`` starts to the epoch's end. Pure: reads nothing."""
-        epoch, consumed, segment = self._position()
-        order = get_shuffle(self.shuffle)(self.packs, self.seed, epoch)[segment:]
-        return _partition.batches_of(order, self.tokens[order], world or self.world, self.batch_packs,
-                                     self.partition, skip_steps=(consumed - segment) // self._per_step())
+    def plan(self, world: World | None = None, position: tuple[int, int, int] | None = None,
+             seed: int | None = None) -> list[np.ndarray]:
+        """Batches (split-local pack numbers) ``world`` (default: this rank) reads from ``position`` (epoch,
+        consumed, segment; default: where the next ``iter()`` starts) to the epoch's end. Pure: reads nothing."""
+        epoch, consumed, segment = position or self._position()
+        world = world or self.world
+        order = get_shuffle(self.shuffle)(self.packs, self.seed if seed is None else seed, epoch)[segment:]
+        per = world.world_size * self.batch_packs
+        return _partition.batches_of(order, self.tokens[order], world, self.batch_packs,
+                                     self.partition, skip_steps=(consumed - segment) // per)
 
     def __len__(self) -> int:
         """Batches the next ``iter()`` yields on this rank."""
         return len(self.plan())
 
     def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` from its beginning."""
+        """Start epoch ``epoch`` from its beginning (DataLoader workers, persistent or not, read it when the
+        DataLoader is next iterated)."""
         self.epoch, self.consumed, self.segment = int(epoch), 0, 0
+        self._publish()
+
+    def set_world(self, world: World) -> None:
+        """Another world layout (an elastic change): the rest of the epoch is dealt afresh from what is consumed."""
+        self.world, self.segment = world, self.consumed
+        self._publish()
+
+    def _publish(self, counted: bool = False) -> None:
+        self.shared.set(self.epoch, self.consumed, self.segment, self.seed, self.world, counted)
 
     # --- checkpoints --------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """Where the stream is: epoch, seed, packs of the epoch's order consumed (by all ranks), and what for."""
+        """Where the stream is: epoch, seed, packs of the epoch's order consumed (by all ranks), and what for.
+        Exact when this loader runs the iteration (with or without its own workers); behind a DataLoader of the
+        user's it knows only the epochs the workers finished."""
+        pub = self.shared.read()
+        if pub["done"] and not pub["counted"]:
+            self.epoch, self.consumed, self.segment = pub["position"]  # epochs finished by a user's workers
         return {"version": STATE_VERSION, "epoch": self.epoch, "consumed": self.consumed, "seed": self.seed,
                 "packs": self.packs, "split": self.split, "table": self.source.table,
                 "recipe_hash": self.source.recipe_hash, "lake_version": self.source.lake_version,
@@ -156,16 +241,15 @@ class Loader(IterableDataset):
         misaligned = (self.consumed - self.segment) % self._per_step() != 0 and self.consumed < self.packs
         if not 0 <= self.segment <= self.consumed or misaligned:
             raise ValueError(f"state segment_start={self.segment} does not fit consumed={self.consumed}")
+        self._publish()
 
     # --- reading ------------------------------------------------------------------------------------------------
 
     def __getstate__(self):
-        return {**self.__dict__, "_ds": None}  # each process opens the dataset itself
+        return {**self.__dict__, "_workers": None}  # _ds (ProcessLocal) pickles without its handle
 
     def _dataset(self):
-        if self._ds is None:
-            self._ds = self.source.open()
-        return self._ds
+        return self._ds.get()
 
     def read(self, packs: np.ndarray) -> PackedBatch:
         """One batch: the split-local packs ``packs``, merged, in that order."""
@@ -179,6 +263,14 @@ class Loader(IterableDataset):
         if self.cache is not None:  # any batch is a few file reads: no runs, no Lance
             for packs in batches:
                 yield lambda packs=packs: self._batch(self.cache.read(packs), pin)
+            return
+        if _forks.lance_forbidden():  # forked from a process that used Lance: its helper process reads
+            src, helper = self.source, _forks.helper()
+            for packs in batches:
+                yield lambda packs=packs: self._batch(retrying(
+                    lambda: helper.take(src.table_uri, src.lance_version, src.storage_options, self.rows[packs],
+                                        self.columns), f"reading packs {self.rows[packs].tolist()} of {src.table_uri}",
+                    src.backoff), pin)
             return
         ds, what = self._dataset(), self.source.table_uri
 
@@ -222,39 +314,76 @@ class Loader(IterableDataset):
             self.pin_memory = False
         return self.pin_memory
 
+    def _worker_share(self, info):
+        """A DataLoader worker's batches: its share of the position the main process published."""
+        pub = self.shared.read(info.num_workers)
+        plan = self.plan(pub["world"].with_worker(info.id, info.num_workers), pub["position"], pub["seed"])
+        yield from _reads.read_ahead(self._units(plan, False), self.prefetch)
+        self.shared.finished(info.id, info.num_workers, pub["generation"], pub["done"] + 1)
+
+    def _context(self):
+        """Start method of this loader's own workers: fork when they read a local copy (no Lance in them, no
+        imports: ~0.1 s), else forkserver (forked from a clean server that has imported torch and the loaders,
+        never used Lance: Lance opens fresh in each worker)."""
+        import multiprocessing as mp
+
+        if self.multiprocessing_context is not None:
+            return self.multiprocessing_context
+        if self.cache is not None and "fork" in mp.get_all_start_methods():
+            return mp.get_context("fork")
+        if "forkserver" not in mp.get_all_start_methods():
+            return mp.get_context("spawn")
+        ctx = mp.get_context("forkserver")
+        from multiprocessing import forkserver
+
+        preload = list(getattr(forkserver._forkserver, "_preload_modules", None) or [])
+        ctx.set_forkserver_preload(list(dict.fromkeys([*preload, "loaders.loader"])))  # before the server starts
+        return ctx
+
+    def _dataloader(self, pin: bool):
+        if self._workers is not None and self.persistent_workers:
+            return self._workers
+        self._workers = torch.utils.data.DataLoader(
+            self, batch_size=None, num_workers=self.num_workers, collate_fn=_identity, pin_memory=pin,
+            multiprocessing_context=self._context(), prefetch_factor=max(1, self.prefetch),
+            persistent_workers=self.persistent_workers)
+        return self._workers
+
     def __iter__(self):
         info = get_worker_info()
         if info is not None:  # inside a DataLoader worker: this worker's share, nothing else
-            yield from _reads.read_ahead(self._units(self.plan(self.world.with_worker(info.id, info.num_workers)), False),
-                                         self.prefetch)
+            yield from self._worker_share(info)
             return
         self.epoch, self.consumed, self.segment = self._position()
+        self._publish(counted=True)
         start, per = self.consumed, self._per_step()
         pin = self._pin()
         if self.num_workers > 0:
-            source = iter(torch.utils.data.DataLoader(
-                self, batch_size=None, num_workers=self.num_workers, collate_fn=_identity, pin_memory=pin,
-                multiprocessing_context="spawn", prefetch_factor=max(1, self.prefetch), persistent_workers=False))
+            source = iter(self._dataloader(pin))
         else:
             source = _reads.read_ahead(self._units(self.plan(), pin), self.prefetch)
         for i, batch in enumerate(source):
             self.consumed = min(start + (i + 1) * per, self.packs)
             yield batch.to(self.device, non_blocking=pin) if self.device is not None else batch
         self.consumed = self.packs
+        self._publish(counted=True)
 
 
 def stream(lk, split: str, recipe=None, version=None, batch_packs: int = 1, shuffle: bool | str = True,
            seed: int = 0, epoch: int = 0, rank: int | None = None, world_size: int | None = None,
            num_workers: int = 0, prefetch: int = 2, pin_memory: bool = False, device=None,
-           partition: str = "balanced", read_bytes: int | None = None, cache_dir=None, progress: bool = True) -> Loader:
+           partition: str = "balanced", read_bytes: int | None = None, cache_dir=None, progress: bool = True,
+           persistent_workers: bool = True, multiprocessing_context=None) -> Loader:
     """Stream ``split`` of the packed table of ``recipe`` (None = newest) at lake ``version`` (number or tag;
     None = ``lk``'s) as ``PackedBatch`` es of ``batch_packs`` packs.
 
     ``shuffle``: True (= "random") / False (= "none") or a name from ``loaders.shuffle`` ("blocks:64" reads
     about as fast as table order, where "random" reads rows one batch at a time, at some cost in mixing: see
     its doc); ``rank`` / ``world_size`` default to torch.distributed, then $RANK / $WORLD_SIZE, then 0 / 1.
-    ``num_workers`` > 0 reads in spawned DataLoader workers; ``prefetch`` bounds the batches read ahead (per
-    worker). ``pin_memory`` / ``device`` put batches in page-locked memory / on a device (one copy each).
+    ``num_workers`` > 0 reads in DataLoader workers, started once per loader (``persistent_workers``) with
+    ``multiprocessing_context`` (default: fork with ``cache_dir``, else forkserver; any start method gives the
+    same stream); ``prefetch`` bounds the batches read ahead (per worker). ``pin_memory`` / ``device`` put
+    batches in page-locked memory / on a device (one copy each).
     ``cache_dir``: read the split from a local copy written there on first use (``loaders.cache``: fast for any
     shuffle, no download per epoch from ``s3://``; batches are then one concatenation, not views of Lance's
     buffers); ``progress`` shows writing it.
@@ -269,4 +398,5 @@ def stream(lk, split: str, recipe=None, version=None, batch_packs: int = 1, shuf
     name = shuffle if isinstance(shuffle, str) else ("random" if shuffle else "none")
     return Loader(resolve(lk, recipe, version), split, batch_packs=batch_packs, shuffle=name, seed=seed,
                   epoch=epoch, world=detect(rank, world_size), num_workers=num_workers, prefetch=prefetch,
-                  pin_memory=pin_memory, device=device, partition=partition, cache_dir=cache_dir, progress=progress)
+                  pin_memory=pin_memory, device=device, partition=partition, cache_dir=cache_dir, progress=progress,
+                  persistent_workers=persistent_workers, multiprocessing_context=multiprocessing_context)

@@ -1,4 +1,4 @@
-"""The loader inside torch DataLoaders with spawned workers (Lance is not fork-safe).
+"""The loader inside torch DataLoaders: its own workers (forkserver, persistent) and spawned ones of the user's.
 
 Spawning a worker costs seconds here (each imports torch and Lance), so the fast test starts one DataLoader;
 the user-built DataLoader variant is marked slow.
