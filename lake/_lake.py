@@ -281,6 +281,15 @@ class Lake:
 
         return {r["source"]: json.loads(r["info_json"])["features"] for r in self._scan("sources").to_pylist()}
 
+    def export(self, dest, version=None, split: str | None = None, filter: str | None = None,
+               format: str = "lerobot-v3.0", **kw):
+        """Write lake ``version`` (default: this handle's), one ``split`` and/or episodes matching ``filter``, as a
+        LeRobot dataset folder ("lerobot-v3.0" or "lerobot-v2.1"), videos copied without re-encoding. Returns an
+        ExportReport; see ``lake._export``."""
+        from ._export import export
+
+        return export(self, dest, version=version, split=split, filter=filter, format=format, **kw)
+
     # --- training data (packers / loaders) ------------------------------------------------------------------
 
     def pack(self, recipe=None, **kw):
