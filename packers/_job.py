@@ -38,6 +38,7 @@ class PackReport:
     episodes: int
     repacked: bool = False
     seconds: float = 0.0
+    mixture: dict | None = None  # a mixture's lineage (``packers.mixture``): sources, versions, weights, counts
 
 
 def resolve_recipe(lk, recipe) -> Recipe:
@@ -104,9 +105,11 @@ def pack_group(row: dict, *, lake_ref, groups: list[tuple], layout: dict, recipe
     image_tok = get_image_tokenizer(recipe.image_encoder, recipe.patch_size, recipe.encoder)
     columns = _group_columns(lk, episodes, layout["state_features"] + layout["action_features"])
     images = _group_images(lk, episodes, layout, image_tok)
-    parts = []
+    parts, mult = [], []
     for e in episodes:
         eid = e["episode_id"]
+        if "mult" in e:
+            mult.append(np.asarray(e["mult"], np.int64))
         missing = [c for c in layout["cameras"] if (eid, c) not in images]
         if missing:
             raise ValueError(f"episode {eid} has no camera {missing[0]!r}, which the recipe asks for")
@@ -116,6 +119,8 @@ def pack_group(row: dict, *, lake_ref, groups: list[tuple], layout: dict, recipe
         parts.append(episode_samples(eid, columns[eid], {c: images[(eid, c)] for c in layout["cameras"]}, text,
                                      layout, recipe.frame_stride))
     s = Samples.concat(parts)
+    if mult:  # a mixture: each sample as often as the epoch's draw says (packers.mixture)
+        s = s.take(np.repeat(np.arange(len(s.frame)), np.concatenate(mult)))
     lengths = s.lengths
     over = np.flatnonzero(lengths > recipe.token_budget)
     if len(over):
@@ -139,10 +144,12 @@ def pack_group(row: dict, *, lake_ref, groups: list[tuple], layout: dict, recipe
 
 # --- driver -------------------------------------------------------------------------------------------------
 
-def pack(lk, recipe=None, *, repack: bool = False, progress: bool = True, ray_address: str | None = None) -> PackReport:
+def pack(lk, recipe=None, *, mixture=None, repack: bool = False, progress: bool = True,
+         ray_address: str | None = None) -> PackReport:
     """Pack every split of the lake for ``recipe`` (None: the default recipe). Re-running is a no-op; new
     episodes since the last packing are packed and appended (with the normalization frozen back then);
-    ``repack=True`` rebuilds the table from scratch."""
+    ``repack=True`` rebuilds the table from scratch. ``mixture`` (or ``recipe.mixture``): sources with weights,
+    see ``packers.mixture``; a mixture whose selection changed is re-packed whole."""
     from tqdm.auto import tqdm
 
     from lake import _tables, _versions
@@ -150,10 +157,25 @@ def pack(lk, recipe=None, *, repack: bool = False, progress: bool = True, ray_ad
 
     t0 = time.perf_counter()
     recipe = resolve_recipe(lk, recipe)
+    if mixture is not None:
+        import dataclasses
+
+        from .mixture import Mixture
+
+        recipe = dataclasses.replace(recipe, mixture=Mixture.parse(mixture))
     table = f"packed_{recipe.hash}"
     prior = [r for r in packings(lk) if r["recipe_hash"] == recipe.hash]
     eps = lk.episodes(columns=["episode_id", "split", "length", "task", "fps", "frames_table", "cameras"])
-    current = set(eps["episode_id"].to_pylist())
+    lineage = None
+    if recipe.mixture is not None:
+        from ._mixture_plan import plan_mixture
+
+        eps, lineage = plan_mixture(lk, recipe, eps)
+        if prior and not repack:
+            if json.loads(prior[-1].get("mixture_json") or "{}").get("selection") == lineage["selection"]:
+                return PackReport(None, table, recipe.hash, 0, 0, 0.0, 0, False, time.perf_counter() - t0, lineage)
+            repack = True  # another selection: another draw, the whole table
+    current = set(eps["episode_id"].to_pylist()) if isinstance(eps, pa.Table) else {e["episode_id"] for e in eps}
     done: set[str] = set()
     if prior and not repack:
         packed = lk.table(table)
@@ -164,14 +186,15 @@ def pack(lk, recipe=None, *, repack: bool = False, progress: bool = True, ray_ad
     if prior and not repack:
         layout = layout_of(lk.table(table).schema)
     else:
-        fps = {float(f) for f in eps["fps"].to_pylist()}
+        fps = {float(r["fps"]) for r in (eps.to_pylist() if isinstance(eps, pa.Table) else eps)}
         if len(fps) > 1:
             raise ValueError(f"episodes have different fps {sorted(fps)}: pack them with separate recipes/filters")
         features = _features(lk)
         layout = make_layout(recipe.resolved(features), features, lk.stats(), fps.pop() if fps else 10.0,
                              get_tokenizer(recipe.tokenizer).vocab_size)
         layout["recipe_hash"] = recipe.hash
-    todo = [r for r in eps.to_pylist() if r["episode_id"] not in done]
+    rows = eps.to_pylist() if isinstance(eps, pa.Table) else eps
+    todo = [r for r in rows if r["episode_id"] not in done]
     if not todo:
         return PackReport(None, table, recipe.hash, 0, 0, 0.0, 0, False, time.perf_counter() - t0)
     for r in todo:
@@ -203,7 +226,8 @@ def pack(lk, recipe=None, *, repack: bool = False, progress: bool = True, ray_ad
         row = pa.Table.from_pylist([{
             "recipe_hash": recipe.hash, "table": table, "recipe_json": json.dumps(recipe.to_dict()),
             "source_version": lk.version, "episodes": all_eps, "packs": prior_packs + packs_n,
-            "samples": prior_samples + samples_n, "fill": fill, "created": datetime.now(timezone.utc)}], PACKINGS)
+            "samples": prior_samples + samples_n, "fill": fill, "created": datetime.now(timezone.utc),
+            "mixture_json": json.dumps(lineage) if lineage else None}], PACKINGS)
         new.update(_tables.append_tables(lk.store, head.tables,
                                          {"packings": (PACKINGS, _tables.write_rows(lk.store, "packings", row, PACKINGS))}))
         return new
@@ -211,9 +235,10 @@ def pack(lk, recipe=None, *, repack: bool = False, progress: bool = True, ray_ad
     entry = _versions.commit(lk.store, build, f"pack {recipe.name} ({recipe.hash}) from version {lk.version}"
                              + (" (full repack)" if repack and prior else ""),
                              {"recipe_hash": recipe.hash, "packs": packs_n, "samples": samples_n, "fill": round(fill, 5),
-                              "source_version": lk.version})
+                              "source_version": lk.version,
+                              **({"mixture": {m["name"]: m["weight"] for m in lineage["sources"]}} if lineage else {})})
     return PackReport(entry.version, table, recipe.hash, packs_n, samples_n, fill, n_eps, bool(repack and prior),
-                      time.perf_counter() - t0)
+                      time.perf_counter() - t0, lineage)
 
 
 def _features(lk) -> dict:

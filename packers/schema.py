@@ -123,4 +123,5 @@ PACKINGS = pa.schema([
     pa.field("samples", pa.int64()),
     pa.field("fill", pa.float64()),
     pa.field("created", pa.timestamp("us", tz="UTC")),
+    pa.field("mixture_json", pa.string()),  # lineage of a mixture: every source's lake version, weight, counts
 ])
