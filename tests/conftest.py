@@ -61,3 +61,21 @@ def copy_source(tmp_path):
         return dst
 
     return copy
+
+
+# --- mixtures (tests/packers/test_mixture.py, tests/loaders/test_mixture.py) ---------------------------------
+
+@pytest.fixture(scope="session")
+def two_sources(tmp_path_factory, ingested):
+    """A lake holding pusht_v3 (source "pusht_v3", 6 episodes) and another PushT run (source "other", 4
+    episodes, seed 1, all in "train") (read-only for tests: copy it before writing)."""
+    import lake
+
+    dst = tmp_path_factory.mktemp("lakes") / "two"
+    shutil.copytree(ingested.uri, dst)
+    lk = lake.open(dst)
+    other = _write(tmp_path_factory, "other", episodes=4, version="v3.0", min_len=12, max_len=30,
+                   episodes_per_file=2, seed=1)
+    rep = lk.ingest(other, source_name="other", split_ratios={"train": 1.0}, progress=False)
+    assert rep.episodes_added == 4 and not rep.quarantined, rep
+    return lk
