@@ -290,6 +290,19 @@ class Lake:
 
         return export(self, dest, version=version, split=split, filter=filter, format=format, **kw)
 
+    def embodiments(self) -> dict:
+        """{source: Embodiment}: each source's robot type and named state/action slices, from its GR00T
+        ``meta/modality.json``, or the default layout (``default_layout``) without one; see ``lake._embodiment``."""
+        import json
+
+        from ._embodiment import embodiment
+
+        out = {}
+        for r in self._scan("sources").to_pylist():
+            out[r["source"]] = embodiment(json.loads(r["info_json"]),
+                                          json.loads(r["modality_json"]) if r["modality_json"] else None)
+        return out
+
     # --- training data (packers / loaders) ------------------------------------------------------------------
 
     def pack(self, recipe=None, **kw):

@@ -103,7 +103,12 @@ def pack_group(row: dict, *, lake_ref, groups: list[tuple], layout: dict, recipe
     split, episodes, first_id, seed = groups[row["unit"]]
     tok = get_tokenizer(recipe.tokenizer)
     image_tok = get_image_tokenizer(recipe.image_encoder, recipe.patch_size, recipe.encoder)
-    columns = _group_columns(lk, episodes, layout["state_features"] + layout["action_features"])
+    if layout.get("embodiments"):
+        from ._embodiments import group_columns, pad_samples, with_embodiment
+
+        columns = group_columns(lk, episodes, layout, _group_columns)
+    else:
+        columns = _group_columns(lk, episodes, layout["state_features"] + layout["action_features"])
     images = _group_images(lk, episodes, layout, image_tok)
     parts, mult = [], []
     for e in episodes:
@@ -116,6 +121,11 @@ def pack_group(row: dict, *, lake_ref, groups: list[tuple], layout: dict, recipe
         text = tok.encode(e["task"] or "")
         if recipe.max_text_tokens is not None:
             text = text[:recipe.max_text_tokens]
+        if layout.get("embodiments"):
+            lay = with_embodiment(layout, e["robot_type"])
+            parts.append(pad_samples(episode_samples(eid, columns[eid], {c: images[(eid, c)] for c in layout["cameras"]},
+                                                     text, lay, recipe.frame_stride), layout))
+            continue
         parts.append(episode_samples(eid, columns[eid], {c: images[(eid, c)] for c in layout["cameras"]}, text,
                                      layout, recipe.frame_stride))
     s = Samples.concat(parts)
@@ -189,9 +199,15 @@ def pack(lk, recipe=None, *, mixture=None, repack: bool = False, progress: bool 
         fps = {float(r["fps"]) for r in (eps.to_pylist() if isinstance(eps, pa.Table) else eps)}
         if len(fps) > 1:
             raise ValueError(f"episodes have different fps {sorted(fps)}: pack them with separate recipes/filters")
-        features = _features(lk)
-        layout = make_layout(recipe.resolved(features), features, lk.stats(), fps.pop() if fps else 10.0,
-                             get_tokenizer(recipe.tokenizer).vocab_size)
+        if recipe.mixture is not None:  # normalized per embodiment, dims padded to the widest (packers._embodiments)
+            from ._embodiments import embodiment_layout
+
+            layout = embodiment_layout(lk, recipe, eps, fps.pop() if fps else 10.0,
+                                       get_tokenizer(recipe.tokenizer).vocab_size)
+        else:
+            features = _features(lk)
+            layout = make_layout(recipe.resolved(features), features, lk.stats(), fps.pop() if fps else 10.0,
+                                 get_tokenizer(recipe.tokenizer).vocab_size)
         layout["recipe_hash"] = recipe.hash
     rows = eps.to_pylist() if isinstance(eps, pa.Table) else eps
     todo = [r for r in rows if r["episode_id"] not in done]

@@ -15,7 +15,8 @@ import pyarrow as pa
 
 from .mixture import multiplicities, targets
 
-_COLS = ["episode_id", "split", "length", "task", "fps", "frames_table", "cameras", "source", "source_uri"]
+_COLS = ["episode_id", "split", "length", "task", "fps", "frames_table", "cameras", "robot_type", "source",
+         "source_uri"]
 
 
 def _select(lk, src) -> tuple[list[dict], int]:
@@ -71,7 +72,7 @@ def plan_mixture(lk, recipe, eps: pa.Table) -> tuple[list[dict], dict]:
             bounds = np.concatenate([[0], np.cumsum(ns)])
             for r, a, b in zip(rows, bounds[:-1], bounds[1:]):
                 if m[a:b].any():
-                    out.append({**{k: r[k] for k in _COLS[:7]}, "mult": m[a:b].tolist(), "mixture_source": mix.sources[i].name})
+                    out.append({**{k: r[k] for k in _COLS}, "mult": m[a:b].tolist(), "mixture_source": mix.sources[i].name})
     selection = hashlib.sha256(json.dumps([[r["episode_id"] for r in rows] for rows in chosen]).encode()).hexdigest()[:16]
     lineage = {
         "lake_version": lk.version, "replacement": mix.replacement, "samples": mix.samples, "seed": recipe.seed,
