@@ -72,8 +72,10 @@ def plan_mixture(lk, recipe, eps: pa.Table) -> tuple[list[dict], dict]:
             bounds = np.concatenate([[0], np.cumsum(ns)])
             for r, a, b in zip(rows, bounds[:-1], bounds[1:]):
                 if m[a:b].any():
-                    out.append({**{k: r[k] for k in _COLS}, "mult": m[a:b].tolist(), "mixture_source": mix.sources[i].name})
-    selection = hashlib.sha256(json.dumps([[r["episode_id"] for r in rows] for rows in chosen]).encode()).hexdigest()[:16]
+                    out.append({**{k: r[k] for k in _COLS}, "mult": m[a:b].tolist(),
+                                "mixture_source": mix.sources[i].name})
+    ids = json.dumps([[r["episode_id"] for r in rows] for rows in chosen])
+    selection = hashlib.sha256(ids.encode()).hexdigest()[:16]
     lineage = {
         "lake_version": lk.version, "replacement": mix.replacement, "samples": mix.samples, "seed": recipe.seed,
         "selection": selection,

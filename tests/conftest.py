@@ -63,7 +63,7 @@ def copy_source(tmp_path):
     return copy
 
 
-# --- mixtures (tests/packers/test_mixture.py, tests/loaders/test_mixture.py) ---------------------------------
+# --- mixtures (tests/packers/test_mixture.py, tests/loaders/test_stream_mixture.py) ---------------------------------
 
 @pytest.fixture(scope="session")
 def two_sources(tmp_path_factory, ingested):

@@ -82,7 +82,8 @@ def mixed(tmp_path_factory, two_sources):
 
 
 def _counts(lk, table: str) -> dict[str, collections.Counter]:
-    source = dict(zip(*[lk.episodes(columns=["episode_id", "source"])[c].to_pylist() for c in ("episode_id", "source")]))
+    t = lk.episodes(columns=["episode_id", "source"])
+    source = dict(zip(t["episode_id"].to_pylist(), t["source"].to_pylist()))
     out: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for row in lk.table(table).to_table(columns=["split", "origin_episode"]).to_pylist():
         out[row["split"]].update(source[e] for e in row["origin_episode"])

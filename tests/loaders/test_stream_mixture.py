@@ -22,7 +22,8 @@ def mixed(tmp_path_factory, two_sources):
     shutil.copytree(two_sources.uri, dst)
     lk = lake.open(dst)
     rep = lk.pack(RECIPE, mixture=WEIGHTS, progress=False)
-    source = dict(zip(*[lk.episodes(columns=["episode_id", "source"])[c].to_pylist() for c in ("episode_id", "source")]))
+    t = lk.episodes(columns=["episode_id", "source"])
+    source = dict(zip(t["episode_id"].to_pylist(), t["source"].to_pylist()))
     return lk, rep, source
 
 
