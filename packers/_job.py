@@ -21,7 +21,7 @@ from .binpack import SampleTooLong, get_packer
 from .images import get_image_tokenizer, resize
 from .recipe import Recipe, default_recipe
 from .samples import Samples, assemble, episode_samples, make_layout
-from .schema import PACKINGS, layout_of, packed_schema
+from .schema import PACKINGS, PACKINGS_MIXTURE, layout_of, packed_schema
 from .text import get_tokenizer
 
 
@@ -234,6 +234,8 @@ def pack(lk, recipe=None, *, mixture=None, repack: bool = False, progress: bool 
     prior_samples = 0 if repack or not prior else prior[-1]["samples"]
     schema = packed_schema(layout)
 
+    ps = PACKINGS_MIXTURE if lineage else PACKINGS
+
     def build(head):
         pins = dict(head.tables)
         if repack:
@@ -243,9 +245,9 @@ def pack(lk, recipe=None, *, mixture=None, repack: bool = False, progress: bool 
             "recipe_hash": recipe.hash, "table": table, "recipe_json": json.dumps(recipe.to_dict()),
             "source_version": lk.version, "episodes": all_eps, "packs": prior_packs + packs_n,
             "samples": prior_samples + samples_n, "fill": fill, "created": datetime.now(timezone.utc),
-            "mixture_json": json.dumps(lineage) if lineage else None}], PACKINGS)
+            **({"mixture_json": json.dumps(lineage)} if lineage else {})}], ps)
         new.update(_tables.append_tables(lk.store, head.tables,
-                                         {"packings": (PACKINGS, _tables.write_rows(lk.store, "packings", row, PACKINGS))}))
+                                         {"packings": (ps, _tables.write_rows(lk.store, "packings", row, ps))}))
         return new
 
     entry = _versions.commit(lk.store, build, f"pack {recipe.name} ({recipe.hash}) from version {lk.version}"

@@ -123,5 +123,7 @@ PACKINGS = pa.schema([
     pa.field("samples", pa.int64()),
     pa.field("fill", pa.float64()),
     pa.field("created", pa.timestamp("us", tz="UTC")),
-    pa.field("mixture_json", pa.string()),  # lineage of a mixture: every source's lake version, weight, counts
 ])
+# a mixture's packings row also has this column (the table gains it on the first such row; others read null):
+# the lineage of every source, its lake version, weight and sample counts (``packers.mixture``)
+PACKINGS_MIXTURE = PACKINGS.append(pa.field("mixture_json", pa.string()))

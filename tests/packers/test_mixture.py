@@ -166,3 +166,19 @@ def test_bad_mixtures_fail_with_a_reason(two_sources, tmp_path):
         lk.pack(RECIPE, mixture={"nope": 1.0}, progress=False)
     with pytest.raises(ValueError, match="make their filters disjoint"):
         lk.pack(RECIPE, mixture={"sources": [{"name": "a", "filter": "length > 0"}, {"name": "other"}]}, progress=False)
+
+
+def test_plain_and_mixture_packings_share_the_packings_table(two_sources, tmp_path):
+    """The packings table gains mixture_json with the first mixture row; plain rows before and after read null."""
+    from packers import packings
+
+    dst = tmp_path / "lake"
+    shutil.copytree(two_sources.uri, dst)
+    lk = lake.open(dst)
+    plain = lk.pack(RECIPE, progress=False)
+    mix = lk.pack(RECIPE, mixture={"pusht_v3": 1.0, "other": 1.0}, progress=False)
+    again = lk.pack(Recipe(**{**RECIPE.to_dict(), "seed": 5}), progress=False)
+    rows = {r["recipe_hash"]: r for r in packings(lk)}
+    assert rows[plain.recipe_hash].get("mixture_json") is None and rows[again.recipe_hash].get("mixture_json") is None
+    assert json.loads(rows[mix.recipe_hash]["mixture_json"]) == mix.mixture
+    assert sum(1 for _ in lk.stream("train", recipe=plain.recipe_hash)) > 0
