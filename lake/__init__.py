@@ -15,6 +15,7 @@ _os.environ.setdefault("LANCE_LOG", "error")  # Lance's Rust warnings ("will be 
 from ._append import NewEpisode, episode_id  # noqa: E402
 from ._decoded import DecodeReport  # noqa: E402
 from ._edit import EditReport, NoChange  # noqa: E402
+from ._export import ExportReport  # noqa: E402
 from ._ingest import IngestReport, split_of  # noqa: E402
 from ._lake import Diff, Lake, ReadOnlyError, open  # noqa: E402
 from ._lerobot import EpisodeError, SourceError  # noqa: E402
@@ -36,7 +37,7 @@ def write_pusht_dataset(*args, **kwargs):
 
 
 __all__ = [
-    "DecodeReport", "Diff", "EditReport", "GcReport", "EpisodeError", "IngestReport", "Lake", "LakeBusy", "LogEntry", "Mismatch", "NewEpisode",
-    "NoChange", "ReadOnlyError", "SourceError", "VerifyReport", "VersionDeleted", "episode_id",
+    "DecodeReport", "Diff", "EditReport", "ExportReport", "GcReport", "EpisodeError", "IngestReport", "Lake", "LakeBusy", "LogEntry",
+    "Mismatch", "NewEpisode", "NoChange", "ReadOnlyError", "SourceError", "VerifyReport", "VersionDeleted", "episode_id",
     "open", "split_of", "stream", "write_pusht_dataset",
 ]

@@ -425,6 +425,28 @@ class Lake:
 
         return {r["source"]: json.loads(r["info_json"])["features"] for r in self._scan("sources").to_pylist()}
 
+    def export(self, dest, version=None, split: str | None = None, filter: str | None = None,
+               format: str = "lerobot-v3.0", **kw):
+        """Write lake ``version`` (default: this handle's), one ``split`` and/or episodes matching ``filter``, as a
+        LeRobot dataset folder ("lerobot-v3.0" or "lerobot-v2.1"), videos copied without re-encoding. Returns an
+        ExportReport; see ``lake._export``."""
+        from ._export import export
+
+        return export(self, dest, version=version, split=split, filter=filter, format=format, **kw)
+
+    def embodiments(self) -> dict:
+        """{source: Embodiment}: each source's robot type and named state/action slices, from its GR00T
+        ``meta/modality.json``, or the default layout (``default_layout``) without one; see ``lake._embodiment``."""
+        import json
+
+        from ._embodiment import embodiment
+
+        out = {}
+        for r in self._scan("sources").to_pylist():
+            out[r["source"]] = embodiment(json.loads(r["info_json"]),
+                                          json.loads(r["modality_json"]) if r["modality_json"] else None)
+        return out
+
     # --- training data (packers / loaders) ------------------------------------------------------------------
 
     def pack(self, recipe=None, **kw):

@@ -161,6 +161,13 @@ def read_source(uri: str, storage_options: dict | None = None, name: str | None 
     video_t = _safe_template(info.get("video_path"), "video_path") if any(
         f.get("dtype") == "video" for f in info["features"].values()) else None
     modality = r.json("meta/modality.json") if r.exists("meta/modality.json") else None
+    if modality is not None:  # GR00T layout: validated here so a bad one never lands (see lake._embodiment)
+        from ._embodiment import embodiment
+
+        try:
+            embodiment(info, modality)
+        except (ValueError, TypeError) as e:
+            raise SourceError("meta/modality.json", str(e)) from None
     eps = (_episodes_v2 if SUPPORTED[version] == "v2" else _episodes_v3)(r, info, data_t, video_t)
     eps, problems = _unique(eps, "meta/episodes.jsonl" if SUPPORTED[version] == "v2" else "meta/episodes")
     if not eps and not problems:

@@ -19,6 +19,7 @@
     lake edit remove-feature NAME [--dry-run] --lake URI
     lake edit merge OTHER_URI [--filter SQL] [--dry-run] --lake URI
     lake edit restore VERSION_OR_TAG [--dry-run] --lake URI
+    lake export DEST [--version V] [--split S] [--filter SQL] [--format lerobot-v3.0|lerobot-v2.1] --lake URI
 
 ``--lake`` defaults to $LAKE_URI. S3 credentials come from the usual AWS_* variables (see ``storage_options``).
 """
@@ -285,6 +286,15 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    lk = _lake(args)
+    version = int(args.version) if args.version and args.version.isdigit() else args.version
+    rep = lk.export(args.dest, version=version, split=args.split, filter=args.filter, format=args.format)
+    print(f"exported lake version {rep.version} to {rep.dest} ({rep.format}): {rep.episodes} episodes, "
+          f"{rep.frames} frames, {rep.videos} video files (stream copy); {rep.seconds:.1f} s")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lake", description="episode-lake: a versioned lake of robot episodes")
     p.add_argument("--lake", help="lake URI (local folder or s3://bucket/prefix); default $LAKE_URI")
@@ -363,6 +373,13 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int, default=8, help="episodes stepped together (one policy call per step)")
     sp.add_argument("--task", help="task string given to the policy (default: the env's)")
     sp.add_argument("--no-video", action="store_true", help="do not record camera frames into the lake")
+    # export (lake/_export.py)
+    sp = add("export", cmd_export, "write a lake version as a LeRobot dataset folder (videos copied, not re-encoded)")
+    sp.add_argument("dest")
+    sp.add_argument("--version", default=None, help="lake version or tag (default: newest)")
+    sp.add_argument("--split", default=None)
+    sp.add_argument("--filter", default=None, help="SQL predicate over episodes, e.g. \"source = 'pusht'\"")
+    sp.add_argument("--format", default="lerobot-v3.0", choices=["lerobot-v3.0", "lerobot-v2.1"])
     return p
 
 

@@ -116,9 +116,31 @@ class LakeDatasetMeta:
         self.total_episodes = len(episodes)
         self.total_frames = int(sum(e["length"] for e in episodes))
         # LeRobot's meta.episodes columns that samplers read (EpisodeAwareSampler: dataset_from/to_index)
-        self.episodes = {"episode_index": list(range(len(episodes))), "episode_id": list(self._ids),
-                         "length": [int(e["length"]) for e in episodes], "tasks": [[e["task"] or ""] for e in episodes],
-                         "dataset_from_index": starts[:-1].tolist(), "dataset_to_index": starts[1:].tolist()}
+        from .episode_table import EpisodeTable
+
+        self.episodes = EpisodeTable({"episode_index": list(range(len(episodes))), "episode_id": list(self._ids),
+                                      "length": [int(e["length"]) for e in episodes],
+                                      "tasks": [[e["task"] or ""] for e in episodes],
+                                      "dataset_from_index": starts[:-1].tolist(),
+                                      "dataset_to_index": starts[1:].tolist()})
+        self._task_list = list(dict.fromkeys(e["task"] or "" for e in episodes))
+        self.total_tasks = len(self._task_list)
+        self.repo_id = f"lake/{self._sources[0] if len(self._sources) == 1 else 'mixture'}"
+        self.root = lk.uri
+
+    @property
+    def tasks(self):
+        """LeRobot 0.4's ``meta.tasks``: a pandas DataFrame indexed by task string, column ``task_index``."""
+        import pandas as pd
+
+        return pd.DataFrame({"task_index": range(len(self._task_list))}, index=pd.Index(self._task_list, name=None))
+
+    @property
+    def info(self) -> dict:
+        """LeRobot's ``meta.info`` (info.json) for these episodes, as ``lake export`` would write it."""
+        return {"codebase_version": "v3.0", "robot_type": self.robot_type, "total_episodes": self.total_episodes,
+                "total_frames": self.total_frames, "total_tasks": self.total_tasks, "fps": self.fps,
+                "splits": {"train": f"0:{self.total_episodes}"}, "features": self.features}
 
     @cached_property
     def features(self) -> dict[str, dict]:
@@ -244,6 +266,14 @@ class LeRobotStyleDataset(Dataset):
         return None
 
     streaming = False  # LeRobot's training script asks
+
+    @property
+    def repo_id(self) -> str:
+        return self.meta.repo_id
+
+    @property
+    def root(self) -> str:
+        return self.meta.root
 
     def __getstate__(self):
         # each DataLoader worker decodes for itself; the frame columns travel as shared-memory handles

@@ -21,7 +21,7 @@ from .encoders import get_encoder
 from .images import get_image_tokenizer, resize
 from .recipe import Recipe, default_recipe
 from .samples import Samples, assemble, episode_samples, make_layout
-from .schema import PACKINGS, layout_of, packed_schema
+from .schema import PACKINGS, PACKINGS_MIXTURE, layout_of, packed_schema
 from .text import get_tokenizer
 
 
@@ -38,6 +38,7 @@ class PackReport:
     episodes: int
     repacked: bool = False
     seconds: float = 0.0
+    mixture: dict | None = None  # a mixture's lineage (``packers.mixture``): sources, versions, weights, counts
 
 
 def resolve_recipe(lk, recipe) -> Recipe:
@@ -104,20 +105,34 @@ def pack_group(row: dict, *, lake_ref, groups: list[tuple], layout: dict, recipe
     split, episodes, first_id, seed = groups[row["unit"]]
     tok = get_tokenizer(recipe.tokenizer)
     image_tok = get_image_tokenizer(recipe.image_encoder, recipe.patch_size, encoder)
-    columns = _group_columns(lk, episodes, layout["state_features"] + layout["action_features"])
+    if layout.get("embodiments"):
+        from ._embodiments import group_columns, pad_samples, with_embodiment
+
+        columns = group_columns(lk, episodes, layout, _group_columns)
+    else:
+        columns = _group_columns(lk, episodes, layout["state_features"] + layout["action_features"])
     images = _group_images(lk, episodes, layout, image_tok)
-    parts = []
+    parts, mult = [], []
     for e in episodes:
         eid = e["episode_id"]
+        if "mult" in e:
+            mult.append(np.asarray(e["mult"], np.int64))
         missing = [c for c in layout["cameras"] if (eid, c) not in images]
         if missing:
             raise ValueError(f"episode {eid} has no camera {missing[0]!r}, which the recipe asks for")
         text = tok.encode(e["task"] or "")
         if recipe.max_text_tokens is not None:
             text = text[:recipe.max_text_tokens]
+        if layout.get("embodiments"):
+            lay = with_embodiment(layout, e["robot_type"])
+            parts.append(pad_samples(episode_samples(eid, columns[eid], {c: images[(eid, c)] for c in layout["cameras"]},
+                                                     text, lay, recipe.frame_stride), layout))
+            continue
         parts.append(episode_samples(eid, columns[eid], {c: images[(eid, c)] for c in layout["cameras"]}, text,
                                      layout, recipe.frame_stride))
     s = Samples.concat(parts)
+    if mult:  # a mixture: each sample as often as the epoch's draw says (packers.mixture)
+        s = s.take(np.repeat(np.arange(len(s.frame)), np.concatenate(mult)))
     lengths = s.lengths
     over = np.flatnonzero(lengths > recipe.token_budget)
     if len(over):
@@ -141,10 +156,12 @@ def pack_group(row: dict, *, lake_ref, groups: list[tuple], layout: dict, recipe
 
 # --- driver -------------------------------------------------------------------------------------------------
 
-def pack(lk, recipe=None, *, repack: bool = False, progress: bool = True, ray_address: str | None = None) -> PackReport:
+def pack(lk, recipe=None, *, mixture=None, repack: bool = False, progress: bool = True,
+         ray_address: str | None = None) -> PackReport:
     """Pack every split of the lake for ``recipe`` (None: the default recipe). Re-running is a no-op; new
     episodes since the last packing are packed and appended (with the normalization frozen back then);
-    ``repack=True`` rebuilds the table from scratch."""
+    ``repack=True`` rebuilds the table from scratch. ``mixture`` (or ``recipe.mixture``): sources with weights,
+    see ``packers.mixture``; a mixture whose selection changed is re-packed whole."""
     from tqdm.auto import tqdm
 
     from lake import _tables, _versions
@@ -154,10 +171,25 @@ def pack(lk, recipe=None, *, repack: bool = False, progress: bool = True, ray_ad
     recipe = resolve_recipe(lk, recipe)
     # looked up here, where the user's registrations ran; the factory itself travels to the Ray tasks
     encoder = get_encoder(recipe.encoder, f"recipe {recipe.name}") if recipe.image_encoder == "frozen" else None
+    if mixture is not None:
+        import dataclasses
+
+        from .mixture import Mixture
+
+        recipe = dataclasses.replace(recipe, mixture=Mixture.parse(mixture))
     table = f"packed_{recipe.hash}"
     prior = [r for r in packings(lk) if r["recipe_hash"] == recipe.hash]
     eps = lk.episodes(columns=["episode_id", "split", "length", "task", "fps", "frames_table", "cameras"])
-    current = set(eps["episode_id"].to_pylist())
+    lineage = None
+    if recipe.mixture is not None:
+        from ._mixture_plan import plan_mixture
+
+        eps, lineage = plan_mixture(lk, recipe, eps)
+        if prior and not repack:
+            if json.loads(prior[-1].get("mixture_json") or "{}").get("selection") == lineage["selection"]:
+                return PackReport(None, table, recipe.hash, 0, 0, 0.0, 0, False, time.perf_counter() - t0, lineage)
+            repack = True  # another selection: another draw, the whole table
+    current = set(eps["episode_id"].to_pylist()) if isinstance(eps, pa.Table) else {e["episode_id"] for e in eps}
     done: set[str] = set()
     if prior and not repack:
         packed = lk.table(table)
@@ -168,14 +200,21 @@ def pack(lk, recipe=None, *, repack: bool = False, progress: bool = True, ray_ad
     if prior and not repack:
         layout = layout_of(lk.table(table).schema)
     else:
-        fps = {float(f) for f in eps["fps"].to_pylist()}
+        fps = {float(r["fps"]) for r in (eps.to_pylist() if isinstance(eps, pa.Table) else eps)}
         if len(fps) > 1:
             raise ValueError(f"episodes have different fps {sorted(fps)}: pack them with separate recipes/filters")
-        features = _features(lk)
-        layout = make_layout(recipe.resolved(features), features, lk.stats(), fps.pop() if fps else 10.0,
-                             get_tokenizer(recipe.tokenizer).vocab_size)
+        if recipe.mixture is not None:  # normalized per embodiment, dims padded to the widest (packers._embodiments)
+            from ._embodiments import embodiment_layout
+
+            layout = embodiment_layout(lk, recipe, eps, fps.pop() if fps else 10.0,
+                                       get_tokenizer(recipe.tokenizer).vocab_size)
+        else:
+            features = _features(lk)
+            layout = make_layout(recipe.resolved(features), features, lk.stats(), fps.pop() if fps else 10.0,
+                                 get_tokenizer(recipe.tokenizer).vocab_size)
         layout["recipe_hash"] = recipe.hash
-    todo = [r for r in eps.to_pylist() if r["episode_id"] not in done]
+    rows = eps.to_pylist() if isinstance(eps, pa.Table) else eps
+    todo = [r for r in rows if r["episode_id"] not in done]
     if not todo:
         return PackReport(None, table, recipe.hash, 0, 0, 0.0, 0, False, time.perf_counter() - t0)
     for r in todo:
@@ -200,6 +239,8 @@ def pack(lk, recipe=None, *, repack: bool = False, progress: bool = True, ray_ad
     prior_samples = 0 if repack or not prior else prior[-1]["samples"]
     schema = packed_schema(layout)
 
+    ps = PACKINGS_MIXTURE if lineage else PACKINGS
+
     def build(head):
         pins = dict(head.tables)
         if repack:
@@ -208,17 +249,19 @@ def pack(lk, recipe=None, *, repack: bool = False, progress: bool = True, ray_ad
         row = pa.Table.from_pylist([{
             "recipe_hash": recipe.hash, "table": table, "recipe_json": json.dumps(recipe.to_dict()),
             "source_version": lk.version, "episodes": all_eps, "packs": prior_packs + packs_n,
-            "samples": prior_samples + samples_n, "fill": fill, "created": datetime.now(timezone.utc)}], PACKINGS)
+            "samples": prior_samples + samples_n, "fill": fill, "created": datetime.now(timezone.utc),
+            **({"mixture_json": json.dumps(lineage)} if lineage else {})}], ps)
         new.update(_tables.append_tables(lk.store, head.tables,
-                                         {"packings": (PACKINGS, _tables.write_rows(lk.store, "packings", row, PACKINGS))}))
+                                         {"packings": (ps, _tables.write_rows(lk.store, "packings", row, ps))}))
         return new
 
     entry = _versions.commit(lk.store, build, f"pack {recipe.name} ({recipe.hash}) from version {lk.version}"
                              + (" (full repack)" if repack and prior else ""),
                              {"recipe_hash": recipe.hash, "packs": packs_n, "samples": samples_n, "fill": round(fill, 5),
-                              "source_version": lk.version})
+                              "source_version": lk.version,
+                              **({"mixture": {m["name"]: m["weight"] for m in lineage["sources"]}} if lineage else {})})
     return PackReport(entry.version, table, recipe.hash, packs_n, samples_n, fill, n_eps, bool(repack and prior),
-                      time.perf_counter() - t0)
+                      time.perf_counter() - t0, lineage)
 
 
 def _features(lk) -> dict:

@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .mixture import Mixture
+
 NORMALIZATIONS = ("mean_std", "quantile", "none")
 
 
@@ -41,6 +43,7 @@ class Recipe:
     episodes_per_group: int = 64  # samples of this many episodes are packed together (bounds memory)
     packer: str = "bfd_refine"  # exact BFD, then a fill-to-budget repair where BFD strands gaps
     seed: int = 0
+    mixture: Mixture | None = None  # sources with weights (see ``packers.mixture``); None = every episode once
     name: str = field(default="default", compare=False)
 
     def __post_init__(self):
@@ -52,6 +55,7 @@ class Recipe:
         fix("image_size", lambda v: tuple(int(x) for x in v))
         fix("observation_deltas", lambda v: tuple(float(x) for x in v))
         fix("action_deltas", lambda v: None if v is None else tuple(float(x) for x in v))
+        fix("mixture", lambda v: None if v is None else Mixture.parse(v))
         h, w = self.image_size
         if self.patch_size <= 0 or h % self.patch_size or w % self.patch_size:
             raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
@@ -71,7 +75,12 @@ class Recipe:
     # --- identity -----------------------------------------------------------------------------------------
 
     def to_dict(self) -> dict:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)}
+        d = {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)}
+        if self.mixture is None:
+            del d["mixture"]  # recipes without one keep the hash they always had
+        else:
+            d["mixture"] = self.mixture.to_dict()
+        return d
 
     @property
     def hash(self) -> str:

@@ -80,6 +80,13 @@ class Samples:
     def lengths(self) -> np.ndarray:
         return self.image.shape[1] + self.text_lens + self.state.shape[1] + self.actions.shape[1]
 
+    def take(self, idx: np.ndarray) -> "Samples":
+        """The samples at ``idx`` (repeats allowed: a mixture's upsampled sources)."""
+        idx = np.asarray(idx, np.int64)
+        return Samples(self.episode[idx], self.frame[idx], self.image[idx], [self.text[i] for i in idx],
+                       self.state[idx], self.state_pad[idx], self.actions[idx], self.action_pad[idx],
+                       None if self.action_bins is None else self.action_bins[idx])
+
     @staticmethod
     def concat(parts: list["Samples"]) -> "Samples":
         cat = np.concatenate

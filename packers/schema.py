@@ -124,3 +124,6 @@ PACKINGS = pa.schema([
     pa.field("fill", pa.float64()),
     pa.field("created", pa.timestamp("us", tz="UTC")),
 ])
+# a mixture's packings row also has this column (the table gains it on the first such row; others read null):
+# the lineage of every source, its lake version, weight and sample counts (``packers.mixture``)
+PACKINGS_MIXTURE = PACKINGS.append(pa.field("mixture_json", pa.string()))

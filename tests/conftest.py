@@ -61,3 +61,74 @@ def copy_source(tmp_path):
         return dst
 
     return copy
+
+
+# --- mixtures (tests/packers/test_mixture.py, tests/loaders/test_stream_mixture.py) ---------------------------------
+
+@pytest.fixture(scope="session")
+def two_sources(tmp_path_factory, ingested):
+    """A lake holding pusht_v3 (source "pusht_v3", 6 episodes) and another PushT run (source "other", 4
+    episodes, seed 1, all in "train") (read-only for tests: copy it before writing)."""
+    import lake
+
+    dst = tmp_path_factory.mktemp("lakes") / "two"
+    shutil.copytree(ingested.uri, dst)
+    lk = lake.open(dst)
+    other = _write(tmp_path_factory, "other", episodes=4, version="v3.0", min_len=12, max_len=30,
+                   episodes_per_file=2, seed=1)
+    rep = lk.ingest(other, source_name="other", split_ratios={"train": 1.0}, progress=False)
+    assert rep.episodes_added == 4 and not rep.quarantined, rep
+    return lk
+
+
+def make_groot_source(root, like):
+    """A GR00T-style copy of LeRobot v3.0 folder ``like`` under ``root``: robot "gr1_sim", 4-d state (x, y and
+    their halves), 3-d action (x, y, gripper), and a meta/modality.json naming the slices."""
+    import json
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shutil.copytree(like, root)
+    for f in sorted(root.glob("data/**/*.parquet")):
+        t = pq.read_table(f).replace_schema_metadata(None)
+        s = t["observation.state"].combine_chunks().flatten().to_numpy().reshape(-1, 2)
+        a = t["action"].combine_chunks().flatten().to_numpy().reshape(-1, 2)
+        s4 = np.concatenate([s, s / 2], axis=1).astype(np.float32)
+        a3 = np.concatenate([a, (np.arange(len(a)) % 2)[:, None]], axis=1).astype(np.float32)
+        t = t.set_column(t.schema.get_field_index("observation.state"), "observation.state",
+                         pa.FixedSizeListArray.from_arrays(pa.array(s4.ravel()), 4))
+        t = t.set_column(t.schema.get_field_index("action"), "action",
+                         pa.FixedSizeListArray.from_arrays(pa.array(a3.ravel()), 3))
+        pq.write_table(t, f)
+    info = json.loads((root / "meta" / "info.json").read_text())
+    info["robot_type"] = "gr1_sim"
+    info["features"]["observation.state"].update(shape=[4], names=["x", "y", "hx", "hy"])
+    info["features"]["action"].update(shape=[3], names=["x", "y", "gripper"])
+    (root / "meta" / "info.json").write_text(json.dumps(info, indent=4))
+    (root / "meta" / "modality.json").write_text(json.dumps({
+        "state": {"xy": {"start": 0, "end": 2}, "xy_half": {"start": 2, "end": 4}},
+        "action": {"xy": {"start": 0, "end": 2}, "gripper": {"start": 2, "end": 3}},
+        "video": {"top": {"original_key": "observation.images.top"},
+                  "wrist": {"original_key": "observation.images.wrist"}},
+        "annotation": {"human.task_description": {"original_key": "task_index"}}}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def two_robots(tmp_path_factory, ingested):
+    """A lake holding pusht_v3 (robot "pusht", 2-d state/action, no modality.json) and "groot": a GR00T-style
+    source (robot "gr1_sim", 4-d state, 3-d action, modality.json), 3 episodes, all in "train" (copy before
+    writing)."""
+    import lake
+
+    dst = tmp_path_factory.mktemp("lakes") / "robots"
+    shutil.copytree(ingested.uri, dst)
+    lk = lake.open(dst)
+    base = _write(tmp_path_factory, "groot_base", episodes=3, version="v3.0", min_len=12, max_len=30,
+                  episodes_per_file=2, seed=2)
+    src = make_groot_source(tmp_path_factory.mktemp("src") / "groot", base)
+    rep = lk.ingest(src, source_name="groot", split_ratios={"train": 1.0}, progress=False)
+    assert rep.episodes_added == 3 and not rep.quarantined, rep
+    return lk

@@ -134,6 +134,8 @@ def train(cfg: SFTConfig, progress: bool = True) -> dict:
     it = iter(loader)
     bar = tqdm(total=cfg.steps, initial=state["step"], desc="sft", disable=not progress or rank != 0)
     t0, tokens = time.perf_counter(), 0
+    embodiment_of = _embodiments(lk, loader.source.layout)  # episode -> robot type, for a mixture of robots
+    by_embodiment: dict[str, list[float]] = state.setdefault("losses_by_embodiment", {})
     while state["step"] < cfg.steps:
         try:
             batch = next(it)
@@ -144,7 +146,11 @@ def train(cfg: SFTConfig, progress: bool = True) -> dict:
             continue
         for g in opt.param_groups:
             g["lr"] = _lr(state["step"], cfg)
-        loss = model(batch)
+        if embodiment_of:
+            loss, each = model(batch, per_sample=True)
+            _report(by_embodiment, embodiment_of, batch.origin, each)
+        else:
+            loss = model(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -164,7 +170,25 @@ def train(cfg: SFTConfig, progress: bool = True) -> dict:
     else:
         path = None
     return {"losses": state["losses"], "checkpoint": path, "lineage": dataclasses.asdict(lineage),
-            "tokens_per_s": tokens / max(1e-9, time.perf_counter() - t0)}
+            "tokens_per_s": tokens / max(1e-9, time.perf_counter() - t0),
+            "losses_by_embodiment": {k: list(v) for k, v in by_embodiment.items()}}
+
+
+def _embodiments(lk, layout: dict) -> dict[str, str]:
+    """episode id -> robot type when the packed table mixes embodiments (``packers._embodiments``), else {}."""
+    if len(layout.get("embodiments") or {}) < 2:
+        return {}
+    t = lk.episodes(columns=["episode_id", "robot_type"])
+    return dict(zip(t["episode_id"].to_pylist(), (r or "unknown" for r in t["robot_type"].to_pylist())))
+
+
+def _report(by: dict[str, list[float]], embodiment_of: dict[str, str], origin, each) -> None:
+    """Append this step's mean sample loss of each embodiment present in the batch."""
+    sums: dict[str, list[float]] = {}
+    for (eid, _), v in zip(origin, each.tolist()):
+        sums.setdefault(embodiment_of.get(eid, "unknown"), []).append(v)
+    for k, vs in sums.items():
+        by.setdefault(k, []).append(sum(vs) / len(vs))
 
 
 def _plot(losses: list[float], out: Path) -> None:

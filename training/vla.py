@@ -65,11 +65,12 @@ class VLA(nn.Module):
         _, out = self.backbone.forward_packed(prefix, cu_prefix, suffix, backend=backend)
         return self.action_out[self.embodiment](out)
 
-    def forward(self, batch, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The training loss (forward goes through ``__call__`` so DDP can sync gradients)."""
-        return self.loss(batch, generator)
+    def forward(self, batch, generator: torch.Generator | None = None, per_sample: bool = False):
+        """The training loss (forward goes through ``__call__`` so DDP can sync gradients); ``per_sample``: also
+        each sample's loss, detached (n,), for reporting per embodiment."""
+        return self.loss(batch, generator, per_sample)
 
-    def loss(self, batch, generator: torch.Generator | None = None) -> torch.Tensor:
+    def loss(self, batch, generator: torch.Generator | None = None, per_sample: bool = False):
         """Flow-matching MSE over real (non-pad) action tokens: the per-token mean over the pack."""
         n = batch.cu_seqlens.numel() - 1
         actions = batch.actions.float().view(n, self.horizon, -1)
@@ -81,7 +82,11 @@ class VLA(nn.Module):
         tt = t[:, None, None]
         pred = self.velocity(prefix, cu, tt * noise + (1 - tt) * actions, t)
         err = (pred - (noise - actions)).pow(2) * weight
-        return err.sum() / (weight.sum() * actions.shape[-1]).clamp_min(1)
+        loss = err.sum() / (weight.sum() * actions.shape[-1]).clamp_min(1)
+        if not per_sample:
+            return loss
+        each = err.detach().sum((1, 2)) / (weight.sum((1, 2)) * actions.shape[-1]).clamp_min(1)
+        return loss, each
 
     # --- acting (training.checkpoint.Policy) ------------------------------------------------------------
 

@@ -14,7 +14,7 @@ CHANGES = {
     "action_features": ("other",), "pad": "zero", "tokenizer": "tok.json", "max_text_tokens": 9,
     "normalization": "quantile", "action_bins": 256, "token_budget": 4096, "max_samples_per_pack": 7,
     "too_long": "truncate", "frame_stride": 2, "episodes_per_group": 3, "packer": "bfd", "seed": 1,
-    "image_encoder": "frozen", "encoder": "patch_embed",
+    "image_encoder": "frozen", "encoder": "patch_embed", "mixture": {"a": 1.0, "b": 3.0},
 }
 
 
