@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv bench bench-gpu bench-peers clean
+.PHONY: demo test venv sims bench bench-gpu bench-peers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +21,19 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Real 3-D simulators (Meta-World, LIBERO) and the headless GL libraries MuJoCo renders with (EGL, OSMesa
+# fallback). Idempotent: apt runs only when a library is missing, pip only when the stamp is older than pyproject.
+SIMS_DEBS := libegl1 libgl1 libegl-mesa0 libosmesa6
+SIMS_STAMP := $(VENV)/.sims-installed
+
+$(SIMS_STAMP): $(STAMP) pyproject.toml
+	dpkg -s $(SIMS_DEBS) >/dev/null 2>&1 || { apt-get update -q && \
+	  apt-get install -y -q --no-install-recommends $(SIMS_DEBS); }
+	$(BIN)/python -m pip install -q -e '.[test,sims]'
+	touch $(SIMS_STAMP)
+
+sims: $(SIMS_STAMP)
 
 # Every speed claim, against its baseline, recorded into benchmarks/RESULTS.md (run on an idle machine).
 bench: $(STAMP)
