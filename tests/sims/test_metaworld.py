@@ -75,3 +75,22 @@ def test_scripted_expert_reaches_at_least_80_percent_on_reach_in_lake_eval(tmp_p
     assert sum(bool(e["success"]) for e in eps) == round(row["success_rate"] * 6)
     # successful episodes end on success (terminated), well before Meta-World's 500-step limit
     assert all(e["length"] < 500 for e in eps if e["success"])
+
+
+def test_vector_env_as_rl_workers_use_it_resets_only_the_masked_envs_with_their_seeds():
+    from training.rl.envs import make_env, make_vector_env
+
+    vec = make_vector_env("metaworld/reach-v3", 2, max_episode_steps=3)
+    single = make_env("metaworld/reach-v3")
+    try:
+        obs, _ = vec.reset(seed=[1, 2])
+        np.testing.assert_array_equal(obs[1], single.reset(seed=2)[0])
+        for _ in range(3):
+            obs, reward, term, trunc, info = vec.step(np.zeros((2, 4), np.float32))
+        assert trunc.all() and not term.any() and info["is_success"].tolist() == [False, False]
+        fresh, _ = vec.reset(seed=[3, None], options={"reset_mask": np.array([True, False])})
+        np.testing.assert_array_equal(fresh[0], single.reset(seed=3)[0])
+        np.testing.assert_array_equal(fresh[1], obs[1])  # the unmasked env kept its state
+    finally:
+        vec.close()
+        single.close()
