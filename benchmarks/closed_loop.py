@@ -52,7 +52,7 @@ def main() -> None:
     import lake
     from training.evaluate import evaluate
     from training.sft import SFTConfig, train
-    from training.sims.demos import record_expert_demos
+    from training.sims.demos import DemoReport, record_expert_demos
     from training.sims.experts import save_expert
 
     torch.set_num_threads(2)
@@ -60,7 +60,18 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="closed_loop_"))
     uri = str(work / "lake")
     print(f"[{time.perf_counter() - t0:.0f} s] demos ...", flush=True)
-    demo = record_expert_demos(uri, args.env, out=work / "demos", episodes=args.demos, noise=args.noise, seed=0)
+    if (work / "demos" / "meta" / "info.json").exists():  # a rerun in the same workdir reuses its demos
+        import dataclasses
+        import json
+
+        info = json.loads((work / "demos" / "meta" / "info.json").read_text())
+        lk = lake.open(uri, create=True)
+        ing = lk.ingest(str(work / "demos"), split_ratios={"train": 1.0}, message=f"expert demos: {args.env}")
+        demo = DemoReport(str(work / "demos"), args.env, args.demos, info["total_episodes"], info["total_frames"],
+                          float("nan"), args.noise, 0)
+        demo = dataclasses.replace(demo, ingest=ing)
+    else:
+        demo = record_expert_demos(uri, args.env, out=work / "demos", episodes=args.demos, noise=args.noise, seed=0)
     lk = lake.open(uri)
     print(f"[{time.perf_counter() - t0:.0f} s] pack ...", flush=True)
     packed = lk.pack()
