@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv browser bench bench-gpu bench-peers test-lerobot-env clean
+.PHONY: demo test venv browser sims bench bench-gpu bench-peers test-lerobot-env clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,19 @@ browser:
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then echo "chromium and chromedriver present"; \
 	else SUDO=$$([ "$$(id -u)" -ne 0 ] && command -v sudo >/dev/null && echo sudo); \
 	$$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; fi
+
+# Real 3-D simulators (Meta-World, LIBERO) and the headless GL libraries MuJoCo renders with (EGL, OSMesa
+# fallback). Idempotent: apt runs only when a library is missing, pip only when the stamp is older than pyproject.
+SIMS_DEBS := libegl1 libgl1 libegl-mesa0 libosmesa6
+SIMS_STAMP := $(VENV)/.sims-installed
+
+$(SIMS_STAMP): $(STAMP) pyproject.toml
+	dpkg -s $(SIMS_DEBS) >/dev/null 2>&1 || { apt-get update -q && \
+	  apt-get install -y -q --no-install-recommends $(SIMS_DEBS); }
+	$(BIN)/python -m pip install -q -e '.[test,sims]'
+	touch $(SIMS_STAMP)
+
+sims: $(SIMS_STAMP)
 
 # Every speed claim, against its baseline, recorded into benchmarks/RESULTS.md (run on an idle machine).
 bench: $(STAMP)

@@ -34,6 +34,10 @@ class EnvFamily:
     camera: str = "observation.image"  # feature name of the camera (recorded video, image policies)
     robot_type: str = "unknown"
     make_kwargs: Callable[[bool], dict] = lambda image: {}
+    # simulators outside Gymnasium's registry (training.sims): make(env_id, image=, max_episode_steps=,
+    # render=, **kwargs) -> env, and describe(env_id) -> the task text (then default_task is per id)
+    make: Callable[..., object] | None = None
+    describe: Callable[[str], str] | None = None
 
 
 def _pusht_kwargs(image: bool) -> dict:
@@ -48,7 +52,39 @@ PUSHT = EnvFamily("pusht", "push the T into the target",
                   _pusht_kwargs)
 GENERIC = EnvFamily("gymnasium", "")
 
-FAMILIES: dict[str, EnvFamily] = {"gym_pusht/": PUSHT}
+
+def _metaworld(env_id: str, **kw):
+    from training.sims import metaworld
+
+    return metaworld.make(env_id, **kw)
+
+
+def _metaworld_task(env_id: str) -> str:
+    from training.sims import metaworld
+
+    return metaworld.describe(env_id)
+
+
+def _libero(env_id: str, **kw):
+    from training.sims import libero
+
+    return libero.make(env_id, **kw)
+
+
+def _libero_task(env_id: str) -> str:
+    from training.sims import libero
+
+    return libero.describe(env_id)
+
+
+# 3-D simulators (the ``sims`` extra): ids metaworld/push-v3, libero/libero_object/3
+METAWORLD = EnvFamily("metaworld", "", {"agent_pos": "observation.state", "pixels": "observation.images.corner2"},
+                      "observation.images.corner2", "sawyer", make=_metaworld, describe=_metaworld_task)
+LIBERO = EnvFamily("libero", "", {"agent_pos": "observation.state", "agentview": "observation.images.agentview",
+                                  "wrist": "observation.images.wrist"},
+                   "observation.images.agentview", "panda", make=_libero, describe=_libero_task)
+
+FAMILIES: dict[str, EnvFamily] = {"gym_pusht/": PUSHT, "metaworld/": METAWORLD, "libero/": LIBERO}
 
 
 def _register_gym_pusht() -> None:
@@ -77,10 +113,13 @@ def register_env_namespace(namespace: str, register: Callable[[], None]) -> None
 
 
 def get_family(env_id: str) -> EnvFamily:
-    """The family whose prefix ``env_id`` starts with; the generic family otherwise."""
+    """The family whose prefix ``env_id`` starts with (its ``default_task`` that id's task text when the family
+    describes its ids); the generic family otherwise."""
+    from dataclasses import replace
+
     for prefix, fam in FAMILIES.items():
         if env_id.startswith(prefix):
-            return fam
+            return replace(fam, default_task=fam.describe(env_id)) if fam.describe else fam
     return GENERIC
 
 
@@ -92,13 +131,15 @@ def make_env(env_id: str, *, image: bool = False, max_episode_steps: int | None 
     if not isinstance(env_id, str) or ":" in env_id:
         raise ValueError(f"env id {env_id!r}: 'module:Env' ids are refused (an id never names code to import); "
                          f"register the namespace with training.rl.register_env_namespace")
+    fam = get_family(env_id)
+    if fam.make is not None:
+        return fam.make(env_id, image=image, max_episode_steps=max_episode_steps, render=render, **(kwargs or {}))
     ns = env_id.split("/")[0] if "/" in env_id else None
     if ns in ENV_NAMESPACES:  # namespaced ids register on import (gym_pusht/PushT-v0 needs ``import gym_pusht``)
         try:
             ENV_NAMESPACES[ns]()
         except ImportError as e:
             raise ValueError(f"env {env_id!r}: its package is not installed ({e})") from None
-    fam = get_family(env_id)
     kw = {**fam.make_kwargs(image), **(kwargs or {})}
     if render:
         kw.setdefault("render_mode", "rgb_array")

@@ -1,0 +1,80 @@
+"""Headless rendering and the simulators' own folders, set before MuJoCo or LIBERO is imported.
+
+MuJoCo reads ``MUJOCO_GL`` once, at import: ``egl`` (the default here; EGL falls back to Mesa's software
+renderer on a machine without a GPU) or ``osmesa`` when no EGL library is installed. Mesa writes a shader cache
+and LIBERO reads a path config; both are pointed at writable folders under the user cache so nothing prompts
+or fails on a read-only home. A variable the user already set is kept.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import os
+from pathlib import Path
+
+DEBIAN_PACKAGES = "libegl1 libgl1 libegl-mesa0 libosmesa6"
+_HINT = f"install the Debian packages {DEBIAN_PACKAGES} (or run `make sims`)"
+
+
+class SimulatorUnavailable(ImportError):
+    """A simulator or a system library it needs is missing; the message says what to install."""
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "episode-lake"
+
+
+def _has_lib(name: str) -> bool:
+    return ctypes.util.find_library(name) is not None
+
+
+def configure_rendering() -> str:
+    """Set ``MUJOCO_GL`` / ``PYOPENGL_PLATFORM`` / ``MESA_SHADER_CACHE_DIR`` (unless set); returns the GL
+    backend. Raises SimulatorUnavailable naming the Debian packages when neither EGL nor OSMesa is there."""
+    backend = os.environ.get("MUJOCO_GL")
+    if backend is None:
+        backend = "egl" if _has_lib("EGL") and _has_lib("GL") else "osmesa" if _has_lib("OSMesa") else None
+        if backend is None:
+            raise SimulatorUnavailable(f"no headless GL library (libEGL or libOSMesa) found: {_HINT}")
+        os.environ["MUJOCO_GL"] = backend
+    elif backend in ("egl", "osmesa") and not _has_lib("EGL" if backend == "egl" else "OSMesa"):
+        raise SimulatorUnavailable(f"MUJOCO_GL={backend} but lib{'EGL' if backend == 'egl' else 'OSMesa'} is "
+                                   f"missing: {_HINT}")
+    if backend in ("egl", "osmesa"):
+        os.environ.setdefault("PYOPENGL_PLATFORM", backend)
+    shader = cache_dir() / "mesa_shader_cache"
+    shader.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MESA_SHADER_CACHE_DIR", str(shader))
+    return backend
+
+
+def configure_libero() -> Path:
+    """Point ``LIBERO_CONFIG_PATH`` at a writable folder (LIBERO reads an optional config.yaml there and
+    would otherwise look in ~/.config); the packaged assets need no download."""
+    path = Path(os.environ.get("LIBERO_CONFIG_PATH") or cache_dir() / "libero")
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["LIBERO_CONFIG_PATH"] = str(path)
+    return path
+
+
+def require(module: str, what: str):
+    """``import module`` after the rendering setup; SimulatorUnavailable with the install line if absent."""
+    import importlib
+
+    configure_rendering()
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        if getattr(e, "name", None) and e.name.split(".")[0] == module.split(".")[0]:
+            raise SimulatorUnavailable(f"{what} is not installed: pip install -e '.[sims]' (or `make sims`)") from None
+        if "lib" in str(e) and ".so" in str(e):  # a shared library the GL bindings load
+            raise SimulatorUnavailable(f"{what}: {e}; {_HINT}") from None
+        raise
+
+
+def available(module: str) -> bool:
+    """Whether ``module`` can be found (without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
