@@ -97,8 +97,10 @@ def main(argv=None) -> int:
         "measured side by side.  ",
         f"Lake: {n:,} episodes (3 frames each, 7 tasks, train/val). Medians of {args.repeats}. "
         f"Peak RSS of the process (page + peer): {rss:,.0f} MiB.", "",
-        "Page = `GET /episodes?...&limit=50` through the app (Lance `count_rows(filter)` + `to_table(filter, order_by, "
-        "offset, limit)` + the Jinja template). Peer = `lk.episodes(filter)` of every column, sorted and sliced in Arrow.", "",
+        "Page = `GET /episodes?...&limit=50` through the app: Lance scans the sort key, episode_id and row id of the "
+        "matches (filter pushed down), Arrow orders them, `_take_rows` reads the page's 50 rows, Jinja renders. "
+        "Peer = `lk.episodes(filter)` of every column, sorted and sliced in Arrow (a page that materialises "
+        "everything). Both grow with the number of matches; the page reads 2-3 narrow columns of them.", "",
         "| page | page ms | peer ms | peer / page |", "|---|---:|---:|---:|", *table, ""])
     print(text)
     if args.record:

@@ -42,6 +42,13 @@ def make_app(lk):
     env.filters["bytes"] = _human_bytes
     sizes = q.Sizes(lk)
     clips: OrderedDict = OrderedDict()  # (version, episode, camera) -> Clip: the player's range requests reuse it
+    choices: dict = {}  # (what, version) -> splits / robot types: a pinned version never changes, scan it once
+
+    def choice(what: str, view) -> list[str]:
+        key = (what, view.version)
+        if key not in choices:
+            choices[key] = (q.splits if what == "split" else q.robot_types)(view)
+        return choices[key]
 
     def page(name: str, status: int = 200, **ctx) -> HTMLResponse:
         return HTMLResponse(env.get_template(name).render(**ctx), status_code=status)
@@ -101,7 +108,7 @@ def make_app(lk):
                                     ("limit", str(limit)), ("at", request.query_params.get("at"))) if v}
         return page("episodes.html", rows=rows.to_pylist(), columns=rows.column_names, total=total, offset=offset,
                     limit=limit, filter=filt or "", split=split or "", sort=sort, desc=desc, params=params,
-                    sortable=q.SORTABLE, splits=q.splits(view), view_version=view.version, title="Episodes")
+                    sortable=q.SORTABLE, splits=choice("split", view), view_version=view.version, title="Episodes")
 
     async def episode_page(request: Request):
         view = at(request)
@@ -154,8 +161,8 @@ def make_app(lk):
             if v is not None:
                 q.check_id(v, what)
         st = q.stats(view, split, robot)
-        return page("stats.html", st=st, split=split or "", robot=robot or "", splits=q.splits(view),
-                    robots=q.robot_types(view), title="Stats")
+        return page("stats.html", st=st, split=split or "", robot=robot or "", splits=choice("split", view),
+                    robots=choice("robot", view), title="Stats")
 
     async def packs_page(request: Request):
         return page("packs.html", rows=lin.packings(lk), title="Packs")
