@@ -57,6 +57,17 @@ def main() -> None:
 
     torch.set_num_threads(2)
     t0, load0 = time.perf_counter(), "/".join(f"{x:.1f}" for x in os.getloadavg())
+    from lake._ray import ensure_ray
+
+    for attempt in range(3):  # Ray waits 30 s for its raylet: too short on a busy 2-core machine
+        try:
+            ensure_ray()
+            break
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for this
+            import ray
+
+            ray.shutdown()
+            print(f"Ray start-up failed ({e}); retrying", flush=True)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="closed_loop_"))
     uri = str(work / "lake")
     print(f"[{time.perf_counter() - t0:.0f} s] demos ...", flush=True)
