@@ -111,14 +111,16 @@ class DecodeError(EpisodeError):
         self.pts = pts
 
 
-def decode(seg: Segment, fmt: str | None = "rgb24", strict: bool = True, _threads: bool = True):
+def decode(seg: Segment, fmt: str | None = "rgb24", strict: bool = True):
     """Decode a segment; returns (frames in presentation order, their pts). ``fmt=None`` keeps av.VideoFrame.
 
     ``strict`` (ingest, ``lake verify --deep``): FFmpeg's error detection is on (``err_detect=explode``: a
     damaged packet fails instead of being concealed) and a frame the decoder flags as corrupt (concealed
     errors: ``AVFrame.decode_error_flags``) or a packet that yields no frame is an error too. Errors raise
-    DecodeError with the first bad frame's pts (located by a single-threaded re-decode, since frame threads
-    report errors late); without ``strict`` only errors the decoder itself raises do.
+    DecodeError with the first bad frame's pts. Strict decoding runs on one thread: FFmpeg's frame threads
+    report errors late, and they log them through PyAV's callback, which needs the GIL while freeing the context
+    holds it (a hang seen on damaged h264). Ingest's parallelism is Ray tasks anyway. Without ``strict`` only
+    errors the decoder itself raises do.
     """
     import av
 
@@ -127,10 +129,10 @@ def decode(seg: Segment, fmt: str | None = "rgb24", strict: bool = True, _thread
         ctx.extradata = seg.extradata
     if strict:
         ctx.options = {"err_detect": "explode"}
-    if _threads:
-        ctx.thread_type = "AUTO"
-    else:  # errors surface at the packet that holds them (dav1d's frame delay follows its thread count too)
+    if strict:  # errors surface at the packet that holds them (dav1d's frame delay follows its thread count too)
         ctx.thread_count = 1
+    else:
+        ctx.thread_type = "AUTO"
     out, pts = [], []
 
     def take(frames):
@@ -152,8 +154,6 @@ def decode(seg: Segment, fmt: str | None = "rgb24", strict: bool = True, _thread
             take(ctx.decode(pkt))
         take(ctx.decode(None))
     except (av.error.FFmpegError, DecodeError) as e:
-        if strict and _threads:  # name the first bad frame exactly
-            decode(seg, None, strict=True, _threads=False)
         if isinstance(e, DecodeError):
             raise
         at = int(seg.pts[i]) if len(seg.pts) else 0
