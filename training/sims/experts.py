@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from . import metaworld as _mw
+from ..factories import register_factory
 from ._setup import require
 
 STATE = "observation.state"
@@ -61,13 +62,8 @@ def build_expert(env_id: str, noise: float = 0.0, seed: int = 0) -> ScriptedExpe
     return ScriptedExpert(env_id, noise=noise, seed=seed)
 
 
-FACTORY = "metaworld_expert"
-try:  # checkpoints name factories by registered name where the registry exists
-    from training.factories import register_factory
-except ImportError:  # before it: a module:function path
-    FACTORY = "training.sims.experts:build_expert"
-else:
-    register_factory(FACTORY, build_expert)
+FACTORY = "metaworld_expert"  # checkpoints name it; ``import training`` registers it (no simulator loads)
+register_factory(FACTORY, build_expert)
 
 
 def save_expert(path, env_id: str, *, noise: float = 0.0, seed: int = 0) -> str:
