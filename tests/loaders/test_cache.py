@@ -167,11 +167,14 @@ def _origins(batches) -> Counter:
     return Counter(o for b in batches for o in b.origin)
 
 
-@pytest.mark.parametrize("first,then", [(4, 3), (3, 5)])
-def test_exactly_once_over_ranks_through_resize_with_a_partially_evicted_cache(packed, tmp_path, first, then):
+@pytest.mark.parametrize("first,then,shuffle,partition", [(4, 3, "random", "balanced"),
+                                                           (3, 5, "windows:8", "nodes:2")])
+def test_exactly_once_over_ranks_through_resize_with_a_partially_evicted_cache(packed, tmp_path, first, then, shuffle,
+                                                                               partition):
     lk, _ = packed
     everything = _origins(lk.stream("train", shuffle="none"))
-    kw = dict(seed=9, batch_packs=1, cache_dir=tmp_path, shard_packs=2, cache_window=1)
+    kw = dict(seed=9, batch_packs=1, cache_dir=tmp_path, shard_packs=2, cache_window=1, shuffle=shuffle,
+              partition=partition)
     probe = lk.stream("train", **kw)
     probe.cache.ensure(0)
     shard = probe.cache.path(0).stat().st_size
