@@ -151,6 +151,27 @@ def measure_levels(levels: list[int]) -> list[dict]:
     return out
 
 
+def mixing(n: int, n_ranks: int, batch_packs: int, orders: list[tuple[str, str]], group: int = 16) -> list[dict]:
+    """How far apart in the table the packs of a batch are: distinct groups of ``group`` consecutive packs per
+    batch (mean over all ranks' batches, epoch 0; ``batch_packs`` = perfect), from the plans alone. A packed
+    table written episode by episode has neighbouring packs from the same episodes, so this bounds mixing when
+    the packer did not shuffle across the whole split."""
+    from loaders.partition import batches_of
+    from loaders.shuffle import get_shuffle
+
+    tokens = np.random.default_rng(0).integers(700, 1025, n)
+    out = []
+    for shuffle, partition in orders:
+        order = get_shuffle(shuffle)(n, 0, 0)
+        t = time.perf_counter()
+        plans = [batches_of(order, tokens[order], World(r, n_ranks), batch_packs, partition) for r in range(n_ranks)]
+        plan_s = time.perf_counter() - t
+        counts = [len(set((b // group).tolist())) for bs in plans for b in bs]
+        out.append({"shuffle": shuffle, "partition": partition, "groups_per_batch": float(np.mean(counts)),
+                    "plan_s": plan_s})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ranks", type=int, nargs="+", default=[8, 64, 256, 1024])
@@ -160,7 +181,21 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=64, help="windows:K shuffle window, packs")
     ap.add_argument("--limit-shards", type=int, default=32, help="per-node cache limit, in shards")
     ap.add_argument("--levels", action="store_true")
+    ap.add_argument("--mixing", action="store_true")
     args = ap.parse_args()
+
+    if args.mixing:
+        orders = [("none", "balanced"), ("random", "balanced"), ("blocks:64", "balanced"),
+                  ("windows:64", f"nodes:{NODE}"), ("windows:256", f"nodes:{NODE}"), ("windows:1024", f"nodes:{NODE}"),
+                  ("random", f"nodes:{NODE}")]
+        for n_ranks in (8, 64):
+            rows = mixing(4096, n_ranks, 4, orders)
+            print(f"\n{n_ranks} ranks, batch_packs=4, 4096 packs: distinct 16-pack table neighbourhoods per batch "
+                  "(4 = every pack from elsewhere)\n| shuffle | partition | neighbourhoods / batch | plan s (all ranks) |"
+                  "\n|---|---|---:|---:|")
+            for r in rows:
+                print(f"| {r['shuffle']} | {r['partition']} | {r['groups_per_batch']:.2f} | {r['plan_s']:.2f} |")
+        return
 
     if args.levels:
         rows = measure_levels([0, 1, 3, 6, 12])
