@@ -20,8 +20,9 @@ import pyarrow as pa
 
 MAGIC = b"LKSHARD1"
 _FOOTER = 8 * 2 + len(MAGIC)
-LEVEL = 1  # zstd level chosen by measurement (benchmarks/RESULTS.md, "Node shard cache"): 3+ costs 2-4x the
-#            time for a few % of size on packed tables (image patches are the bulk and barely compress)
+LEVEL = 3  # zstd level chosen by measurement (benchmarks/RESULTS.md, "Node shard cache"), PushT packs: level 1
+#            0.136 of the Arrow bytes at 289 MB/s, 3: 0.129 at 234 MB/s, 6: 0.122 at 87 MB/s; reads ~1 GB/s at
+#            every level. 3 writes far faster than a node downloads; 6+ would make writing the bottleneck.
 
 
 class TornShard(RuntimeError):
