@@ -195,3 +195,11 @@ def test_exactly_once_over_ranks_through_resize_with_a_partially_evicted_cache(p
         loader.load_state_dict(state)
         seen += _origins(loader)
     assert seen == everything
+
+
+def test_spawned_workers_read_through_the_node_cache(packed, tmp_path):
+    lk, _ = packed
+    want = list(lk.stream("train", batch_packs=2, seed=5))
+    _same(list(lk.stream("train", batch_packs=2, seed=5, num_workers=2, cache_dir=tmp_path, shard_packs=3,
+                         cache_limit="50MB")), want)
+    assert _shards(tmp_path) and not list(tmp_path.rglob("*.tmp"))
