@@ -21,8 +21,9 @@ Reading (``reads``): a batch's rows are asked for in table order; consecutive ba
 the table are read with one lazy Lance scan restricted to their rows, the others with one take each; up to
 ``prefetch`` batches are read ahead on threads and retried on transient I/O errors. Every batch is a
 ``PackedBatch`` of views over the Arrow buffers Lance returned. Memory is bounded by the read-ahead,
-whatever the table's size. With ``cache_dir`` the packs come from a local copy of the split instead
-(``cache``): a few file reads and one concatenation per batch, in any order.
+whatever the table's size. With ``cache_dir`` the packs come from a per-node shard cache instead
+(``cache``): each process fetches the shards its plan reads, ahead of use, shared by the node, bounded by
+``cache_limit``; a batch is a few file reads and one concatenation, in any order.
 """
 
 from __future__ import annotations
@@ -123,7 +124,8 @@ class Loader(IterableDataset):
     def __init__(self, source: PackedSource, split: str, *, batch_packs: int = 1, shuffle: str = "random",
                  seed: int = 0, epoch: int = 0, world: World = World(), num_workers: int = 0, prefetch: int = 2,
                  pin_memory: bool = False, device=None, partition: str = "balanced", cache_dir=None,
-                 progress: bool = True, persistent_workers: bool = True, multiprocessing_context=None):
+                 progress: bool = True, persistent_workers: bool = True, multiprocessing_context=None,
+                 cache_limit=None, shard_packs: int = 16, cache_window: int = 4):
         if batch_packs < 1:
             raise ValueError(f"batch_packs must be >= 1, got {batch_packs}")
         if num_workers < 0 or prefetch < 0:
@@ -151,13 +153,12 @@ class Loader(IterableDataset):
                              f"(splits: {sorted(set(splits.tolist()))})")
         self.tokens = np.asarray(meta["n_tokens"].to_numpy())[self.rows].astype(np.int64)
         self.columns = [n for n in ds.schema.names if n not in _SKIP]
-        self.cache = None  # a CacheReader when reading from a local copy of the split (see ``cache``)
+        self.cache = None  # a NodeCache when reading through a per-node shard cache (see ``cache``)
         if cache_dir is not None:
-            path = _cache.cache_file(cache_dir, source.table_uri, source.lance_version, split, self.columns)
-            _cache.build(ds, path, _split_filter(split), self.columns, len(self.rows),
-                         f"split {split!r} of {source.table}", source.backoff, progress)
-            self.cache = _cache.CacheReader(path, len(self.rows))
-
+            key = _cache.cache_key(source.table_uri, source.lance_version, split, self.columns, shard_packs)
+            self.cache = _cache.NodeCache(cache_dir, key, len(self.rows), shard_packs,
+                                          _cache.ShardSource(source, self.rows, self.columns, shard_packs),
+                                          limit=cache_limit, window=cache_window)
     # --- order ------------------------------------------------------------------------------------------------
 
     @property
@@ -261,8 +262,7 @@ class Loader(IterableDataset):
         its first batch read on a side thread: a scan's first batch takes ~4x a later one (Lance fills its
         pipeline), which would otherwise stall every run's start."""
         if self.cache is not None:  # any batch is a few file reads: no runs, no Lance
-            for packs in batches:
-                yield lambda packs=packs: self._batch(self.cache.read(packs), pin)
+            yield from self.cache.units(batches, lambda table: self._batch(table, pin))
             return
         if _forks.lance_forbidden():  # forked from a process that used Lance: its helper process reads
             src, helper = self.source, _forks.helper()
@@ -322,8 +322,9 @@ class Loader(IterableDataset):
         self.shared.finished(info.id, info.num_workers, pub["generation"], pub["done"] + 1)
 
     def _context(self):
-        """Start method of this loader's own workers: fork when they read a local copy (no Lance in them, no
-        imports: ~0.1 s), else forkserver (forked from a clean server that has imported torch and the loaders,
+        """Start method of this loader's own workers: fork when they read through the shard cache (no imports:
+        ~0.1 s; shards on disk need no Lance, one still to fetch goes through the worker's Lance helper), else
+        forkserver (forked from a clean server that has imported torch and the loaders,
         never used Lance: Lance opens fresh in each worker)."""
         import multiprocessing as mp
 
@@ -373,7 +374,8 @@ def stream(lk, split: str, recipe=None, version=None, batch_packs: int = 1, shuf
            seed: int = 0, epoch: int = 0, rank: int | None = None, world_size: int | None = None,
            num_workers: int = 0, prefetch: int = 2, pin_memory: bool = False, device=None,
            partition: str = "balanced", read_bytes: int | None = None, cache_dir=None, progress: bool = True,
-           persistent_workers: bool = True, multiprocessing_context=None) -> Loader:
+           persistent_workers: bool = True, multiprocessing_context=None, cache_limit=None, shard_packs: int = 16,
+           cache_window: int = 4) -> Loader:
     """Stream ``split`` of the packed table of ``recipe`` (None = newest) at lake ``version`` (number or tag;
     None = ``lk``'s) as ``PackedBatch`` es of ``batch_packs`` packs.
 
@@ -384,9 +386,10 @@ def stream(lk, split: str, recipe=None, version=None, batch_packs: int = 1, shuf
     ``multiprocessing_context`` (default: fork with ``cache_dir``, else forkserver; any start method gives the
     same stream); ``prefetch`` bounds the batches read ahead (per worker). ``pin_memory`` / ``device`` put
     batches in page-locked memory / on a device (one copy each).
-    ``cache_dir``: read the split from a local copy written there on first use (``loaders.cache``: fast for any
-    shuffle, no download per epoch from ``s3://``; batches are then one concatenation, not views of Lance's
-    buffers); ``progress`` shows writing it.
+    ``cache_dir``: read through a per-node shard cache there (``loaders.cache``: shards of ``shard_packs`` packs,
+    zstd, fetched ``cache_window`` shards ahead of use, once per node, least recently used evicted past
+    ``cache_limit`` bytes, e.g. "20GB"; fast for any shuffle; batches are then one concatenation, not views of
+    Lance's buffers). ``progress`` is kept for old callers.
     ``read_bytes`` is accepted for old callers and ignored (with a DeprecationWarning). Raises
     PackedTableNotFound when there is nothing packed, ValueError for an unknown split.
     """
@@ -399,4 +402,5 @@ def stream(lk, split: str, recipe=None, version=None, batch_packs: int = 1, shuf
     return Loader(resolve(lk, recipe, version), split, batch_packs=batch_packs, shuffle=name, seed=seed,
                   epoch=epoch, world=detect(rank, world_size), num_workers=num_workers, prefetch=prefetch,
                   pin_memory=pin_memory, device=device, partition=partition, cache_dir=cache_dir, progress=progress,
-                  persistent_workers=persistent_workers, multiprocessing_context=multiprocessing_context)
+                  persistent_workers=persistent_workers, multiprocessing_context=multiprocessing_context,
+                  cache_limit=cache_limit, shard_packs=shard_packs, cache_window=cache_window)

@@ -12,6 +12,7 @@ of their rank (``batches_of``), which keeps the rank's order whatever the number
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import numpy as np
@@ -60,15 +61,55 @@ def interleave(tokens: np.ndarray, world_size: int, batch_packs: int) -> tuple[n
     return step, j % world_size
 
 
-PARTITIONS: dict[str, Partition] = {"balanced": balanced, "interleave": interleave}
+def nodes(tokens: np.ndarray, world_size: int, batch_packs: int, *, packs: np.ndarray,
+          node_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Per step, the step's packs in table order cut into consecutive slices, one per node of ``node_size``
+    ranks (ranks ``r // node_size`` share a node), each slice ``batch_packs`` packs per rank of the node;
+    inside a node, ``balanced`` over its ranks. A node thus reads a contiguous range of the table per step:
+    with a shard cache and the ``windows`` shuffle, about ``1/nodes`` of the shards, not all of them.
+
+    ``packs`` are the order's pack numbers (the same positions as ``tokens``). Like every partition it only
+    deals inside steps, so consumption stays a prefix of the order and resume on any world is exact.
+    """
+    if node_size < 1:
+        raise ValueError(f"node_size must be >= 1, got {node_size}")
+    tokens, packs = np.asarray(tokens, dtype=np.int64), np.asarray(packs, dtype=np.int64)
+    n = len(tokens)
+    step, _ = _steps(n, world_size, batch_packs)
+    rank = np.empty(n, dtype=np.int64)
+    per = world_size * batch_packs
+    for lo in range(0, n, per):
+        pos = np.arange(lo, min(lo + per, n))
+        pos = pos[np.argsort(packs[pos], kind="stable")]  # the step's packs in table order
+        # rank r's share of the step: the floor or ceiling of len/world_size, in rank order
+        cuts = (np.arange(world_size + 1) * len(pos)) // world_size
+        for first in range(0, world_size, node_size):
+            last = min(first + node_size, world_size)
+            mine = pos[cuts[first]:cuts[last]]
+            if len(mine):
+                _, r = balanced(tokens[mine], last - first, batch_packs)
+                rank[mine] = first + r
+    return step, rank
+
+
+PARTITIONS: dict[str, Partition] = {"balanced": balanced, "interleave": interleave, "nodes": nodes}
+SIZED = ("nodes",)  # take the ranks per node: "nodes:8"
+WANT_PACKS = ("nodes",)  # also given the order's pack numbers
 
 
 def get_partition(name: str) -> Partition:
-    """The partition called ``name``. Raises ValueError naming the known ones."""
-    try:
-        return PARTITIONS[name]
-    except KeyError:
-        raise ValueError(f"unknown partition {name!r} (known: {sorted(PARTITIONS)})") from None
+    """The partition called ``name``; ``"nodes:8"`` sets the ranks per node. Raises ValueError naming the
+    known ones."""
+    base, _, size = name.partition(":")
+    if base not in PARTITIONS or (size and base not in SIZED):
+        raise ValueError(f"unknown partition {name!r} (known: {sorted(PARTITIONS)}; sized: "
+                         f"{', '.join(s + ':N' for s in SIZED)})")
+    if not size:
+        return PARTITIONS[base]
+    if not size.isdigit() or int(size) < 1:
+        raise ValueError(f"partition {name!r}: the size after ':' must be a positive integer")
+
+    return functools.partial(PARTITIONS[base], node_size=int(size))
 
 
 def batches_of(order: np.ndarray, tokens: np.ndarray, world: World, batch_packs: int, partition: str = "balanced",
@@ -84,7 +125,10 @@ def batches_of(order: np.ndarray, tokens: np.ndarray, world: World, batch_packs:
     if batch_packs < 1:
         raise ValueError(f"batch_packs must be >= 1, got {batch_packs}")
     order = np.asarray(order, dtype=np.int64)
-    step, rank = get_partition(partition)(tokens, world.world_size, batch_packs)
+    deal = get_partition(partition)
+    if partition.partition(":")[0] in WANT_PACKS:
+        deal = functools.partial(deal, packs=order)
+    step, rank = deal(tokens, world.world_size, batch_packs)
     mine = np.flatnonzero((rank == world.rank) & (step >= skip_steps))  # positions, ascending: steps in order
     if len(mine) == 0:
         return []

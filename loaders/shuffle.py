@@ -41,8 +41,27 @@ def blocks(n: int, seed: int, epoch: int, size: int = 8) -> np.ndarray:
     return idx[idx < n]
 
 
-SHUFFLES: dict[str, Shuffle] = {"none": none, "random": random, "blocks": blocks}
-SIZED = ("blocks",)  # take a size: "blocks:64"
+def windows(n: int, seed: int, epoch: int, size: int = 64) -> np.ndarray:
+    """Windows of ``size`` consecutive packs in a random order per (seed, epoch), the packs of each window
+    in a uniform random order; a short last window stays last, so windows start at multiples of ``size``
+    in the order as in the table (steps and shards line up when the sizes divide each other).
+
+    For many nodes with a shard cache (``loaders.cache``) and the ``"nodes:R"`` partition: a node reads the
+    shards of the windows its slices of each step cover, not the whole split (MosaicML Streaming's
+    ``py1e``/``py1br`` idea: contiguous shard ranges per node, mixing inside a window). ``"windows:256"``.
+    """
+    k = -(-n // size)
+    full = n // size
+    starts = np.concatenate([random(full, seed, epoch), np.arange(full, k, dtype=np.int64)]) * size
+    rng = np.random.Generator(np.random.PCG64([seed, epoch, size]))
+    out = []
+    for s in starts.tolist():
+        out.append(s + rng.permutation(min(size, n - s)).astype(np.int64))
+    return np.concatenate(out) if out else np.empty(0, np.int64)
+
+
+SHUFFLES: dict[str, Shuffle] = {"none": none, "random": random, "blocks": blocks, "windows": windows}
+SIZED = ("blocks", "windows")  # take a size: "blocks:64"
 
 
 def get_shuffle(name: str) -> Shuffle:

@@ -1,12 +1,25 @@
-"""stream(cache_dir=...): a local copy of the split gives the very batches Lance does, is written once, and fails
-clearly when damaged."""
+"""stream(cache_dir=...): the per-node shard cache gives the very batches Lance does, fetches each shard once per
+node (across processes), stays under its size limit, never serves a torn shard, and keeps exactly-once coverage
+through resume and world-size changes whatever it holds."""
 
 from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 
 from loaders import cache as _cache
+from loaders import shardfile
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _same(got, want) -> None:
@@ -17,47 +30,176 @@ def _same(got, want) -> None:
             assert torch.equal(getattr(a, name), t), name
 
 
+def _shards(d: Path) -> list[Path]:
+    return sorted(d.glob("*/shard-*.lks"))
+
+
 @pytest.mark.parametrize("shuffle,batch_packs,world_size", [("random", 3, 1), ("blocks:8", 2, 2), ("none", 1, 1)])
 def test_cached_streams_deliver_the_same_batches_as_lance(packed, tmp_path, shuffle, batch_packs, world_size):
     lk, _ = packed
     for rank in range(world_size):
         kw = dict(batch_packs=batch_packs, seed=4, shuffle=shuffle, rank=rank, world_size=world_size)
-        _same(list(lk.stream("train", cache_dir=tmp_path, progress=False, **kw)), list(lk.stream("train", **kw)))
-    files = list(tmp_path.iterdir())
-    assert len(files) == 1 and files[0].suffix == ".arrow"  # one file for the split, no temporary left
+        _same(list(lk.stream("train", cache_dir=tmp_path, shard_packs=4, **kw)), list(lk.stream("train", **kw)))
+    loader = lk.stream("train", cache_dir=tmp_path, shard_packs=4)
+    assert len(_shards(tmp_path)) == loader.cache.shards  # every shard once, in one folder
+    assert not list(tmp_path.rglob("*.tmp"))
 
 
-def test_the_cache_is_written_once_per_table_version_and_split(packed, tmp_path, monkeypatch):
+def test_each_shard_is_fetched_once_then_read_from_disk(packed, tmp_path):
     lk, _ = packed
-    first = lk.stream("train", seed=1, cache_dir=tmp_path, progress=False)
-    path = first.cache.path
-    stamp = path.stat().st_mtime_ns
-    monkeypatch.setattr(_cache.pa.ipc, "new_file", lambda *a, **k: pytest.fail("the cache was written again"))
-    again = lk.stream("train", seed=1, epoch=1, cache_dir=tmp_path, progress=False)
-    assert again.cache.path == path and path.stat().st_mtime_ns == stamp
-    monkeypatch.undo()
-    val = lk.stream("val", seed=1, cache_dir=tmp_path, progress=False)
-    assert val.cache.path != path and len(list(tmp_path.glob("*.arrow"))) == 2
+    first = lk.stream("train", seed=1, cache_dir=tmp_path, shard_packs=4)
+    before = dict(_cache.STATS)
+    list(first)
+    assert _cache.STATS["fetches"] - before["fetches"] == first.cache.shards
+    again = lk.stream("train", seed=1, epoch=1, cache_dir=tmp_path, shard_packs=4)
+    before = dict(_cache.STATS)
+    list(again)
+    assert _cache.STATS["fetches"] == before["fetches"] and _cache.STATS["hits"] > before["hits"]
     # resuming from a state_dict reads the rest from the cache, as without it
     it = iter(first)
     next(it)
     state = first.state_dict()
-    resumed = lk.stream("train", seed=1, cache_dir=tmp_path, progress=False)
+    resumed = lk.stream("train", seed=1, cache_dir=tmp_path, shard_packs=4)
     resumed.load_state_dict(state)
     plain = lk.stream("train", seed=1)
     plain.load_state_dict(state)
     _same(list(resumed), list(plain))
 
 
-def test_a_damaged_cache_file_is_an_error_that_says_what_to_do(packed, tmp_path):
+def test_a_limit_smaller_than_the_split_is_honoured_by_eviction(packed, tmp_path):
     lk, _ = packed
-    path = lk.stream("val", seed=1, cache_dir=tmp_path, progress=False).cache.path
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(RuntimeError, match=r"cache .* is unreadable .* delete it"):
-        list(lk.stream("val", seed=1, cache_dir=tmp_path, progress=False))
+    probe = lk.stream("train", cache_dir=tmp_path / "probe", shard_packs=2)
+    list(probe)
+    sizes = [p.stat().st_size for p in _shards(tmp_path / "probe")]
+    limit = 5 * max(sizes)  # a window of 1 ahead + the batch's shards fit; the split does not
+    assert limit < sum(sizes)
+    loader = lk.stream("train", seed=3, batch_packs=2, cache_dir=tmp_path / "c", cache_limit=limit, shard_packs=2,
+                       cache_window=1)
+    before = dict(_cache.STATS)
+    got = []
+    for b in loader:
+        got.append(b)
+        # the side thread may have just written a shard it has not yet evicted for: one shard of slack
+        assert loader.cache.usage() <= limit + max(sizes)
+    assert loader.cache.usage() <= limit
+    assert _cache.STATS["evictions"] > before["evictions"]
+    _same(got, list(lk.stream("train", seed=3, batch_packs=2)))
 
 
-def test_spawned_workers_read_the_cache(packed, tmp_path):
+def test_sizes_parse_and_bad_ones_are_errors():
+    assert _cache.parse_size("20GB") == 20 * 10**9 and _cache.parse_size("1.5 MiB") == int(1.5 * 2**20)
+    assert _cache.parse_size(1234) == 1234 and _cache.parse_size(None) is None
+    with pytest.raises(ValueError, match="cache_limit 'lots'"):
+        _cache.parse_size("lots")
+
+
+_RANK = """
+import json, sys, lake
+from loaders import cache
+lk = lake.open(sys.argv[1])
+loader = lk.stream("train", seed=2, rank=int(sys.argv[2]), world_size=2, cache_dir=sys.argv[3], shard_packs=2)
+batches = [b.pack_ids.tolist() for b in loader]
+print(json.dumps({"batches": batches, "fetches": cache.STATS["fetches"]}))
+"""
+
+
+def test_two_processes_of_a_node_share_the_cache_and_fetch_each_shard_once(packed, tmp_path):
+    lk, _ = packed
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests' / 'loaders'}"}
+    procs = [subprocess.Popen([sys.executable, "-c", _RANK, lk.uri, str(r), str(tmp_path)], stdout=subprocess.PIPE,
+                              env=env, text=True) for r in range(2)]
+    outs = [json.loads(p.communicate(timeout=300)[0].strip().splitlines()[-1]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    for r, out in enumerate(outs):
+        assert out["batches"] == [b.pack_ids.tolist() for b in lk.stream("train", seed=2, rank=r, world_size=2)]
+    # ranks read overlapping shards; together they fetched each needed shard exactly once
+    needed = {p // 2 for out in outs for b in out["batches"] for p in _packs_of(lk, b)}
+    assert sum(out["fetches"] for out in outs) == len(needed) == len(_shards(tmp_path))
+
+
+def _packs_of(lk, pack_ids):
+    """Split-local pack numbers of the given pack ids (the loader's numbering)."""
+    loader = lk.stream("train", shuffle="none")
+    ids = [pid for b in loader for pid in b.pack_ids.tolist()]
+    where = {pid: i for i, pid in enumerate(ids)}
+    return [where[pid] for pid in pack_ids]
+
+
+_SLOW_FETCH = """
+import sys, lake
+from loaders import cache
+lk = lake.open(sys.argv[1])
+loader = lk.stream("train", cache_dir=sys.argv[2], shard_packs=10**6)  # one shard: the whole split
+loader.cache.level = 19  # slow enough to be killed mid-write
+loader.cache.ensure(0)
+"""
+
+
+def test_kill_9_mid_download_leaves_no_torn_shard_that_is_served(packed, tmp_path):
+    lk, _ = packed
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests' / 'loaders'}"}
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_FETCH, lk.uri, str(tmp_path)], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            tmps = list(tmp_path.rglob(".*.tmp"))
+            if tmps and tmps[0].stat().st_size > len(shardfile.MAGIC):
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the child never started writing its shard")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not _shards(tmp_path) and list(tmp_path.rglob(".*.tmp"))  # a torn temp file, never published
+    # a torn file at the shard's own name (as a crash without rename could leave) is refused and fetched again
+    loader = lk.stream("train", seed=6, cache_dir=tmp_path, shard_packs=10**6)
+    assert not list(tmp_path.rglob(".*.tmp"))  # the dead writer's temp file is swept on open
+    loader.cache.path(0).write_bytes(tmps[0].read_bytes()[:1000] if tmps[0].exists() else b"LKSHARD1torn")
+    _same(list(loader), list(lk.stream("train", seed=6)))
+    assert shardfile.ShardFile(loader.cache.path(0)).packs == loader.packs
+
+
+def _origins(batches) -> Counter:
+    return Counter(o for b in batches for o in b.origin)
+
+
+@pytest.mark.parametrize("first,then,shuffle,partition", [(4, 3, "random", "balanced"),
+                                                           (3, 5, "windows:8", "nodes:2")])
+def test_exactly_once_over_ranks_through_resize_with_a_partially_evicted_cache(packed, tmp_path, first, then, shuffle,
+                                                                               partition):
+    lk, _ = packed
+    everything = _origins(lk.stream("train", shuffle="none"))
+    kw = dict(seed=9, batch_packs=1, cache_dir=tmp_path, shard_packs=2, cache_window=1, shuffle=shuffle,
+              partition=partition)
+    probe = lk.stream("train", **kw)
+    probe.cache.ensure(0)
+    shard = probe.cache.path(0).stat().st_size
+    limit = 6 * shard  # a few shards: the split does not fit
+    steps = 3
+    seen: Counter = Counter()
+    state = None
+    for r in range(first):  # every rank takes `steps` batches, then the job stops
+        loader = lk.stream("train", rank=r, world_size=first, cache_limit=limit, **kw)
+        it = iter(loader)
+        for _ in range(steps):
+            seen += _origins([next(it)])
+        it.close()
+        state = loader.state_dict()
+    assert probe.cache.usage() <= limit + 2 * shard
+    for r in range(then):  # resumed on another world size, over whatever the cache kept
+        loader = lk.stream("train", rank=r, world_size=then, cache_limit=limit, **kw)
+        loader.load_state_dict(state)
+        seen += _origins(loader)
+    assert seen == everything
+
+
+def test_spawned_workers_read_through_the_node_cache(packed, tmp_path):
     lk, _ = packed
     want = list(lk.stream("train", batch_packs=2, seed=5))
-    _same(list(lk.stream("train", batch_packs=2, seed=5, num_workers=2, cache_dir=tmp_path, progress=False)), want)
+    _same(list(lk.stream("train", batch_packs=2, seed=5, num_workers=2, cache_dir=tmp_path, shard_packs=3,
+                         cache_limit="50MB")), want)
+    assert _shards(tmp_path) and not list(tmp_path.rglob("*.tmp"))

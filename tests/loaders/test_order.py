@@ -113,3 +113,51 @@ def test_world_validates_rank_and_worker():
         World(2, 2)
     with pytest.raises(ValueError, match="worker"):
         World(0, 1, 1, 1)
+
+
+def test_windows_permute_inside_aligned_windows_and_keep_a_short_last_one_last():
+    w = get_shuffle("windows:16")(203, 5, 2)
+    assert sorted(w.tolist()) == list(range(203)) and np.array_equal(w, get_shuffle("windows:16")(203, 5, 2))
+    blocks = [w[i:i + 16] for i in range(0, 203, 16)]
+    assert all(len(set((b // 16).tolist())) == 1 for b in blocks)  # each window: the packs of one aligned block
+    assert set(blocks[-1].tolist()) == set(range(192, 203))  # the short one last: alignment kept
+    assert not np.array_equal(w, get_shuffle("windows:16")(203, 5, 3))
+    assert any(not (np.diff(b) > 0).all() for b in blocks)  # mixed inside windows
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 400), world_size=st.integers(1, 20), batch_packs=st.integers(1, 4),
+       node_size=st.integers(1, 8), workers=st.integers(1, 3))
+def test_node_partition_deals_every_pack_once_and_consumes_prefixes(n, world_size, batch_packs, node_size, workers):
+    order = get_shuffle("windows:8")(n, 3, 1)
+    tokens = _tokens(n)[order]
+    part = f"nodes:{node_size}"
+    per_rank = [batches_of(order, tokens, World(r, world_size), batch_packs, part) for r in range(world_size)]
+    got = sorted(p for bs in per_rank for b in bs for p in b.tolist())
+    assert got == list(range(n))
+    steps = steps_in(n, world_size, batch_packs)
+    for k in range(steps + 1):
+        consumed = sorted(p for bs in per_rank for b in bs[:k] for p in b.tolist())
+        assert consumed == sorted(order[:min(k * world_size * batch_packs, n)].tolist())
+    by_workers = [b for r in range(world_size) for w in range(workers)
+                  for b in batches_of(order, tokens, World(r, world_size, w, workers), batch_packs, part)]
+    assert sorted(p for b in by_workers for p in b.tolist()) == list(range(n))
+
+
+def test_node_partition_keeps_each_shard_on_few_nodes():
+    n, shard, world_size, node_size, batch_packs = 4096, 4, 64, 8, 4
+    order = get_shuffle("windows:64")(n, 0, 0)
+    tokens = _tokens(n)[order]
+    readers: dict[int, set] = {}
+    for r in range(world_size):
+        for b in batches_of(order, tokens, World(r, world_size), batch_packs, f"nodes:{node_size}"):
+            for p in b.tolist():
+                readers.setdefault(p // shard, set()).add(r // node_size)
+    spread = np.array([len(v) for v in readers.values()])
+    assert spread.max() <= 2 and spread.mean() < 1.2  # ~one node per shard; "balanced" spreads over all 8
+    balanced_spread = {}
+    for r in range(world_size):
+        for b in batches_of(order, tokens, World(r, world_size), batch_packs):
+            for p in b.tolist():
+                balanced_spread.setdefault(p // shard, set()).add(r // node_size)
+    assert np.mean([len(v) for v in balanced_spread.values()]) > 2

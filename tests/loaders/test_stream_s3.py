@@ -127,10 +127,14 @@ def test_an_s3_lake_streams_the_same_batches_as_a_local_one(s3_packed):
 def test_an_s3_lake_streams_from_a_local_cache_after_the_first_loader(s3_packed, tmp_path):
     s3, local = s3_packed
     want = _run(local.stream("train", batch_packs=2, seed=3, epoch=1))
+    from loaders import cache
+
     first = s3.stream("train", batch_packs=2, seed=3, epoch=1, cache_dir=tmp_path, progress=False)
-    assert first.cache.path.parent == tmp_path and _run(first) == want
+    assert first.cache.dir.parent == tmp_path and _run(first) == want
+    fetches = cache.STATS["fetches"]
     again = s3.stream("train", batch_packs=2, seed=3, epoch=1, cache_dir=tmp_path, progress=False)
-    assert again.cache.path == first.cache.path and _run(again) == want
+    assert again.cache.dir == first.cache.dir and _run(again) == want
+    assert cache.STATS["fetches"] == fetches  # every shard came from the node cache
 
 
 @pytest.mark.parametrize("shuffle", ["random", "none"])  # takes of single batches; one scan of the whole split
