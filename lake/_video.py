@@ -119,8 +119,8 @@ def decode(seg: Segment, fmt: str | None = "rgb24", strict: bool = True):
     errors: ``AVFrame.decode_error_flags``) or a packet that yields no frame is an error too. Errors raise
     DecodeError with the first bad frame's pts. Strict decoding runs on one thread: FFmpeg's frame threads
     report errors late, and they log them through PyAV's callback, which needs the GIL while freeing the context
-    holds it (a hang seen on damaged h264). Ingest's parallelism is Ray tasks anyway. Without ``strict`` only
-    errors the decoder itself raises do.
+    holds it (most likely the hang seen on damaged h264). Ingest's parallelism is Ray tasks anyway. Without
+    ``strict`` only errors the decoder itself raises do.
     """
     import av
 
