@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._sample import (CHUNKS_SIZE, META_BUFFER, V30_DATA, V30_EPISODES, V30_VIDEO, _aggregate, _column, _data_schema,
-                      _episode_stats, _mkparent, _Mp4, _tolist, _V30Files, _video_info, _write_json,
+                      _episode_stats, _mkparent, _Mp4, _tolist, _v30_row, _V30Files, _video_info, _write_json,
                       _write_tasks_parquet)
 
 _INDEX = ("timestamp", "frame_index", "episode_index", "index", "task_index")
@@ -107,17 +107,8 @@ def write_lerobot_v30(root: str | Path, episodes: Sequence[dict], *, fps: int, r
             data_files.get().write_table(pa.table({f.name: _column(ep[f.name], f.type) for f in schema}, schema=schema))
             stats = _episode_stats(ep, features)
             ep_stats.append(stats)
-            row = {"episode_index": i, "tasks": [src["task"]], "length": n,
-                   "data/chunk_index": data_files.chunk, "data/file_index": data_files.file,
-                   "dataset_from_index": total, "dataset_to_index": total + n}
-            for key in cameras:
-                t0, t1 = video_files[key].get().add(ep[key])
-                row.update({f"videos/{key}/chunk_index": video_files[key].chunk,
-                            f"videos/{key}/file_index": video_files[key].file,
-                            f"videos/{key}/from_timestamp": t0, f"videos/{key}/to_timestamp": t1})
-            row.update({f"stats/{k}/{s}": v for k, st in _tolist(stats).items() for s, v in st.items()})
-            row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
-            ep_rows.append(row)
+            ep_rows.append(_v30_row({"episode_index": i, "tasks": [src["task"]], "length": n}, ep, cameras,
+                                    data_files, video_files, total, stats))
             total += n
     finally:
         data_files.close()

@@ -338,6 +338,22 @@ class _V30Files:
             self.handle.close()
 
 
+def _v30_row(row: dict, ep: dict, cameras, data_files, video_files, first: int, stats: dict) -> dict:
+    """Complete the v3.0 episode-meta ``row`` of an episode whose data rows were just written (``first``: its
+    first global frame index): data file, its frames appended to each camera's current mp4, stats."""
+    n = row["length"]
+    row.update({"data/chunk_index": data_files.chunk, "data/file_index": data_files.file,
+                "dataset_from_index": first, "dataset_to_index": first + n})
+    for key in cameras:
+        t0, t1 = video_files[key].get().add(ep[key])
+        row.update({f"videos/{key}/chunk_index": video_files[key].chunk,
+                    f"videos/{key}/file_index": video_files[key].file,
+                    f"videos/{key}/from_timestamp": t0, f"videos/{key}/to_timestamp": t1})
+    row.update({f"stats/{k}/{s}": v for k, st in _tolist(stats).items() for s, v in st.items()})
+    row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
+    return row
+
+
 def write_pusht_dataset(
     root: str | Path,
     *,
@@ -418,15 +434,7 @@ def write_pusht_dataset(
             if v30:
                 writer = data_files.get()
                 writer.write_table(table)  # one row group per episode, as LeRobot's ParquetWriter does
-                row.update({"data/chunk_index": data_files.chunk, "data/file_index": data_files.file,
-                            "dataset_from_index": frames_total, "dataset_to_index": frames_total + n})
-                for key in cameras:
-                    t0, t1 = video_files[key].get().add(ep[key])
-                    row.update({f"videos/{key}/chunk_index": video_files[key].chunk,
-                                f"videos/{key}/file_index": video_files[key].file,
-                                f"videos/{key}/from_timestamp": t0, f"videos/{key}/to_timestamp": t1})
-                row.update({f"stats/{k}/{s}": v for k, st in _tolist(stats).items() for s, v in st.items()})
-                row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
+                _v30_row(row, ep, cameras, data_files, video_files, frames_total, stats)
             else:
                 chunk = ep_idx // CHUNKS_SIZE
                 pq.write_table(table, _mkparent(root / V21_DATA.format(episode_chunk=chunk, episode_index=ep_idx)))
