@@ -178,7 +178,8 @@ while True:
 
 @pytest.mark.slow
 def test_reader_of_a_retained_version_never_fails_while_gc_runs(lk, tmp_path):
-    script = tmp_path / "reader.py"
+    script = tmp_path / "reader" / "reader.py"  # not beside the lake's folder `lake`, which would shadow the package
+    script.parent.mkdir()
     script.write_text(_READER)
     reader = subprocess.Popen([sys.executable, str(script), lk.uri, "v3"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
