@@ -156,6 +156,9 @@ def append_episodes(store: Store, episodes: list[NewEpisode], *, source: str, fp
     ids = [r["episode_id"] for r in episode_rows]
 
     def build(head):
+        def pin(name):  # write against the pinned version (opened by number: no listing of its manifests)
+            return head.tables.get(name)
+
         present = _existing(store, head, "episodes", "episode_id")
         keep = [i for i, e in enumerate(ids) if e not in present and e not in ids[:i]]
         if not keep:
@@ -163,23 +166,23 @@ def append_episodes(store: Store, episodes: list[NewEpisode], *, source: str, fp
         kept = {ids[i] for i in keep}
         frames = pa.concat_tables([frames_parts[i] for i in keep])
         batches = {
-            table: (fschema, _tables.write_rows(store, table, nest(frames, fschema), fschema)),
+            table: (fschema, _tables.write_rows(store, table, nest(frames, fschema), fschema, pin(table))),
             "videos": (VIDEOS, _tables.write_rows(store, "videos", pa.Table.from_pylist(
-                [r for r in video_rows if r["episode_id"] in kept], VIDEOS), VIDEOS)),
+                [r for r in video_rows if r["episode_id"] in kept], VIDEOS), VIDEOS, pin("videos"))),
             "episodes": (EPISODES, _tables.write_rows(store, "episodes", pa.Table.from_pylist(
-                [episode_rows[i] for i in keep], EPISODES), EPISODES)),
+                [episode_rows[i] for i in keep], EPISODES), EPISODES, pin("episodes"))),
         }
         new_tasks = sorted(tasks - _existing(store, head, "tasks", "task"))
         if new_tasks:
             batches["tasks"] = (TASKS, _tables.write_rows(store, "tasks", pa.table(
-                {"task_id": [task_id(t) for t in new_tasks], "task": new_tasks}, schema=TASKS), TASKS))
+                {"task_id": [task_id(t) for t in new_tasks], "task": new_tasks}, schema=TASKS), TASKS, pin("tasks")))
         if source not in _existing(store, head, "sources", "source"):
             info = {"codebase_version": "episode-lake", "fps": fps, "robot_type": robot_type, "features": feats}
             batches["sources"] = (SOURCES, _tables.write_rows(store, "sources", pa.Table.from_pylist([{
                 "source": source, "source_uri": "", "codebase_version": "episode-lake", "info_json": json.dumps(info),
-                "modality_json": None, "frames_table": table}], SOURCES), SOURCES))
+                "modality_json": None, "frames_table": table}], SOURCES), SOURCES, pin("sources")))
         for name, rows in (extra or {}).items():
-            batches[name] = (rows.schema, _tables.write_rows(store, name, rows, rows.schema))
+            batches[name] = (rows.schema, _tables.write_rows(store, name, rows, rows.schema, pin(name)))
         return _tables.append_tables(store, head.tables, batches)
 
     try:

@@ -23,8 +23,6 @@ from datetime import datetime, timedelta, timezone
 from . import _versions
 from ._store import Store, filesystem
 
-LOG_KEEP = 8  # newest Lance versions of _log / _refs kept (a head lookup in flight reads one of them)
-LOG_GRACE = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -117,7 +115,7 @@ def gc(store: Store, keep_last: int = 10, keep_within=None, dry_run: bool = Fals
             freed += _remove(fs, path, dry_run)
             continue
         if name in (_versions.LOG, _versions.REFS):
-            freed += _cleanup_meta(store, name, dry_run)
+            freed += _versions.prune_log(store, name, dry_run)
         elif name in pins:
             ds = store.dataset(name)
             # versions above the head's pin may be a writer's work in progress: never touched
@@ -143,18 +141,6 @@ def _cleanup(ds, versions: list[int], dry_run: bool) -> int:
         return int(ds.explain_cleanup_old_versions(versions=versions, error_if_tagged_old_versions=False)
                    .stats.bytes_removed)
     return int(ds.cleanup_old_versions(versions=versions, error_if_tagged_old_versions=False).bytes_removed)
-
-
-def _cleanup_meta(store: Store, name: str, dry_run: bool) -> int:
-    """Old Lance versions of _log / _refs, but the newest LOG_KEEP and any younger than LOG_GRACE."""
-    ds = store.dataset(name)
-    cutoff = datetime.now(timezone.utc) - LOG_GRACE
-    vs = ds.versions()
-    newest = sorted(v["version"] for v in vs)[-LOG_KEEP:]
-    tagged = {t["version"] for t in ds.tags.list().values()}
-    old = [v["version"] for v in vs if v["version"] not in newest and v["version"] not in tagged
-           and v["timestamp"].replace(tzinfo=v["timestamp"].tzinfo or timezone.utc) < cutoff]
-    return _cleanup(ds, old, dry_run)
 
 
 def _remove(fs, path: str, dry_run: bool) -> int:

@@ -479,7 +479,7 @@ def _commit(store, src, planned_head, frags, landed, landed_tasks, frames_added,
         if landed:
             tasks = sorted(landed_tasks - _existing(store, head, "tasks", "task"))
             rows = pa.table({"task_id": [task_id(t) for t in tasks], "task": tasks}, schema=TASKS)
-            batches["tasks"] = (TASKS, _tables.write_rows(store, "tasks", rows, TASKS))
+            batches["tasks"] = (TASKS, _tables.write_rows(store, "tasks", rows, TASKS, head.tables.get("tasks")))
             if frames_table not in _existing(store, head, "sources", "frames_table") or \
                     src.uri not in _existing(store, head, "sources", "source_uri"):
                 info = {k: v for k, v in src.info.items() if not k.startswith("__")}
@@ -487,7 +487,8 @@ def _commit(store, src, planned_head, frags, landed, landed_tasks, frames_added,
                     "source": src.name, "source_uri": src.uri, "codebase_version": src.codebase_version,
                     "info_json": json.dumps(info), "modality_json": json.dumps(src.modality) if src.modality else None,
                     "frames_table": frames_table}], SOURCES)
-                batches["sources"] = (SOURCES, _tables.write_rows(store, "sources", srow, SOURCES))
+                batches["sources"] = (SOURCES, _tables.write_rows(store, "sources", srow, SOURCES,
+                                                                  head.tables.get("sources")))
         batches["quarantine"] = (QUARANTINE, _quarantine_rows(store, head, quarantined))
         if replaced:
             return _replace_tables(store, head, batches, replaced)
@@ -510,7 +511,8 @@ def _quarantine_rows(store, head, quarantined) -> list:
     now = datetime.now(timezone.utc)
     rows = [{"key": quarantine_key(*q), "source": q[0], "item": q[1], "reason": q[2], "timestamp": now}
             for q in dict.fromkeys(quarantined) if quarantine_key(*q) not in keys]
-    return _tables.write_rows(store, "quarantine", pa.Table.from_pylist(rows, QUARANTINE), QUARANTINE) if rows else []
+    return _tables.write_rows(store, "quarantine", pa.Table.from_pylist(rows, QUARANTINE), QUARANTINE,
+                              head.tables.get("quarantine")) if rows else []
 
 
 def _quarantine_only(store, name, bad, message, t0) -> IngestReport:

@@ -66,25 +66,28 @@ def load_fragments(text: str) -> list:
     return [FragmentMetadata.from_json(json.dumps(d)) for d in json.loads(text)]
 
 
-def write_fragments(store: Store, table: str, data: pa.Table, schema: pa.Schema) -> str:
+def write_fragments(store: Store, table: str, data: pa.Table, schema: pa.Schema, version: int | None = None) -> str:
     """Write ``data`` as uncommitted fragments of ``table``; returns their metadata as JSON (``load_fragments``
-    reads it; empty if no rows). Columns ``table`` does not have yet come after its own (see the module doc)."""
+    reads it; empty if no rows). Columns ``table`` does not have yet come after its own (see the module doc).
+    ``version``: the Lance version the lake head pins, whose schema the fragments follow (opened by number, so
+    no listing of the table's manifests); None: the newest, if the table exists."""
     if data.num_rows == 0:
         return dump_fragments([])
     from lance.fragment import write_fragments as _write
 
     opts = {}
     data = data.cast(schema)
-    try:  # one open (opening the newest version lists the table's manifests)
-        ds = store.dataset(table)
+    try:
+        ds = store.dataset(table, version=version)
     except FileNotFoundError:
         ds = None
     if ds is not None:
         if set(schema.names) - set(ds.schema.names):  # Lance refuses appends with new columns
             opts = {"mode": "overwrite", "data_storage_version": ds.data_storage_version}
         schema = evolved_schema(table, ds.schema, schema, fields_from="new")  # field ids follow this order
-    frags = _write(_conform(data, schema), store.table_uri(table), schema=schema,
-                   storage_options=store.storage_options, max_rows_per_file=1 << 22, **opts)
+    # handing Lance the opened dataset spares it opening the newest version (a listing of every manifest)
+    frags = _write(_conform(data, schema), ds if ds is not None and not opts else store.table_uri(table),
+                   schema=schema, storage_options=store.storage_options, max_rows_per_file=1 << 22, **opts)
     return dump_fragments(frags)
 
 
@@ -120,23 +123,28 @@ def overwrite_with(store: Store, table: str, schema: pa.Schema, pinned: int | No
         schema = evolved_schema(table, pinned_ds.schema, schema)
     for attempt in range(20):
         try:
-            # read at the newest version (an Overwrite read at an older one conflicts with any Overwrite since):
-            # one open, which lists the table's manifests (gc keeps that list short)
-            read = _latest(store, table)
-            ds = lance.LanceDataset.commit(store.table_uri(table), LanceOperation.Overwrite(schema, frags),
-                                           read_version=read, storage_options=store.storage_options)
+            # First against the pinned version, opened by number: it is the newest unless another writer (or a
+            # crashed one) committed to the table since, and committing on it lists no manifests (Lance finds
+            # later versions by number). An Overwrite read at an older version conflicts with any Overwrite
+            # since, so a retry reads at the newest version (one open that lists the table's manifests).
+            read = pinned_ds if attempt == 0 and pinned_ds is not None else _latest(store, table)
+            ds = lance.LanceDataset.commit(read if read is not None else store.table_uri(table),
+                                           LanceOperation.Overwrite(schema, frags),
+                                           read_version=None if read is None else read.version,
+                                           storage_options=store.storage_options)
             return ds.version
         except Exception as e:  # Overwrite vs a concurrent Overwrite (or creation): retryable by design
             msg = str(e).lower()
-            if not ("conflict" in msg or "already exists" in msg) or attempt == 19:
+            if not ("conflict" in msg or "already exists" in msg or "preempted" in msg) or attempt == 19:
                 raise
-            time.sleep(0.02 * (attempt + 1))
+            if attempt:
+                time.sleep(0.02 * attempt)
     raise AssertionError("unreachable")
 
 
-def _latest(store: Store, table: str) -> int | None:
+def _latest(store: Store, table: str):
     try:
-        return store.dataset(table).version
+        return store.dataset(table)
     except FileNotFoundError:
         return None
 
@@ -150,17 +158,25 @@ def append_tables(store: Store, pins: dict[str, int], batches: dict[str, tuple[p
     }
 
 
-def write_rows(store: Store, table: str, rows: pa.Table, schema: pa.Schema) -> list:
-    """Driver-side small writes (tasks, quarantine, sources): fragments, not yet committed."""
-    return load_fragments(write_fragments(store, table, rows, schema))
+def write_rows(store: Store, table: str, rows: pa.Table, schema: pa.Schema, version: int | None = None) -> list:
+    """Driver-side small writes (tasks, quarantine, sources): fragments, not yet committed (``version``: as for
+    ``write_fragments``)."""
+    return load_fragments(write_fragments(store, table, rows, schema, version))
 
 
 # --- automatic compaction ------------------------------------------------------------------------------------
 # Every commit adds a fragment to each table it touches, and a Lance manifest lists every fragment, so a table
-# fed by small commits would make each commit (and each open) cost more than the last. Lance compaction merges
-# only fragments below its target size (1M rows), so a full fragment is never rewritten. Training tables
-# (packed, decoded), written by rare large jobs, are compacted on request only (``Lake.compact``).
+# fed by small commits would make each commit (and each open) cost more than the last. Commits therefore merge
+# small fragments, size-tiered as in an LSM tree: tier k holds fragments below TIER_BYTES * 16**k bytes; when
+# tiers 0..k hold more than COMPACT_FRAGMENTS fragments, Lance ``compact_files`` merges them into fragments of
+# about the tier's bound (its planner only takes fragments with fewer rows than the target). Each row is thus
+# rewritten about once per tier (log16 of the data, not once per commit), fragments per table stay bounded
+# (<= COMPACT_FRAGMENTS per tier), and a fragment of AUTO_COMPACT_MAX_BYTES or more (what a bulk ingest writes)
+# is never rewritten by a commit, so a fresh ingest is stored once. ``Lake.compact`` merges everything on request.
+# Training tables (packed, decoded), written by rare large jobs, are left alone.
 COMPACT_FRAGMENTS = 16
+TIER_BYTES = 64 << 10
+AUTO_COMPACT_MAX_BYTES = 16 << 20
 
 
 def is_small(table: str) -> bool:
@@ -168,13 +184,33 @@ def is_small(table: str) -> bool:
     return not table.startswith(("packed_", "decoded_"))
 
 
-def compact_version(store: Store, table: str, version: int) -> int | None:
-    """Merge the small fragments of ``table`` at ``version`` (Lance ``compact_files``): a new Lance version with
-    the same rows in the same order, or None when a concurrent commit to the table got in first."""
+def fragment_bytes(meta) -> int:
+    """Bytes of a fragment's data files (from its metadata: no I/O)."""
+    return sum(f.file_size_bytes or 0 for f in meta.files)
+
+
+def merge_target(frags: list) -> int | None:
+    """Rows per merged fragment for the merge these fragments (metadata) call for, or None (see above)."""
+    sizes = [(f.physical_rows, fragment_bytes(f)) for f in frags]
+    bound = TIER_BYTES
+    while bound <= AUTO_COMPACT_MAX_BYTES:
+        tier = [(r, b) for r, b in sizes if b < bound]
+        if len(tier) > COMPACT_FRAGMENTS:
+            per_row = max(1.0, sum(b for _, b in tier) / max(1, sum(r for r, _ in tier)))
+            return max(2, int(bound / per_row))
+        bound *= 16
+    return None
+
+
+def compact_version(store: Store, table: str, version: int, target_rows: int = 1 << 20) -> int | None:
+    """Merge the fragments of ``table`` at ``version`` with fewer than ``target_rows`` rows (Lance
+    ``compact_files``): a new Lance version with the same rows, or None when a concurrent commit to the table
+    got in first. Merged fragments move after the others (Lance orders fragments by id): scan order may change,
+    an episode's rows stay together and in order."""
     ds = store.dataset(table, version=version)
     rows = ds.count_rows()
     try:
-        ds.optimize.compact_files(materialize_deletions=True, num_threads=1)
+        ds.optimize.compact_files(target_rows_per_fragment=target_rows, materialize_deletions=False, num_threads=1)
     except OSError as e:  # Rewrite vs a concurrent Overwrite: leave it for the next commit
         if "incompatible" in str(e).lower() or "conflict" in str(e).lower():
             return None
@@ -185,11 +221,14 @@ def compact_version(store: Store, table: str, version: int) -> int | None:
 
 
 def compact_small(store: Store, pins: dict[str, int], changed: dict[str, int]) -> dict[str, int]:
-    """New pins for the ``changed`` small tables that have more than ``COMPACT_FRAGMENTS`` fragments."""
+    """New pins for the ``changed`` tables whose small fragments call for a merge (``merge_target``)."""
     out = {}
     for name in changed:
-        if is_small(name) and len(store.dataset(name, version=pins[name]).get_fragments()) > COMPACT_FRAGMENTS:
-            v = compact_version(store, name, pins[name])
+        if not is_small(name):
+            continue
+        target = merge_target([f.metadata for f in store.dataset(name, version=pins[name]).get_fragments()])
+        if target is not None:
+            v = compact_version(store, name, pins[name], target)
             if v is not None:
                 out[name] = v
     return out

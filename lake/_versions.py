@@ -31,7 +31,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 import pyarrow as pa
@@ -166,9 +166,9 @@ def _take(frag, i: int) -> LogEntry:
     return _row_entry(frag.take([i], columns=LOG_SCHEMA.names).to_pylist()[0])
 
 
-def _recent(store: Store, lance_version: int | str | None = None) -> tuple[list[LogEntry], int]:
+def _recent(store: Store, lance_version: int | str | None = None, ds=None) -> tuple[list[LogEntry], int]:
     """The valid entries from the clean fragment's last version to the head, and that fragment's length."""
-    ds = store.dataset(LOG, version=lance_version)
+    ds = ds if ds is not None else store.dataset(LOG, version=lance_version)
     c, tail, n = _layout(ds)
     if c is None:  # not the expected shape: replay everything
         return _chain(_ordered_rows(ds))[0], 0
@@ -198,13 +198,14 @@ def head(store: Store) -> LogEntry:
     return _recent(store)[0][-1]
 
 
-def entry(store: Store, version: int) -> LogEntry:
-    """Lake version ``version`` (deleted or not) from a bounded read. Raises KeyError when there is none."""
-    ds = store.dataset(LOG)
+def entry(store: Store, version: int, ds=None) -> LogEntry:
+    """Lake version ``version`` (deleted or not) from a bounded read (of ``ds``, an opened Lance version of the
+    log, or the newest). Raises KeyError when there is none."""
+    ds = ds if ds is not None else store.dataset(LOG)
     c, _, n = _layout(ds)
     if 0 <= version < n:
         return _take(c, version)
-    entries = _recent(store)[0] if c is not None else _chain(_ordered_rows(ds))[0]
+    entries = _recent(store, ds=ds)[0] if c is not None else _chain(_ordered_rows(ds))[0]
     for e in entries:
         if e.version == version:
             return e
@@ -223,15 +224,18 @@ def commit(
     ``build(head)`` writes whatever Lance table versions the change needs *on top of the tables pinned by
     ``head``* and returns the updated pins (only the tables it changed). It may be called again, with a newer
     head, if another writer commits first; it raises to abort (e.g. when the new head makes the change moot).
-    Small tables past ``_tables.COMPACT_FRAGMENTS`` fragments are compacted into the same version (same rows).
+    Small fragments of the changed tables are merged into the same version (``_tables.compact_small``: same rows).
     """
     import lance
+    from lance import LanceOperation
+    from lance.fragment import write_fragments
 
     from ._tables import compact_small
 
     writer = uuid.uuid4().hex
     for attempt in range(max_attempts):
-        base = head(store)
+        log = store.dataset(LOG)  # the one open per attempt that lists manifests (pruned: see prune_log)
+        base = _recent(store, ds=log)[0][-1]
         changed = build(base)
         pins = {**base.tables, **changed, **compact_small(store, {**base.tables, **changed}, changed)}
         _fault_point("before_log_append")
@@ -240,12 +244,16 @@ def commit(
             "timestamp": [datetime.now(timezone.utc)], "message": [message or ""],
             "tables": [json.dumps(pins, sort_keys=True)], "summary": [json.dumps(summary or {})],
         }
-        ds = lance.write_dataset(pa.table(row, schema=LOG_SCHEMA), store.table_uri(LOG), mode="append",
-                                 storage_options=store.storage_options)
-        won = entry(store, base.version + 1)
+        # appended on the log version just read (Lance rebases the append over any appended since, finding them
+        # by number); the version it makes holds every row committed before ours: enough to tell who won
+        frags = write_fragments(pa.table(row, schema=LOG_SCHEMA), log, schema=LOG_SCHEMA)
+        ds = lance.LanceDataset.commit(log, LanceOperation.Append(frags), read_version=log.version,
+                                       storage_options=store.storage_options)
+        won = entry(store, base.version + 1, ds)
         if won.writer == writer:
             if len(ds.get_fragments()) > LOG_FRAGMENTS:
-                compact_log(store)
+                if compact_log(store):
+                    prune_log(store)
             return won
         time.sleep(min(0.05 * 2**attempt, 1.0))  # another writer took this version first: rebuild on the new head
     raise LakeBusy(f"gave up committing to {store.uri} after {max_attempts} lost races")
@@ -273,6 +281,35 @@ def compact_log(store: Store) -> bool:
     except OSError as e:  # a concurrent compaction rewrote these fragments first
         if "conflict" in str(e).lower() or "preempted" in str(e).lower():
             return False
+        raise
+
+
+LOG_KEEP = 8  # newest Lance versions of _log / _refs never pruned (a head lookup in flight reads one of them)
+LOG_GRACE = timedelta(seconds=30)  # nor any younger than this
+
+
+def prune_log(store: Store, name: str = LOG, dry_run: bool = False) -> int:
+    """Delete old Lance versions of ``_log`` (or ``_refs``): all but the newest ``LOG_KEEP``, the tagged ones and
+    any younger than ``LOG_GRACE``. Their rows live on in the newest version (lake versions are rows, not Lance
+    versions), so no lake version changes; what goes is the log's own history of fragments. Bounds the
+    manifests that opening the newest log lists (once per commit) without gc. Returns the bytes freed."""
+    ds = store.dataset(name)
+    cutoff = datetime.now(timezone.utc) - LOG_GRACE
+    vs = ds.versions()
+    newest = sorted(v["version"] for v in vs)[-LOG_KEEP:]
+    tagged = {t["version"] for t in ds.tags.list().values()}
+    old = [v["version"] for v in vs if v["version"] not in newest and v["version"] not in tagged
+           and v["timestamp"].replace(tzinfo=v["timestamp"].tzinfo or timezone.utc) < cutoff]
+    if not old:
+        return 0
+    if dry_run:
+        return int(ds.explain_cleanup_old_versions(versions=old, error_if_tagged_old_versions=False)
+                   .stats.bytes_removed)
+    try:
+        return int(ds.cleanup_old_versions(versions=old, error_if_tagged_old_versions=False).bytes_removed)
+    except (OSError, ValueError) as e:  # a concurrent prune removed some first: the next one finishes
+        if "not found" in str(e).lower():
+            return 0
         raise
 
 
