@@ -71,22 +71,30 @@ def split_of(episode_id: str, ratios: dict[str, float]) -> str:
     return sorted(ratios)[-1]
 
 
-def units_of(src: Source, per_unit: int = 8) -> list[Unit]:
-    """Episodes grouped by data file; single-episode files (v2.x) are batched ``per_unit`` at a time."""
+UNIT_MAX_FRAMES = 20_000  # frames one task holds at most before writing (its rows, and its demuxed videos)
+
+
+def units_of(src: Source, parts: int = 8, max_frames: int = UNIT_MAX_FRAMES) -> list[Unit]:
+    """Episodes in about ``parts`` units of whole data files (a file with many episodes, v3.0, is read once),
+    consecutive files together up to ``total frames / parts`` (at most ``max_frames``; a bigger file is a unit
+    of its own). Each unit becomes one fragment per table: few units mean few, large fragments, which commits
+    never need to merge again (``_tables.compact_small``); ``parts`` ~ 2 per CPU keeps every CPU busy."""
     by_file: dict[str, list[EpisodeRef]] = defaultdict(list)
     for ep in src.episodes:
         by_file[ep.data_path].append(ep)
-    units, pending = [], []
+    total = sum(ep.length for ep in src.episodes)
+    target = max(1, min(max_frames, -(-total // max(1, parts))))
+    units, pending, frames = [], [], 0
     for path, eps in by_file.items():
-        if len(eps) > 1:
-            units.append(Unit(path, tuple(eps)))
-        else:
-            pending += eps
-            if len(pending) >= per_unit:
-                units.append(Unit("", tuple(pending)))
-                pending = []
+        n = sum(e.length for e in eps)
+        if pending and frames + n > target:
+            units.append(Unit(pending[0].data_path if len({e.data_path for e in pending}) == 1 else "",
+                              tuple(pending)))
+            pending, frames = [], 0
+        pending += eps
+        frames += n
     if pending:
-        units.append(Unit("", tuple(pending)))
+        units.append(Unit(pending[0].data_path if len({e.data_path for e in pending}) == 1 else "", tuple(pending)))
     return units
 
 
@@ -100,6 +108,7 @@ def _episode_tables(src: Source, unit: Unit, fields: list[pa.Field]):
     cache: dict[str, pa.Table | EpisodeError] = {}
     for ep in unit.episodes:
         if ep.data_path not in cache:
+            cache.clear()  # a unit's episodes come file by file: hold one file at a time
             try:
                 cache[ep.data_path] = r.parquet(ep.data_path)
             except EpisodeError as e:
@@ -327,12 +336,13 @@ def ingest(store: Store, src_uri: str, *, split_ratios: dict[str, float] | None 
                       frames_table, message, t0)
         return dataclasses.replace(rep, episodes_unchanged=pl.unchanged)
     src = dataclasses.replace(src, episodes=pl.todo)
-    units = units_of(src)
     from ._ray import ensure_ray, map_units
 
     ensure_ray(ray_address)
 
     import ray
+
+    units = units_of(src, parts=2 * int(ray.cluster_resources().get("CPU", 1)))
 
     for _ in range(max_replans):
         head = _versions.head(store)

@@ -20,6 +20,8 @@ import json
 
 import pyarrow as pa
 
+from ._sketch import SKETCH_TYPE
+
 STAT_NAMES = ("mean", "std", "min", "max", "q01", "q99")
 
 STATS_TYPE = pa.list_(pa.struct(
@@ -48,9 +50,7 @@ EPISODES = pa.schema([
     pa.field("success", pa.bool_()),
     pa.field("attrs", pa.string()),  # JSON: anything else the producer wants to keep (checkpoint, env id, ...)
     # mergeable per-feature quantile sketches (``_sketch``): lake-wide q01/q99 without reading frames
-    pa.field("sketch", pa.list_(pa.struct([
-        pa.field("feature", pa.string()), pa.field("kind", pa.string()),
-        pa.field("codes", pa.binary()), pa.field("counts", pa.binary())]))),
+    pa.field("sketch", SKETCH_TYPE),
     # integrity (see lake._checksum); null in rows written before these columns existed
     pa.field("frames_checksum", pa.string()),  # the episode's frame rows
     pa.field("content_hash", pa.string()),  # id + every camera's segment checksum: what re-ingest compares

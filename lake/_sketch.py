@@ -22,9 +22,13 @@ MIN_VALUE = 1e-9
 _LOG_GAMMA = np.log(GAMMA)
 _OFF = 1 << 31
 
+# Lance compresses the code/count bytes with zstd (per-field encoding metadata): a camera's histogram is 768
+# codes + counts, ~12 KB raw per episode, about 5x smaller compressed (measured on PushT: 4.1 MB -> 0.8 MB for
+# 200 episodes). Files written before read as they are (each data file says how it is encoded).
+_ZSTD = {"lance-encoding:compression": "zstd", "lance-encoding:compression-level": "9"}
 SKETCH_TYPE = pa.list_(pa.struct([
     pa.field("feature", pa.string()), pa.field("kind", pa.string()),  # "dd" | "u8"
-    pa.field("codes", pa.binary()), pa.field("counts", pa.binary()),
+    pa.field("codes", pa.binary(), metadata=_ZSTD), pa.field("counts", pa.binary(), metadata=_ZSTD),
 ]))
 
 
