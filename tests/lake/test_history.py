@@ -159,3 +159,86 @@ def test_a_commit_landing_during_log_compaction_is_kept_in_order(tmp_path, monke
     assert lk.version == 5 and _versions.compact_log(lk.store)
     assert [e.version for e in _versions.chain(lk.store)] == list(range(6))
     assert lk.store.dataset("_log").to_table()["version"].to_pylist() == list(range(6))
+
+
+def test_a_commit_opens_no_table_at_its_newest_version_but_the_log(tmp_path, monkeypatch):
+    """Opening a Lance table's newest version lists every manifest it has (grows with history); opening a
+    version by number does not. A commit opens only ``_log`` at its newest (head lookup, then the handle's
+    refresh); every data table is opened at the version the head pins."""
+    from lake._store import Store
+
+    lk = lake.open(tmp_path / "lake")
+    for i in range(3):
+        lk.append_episodes([_episode(i)], source="rl", fps=10)
+    newest: list[str] = []
+    real = Store.dataset
+
+    def counting(self, name, version=None):
+        if version is None:
+            newest.append(name)
+        return real(self, name, version)
+
+    monkeypatch.setattr(Store, "dataset", counting)
+    for i in range(3, 8):
+        newest.clear()
+        lk.append_episodes([_episode(i)], source="rl", fps=10)
+        assert newest == [_versions.LOG, _versions.LOG], newest
+
+
+def test_old_lance_versions_of_the_log_are_pruned_without_gc_and_no_lake_version_changes(tmp_path, monkeypatch):
+    from datetime import timedelta
+
+    monkeypatch.setattr(_versions, "LOG_GRACE", timedelta(0))
+    lk = lake.open(tmp_path / "lake")
+    lk.tag("first", 0)
+    views = {}
+    for i in range(2 * _versions.LOG_FRAGMENTS + 5):
+        lk.append_episodes([_episode(i)], source="rl", fps=10)
+        if lk.version in (1, 20, 40):
+            views[lk.version] = sorted(lk.episodes()["episode_id"].to_pylist())
+    log = lk.store.dataset(_versions.LOG)
+    assert len(log.versions()) <= _versions.LOG_KEEP + _versions.LOG_FRAGMENTS + 1
+    assert [e.version for e in _versions.chain(lk.store)] == list(range(lk.version + 1))
+    for v, ids in views.items():
+        assert sorted(lk.checkout(v).episodes()["episode_id"].to_pylist()) == ids
+    assert lk.checkout("first").episodes().num_rows == 0
+
+
+def _frag(rows: int, nbytes: int):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(physical_rows=rows, files=[SimpleNamespace(file_size_bytes=nbytes)])
+
+
+def test_merge_is_size_tiered_and_never_takes_large_fragments():
+    T, N, big = _tables.TIER_BYTES, _tables.COMPACT_FRAGMENTS, _tables.AUTO_COMPACT_MAX_BYTES
+    assert _tables.merge_target([_frag(10, 1000)] * N) is None  # not past the threshold
+    # tier 0 past the threshold: merged into fragments of about T bytes (rows = T / bytes per row)
+    assert _tables.merge_target([_frag(10, 1000)] * (N + 1)) == T // 100
+    # tier 0 and 1 together past it (a merge of tier 0 alone is not due): merged to about 16 T
+    mixed = [_frag(10, 1000)] * 5 + [_frag(1000, T * 2)] * (N - 4)
+    assert _tables.merge_target(mixed) == int(16 * T / ((5 * 1000 + (N - 4) * 2 * T) / (50 + (N - 4) * 1000)))
+    # what bulk writes make (>= AUTO_COMPACT_MAX_BYTES each) is never merged by a commit, however many
+    assert _tables.merge_target([_frag(100_000, big)] * 100) is None
+    assert _tables.merge_target([_frag(100_000, big)] * 100 + [_frag(10, 1000)] * (N + 1)) == T // 100
+
+
+def test_small_commits_after_a_bulk_write_never_rewrite_its_fragment(tmp_path, monkeypatch):
+    """A fragment at least AUTO_COMPACT_MAX_BYTES big stays as written while small commits pile up and are
+    merged around it; fragments per table stay bounded."""
+    monkeypatch.setattr(_tables, "TIER_BYTES", 1 << 10)
+    monkeypatch.setattr(_tables, "AUTO_COMPACT_MAX_BYTES", 16 << 10)
+    lk = lake.open(tmp_path / "lake")
+    lk.append_episodes([_episode(1000 + i, length=40) for i in range(200)], source="bulk", fps=10)
+    table = lk.episodes()["frames_table"][0].as_py()
+    bulk = [f.metadata for f in lk.table(table).get_fragments()]
+    assert len(bulk) == 1 and _tables.fragment_bytes(bulk[0]) >= _tables.AUTO_COMPACT_MAX_BYTES
+    files = {d.path for d in bulk[0].files}
+    ids = sorted(lk.episodes()["episode_id"].to_pylist())
+    for i in range(60):
+        lk.append_episodes([_episode(i)], source="rl", fps=10)
+    frags = [f.metadata for f in lk.table(table).get_fragments()]
+    assert any({d.path for d in f.files} == files for f in frags)  # the bulk fragment itself, not a copy
+    assert len(frags) <= 3 * (_tables.COMPACT_FRAGMENTS + 1)
+    assert lk.table(table).count_rows() == 200 * 40 + 60 * 5
+    assert sorted(lk.checkout(1).episodes()["episode_id"].to_pylist()) == ids
