@@ -32,6 +32,16 @@ def on_pinned(store: Store, table: str, pinned: int, apply: Callable | None, att
     content; ``apply`` commits one Lance operation on ``ds.version`` and returns the new dataset (or version).
     Returns the new Lance version. Raises RuntimeError after ``attempts`` lost races."""
     want = key = None
+    if apply is not None:  # first on the pinned version opened by number: usually the newest, and then
+        ds = store.dataset(table, version=pinned)  # nothing lists the table's manifests (they grow with history)
+        try:
+            out = apply(ds)
+            new = out if isinstance(out, int) else out.version
+            if new == pinned + 1:
+                return new
+        except (OSError, ValueError) as e:  # a newer version conflicts: the general path below
+            if "conflict" not in str(e).lower() and "preempted" not in str(e).lower():
+                raise
     for attempt in range(attempts):
         ds = store.dataset(table)
         if ds.version != pinned and want is None:  # (manifest keys cost ~3 ms a fragment: only when needed)
@@ -63,7 +73,7 @@ def commit_op(store: Store, table: str, pinned: int, make_op: Callable) -> int:
     import lance
 
     def apply(ds):
-        return lance.LanceDataset.commit(store.table_uri(table), make_op(ds), read_version=ds.version,
+        return lance.LanceDataset.commit(ds, make_op(ds), read_version=ds.version,
                                          storage_options=store.storage_options)
 
     return on_pinned(store, table, pinned, apply)

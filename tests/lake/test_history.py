@@ -183,6 +183,13 @@ def test_a_commit_opens_no_table_at_its_newest_version_but_the_log(tmp_path, mon
         newest.clear()
         lk.append_episodes([_episode(i)], source="rl", fps=10)
         assert newest == [_versions.LOG, _versions.LOG], newest
+    # after an edit (deletion vectors: appends go through Lance Append on the pinned version) the same holds
+    lk.delete_episodes(ids=[lk.episodes()["episode_id"][0].as_py()])
+    for i in range(8, 11):
+        newest.clear()
+        lk.append_episodes([_episode(i)], source="rl", fps=10)
+        assert newest == [_versions.LOG, _versions.LOG], newest
+    assert lk.episodes().num_rows == 10
 
 
 def test_old_lance_versions_of_the_log_are_pruned_without_gc_and_no_lake_version_changes(tmp_path, monkeypatch):
