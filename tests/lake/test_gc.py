@@ -192,3 +192,31 @@ def test_reader_of_a_retained_version_never_fails_while_gc_runs(lk, tmp_path):
     reader.send_signal(signal.SIGTERM)
     out, err = reader.communicate()
     assert "Error" not in err and int(out.split()[-1]) >= 1, err
+
+
+def test_a_table_emptied_by_restore_has_its_data_freed_by_gc(tmp_path):
+    """No public operation drops a table from the pins (a commit only adds or moves pins): restore pins a
+    table made after the restored version at an empty Lance version instead. gc frees that table's data."""
+    from lake import _versions
+
+    lk = lake.open(tmp_path / "lake")
+    for i in range(3):
+        lk.append_episodes([_episode(i, camera=True)], source="rl", fps=10)
+    v = lk.version
+    ids = sorted(lk.episodes()["episode_id"].to_pylist())
+    other = lake.NewEpisode(frames={"observation.state": np.ones((5, 7), np.float32)}, task="other robot")
+    lk.append_episodes([other], source="sim", fps=10)  # other features: a frames table of its own
+    new = set(_versions.head(lk.store).tables) - set(_versions.entry(lk.store, v).tables)
+    assert len(new) == 1
+    table = new.pop()
+    data = os.path.join(lk.store.table_uri(table), "data")
+    assert _du(data) > 0
+    lk.restore(v)
+    rep = lk.gc(keep_last=1)
+    head = _versions.head(lk.store)
+    assert table in head.tables and rep.tables_removed == []
+    assert lk.store.dataset(table, version=head.tables[table]).count_rows() == 0
+    assert _du(data) == 0  # every data file of the table is gone; its (empty) newest version stays
+    assert sorted(lk.refresh().episodes()["episode_id"].to_pylist()) == ids
+    with pytest.raises(lake.VersionDeleted):
+        lk.checkout(v + 1)
