@@ -75,26 +75,35 @@ UNIT_MAX_FRAMES = 20_000  # frames one task holds at most before writing (its ro
 
 
 def units_of(src: Source, parts: int = 8, max_frames: int = UNIT_MAX_FRAMES) -> list[Unit]:
-    """Episodes in about ``parts`` units of whole data files (a file with many episodes, v3.0, is read once),
-    consecutive files together up to ``total frames / parts`` (at most ``max_frames``; a bigger file is a unit
-    of its own). Each unit becomes one fragment per table: few units mean few, large fragments, which commits
+    """Episodes in at most ``parts`` units (more if ``max_frames`` asks) of whole data files (a file with many episodes, v3.0, is read once),
+    consecutive files together until ``total frames / parts`` (never past ``max_frames``, unless one file is
+    bigger: a unit of its own). Each unit becomes one fragment per table: few units mean few, large fragments, which commits
     never need to merge again (``_tables.compact_small``); ``parts`` ~ 2 per CPU keeps every CPU busy."""
     by_file: dict[str, list[EpisodeRef]] = defaultdict(list)
     for ep in src.episodes:
         by_file[ep.data_path].append(ep)
     total = sum(ep.length for ep in src.episodes)
     target = max(1, min(max_frames, -(-total // max(1, parts))))
-    units, pending, frames = [], [], 0
-    for path, eps in by_file.items():
+    units: list[Unit] = []
+    pending: list[EpisodeRef] = []
+    frames = 0
+
+    def flush():
+        nonlocal pending, frames
+        if pending:
+            paths = {e.data_path for e in pending}
+            units.append(Unit(pending[0].data_path if len(paths) == 1 else "", tuple(pending)))
+        pending, frames = [], 0
+
+    for eps in by_file.values():
         n = sum(e.length for e in eps)
-        if pending and frames + n > target:
-            units.append(Unit(pending[0].data_path if len({e.data_path for e in pending}) == 1 else "",
-                              tuple(pending)))
-            pending, frames = [], 0
+        if frames + n > max_frames:
+            flush()
         pending += eps
         frames += n
-    if pending:
-        units.append(Unit(pending[0].data_path if len({e.data_path for e in pending}) == 1 else "", tuple(pending)))
+        if frames >= target:
+            flush()
+    flush()
     return units
 
 

@@ -249,3 +249,24 @@ def test_small_commits_after_a_bulk_write_never_rewrite_its_fragment(tmp_path, m
     assert len(frags) <= 3 * (_tables.COMPACT_FRAGMENTS + 1)
     assert lk.table(table).count_rows() == 200 * 40 + 60 * 5
     assert sorted(lk.checkout(1).episodes()["episode_id"].to_pylist()) == ids
+
+
+def test_ingest_units_are_whole_files_about_parts_many_and_bounded_in_frames():
+    """One unit = one fragment per table: about ``parts`` units (so a fresh ingest needs no merge), each of
+    whole data files, every episode once and in order, at most ``max_frames`` frames unless one file is bigger."""
+    from lake._ingest import units_of
+    from lake._lerobot import EpisodeRef, Source
+
+    def src(eps):
+        return Source("/src", "src", "v3.0", {}, None, tuple(eps))
+
+    eps = [EpisodeRef(i, 50, ("t",), f"data/file-{i // 4:03d}.parquet") for i in range(200)]  # 4 per file
+    for parts, max_frames, n in ((4, 20_000, 4), (1, 20_000, 1), (1, 1_000, 10), (500, 20_000, 50)):
+        units = units_of(src(eps), parts=parts, max_frames=max_frames)
+        assert len(units) == n, (parts, max_frames, len(units))
+        assert [e.index for u in units for e in u.episodes] == list(range(200))
+        files = [{e.data_path for e in u.episodes} for u in units]
+        assert all(not (a & b) for i, a in enumerate(files) for b in files[i + 1:])  # a file is read by one unit
+        assert all(sum(e.length for e in u.episodes) <= max(max_frames, 200) for u in units)
+    big = [EpisodeRef(0, 5000, ("t",), "data/big.parquet"), EpisodeRef(1, 10, ("t",), "data/small.parquet")]
+    assert [len(u.episodes) for u in units_of(src(big), parts=8, max_frames=1000)] == [1, 1]
