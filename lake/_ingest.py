@@ -75,10 +75,11 @@ UNIT_MAX_FRAMES = 20_000  # frames one task holds at most before writing (its ro
 
 
 def units_of(src: Source, parts: int = 8, max_frames: int = UNIT_MAX_FRAMES) -> list[Unit]:
-    """Episodes in at most ``parts`` units (more if ``max_frames`` asks) of whole data files (a file with many episodes, v3.0, is read once),
-    consecutive files together until ``total frames / parts`` (never past ``max_frames``, unless one file is
-    bigger: a unit of its own). Each unit becomes one fragment per table: few units mean few, large fragments, which commits
-    never need to merge again (``_tables.compact_small``); ``parts`` ~ 2 per CPU keeps every CPU busy."""
+    """Episodes in at most ``parts`` units (more if ``max_frames`` asks) of whole data files (a file with many
+    episodes, v3.0, is read once): consecutive files together until ``total frames / parts``, never past
+    ``max_frames`` unless one file is bigger (a unit of its own). Each unit becomes one fragment per table: few
+    units mean few, large fragments, which commits never need to merge again (``_tables.compact_small``);
+    ``parts`` ~ 2 per CPU keeps every CPU busy."""
     by_file: dict[str, list[EpisodeRef]] = defaultdict(list)
     for ep in src.episodes:
         by_file[ep.data_path].append(ep)
