@@ -1,7 +1,8 @@
 """LeRobot → lake ingestion as a Ray Data job: workers write fragments, the driver commits once.
 
-1. ``read_source`` parses ``meta/`` on the driver and groups episodes into units by data file (v3.0: many
-   episodes per parquet/mp4, so each file is opened once per task, not once per episode). ``_plan`` lists the
+1. ``read_source`` parses ``meta/`` on the driver; ``units_of`` groups episodes into about two units per CPU of
+   whole data files (v3.0: many episodes per parquet/mp4, so each file is opened once per task, not once per
+   episode; each unit writes one fragment per table, so a fresh ingest needs no merge). ``_plan`` lists the
    source once: missing / empty videos are reported per file, and episodes whose metadata and file sizes/mtimes
    match a fingerprint the lake holds are left out (no Ray job at all when nothing is left).
 2. One Ray Data pass over the units: read the parquet, validate every episode (columns, shapes vs info.json,
