@@ -15,6 +15,7 @@ nothing is rewritten. Changing a column's type, or adding a field inside an exis
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import pyarrow as pa
@@ -167,9 +168,10 @@ def write_rows(store: Store, table: str, rows: pa.Table, schema: pa.Schema, vers
 # --- automatic compaction ------------------------------------------------------------------------------------
 # Every commit adds a fragment to each table it touches, and a Lance manifest lists every fragment, so a table
 # fed by small commits would make each commit (and each open) cost more than the last. Commits therefore merge
-# small fragments, size-tiered as in an LSM tree: tier k holds fragments below TIER_BYTES * 16**k bytes; when
-# tiers 0..k hold more than COMPACT_FRAGMENTS fragments, Lance ``compact_files`` merges them into fragments of
-# about the tier's bound (its planner only takes fragments with fewer rows than the target). Each row is thus
+# small fragments, size-tiered as in an LSM tree: tier k holds fragments of TIER_BYTES * 16**(k-1) to
+# TIER_BYTES * 16**k bytes; when one tier holds more than COMPACT_FRAGMENTS fragments, Lance ``compact_files``
+# merges them (and any smaller) into fragments of about the tier's upper bound, i.e. into the next tier (its
+# planner only takes fragments with fewer rows than the target). Each row is thus
 # rewritten about once per tier (log16 of the data, not once per commit), fragments per table stay bounded
 # (<= COMPACT_FRAGMENTS per tier), and a fragment of AUTO_COMPACT_MAX_BYTES or more (what a bulk ingest writes)
 # is never rewritten by a commit, so a fresh ingest is stored once. ``Lake.compact`` merges everything on request.
@@ -190,15 +192,18 @@ def fragment_bytes(meta) -> int:
 
 
 def merge_target(frags: list) -> int | None:
-    """Rows per merged fragment for the merge these fragments (metadata) call for, or None (see above)."""
-    sizes = [(f.physical_rows, fragment_bytes(f)) for f in frags]
-    bound = TIER_BYTES
+    """Rows per merged fragment for the merge these fragments (metadata) call for, or None (see above): the
+    first tier holding more than COMPACT_FRAGMENTS fragments is merged, with every smaller fragment, into
+    fragments of about the tier's upper bound. A fragment's size is its rows times the table's bytes per row
+    (a tiny fragment's file is mostly overhead; and Lance's planner picks fragments by rows, so tiers and the
+    target agree: a merged fragment lands in the next tier)."""
+    rows = [f.physical_rows for f in frags]
+    per_row = max(1.0, sum(fragment_bytes(f) for f in frags) / max(1, sum(rows)))
+    low, bound = 0, TIER_BYTES
     while bound <= AUTO_COMPACT_MAX_BYTES:
-        tier = [(r, b) for r, b in sizes if b < bound]
-        if len(tier) > COMPACT_FRAGMENTS:
-            per_row = max(1.0, sum(b for _, b in tier) / max(1, sum(r for r, _ in tier)))
-            return max(2, int(bound / per_row))
-        bound *= 16
+        if sum(1 for r in rows if low <= r * per_row < bound) > COMPACT_FRAGMENTS:
+            return max(2, math.ceil(bound / per_row))  # a merged fragment reaches the next tier
+        low, bound = bound, bound * 16
     return None
 
 

@@ -3,6 +3,8 @@ indexed episode reads equal to scans, stats merged from sketches equal to exact 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -219,15 +221,22 @@ def _frag(rows: int, nbytes: int):
 
 def test_merge_is_size_tiered_and_never_takes_large_fragments():
     T, N, big = _tables.TIER_BYTES, _tables.COMPACT_FRAGMENTS, _tables.AUTO_COMPACT_MAX_BYTES
+
+    def target(frags):
+        per_row = sum(f.files[0].file_size_bytes for f in frags) / sum(f.physical_rows for f in frags)
+        return _tables.merge_target(frags), per_row
+
     assert _tables.merge_target([_frag(10, 1000)] * N) is None  # not past the threshold
     # tier 0 past the threshold: merged into fragments of about T bytes (rows = T / bytes per row)
-    assert _tables.merge_target([_frag(10, 1000)] * (N + 1)) == T // 100
-    # tier 0 and 1 together past it (a merge of tier 0 alone is not due): merged to about 16 T
-    mixed = [_frag(10, 1000)] * 5 + [_frag(1000, T * 2)] * (N - 4)
-    assert _tables.merge_target(mixed) == int(16 * T / ((5 * 1000 + (N - 4) * 2 * T) / (50 + (N - 4) * 1000)))
+    assert _tables.merge_target([_frag(10, 1000)] * (N + 1)) == math.ceil(T / 100)
+    # a tier is merged when it alone is past the threshold, not with the tiers above it
+    assert _tables.merge_target([_frag(10, 1000)] * N + [_frag(1000, 2 * T)] * N + [_frag(9000, 20 * T)]) is None
+    got, per_row = target([_frag(10, 1000)] * 5 + [_frag(1000, 2 * T)] * (N + 1))
+    assert got == math.ceil(16 * T / per_row)  # tier 1 (and the smaller) into tier 2
     # what bulk writes make (>= AUTO_COMPACT_MAX_BYTES each) is never merged by a commit, however many
     assert _tables.merge_target([_frag(100_000, big)] * 100) is None
-    assert _tables.merge_target([_frag(100_000, big)] * 100 + [_frag(10, 1000)] * (N + 1)) == T // 100
+    got, per_row = target([_frag(100_000, big)] * 100 + [_frag(10, 1000)] * (N + 1))
+    assert got == math.ceil(T / per_row) and got < 100_000  # the small ones only: bulk fragments have more rows
 
 
 def test_small_commits_after_a_bulk_write_never_rewrite_its_fragment(tmp_path, monkeypatch):
