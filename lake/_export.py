@@ -234,6 +234,8 @@ def export(lk, dest, version=None, split: str | None = None, filter: str | None 
     src = lk if version is None else lk.checkout(version)
     eps, info = _selection(src, split, filter)
     features = {k: dict(v) for k, v in info["features"].items()}
+    for k in ("episode_index", "index", "task_index"):  # LeRobot's default features, which appended sources lack
+        features.setdefault(k, {"dtype": "int64", "shape": [1], "names": None})
     cameras = [k for k, f in features.items() if f.get("dtype") == "video"]
     names = [k for k, f in features.items() if f.get("dtype") != "video"]
     from ._lerobot import frame_fields

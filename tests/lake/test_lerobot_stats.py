@@ -198,6 +198,10 @@ def test_lerobot_style_meta_and_export_carry_lerobots_stats(robots, tmp_path):
         _equal(ds.meta.stats[f], want[f], f"meta {f}")
     robots.export(tmp_path / "out", filter="robot_type = 'arm3'")
     exported = json.loads((tmp_path / "out" / "meta" / "stats.json").read_text())
+    import pyarrow.parquet as pq  # appended episodes have no index columns: the export adds LeRobot's
+    data = pq.read_table(next((tmp_path / "out" / "data").glob("**/*.parquet")))
+    assert data["episode_index"].to_pylist() == [i for i, n in enumerate((8, 16, 2)) for _ in range(n)]
+    assert data["index"].to_pylist() == list(range(26)) and set(data["task_index"].to_pylist()) == {0}
     for f in ("action", "observation.images.top"):
         _equal({k: np.asarray(v) for k, v in exported[f].items()}, want[f], f"stats.json {f}")
 
