@@ -92,8 +92,11 @@ def _np(col) -> np.ndarray:
 
 def _group_images(lk, episodes: list[dict], layout: dict, tokenize) -> dict[tuple[str, str], np.ndarray]:
     """(episode, camera) -> image tokens of every frame: decoded once per episode by the lake, resized, tokenized."""
-    return {(e["episode_id"], c): tokenize(resize(lk.video(e["episode_id"], c), tuple(layout["image_size"])))
-            for e in episodes for c in layout["cameras"] if c in (e["cameras"] or [])}
+    from ._embodiments import camera_of  # a mixture's sources may name a camera differently (camera_map)
+
+    return {(e["episode_id"], c): tokenize(resize(lk.video(e["episode_id"], camera_of(layout, e, c)),
+                                                  tuple(layout["image_size"])))
+            for e in episodes for c in layout["cameras"] if camera_of(layout, e, c) in (e["cameras"] or [])}
 
 
 def pack_group(row: dict, *, lake_ref, groups: list[tuple], layout: dict, recipe: Recipe, table: str,
@@ -225,8 +228,10 @@ def pack(lk, recipe=None, *, mixture=None, repack: bool = False, progress: bool 
     todo = [r for r in rows if r["episode_id"] not in done]
     if not todo:
         return PackReport(None, table, recipe.hash, 0, 0, 0.0, 0, False, time.perf_counter() - t0)
+    from ._embodiments import camera_of
+
     for r in todo:
-        missing = set(layout["cameras"]) - set(r["cameras"] or [])
+        missing = {camera_of(layout, r, c) for c in layout["cameras"]} - set(r["cameras"] or [])
         if missing:
             raise ValueError(f"episode {r['episode_id']} lacks camera(s) {sorted(missing)} named by the recipe")
     groups = _groups(todo, recipe, first_group=_next_group(prior, repack))
