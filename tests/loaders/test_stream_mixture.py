@@ -160,3 +160,17 @@ def test_epoch_draw_is_the_same_in_dataloader_workers(redrawn):
 def test_pack_time_draw_tables_have_no_slots(mixed):
     lk, rep, _ = mixed
     assert all(b.mixture_slot is None for b in lk.stream("train", recipe=rep.recipe_hash))
+
+
+def test_epoch_draw_through_ray_data_keeps_the_same_counts(redrawn):
+    from loaders import packed_batches, ray_dataset
+    from packers import layout_of
+
+    lk, rep, source = redrawn
+    layout = layout_of(lk.table(rep.table).schema)
+    ds = ray_dataset(lk, "train", recipe=rep.recipe_hash)
+    got = collections.Counter(source[e] for b in packed_batches(ds, 2, layout, split="train", seed=7, epoch=1)
+                              for e, _ in b.origin)
+    assert dict(got) == {s["name"]: s["target"]["train"] for s in rep.mixture["sources"]}
+    with pytest.raises(ValueError, match="per-epoch mixture pool"):
+        next(iter(packed_batches(ds, 2, layout)))
