@@ -118,7 +118,7 @@ def test_views_that_do_not_match_are_refused_naming_them(renamed):
                 mixture={"pusht_v3": 1.0, "groot": 1.0}, progress=False)
 
 
-def test_differently_named_cameras_train_together(renamed, tmp_path):
+def test_differently_named_cameras_train_together_with_a_per_epoch_draw(renamed, tmp_path):
     import torch
 
     from training.sft import SFTConfig, train
@@ -127,7 +127,7 @@ def test_differently_named_cameras_train_together(renamed, tmp_path):
     shutil.copytree(renamed.uri, dst)
     lk = lake.open(dst)
     rep = lk.pack(Recipe(image_size=(32, 32), action_horizon=4, token_budget=512, name="cams2"),
-                  mixture={"pusht_v3": 1.0, "groot": 1.0}, progress=False)
+                  mixture={"sources": {"pusht_v3": 1.0, "groot": 2.0}, "draw": "epoch"}, progress=False)
     torch.manual_seed(0)
     out = train(SFTConfig(lake=lk.uri, recipe=rep.recipe_hash, out_dir=str(tmp_path / "run"),
                           model={"width": 32, "depth": 1, "heads": 2, "head_dim": 16}, warmup=1, log_every=1000,
