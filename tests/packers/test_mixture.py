@@ -226,3 +226,15 @@ def test_plain_and_mixture_packings_share_the_packings_table(two_sources, tmp_pa
     assert rows[plain.recipe_hash].get("mixture_json") is None and rows[again.recipe_hash].get("mixture_json") is None
     assert json.loads(rows[mix.recipe_hash]["mixture_json"]) == mix.mixture
     assert sum(1 for _ in lk.stream("train", recipe=plain.recipe_hash)) > 0
+
+
+def test_the_example_mixture_config_loads():
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "configs" / "pack" / "mix.yaml"
+    assert path.read_text().startswith("# lake pack configs/pack/mix.yaml")
+    r = Recipe.from_yaml(path)
+    m = r.mixture
+    assert m.draw == "epoch" and r.cameras == ("top", "wrist")
+    assert [s.name for s in m.sources] == ["pusht", "gr1_long", "gr1_short"]
+    assert [m.replacement_of(i) for i in range(3)] == [False, True, False]
