@@ -206,15 +206,18 @@ def test_lerobot_style_meta_and_export_carry_lerobots_stats(robots, tmp_path):
         _equal({k: np.asarray(v) for k, v in exported[f].items()}, want[f], f"stats.json {f}")
 
 
-def test_rows_from_before_lerobot_stats_still_give_stats(tmp_path, monkeypatch):
-    """Rows written before ``stats_lerobot`` (null) stand in with their ``stats`` row and their sketch's
-    q10/q50/q90; newer rows in the same lake keep theirs."""
+def test_lakes_from_before_lerobot_stats_still_give_stats(tmp_path, monkeypatch):
+    """Episodes written before ``stats_lerobot`` (a table without the column, then null rows once it arrives)
+    stand in with their ``stats`` row and their sketch's q10/q50/q90; newer rows in the same lake keep theirs."""
     lk = lake.open(tmp_path / "lake")
     rng = np.random.default_rng(3)
-    with monkeypatch.context() as m:  # an older writer: no stats_lerobot
-        m.setattr(_stats, "to_lerobot_rows", lambda stats, partial=False: None)
+    from lake import _append, _schema
+
+    with monkeypatch.context() as m:  # an older writer: an episodes table without the column
+        old_schema = _schema.EPISODES.remove(_schema.EPISODES.get_field_index("stats_lerobot"))
+        m.setattr(_append, "EPISODES", old_schema)
         lk.append_episodes([_episode(rng, 10, 2), _episode(rng, 6, 2)], source="old", fps=10)
-    assert lk.episodes(columns=["stats_lerobot"])["stats_lerobot"].null_count == 2
+    assert "stats_lerobot" not in lk.table("episodes").schema.names
     old = lk.stats(method="lerobot")
     lake_st = lk.stats()
     assert set(old["action"]) == {"count", "mean", "std", "min", "max", *KEYS}
@@ -225,10 +228,22 @@ def test_rows_from_before_lerobot_stats_still_give_stats(tmp_path, monkeypatch):
     for k in ("q10", "q50", "q90"):
         want = sum(c * per_ep[e]["action"][k] for c, e in zip(n, per_ep)) / n.sum()
         np.testing.assert_allclose(old["action"][k], want, rtol=1e-12)
-    lk.append_episodes([_episode(rng, 7, 2)], source="new", fps=10)
+    assert set(lk.stats(method="lerobot", by="episode")) == set(per_ep)
+    lk.append_episodes([_episode(rng, 7, 2)], source="new", fps=10)  # the column arrives; old rows read null
+    assert lk.episodes(columns=["stats_lerobot"])["stats_lerobot"].null_count == 2
     mixed = lk.stats(method="lerobot")
     assert mixed["action"]["count"][0] == 23
     per = lk.stats(method="lerobot", by="source")
     _equal(per["new"]["action"], _ref_aggregate([_ref_vector(np.asarray(
         lk.frames(e)["action"].to_pylist(), np.float32)) for e in lk.episodes(filter="source = 'new'")["episode_id"]
         .to_pylist()]), "new rows")
+
+
+def test_cli_prints_lerobot_stats_per_embodiment_and_names_a_fleets_shape_clash(robots, capsys):
+    from lake.cli import main
+
+    assert main(["stats", "--method", "lerobot", "--by", "embodiment", "--lake", robots.uri]) == 0
+    out = capsys.readouterr().out
+    assert "embodiment=arm2" in out and "embodiment=arm3" in out and "q50" in out and "method=lerobot" in out
+    assert main(["stats", "--lake", robots.uri]) != 0
+    assert "by='embodiment'" in capsys.readouterr().err
