@@ -158,3 +158,25 @@ def two_robots(tmp_path_factory, ingested):
     rep = lk.ingest(src, source_name="groot", split_ratios={"train": 1.0}, progress=False)
     assert rep.episodes_added == 3 and not rep.quarantined, rep
     return lk
+
+
+GROOT_CAMERAS = {"observation.images.top": "observation.images.cam_high",
+                 "observation.images.wrist": "observation.images.cam_wrist"}
+
+
+@pytest.fixture(scope="session")
+def groot_cameras(tmp_path_factory, ingested):
+    """pusht_v3 (cameras observation.images.top / wrist) + "groot": a GR00T-style source (robot "gr1_sim") whose
+    cameras are cam_high / cam_wrist, its modality.json naming them views "top" and "wrist" (copy before
+    writing)."""
+    import lake
+
+    dst = tmp_path_factory.mktemp("lakes") / "groot_cameras"
+    shutil.copytree(ingested.uri, dst)
+    lk = lake.open(dst)
+    base = _write(tmp_path_factory, "groot_cams", episodes=3, version="v3.0", min_len=12, max_len=20,
+                  episodes_per_file=2, seed=4)
+    src = make_groot_source(tmp_path_factory.mktemp("src") / "groot_cams", base, cameras=GROOT_CAMERAS)
+    rep = lk.ingest(src, source_name="groot", split_ratios={"train": 1.0}, progress=False)
+    assert rep.episodes_added == 3 and not rep.quarantined, rep
+    return lk

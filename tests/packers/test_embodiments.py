@@ -63,24 +63,14 @@ def test_each_embodiment_is_normalized_with_its_own_stats(packed):
 # --- cameras matched by view: a GR00T modality.json's video keys ---------------------------------------------------
 
 RENAMED = {"observation.images.top": "observation.images.cam_high",
-           "observation.images.wrist": "observation.images.cam_wrist"}
+           "observation.images.wrist": "observation.images.cam_wrist"}  # = conftest.GROOT_CAMERAS
 
 
 @pytest.fixture(scope="module")
-def renamed(tmp_path_factory, ingested):
-    """pusht_v3 (cameras observation.images.top / wrist) + a GR00T source whose cameras are cam_high / cam_wrist,
-    its modality.json naming them views "top" and "wrist"."""
-    from conftest import _write, make_groot_source
-
+def renamed(groot_cameras, tmp_path_factory):
     dst = tmp_path_factory.mktemp("renamed") / "lake"
-    shutil.copytree(ingested.uri, dst)
-    lk = lake.open(dst)
-    base = _write(tmp_path_factory, "groot_cams", episodes=3, version="v3.0", min_len=12, max_len=20,
-                  episodes_per_file=2, seed=4)
-    src = make_groot_source(tmp_path_factory.mktemp("src") / "groot_cams", base, cameras=RENAMED)
-    rep = lk.ingest(src, source_name="groot", split_ratios={"train": 1.0}, progress=False)
-    assert rep.episodes_added == 3 and not rep.quarantined, rep
-    return lk
+    shutil.copytree(groot_cameras.uri, dst)
+    return lake.open(dst)
 
 
 def test_groot_video_keys_map_to_the_lakes_cameras_and_the_mixture_packs(renamed, tmp_path):
