@@ -1,7 +1,8 @@
 """Several embodiments in one packed table (mixtures): per-embodiment normalization, dims padded to the widest.
 
 An embodiment is a ``robot_type``. Each gets its own layout entry (``layout["embodiments"][robot_type]``): its
-state/action features and dims and normalization constants from the stats of *its* episodes in the mixture,
+state/action features and dims and normalization constants from the stats of *its* episodes in the mixture
+(``lk.stats`` over them: exact moments, sketch quantiles, as a single-source pack normalizes),
 with its ``lake.embodiments()`` modality (GR00T slices or the default layout) and sources. A sample's state and
 actions are normalized with its embodiment's constants, then zero-padded to the table's ``state_dim`` /
 ``action_dim`` (the widest embodiment's), as π0 pads every robot to one action width. The top-level ``norm`` /
@@ -37,7 +38,10 @@ def embodiment_layout(lk, recipe, episodes: list[dict], fps: float, vocab_size: 
     if not by:
         raise ValueError("the mixture selects no samples")
     features_of = lk.features()
-    stats_of = {r["episode_id"]: r["stats"] for r in lk.episodes(columns=["episode_id", "stats"]).to_pylist()}
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = lk.episodes(columns=["episode_id", "stats", "sketch"])
     embodiments = lk.embodiments()
     modality = {s: emb.to_dict() for s, emb in embodiments.items()}
     sources = sorted({e["source"] for e in episodes})
@@ -51,7 +55,8 @@ def embodiment_layout(lk, recipe, episodes: list[dict], fps: float, vocab_size: 
         features: dict = {}
         for s in sources:
             features.update(features_of.get(s, {}))
-        stats = _stats.aggregate([_stats.from_rows(stats_of[e["episode_id"]]) for e in by[robot]])
+        mine = table.filter(pc.is_in(table["episode_id"], pa.array([e["episode_id"] for e in by[robot]])))
+        stats = _stats.aggregate_columns(mine["stats"], mine["sketch"] if "sketch" in mine.column_names else None)
         lay = make_layout(replace(recipe.resolved(features), cameras=tuple(cameras)), features, stats, fps, vocab_size)
         per[robot] = {**{k: lay[k] for k in KEYS}, "sources": sources, "modality": modality.get(sources[0]),
                       "_layout": lay}

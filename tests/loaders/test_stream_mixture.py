@@ -174,3 +174,11 @@ def test_epoch_draw_through_ray_data_keeps_the_same_counts(redrawn):
     assert dict(got) == {s["name"]: s["target"]["train"] for s in rep.mixture["sources"]}
     with pytest.raises(ValueError, match="per-epoch mixture pool"):
         next(iter(packed_batches(ds, 2, layout)))
+
+
+def test_epoch_draw_is_the_same_through_the_shard_cache(redrawn, tmp_path):
+    lk, rep, _ = redrawn
+    plain = [tuple(b.origin) for b in lk.stream("train", recipe=rep.recipe_hash, seed=2, epoch=3)]
+    cached = [tuple(b.origin) for b in lk.stream("train", recipe=rep.recipe_hash, seed=2, epoch=3,
+                                                 cache_dir=tmp_path / "cache")]
+    assert cached == plain
