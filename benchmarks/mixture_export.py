@@ -6,8 +6,10 @@
    then exported as lerobot-v3.0 and as lerobot-v2.1 (timed): frames/s of each, export / ingest.
 2. ``--lerobot PY`` (a python with lerobot 0.4 installed): ``LeRobotDataset(root=export)`` loads the v3.0 export
    in a subprocess and its decoded frames (pyav backend) are compared with ``lk.video`` of the original lake.
-3. The second source is ingested; the same recipe is packed single-source (mixture {pusht: 1}) and as a 1:3
-   mixture; one epoch of each is streamed (best of ``--repeats``): samples/s and the ratio.
+3. The second source is ingested; the same recipe is packed single-source (mixture {pusht: 1}), as a 1:3
+   mixture drawn at pack time and as the same mixture drawn afresh every epoch (``draw: epoch``: a pool the
+   loader cuts to each epoch's draw); one epoch of each is streamed (best of ``--repeats``): samples/s and the
+   ratio. ``--stream-only`` skips 1-2 (no export figures).
 Prints a markdown block for benchmarks/RESULTS.md, with peak RSS and the load average.
 """
 
@@ -62,6 +64,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--lerobot", default=None, help="python executable with lerobot 0.4 (optional check)")
     p.add_argument("--workdir", default=None)
+    p.add_argument("--stream-only", action="store_true", help="only part 3 (streaming)")
     args = p.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="mixbench"))
     load0 = os.getloadavg()[0]
@@ -78,11 +81,11 @@ def main() -> int:
         shutil.rmtree(work / "lake", ignore_errors=True)
         return lake.open(work / "lake").ingest(a, progress=False)
 
-    t_ingest, rep = best(ingest_once, args.repeats)
+    t_ingest, rep = best(ingest_once, 1 if args.stream_only else args.repeats)
     lk = lake.open(work / "lake")
     frames = rep.frames_added
     rows = [("ingest (Ray up)", t_ingest, frames / t_ingest, "")]
-    for fmt in ("lerobot-v3.0", "lerobot-v2.1"):
+    for fmt in ("lerobot-v3.0", "lerobot-v2.1") if not args.stream_only else ():
         def export_once(fmt=fmt):
             shutil.rmtree(work / f"export_{fmt}", ignore_errors=True)
             return lk.export(work / f"export_{fmt}", format=fmt)
@@ -113,6 +116,7 @@ def main() -> int:
     lk.ingest(b, source_name="other", progress=False)
     single = lk.pack(RECIPE, mixture={"pusht": 1.0}, progress=False)
     mixed = lk.pack(RECIPE, mixture={"pusht": 1.0, "other": 3.0}, progress=False)
+    redrawn = lk.pack(RECIPE, mixture={"sources": {"pusht": 1.0, "other": 3.0}, "draw": "epoch"}, progress=False)
 
     def epoch(rep):
         n = 0
@@ -121,7 +125,8 @@ def main() -> int:
         return n
 
     srows = []
-    for label, r in (("single source (mixture {pusht: 1})", single), ("mixture {pusht: 1, other: 3}", mixed)):
+    for label, r in (("single source (mixture {pusht: 1})", single), ("mixture {pusht: 1, other: 3}", mixed),
+                     (f"same, draw: epoch (pool of {redrawn.samples:,} samples)", redrawn)):
         epoch(r)  # warm: open the table
         t, n = best(lambda r=r: epoch(r), args.repeats)
         srows.append((label, t, n, n / t))
@@ -129,10 +134,11 @@ def main() -> int:
     print(f"\nLoad average at start / end: {load0:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
           f"(shared machine, other jobs running).\nSource: {frames} frames ({args.episodes} PushT episodes, "
           f"2 cameras). Best of {args.repeats}.\n")
-    print("| what | wall s | frames/s | ÷ ingest | note |\n|---|---:|---:|---:|---|")
-    for what, t, fps, note in rows:
-        print(f"| {what} | {t:.2f} | {fps:,.0f} | {fps / rows[0][2]:.2f} | {note} |")
-    print(f"\nLeRobot check: {check}\n")
+    if not args.stream_only:
+        print("| what | wall s | frames/s | ÷ ingest | note |\n|---|---:|---:|---:|---|")
+        for what, t, fps, note in rows:
+            print(f"| {what} | {t:.2f} | {fps:,.0f} | {fps / rows[0][2]:.2f} | {note} |")
+        print(f"\nLeRobot check: {check}\n")
     print("| stream one epoch of train | wall s | samples | samples/s | ÷ single source |\n|---|---:|---:|---:|---:|")
     for label, t, n, sps in srows:
         print(f"| {label} | {t:.3f} | {n:,} | {sps:,.0f} | {sps / srows[0][3]:.2f} |")

@@ -133,11 +133,13 @@ def append_episodes(store: Store, episodes: list[NewEpisode], *, source: str, fp
         ft = _frames_table(ep, fields, fps)
         eid = content_id(ft, (ep.task,))  # = episode_id(ep, fps)
         stats, sketch = _stats.frame_stats(ft), _stats.frame_sketches(ft)
+        lr_stats = _stats.lerobot_frame_stats(ft)
         sums = {}
         for cam, imgs in ep.images.items():
             seg, decoded = encode_segment(np.asarray(imgs, np.uint8), fps, f"{source} {eid} {cam}")
             stats[cam] = image_stats(decoded)
             sketch.append(_stats.image_sketch(cam, decoded))
+            lr_stats[cam] = _stats.lerobot_image_stats(decoded)
             sums[cam] = _segment_checksum(seg)
             video_rows.append(_video_row(eid, cam, VideoRef("", 0.0, ft.num_rows / fps), seg))
         frames_parts.append(ft.add_column(0, "episode_id", pa.array([eid] * ft.num_rows, pa.string())))
@@ -147,7 +149,8 @@ def append_episodes(store: Store, episodes: list[NewEpisode], *, source: str, fp
             "task": ep.task, "tasks": [ep.task], "length": ft.num_rows,
             "split": split or split_of(eid, split_ratios or {"train": 1.0}), "robot_type": robot_type, "fps": fps,
             "frames_table": table, "cameras": list(ep.images), "codebase_version": "episode-lake",
-            "stats": _stats.to_rows(stats), "sketch": sketch, "policy_version": ep.policy_version,
+            "stats": _stats.to_rows(stats), "sketch": sketch,
+            "stats_lerobot": _stats.to_lerobot_rows(lr_stats), "policy_version": ep.policy_version,
             "episode_return": None if ep.episode_return is None else float(ep.episode_return),
             "success": ep.success, "attrs": json.dumps(ep.attrs) if ep.attrs else None,
             "frames_checksum": frames_checksum(ft), "content_hash": content_hash(eid, sums),

@@ -27,7 +27,7 @@ from ._store import Store
 
 # episode-level columns an edit may not set: identity, layout and content-derived values
 PROTECTED = {"episode_id", "source", "source_uri", "source_episode_index", "length", "fps", "frames_table",
-             "cameras", "codebase_version", "stats", "robot_type"}
+             "cameras", "codebase_version", "stats", "robot_type", "stats_lerobot"}
 NOT_EPISODE_TABLES = ("packings", "tasks", "sources", "quarantine", "_log")
 
 

@@ -57,7 +57,7 @@ class ExportReport:
 def _selection(lk, split, filter) -> tuple[list[dict], dict]:
     """The episodes to export in a stable order, and the info.json of the source layout they share."""
     cols = ["episode_id", "source", "source_episode_index", "task", "tasks", "length", "fps", "frames_table",
-            "cameras", "robot_type", "stats"]
+            "cameras", "robot_type", "stats", "sketch", "stats_lerobot"]
     eps = lk.episodes(split=split, filter=filter, columns=cols).to_pylist()
     if not eps:
         raise ValueError(f"nothing to export: no episodes in lake version {lk.version}"
@@ -234,6 +234,8 @@ def export(lk, dest, version=None, split: str | None = None, filter: str | None 
     src = lk if version is None else lk.checkout(version)
     eps, info = _selection(src, split, filter)
     features = {k: dict(v) for k, v in info["features"].items()}
+    for k in ("episode_index", "index", "task_index"):  # LeRobot's default features, which appended sources lack
+        features.setdefault(k, {"dtype": "int64", "shape": [1], "names": None})
     cameras = [k for k, f in features.items() if f.get("dtype") == "video"]
     names = [k for k, f in features.items() if f.get("dtype") != "video"]
     from ._lerobot import frame_fields
@@ -298,7 +300,7 @@ def _write_v30(lk, dest, eps, names, schema, cameras, task_index, fps, data_mb, 
                 row.update({f"videos/{cam}/chunk_index": mp4_at[cam][0], f"videos/{cam}/file_index": mp4_at[cam][1],
                             f"videos/{cam}/from_timestamp": t_from,
                             f"videos/{cam}/to_timestamp": t_from + t.num_rows / fps})
-            stats = _stats.from_rows(ep["stats"])
+            stats = _stats.episode_lerobot(ep)
             row.update({f"stats/{k}/{s}": np.asarray(v).tolist() for k, st in _listable(stats).items()
                         for s, v in st.items()})
             row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
@@ -338,7 +340,7 @@ def _write_v21(lk, dest, eps, names, schema, cameras, task_index, fps, data_mb, 
             finally:
                 mp4.close()
             nvideo += 1
-        stats = _stats.from_rows(ep["stats"])
+        stats = _stats.episode_lerobot(ep)
         ep_rows.append({"episode_index": i, "tasks": list(ep["tasks"] or [ep["task"] or ""]), "length": t.num_rows})
         ep_stats.append(stats)
         start += t.num_rows
@@ -396,7 +398,7 @@ def _write_meta(dest, format, info, features, eps, ep_rows, ep_stats, tasks, fra
         _jsonl(meta / "episodes_stats.jsonl",
                [{"episode_index": i, "stats": _tolist(s)} for i, s in enumerate(ep_stats)])
     (meta / "info.json").write_text(json.dumps(out, indent=4, ensure_ascii=False))
-    (meta / "stats.json").write_text(json.dumps(_tolist(_stats.aggregate(ep_stats)), indent=4))
+    (meta / "stats.json").write_text(json.dumps(_tolist(_stats.aggregate_lerobot(ep_stats)), indent=4))
 
 
 def _tolist(stats: dict) -> dict:

@@ -214,6 +214,7 @@ def write_unit(row: dict, *, src: Source, units: list[Unit], fields: list[pa.Fie
                 skipped += 1  # the same bytes, a row from before content hashes, or another source's copy
                 continue
             stats, sketch = _stats.frame_stats(frames), _stats.frame_sketches(frames)
+            lr_stats = _stats.lerobot_frame_stats(frames)
             videos = []
             for cam, ref, seg, checksum in segs:
                 item = f"{ref.path} episode {ep.index}"
@@ -228,6 +229,7 @@ def write_unit(row: dict, *, src: Source, units: list[Unit], fields: list[pa.Fie
                 seg.frames = ep.length
                 stats[cam] = image_stats(imgs[seg.skip:seg.skip + ep.length])
                 sketch.append(_stats.image_sketch(cam, imgs[seg.skip:seg.skip + ep.length]))
+                lr_stats[cam] = _stats.lerobot_image_stats(imgs[seg.skip:seg.skip + ep.length])
                 videos.append(_video_row(eid, cam, ref, seg))
         except _FileError as e:
             bad.append((e.item, e.reason, e.index))
@@ -246,7 +248,7 @@ def write_unit(row: dict, *, src: Source, units: list[Unit], fields: list[pa.Fie
             "task": ep.tasks[0] if ep.tasks else "", "tasks": list(ep.tasks), "length": ep.length, "split": split,
             "robot_type": src.robot_type, "fps": src.fps, "frames_table": frames_table,
             "cameras": [c for c, _ in ep.videos], "codebase_version": src.codebase_version,
-            "stats": _stats.to_rows(stats), "sketch": sketch,
+            "stats": _stats.to_rows(stats), "sketch": sketch, "stats_lerobot": _stats.to_lerobot_rows(lr_stats),
             "frames_checksum": frames_checksum(frames), "content_hash": chash,
             "source_fingerprint": fingerprints.get(ep.index),
             "video_checksums": [{"camera": cam, "checksum": c} for cam, _, _, c in segs],

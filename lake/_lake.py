@@ -298,7 +298,7 @@ class Lake:
         preds = [f"({filter})"] if filter else []
         if split is not None:
             preds.append(f"split = '{_quote(split)}'")
-        cols = columns or [n for n in EPISODES.names if n not in ("stats", "sketch")]
+        cols = columns or [n for n in EPISODES.names if n not in ("stats", "sketch", "stats_lerobot")]
         if "episodes" in self._entry.tables:  # lakes written before a column existed; columns add_feature added
             names = self.table("episodes").schema.names
             cols = [c for c in cols if c in set(names)] + ([n for n in names if n not in set(EPISODES.names)]
@@ -406,10 +406,24 @@ class Lake:
             out[camera] = VideoReader(episode_id, camera, seg, blob)
         return out
 
-    def stats(self, split: str | None = None, filter: str | None = None) -> dict:
-        """{feature: {"mean","std","min","max","q01","q99": arrays, "count"}} over the chosen episodes."""
-        t = self.episodes(split=split, filter=filter, columns=["stats", "sketch"])
-        return _stats.aggregate_columns(t["stats"], t["sketch"] if "sketch" in t.column_names else None)
+    def stats(self, split: str | None = None, filter: str | None = None, method: str = "lake",
+              by: str | None = None) -> dict:
+        """{feature: {"count","mean","std","min","max","q01","q10","q50","q90","q99": arrays}} over the chosen
+        episodes (cameras per channel in [0, 1], shape (3, 1, 1)), LeRobot's keys and shapes.
+
+        ``method``: "lake" (default; exact moments over every frame, quantiles from mergeable sketches) or
+        "lerobot" (LeRobot 0.4.4's numbers: its frame sample for cameras, per-episode histogram quantiles, its
+        ``aggregate_stats``); see ``lake._stats``. ``by``: "episode", "embodiment" (= "robot_type"), "source" or
+        another episodes column: ``{value: stats}`` per group instead. Raises ValueError for an unknown method."""
+        col = {"episode": "episode_id", "embodiment": "robot_type"}.get(by, by)
+        t = self.episodes(split=split, filter=filter,
+                          columns=["stats", "sketch", "stats_lerobot"] + ([col] if col else []))
+        if col:
+            if col not in t.column_names:
+                raise ValueError(f"stats by {by!r}: the episodes table has no column {col!r}")
+            return _stats.grouped(t, col, method)
+        pick = lambda n: t[n] if n in t.column_names else None  # noqa: E731
+        return _stats.aggregate_columns(t["stats"], pick("sketch"), pick("stats_lerobot"), method)
 
     def verify(self, version=None, deep: bool = False, progress: bool = True):
         """Recompute the checksums of what lake ``version`` (default: this handle's) holds; ``deep`` also decodes

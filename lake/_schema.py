@@ -1,7 +1,8 @@
 """Arrow schemas of the lake's tables, documented once here.
 
 - ``episodes``: one row per episode. ``episode_id`` is content-derived and stable; ``stats`` holds the
-  episode's per-feature stats (LeRobot's names: count/mean/std/min/max plus q01/q99), flattened.
+  episode's per-feature stats (LeRobot's names: count/mean/std/min/max plus q01/q99, over every frame), flattened;
+  ``stats_lerobot`` the same episode's stats as LeRobot 0.4.4 computes them (``lake._lerobot_stats``).
 - ``frames_<sig>``: one row per timestep, every LeRobot feature under its source name. Episodes whose sources
   share a feature layout share a table; ``sig`` is a hash of that layout (``frames_table`` in ``episodes``).
 - ``videos``: one row per (episode, camera): the GOP-aligned elementary stream as a Lance blob + packet index.
@@ -27,6 +28,15 @@ STAT_NAMES = ("mean", "std", "min", "max", "q01", "q99")
 STATS_TYPE = pa.list_(pa.struct(
     [pa.field("feature", pa.string()), pa.field("count", pa.int64()), pa.field("shape", pa.list_(pa.int32()))]
     + [pa.field(s, pa.list_(pa.float64())) for s in STAT_NAMES]
+))
+
+# LeRobot 0.4.4's per-episode stats (``lake._lerobot_stats``): its sampling, scaling and histogram quantiles;
+# ``dtype`` is what mean/std were computed in (float32 features stay float32), values stored exactly as float64
+LEROBOT_STAT_NAMES = ("mean", "std", "min", "max", "q01", "q10", "q50", "q90", "q99")
+LEROBOT_STATS_TYPE = pa.list_(pa.struct(
+    [pa.field("feature", pa.string()), pa.field("count", pa.int64()), pa.field("shape", pa.list_(pa.int32())),
+     pa.field("dtype", pa.string())]
+    + [pa.field(s, pa.list_(pa.float64())) for s in LEROBOT_STAT_NAMES]
 ))
 
 EPISODES = pa.schema([
@@ -58,6 +68,9 @@ EPISODES = pa.schema([
     # each camera's packet segment (lake._checksum.segment_checksum). Kept here, not in ``videos``: a column
     # added after that table's blob column reads back null in this Lance (field ids shift past the blob)
     pa.field("video_checksums", pa.list_(pa.struct([("camera", pa.string()), ("checksum", pa.string())]))),
+    # LeRobot's own per-episode stats (q10/q50/q90 too; images from its frame sample): null in older rows.
+    # A column of its own: the ``stats`` struct cannot gain fields in place
+    pa.field("stats_lerobot", LEROBOT_STATS_TYPE),
 ])
 
 VIDEOS = pa.schema([

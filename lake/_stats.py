@@ -1,11 +1,19 @@
 """Feature statistics: computed per episode at ingestion, aggregated on read.
 
 Per-episode stats live in the episodes table, so global and per-split stats are always current after an
-append and never reread frames: ``aggregate_columns`` merges them exactly for count/mean/std/min/max (pooled
-moments, vectorized over the ``stats`` column: no Python per episode) and takes q01/q99 from the summed
-per-episode quantile sketches (``_sketch``: 1% relative error for numeric features, exact for cameras).
-Episodes written before sketches existed fall back, as LeRobot's ``aggregate_stats`` does, to count-weighted
-means of per-episode quantiles (an approximation).
+append and never reread frames. Two methods, both with LeRobot's keys (count, mean, std, min, max, q01, q10,
+q50, q90, q99; cameras per channel in [0, 1], shape (3, 1, 1)):
+
+- ``"lake"`` (``lk.stats()``'s default, what packing normalizes with): count/mean/std/min/max exact over every
+  frame (pooled moments of the ``stats`` column, vectorized: no Python per episode); the quantiles from the
+  summed per-episode sketches (``_sketch``: within 1% relative error of a true quantile for numeric features,
+  exact for cameras). Episodes written before sketches existed fall back to count-weighted means of their
+  per-episode q01/q99 (no q10/q50/q90 then).
+- ``"lerobot"`` (``meta.stats`` of ``LeRobotStyleDataset``, ``lake export``'s stats.json and per-episode stats):
+  LeRobot 0.4.4's numbers (``_lerobot_stats``) from the ``stats_lerobot`` column: its frame sample for cameras, its
+  histogram quantiles per episode, its ``aggregate_stats`` across episodes. Episodes written before that column
+  existed (null) stand in with their ``stats`` row (every frame; q01/q99 by numpy's linear interpolation) and
+  q10/q50/q90 from their own sketch (none without one: then LeRobot's aggregate leaves those keys out).
 """
 
 from __future__ import annotations
@@ -14,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import _sketch
-from ._schema import STAT_NAMES
+from . import _lerobot_stats, _sketch
+from ._schema import LEROBOT_STAT_NAMES, LEROBOT_STATS_TYPE, STAT_NAMES
 
 Stats = dict[str, dict[str, np.ndarray]]
 
@@ -41,6 +49,95 @@ def frame_stats(frames: pa.Table) -> Stats:
         q01, q99 = np.quantile(x, [0.01, 0.99], axis=0)
         out[name] = {"count": np.array([len(x)]), "mean": x.mean(0), "std": x.std(0), "min": x.min(0),
                      "max": x.max(0), "q01": q01, "q99": q99}
+    return out
+
+
+def _native(col: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
+    """A numeric column as (T, d) in its own dtype (LeRobot computes float32 features in float32)."""
+    t = col.type
+    vt = t.value_type if pa.types.is_fixed_size_list(t) else t
+    if not (pa.types.is_integer(vt) or pa.types.is_floating(vt) or pa.types.is_boolean(vt)):
+        return None
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if pa.types.is_fixed_size_list(t):
+        return arr.flatten().to_numpy(zero_copy_only=False).reshape(len(arr), t.list_size)
+    return arr.to_numpy(zero_copy_only=False).reshape(len(arr), 1)
+
+
+def lerobot_frame_stats(frames: pa.Table) -> Stats:
+    """LeRobot 0.4.4's stats of every numeric column of one episode's frames (``_lerobot_stats.vector_stats``)."""
+    out: Stats = {}
+    for name in frames.column_names:
+        x = _native(frames[name])
+        if x is not None and len(x):
+            out[name] = _lerobot_stats.vector_stats(x)
+    return out
+
+
+def lerobot_image_stats(frames) -> dict[str, np.ndarray]:
+    """LeRobot 0.4.4's stats of one camera from the episode's decoded frames (``_lerobot_stats.image_stats``)."""
+    return _lerobot_stats.image_stats(frames)
+
+
+def to_lerobot_rows(stats: Stats, partial: bool = False) -> list[dict]:
+    """LeRobot stats as rows of ``schema.LEROBOT_STATS_TYPE`` (``dtype``: mean's, the dtype computed in);
+    ``partial``: a stat a feature lacks is null (an older episode's stand-in without q10/q50/q90)."""
+    rows = []
+    for feature, s in stats.items():
+        shape = list(np.shape(s["mean"])) or [1]
+        rows.append({"feature": feature, "count": int(np.asarray(s["count"]).ravel()[0]), "shape": shape,
+                     "dtype": np.asarray(s["mean"]).dtype.name,
+                     **{k: np.asarray(s[k], np.float64).ravel().tolist() if (k in s or not partial) else None
+                        for k in LEROBOT_STAT_NAMES}})
+    return rows
+
+
+def from_lerobot_rows(rows: list[dict]) -> Stats:
+    out: Stats = {}
+    for r in rows or ():
+        shape = tuple(r["shape"])
+        dtype = np.dtype(r.get("dtype") or "float64")  # mean/std/min/max back in the dtype computed in (exact)
+        out[r["feature"]] = {"count": np.array([r["count"]]),
+                             **{k: np.asarray(r[k], dtype if k in ("mean", "std", "min", "max") else np.float64)
+                                .reshape(shape) for k in LEROBOT_STAT_NAMES if r.get(k) is not None}}
+    return out
+
+
+def aggregate_lerobot(per_episode: list[Stats]) -> Stats:
+    """LeRobot's ``aggregate_stats`` over per-episode LeRobot stats (``episode_lerobot``): the union of the
+    features, each over the episodes that have it."""
+    feats = dict.fromkeys(f for st in per_episode for f in st)
+    return {f: _lerobot_stats.aggregate([st[f] for st in per_episode if f in st]) for f in feats}
+
+
+def episode_lerobot(row: dict) -> Stats:
+    """One episode's LeRobot stats from its episodes-table row (``stats_lerobot``; an older row: its ``stats``
+    and its sketch's q10/q50/q90, see the module doc)."""
+    if row.get("stats_lerobot") is not None:
+        return from_lerobot_rows(row["stats_lerobot"])
+    out = from_rows(row.get("stats"))
+    sketches = {s["feature"]: s for s in row.get("sketch") or ()}
+    for f, st in out.items():
+        sk = sketches.get(f)
+        if sk is not None:
+            d = int(np.prod(np.shape(st["mean"])) or 1)
+            qs = _sketch.quantiles(sk["kind"], np.frombuffer(sk["codes"], "<i8"), np.frombuffer(sk["counts"], "<i8"),
+                                   d, (0.10, 0.50, 0.90))
+            st.update({k: q.reshape(np.shape(st["mean"])) for k, q in zip(("q10", "q50", "q90"), qs)})
+    return out
+
+
+def _episode_lake(row: dict) -> Stats:
+    """One episode's "lake" stats: its ``stats`` row, the quantiles from its sketch when it has one."""
+    out = from_rows(row.get("stats"))
+    sketches = {s["feature"]: s for s in row.get("sketch") or ()}
+    for f, st in out.items():
+        sk = sketches.get(f)
+        if sk is not None:
+            shape = np.shape(st["mean"])
+            qs = _sketch.quantiles(sk["kind"], np.frombuffer(sk["codes"], "<i8"), np.frombuffer(sk["counts"], "<i8"),
+                                   int(np.prod(shape) or 1), _lerobot_stats.QUANTILES)
+            st.update({k: q.reshape(shape) for k, q in zip(_lerobot_stats.QUANTILE_KEYS, qs)})
     return out
 
 
@@ -101,6 +198,16 @@ def aggregate(per_episode: list[Stats]) -> Stats:
     return out
 
 
+def _shape(sub: pa.StructArray, name: str) -> tuple[int, ...]:
+    """The one shape of feature ``name`` over the episodes; ValueError when robots disagree (a fleet's
+    ``observation.state`` of several widths has no single set of stats: ask per embodiment)."""
+    shapes = {tuple(x) for x in sub.field("shape").to_pylist()}
+    if len(shapes) > 1:
+        raise ValueError(f"feature {name!r} has shapes {sorted(shapes)} in these episodes (several robots): "
+                         "use stats(by='embodiment') or a filter")
+    return shapes.pop() or (1,)
+
+
 def _list_values(col: pa.Array, d: int) -> np.ndarray:
     return col.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, d)
 
@@ -114,8 +221,14 @@ def _binary_concat(arr: pa.Array) -> np.ndarray:
     return np.frombuffer(arr.buffers()[2], np.uint8)[offs[0]:offs[-1]].view("<i8")
 
 
-def aggregate_columns(stats: pa.ChunkedArray, sketches: pa.ChunkedArray | None = None) -> Stats:
-    """Merge the ``stats`` (and ``sketch``) columns of a set of episodes into one set of stats (module doc)."""
+def aggregate_columns(stats: pa.ChunkedArray, sketches: pa.ChunkedArray | None = None,
+                      lerobot: pa.ChunkedArray | None = None, method: str = "lake") -> Stats:
+    """Merge the ``stats`` (and ``sketch``, ``stats_lerobot``) columns of a set of episodes into one set of
+    stats, by ``method`` "lake" or "lerobot" (module doc). Raises ValueError for another method."""
+    if method == "lerobot":
+        return _aggregate_lerobot(stats, sketches, lerobot)
+    if method != "lake":
+        raise ValueError(f"unknown stats method {method!r} (known: 'lake', 'lerobot')")
     flat = pc.list_flatten(stats.combine_chunks() if isinstance(stats, pa.ChunkedArray) else stats)
     if not len(flat):
         return {}
@@ -128,7 +241,7 @@ def aggregate_columns(stats: pa.ChunkedArray, sketches: pa.ChunkedArray | None =
     out: Stats = {}
     for name in pc.unique(feature).to_pylist():
         sub = flat.filter(pc.equal(feature, name))
-        shape = tuple(sub.field("shape")[0].as_py()) or (1,)
+        shape = _shape(sub, name)
         d = int(np.prod(shape))
         n = sub.field("count").to_numpy(zero_copy_only=False).astype(np.float64)
         w = (n / n.sum())[:, None]
@@ -142,9 +255,65 @@ def aggregate_columns(stats: pa.ChunkedArray, sketches: pa.ChunkedArray | None =
             sk = sk_flat.filter(pc.equal(sk_flat.field("feature"), name))
             if len(sk) == len(sub):  # every episode carries this feature's sketch
                 kind = sk.field("kind")[0].as_py()
-                q = _sketch.quantiles(kind, _binary_concat(sk.field("codes")), _binary_concat(sk.field("counts")), d)
+                q = _sketch.quantiles(kind, _binary_concat(sk.field("codes")), _binary_concat(sk.field("counts")), d,
+                                      _lerobot_stats.QUANTILES)
+                s.update(zip(_lerobot_stats.QUANTILE_KEYS, q))
         if q is None:
-            q = [(w * _list_values(sub.field(k), d)).sum(0) for k in ("q01", "q99")]
-        s["q01"], s["q99"] = q
+            s["q01"], s["q99"] = [(w * _list_values(sub.field(k), d)).sum(0) for k in ("q01", "q99")]
         out[name] = {k: (v.reshape(shape) if k != "count" else v) for k, v in s.items()}
+    return out
+
+
+def _lerobot_column(stats, sketches, lerobot) -> pa.Array:
+    """The ``stats_lerobot`` lists of the episodes, older rows (null) filled from their ``stats`` and sketch
+    (``episode_lerobot``), those after the others (LeRobot's aggregate is order-sensitive in the last bit)."""
+    combine = lambda c: c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c  # noqa: E731
+    stats = combine(stats)
+    lr = combine(lerobot) if lerobot is not None else pa.nulls(len(stats), LEROBOT_STATS_TYPE)
+    valid = lr.is_valid().to_numpy(zero_copy_only=False)
+    if valid.all():
+        return lr
+    sk = combine(sketches) if sketches is not None else pa.nulls(len(stats))
+    old = np.flatnonzero(~valid)
+    rows = [to_lerobot_rows(episode_lerobot({"stats": stats[int(i)].as_py(), "sketch": sk[int(i)].as_py()}),
+                            partial=True) for i in old]
+    filled = pa.array(rows, LEROBOT_STATS_TYPE)
+    return pa.concat_arrays([lr.filter(pa.array(valid)).cast(LEROBOT_STATS_TYPE), filled])
+
+
+def _aggregate_lerobot(stats, sketches, lerobot) -> Stats:
+    flat = pc.list_flatten(_lerobot_column(stats, sketches, lerobot))
+    if not len(flat):
+        return {}
+    feature = flat.field("feature")
+    out: Stats = {}
+    for name in pc.unique(feature).to_pylist():
+        sub = flat.filter(pc.equal(feature, name))
+        shape = _shape(sub, name)
+        d, e = int(np.prod(shape)), len(sub)
+        dtype = np.dtype(sub.field("dtype")[0].as_py() or "float64")
+        arr = lambda k: _list_values(sub.field(k), d).reshape((e, *shape))  # noqa: E731
+        qs = {k: arr(k) for k in _lerobot_stats.QUANTILE_KEYS if sub.field(k).null_count == 0}
+        agg = _lerobot_stats.aggregate_stacked(sub.field("count").to_numpy(zero_copy_only=False), arr("mean"),
+                                               arr("std"), arr("min"), arr("max"), qs, dtype)
+        out[name] = {k: (np.asarray(v, np.float64) if k != "count" else v) for k, v in agg.items()}
+    return out
+
+
+def grouped(table: pa.Table, by: str, method: str = "lake") -> dict[str, Stats]:
+    """``{value of column by: stats}`` over the rows of an episodes ``table`` (stats, sketch, stats_lerobot
+    and ``by`` columns). ``by="episode_id"``: each episode's own stats, as stored (not re-aggregated)."""
+    keys = table[by].to_pylist()
+    if by == "episode_id":
+        rows = table.select([c for c in ("stats", "sketch", "stats_lerobot") if c in table.column_names]).to_pylist()
+        one = episode_lerobot if method == "lerobot" else _episode_lake
+        return {k: one(r) for k, r in zip(keys, rows)}
+    groups: dict = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(k, []).append(i)
+    out = {}
+    for k, idx in groups.items():
+        t = table.take(pa.array(idx, pa.int64()))
+        out[k] = aggregate_columns(t["stats"], t["sketch"] if "sketch" in t.column_names else None,
+                                   t["stats_lerobot"] if "stats_lerobot" in t.column_names else None, method)
     return out

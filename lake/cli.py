@@ -211,10 +211,16 @@ def cmd_episodes(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    st = _lake(args).stats(split=args.split)
-    rows = [[f, int(np.asarray(s["count"]).ravel()[0])] + [_fmt(s[k]) for k in ("mean", "std", "min", "max", "q01", "q99")]
-            for f, s in st.items()]
-    _table(f"stats{f' ({args.split})' if args.split else ''}", ["feature", "count", "mean", "std", "min", "max", "q01", "q99"], rows)
+    keys = ("mean", "std", "min", "max", "q01", "q10", "q50", "q90", "q99")
+    lk = _lake(args)
+    groups = (lk.stats(split=args.split, method=args.method, by=args.by) if args.by
+              else {None: lk.stats(split=args.split, method=args.method)})
+    for group, st in groups.items():
+        rows = [[f, int(np.asarray(s["count"]).ravel()[0])] + [_fmt(s[k]) if k in s else "" for k in keys]
+                for f, s in st.items()]
+        title = " ".join(x for x in (f"({args.split})" if args.split else "", f"{args.by}={group}" if args.by else "",
+                                     f"method={args.method}" if args.method != "lake" else "") if x)
+        _table(f"stats {title}".strip(), ["feature", "count", *keys], rows)
     return 0
 
 
@@ -345,6 +351,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=int, default=50)
     sp = add("stats", cmd_stats, "feature statistics")
     sp.add_argument("--split", default=None)
+    sp.add_argument("--method", default="lake", choices=["lake", "lerobot"],
+                    help="lake: exact over every frame, sketch quantiles; lerobot: LeRobot 0.4.4's numbers")
+    sp.add_argument("--by", default=None, help="one table per group: episode, embodiment, source, ...")
     add("quarantine", cmd_quarantine, "what did not land, and why")
     sp = add("verify", cmd_verify, "recompute the checksums of what a lake version holds (exit 1 on any mismatch)")
     sp.add_argument("--version", default=None, help="lake version or tag (default: the newest)")

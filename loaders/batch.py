@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 TENSOR_FIELDS = ("cu_seqlens", "position_ids", "segment_ids", "modality", "loss_mask", "prefix_lens", "text_ids",
                  "image_patches", "image_embeds", "state", "state_is_pad", "actions", "action_is_pad",
-                 "action_bins", "pack_ids")
+                 "action_bins", "pack_ids", "mixture_slot")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class PackedBatch:
     ``text_ids`` int32 (n_text_tokens,), ``state`` float32 (n_state_tokens, state_dim) with ``state_is_pad``
     uint8, ``actions`` float32 (n_action_tokens, action_dim) with ``action_is_pad`` uint8, and ``action_bins``
     int32 (n_action_tokens, action_dim) when the recipe discretizes. ``pack_ids`` int64 (packs,).
+    ``mixture_slot`` int64 (n,): each sample's pool slot, in a table packed for a per-epoch mixture draw
+    (``packers.mixture``; the loader keeps only the epoch's draw, ``loaders.mixture_epoch``), else None.
 
     CPU tensors are read-only views of Arrow memory: ``.clone()`` before writing in place.
     """
@@ -58,6 +60,7 @@ class PackedBatch:
     image_patches: torch.Tensor | None = None
     image_embeds: torch.Tensor | None = None
     action_bins: torch.Tensor | None = None
+    mixture_slot: torch.Tensor | None = None
 
     @property
     def n_samples(self) -> int:
@@ -219,4 +222,5 @@ def packed_batch(table: pa.Table | pa.RecordBatch, layout: dict | None = None) -
         text_ids=view("text_ids") if "text_ids" in cols else T(np.empty(0, np.int32)),
         state_is_pad=view("state_is_pad"), action_is_pad=view("action_is_pad"),
         pack_ids=T(pack_ids), origin=list(zip(episodes, frames)), **out,
+        mixture_slot=view("mixture_slot") if "mixture_slot" in cols else None,
     )

@@ -153,7 +153,7 @@ class LakeDatasetMeta:
     @cached_property
     def stats(self) -> dict[str, dict[str, np.ndarray]]:
         ids = ", ".join("'" + i.replace("'", "''") + "'" for i in self._ids)
-        return self._lake.stats(filter=f"episode_id IN ({ids})")
+        return self._lake.stats(filter=f"episode_id IN ({ids})", method="lerobot")  # LeRobot 0.4.4's numbers
 
     @property
     def camera_keys(self) -> list[str]:

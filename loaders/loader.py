@@ -37,6 +37,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from . import cache as _cache
 from . import forks as _forks
+from . import mixture_epoch as _mixture_epoch
 from . import partition as _partition
 from . import reads as _reads
 from .batch import PackedBatch, packed_batch
@@ -318,7 +319,8 @@ class Loader(IterableDataset):
         """A DataLoader worker's batches: its share of the position the main process published."""
         pub = self.shared.read(info.num_workers)
         plan = self.plan(pub["world"].with_worker(info.id, info.num_workers), pub["position"], pub["seed"])
-        yield from _reads.read_ahead(self._units(plan, False), self.prefetch)
+        yield from _mixture_epoch.drawn(_reads.read_ahead(self._units(plan, False), self.prefetch),
+                                        self.source.layout, self.split, pub["seed"], pub["position"][0])
         self.shared.finished(info.id, info.num_workers, pub["generation"], pub["done"] + 1)
 
     def _context(self):
@@ -362,7 +364,8 @@ class Loader(IterableDataset):
         if self.num_workers > 0:
             source = iter(self._dataloader(pin))
         else:
-            source = _reads.read_ahead(self._units(self.plan(), pin), self.prefetch)
+            source = _mixture_epoch.drawn(_reads.read_ahead(self._units(self.plan(), pin), self.prefetch),
+                                          self.source.layout, self.split, self.seed, self.epoch, pin)
         for i, batch in enumerate(source):
             self.consumed = min(start + (i + 1) * per, self.packs)
             yield batch.to(self.device, non_blocking=pin) if self.device is not None else batch

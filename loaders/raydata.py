@@ -31,11 +31,25 @@ def ray_dataset(lk, split: str, recipe=None, version=None, columns: list[str] | 
     return ds
 
 
-def packed_batches(data, batch_packs: int = 1, layout: dict | None = None, **iter_options):
+def packed_batches(data, batch_packs: int = 1, layout: dict | None = None, *, split: str | None = None,
+                   seed: int = 0, epoch: int | None = None, **iter_options):
     """Iterate ``PackedBatch`` es of ``batch_packs`` packs from a Ray ``Dataset`` / ``DataIterator`` (a shard
-    from ``streaming_split``). ``layout`` gives payload widths (default: inferred from token counts)."""
+    from ``streaming_split``). ``layout`` gives payload widths (default: inferred from token counts).
+    A table packed with a per-epoch mixture draw (``layout["mixture_draw"]``) needs ``split``, ``seed`` and
+    ``epoch``: each batch keeps that epoch's draw (``loaders.mixture_epoch``); ValueError without them."""
+    from packers.schema import layout_of
+
+    from . import mixture_epoch
     from .batch import packed_batch
 
     for table in data.iter_batches(batch_size=batch_packs, batch_format="pyarrow", **iter_options):
-        if table.num_rows:
+        if not table.num_rows:
+            continue
+        lay = layout if layout is not None else layout_of(table.schema)
+        if not lay.get("mixture_draw"):
             yield packed_batch(table, layout)
+            continue
+        if split is None or epoch is None:
+            raise ValueError("this packed table is a per-epoch mixture pool: pass split=, seed= and epoch= to "
+                             "packed_batches so each epoch keeps its own draw")
+        yield from mixture_epoch.drawn([packed_batch(table, lay)], lay, split, seed, epoch)

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from .binpack import SampleTooLong, get_packer
+from .mixture import pool_slots
 from .encoders import get_encoder
 from .images import get_image_tokenizer, resize
 from .recipe import Recipe, default_recipe
@@ -91,8 +92,11 @@ def _np(col) -> np.ndarray:
 
 def _group_images(lk, episodes: list[dict], layout: dict, tokenize) -> dict[tuple[str, str], np.ndarray]:
     """(episode, camera) -> image tokens of every frame: decoded once per episode by the lake, resized, tokenized."""
-    return {(e["episode_id"], c): tokenize(resize(lk.video(e["episode_id"], c), tuple(layout["image_size"])))
-            for e in episodes for c in layout["cameras"] if c in (e["cameras"] or [])}
+    from ._embodiments import camera_of  # a mixture's sources may name a camera differently (camera_map)
+
+    return {(e["episode_id"], c): tokenize(resize(lk.video(e["episode_id"], camera_of(layout, e, c)),
+                                                  tuple(layout["image_size"])))
+            for e in episodes for c in layout["cameras"] if camera_of(layout, e, c) in (e["cameras"] or [])}
 
 
 def pack_group(row: dict, *, lake_ref, groups: list[tuple], layout: dict, recipe: Recipe, table: str,
@@ -112,11 +116,13 @@ def pack_group(row: dict, *, lake_ref, groups: list[tuple], layout: dict, recipe
     else:
         columns = _group_columns(lk, episodes, layout["state_features"] + layout["action_features"])
     images = _group_images(lk, episodes, layout, image_tok)
-    parts, mult = [], []
+    parts, mult, slots = [], [], []
     for e in episodes:
         eid = e["episode_id"]
         if "mult" in e:
             mult.append(np.asarray(e["mult"], np.int64))
+        if "slot" in e:  # a per-epoch draw's pool: each copy's slot (packers.mixture.epoch_slots)
+            slots.append(pool_slots(*e["slot"], mult[-1]))
         missing = [c for c in layout["cameras"] if (eid, c) not in images]
         if missing:
             raise ValueError(f"episode {eid} has no camera {missing[0]!r}, which the recipe asks for")
@@ -133,6 +139,7 @@ def pack_group(row: dict, *, lake_ref, groups: list[tuple], layout: dict, recipe
     s = Samples.concat(parts)
     if mult:  # a mixture: each sample as often as the epoch's draw says (packers.mixture)
         s = s.take(np.repeat(np.arange(len(s.frame)), np.concatenate(mult)))
+    slot = np.concatenate(slots) if slots else None
     lengths = s.lengths
     over = np.flatnonzero(lengths > recipe.token_budget)
     if len(over):
@@ -148,7 +155,7 @@ def pack_group(row: dict, *, lake_ref, groups: list[tuple], layout: dict, recipe
             s.text[i] = s.text[i][: len(s.text[i]) - cut]
         lengths = s.lengths
     packs = get_packer(recipe.packer)(lengths, recipe.token_budget, recipe.max_samples_per_pack, seed)
-    rows = assemble(s, packs, split, first_id, layout)
+    rows = assemble(s, packs, split, first_id, layout, slot)
     frags = _tables.write_fragments(lk.store, table, rows, packed_schema(layout))
     return {"unit": row["unit"], "frags": frags, "packs": len(packs), "samples": len(lengths),
             "tokens": int(lengths.sum()), "episodes": len(episodes)}
@@ -213,12 +220,18 @@ def pack(lk, recipe=None, *, mixture=None, repack: bool = False, progress: bool 
             layout = make_layout(recipe.resolved(features), features, lk.stats(), fps.pop() if fps else 10.0,
                                  get_tokenizer(recipe.tokenizer).vocab_size)
         layout["recipe_hash"] = recipe.hash
+        if lineage and lineage.get("draw") == "epoch":  # what the loader needs to redraw every epoch
+            layout["mixture_draw"] = {"sources": [
+                {k: src[k] for k in ("name", "replacement", "samples", "target", "copies")}
+                for src in lineage["sources"]]}
     rows = eps.to_pylist() if isinstance(eps, pa.Table) else eps
     todo = [r for r in rows if r["episode_id"] not in done]
     if not todo:
         return PackReport(None, table, recipe.hash, 0, 0, 0.0, 0, False, time.perf_counter() - t0)
+    from ._embodiments import camera_of
+
     for r in todo:
-        missing = set(layout["cameras"]) - set(r["cameras"] or [])
+        missing = {camera_of(layout, r, c) for c in layout["cameras"]} - set(r["cameras"] or [])
         if missing:
             raise ValueError(f"episode {r['episode_id']} lacks camera(s) {sorted(missing)} named by the recipe")
     groups = _groups(todo, recipe, first_group=_next_group(prior, repack))

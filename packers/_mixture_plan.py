@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from .mixture import multiplicities, targets
+from .mixture import multiplicities, pool_copies, targets
 
 _COLS = ["episode_id", "split", "length", "task", "fps", "frames_table", "cameras", "robot_type", "source",
          "source_uri"]
@@ -54,7 +54,7 @@ def plan_mixture(lk, recipe, eps: pa.Table) -> tuple[list[dict], dict]:
         versions.append(version)
     splits = sorted({r["split"] for rows in chosen for r in rows})
     out: list[dict] = []
-    counts = [{"samples": {}, "target": {}} for _ in mix.sources]
+    counts = [{"samples": {}, "target": {}, **({"copies": {}} if mix.draw == "epoch" else {})} for _ in mix.sources]
     for split in splits:
         per = [[r for r in rows if r["split"] == split] for rows in chosen]
         n_samples = [[-(-int(r["length"]) // stride) for r in rows] for rows in per]
@@ -68,18 +68,25 @@ def plan_mixture(lk, recipe, eps: pa.Table) -> tuple[list[dict], dict]:
             counts[i]["samples"][split], counts[i]["target"][split] = int(sizes[i]), int(want[i])
             if not rows:
                 continue
-            m = multiplicities(int(sizes[i]), int(want[i]), mix.replacement, recipe.seed, split, i)
+            if mix.draw == "epoch":  # a pool of copies; each epoch keeps its own `target` of them (loader)
+                copies = pool_copies(int(sizes[i]), int(want[i]), mix.replacement_of(i), mix.max_repeats)
+                counts[i]["copies"][split] = copies
+                m = np.full(int(sizes[i]), copies, np.int64)
+            else:
+                m = multiplicities(int(sizes[i]), int(want[i]), mix.replacement_of(i), recipe.seed, split, i)
             bounds = np.concatenate([[0], np.cumsum(ns)])
             for r, a, b in zip(rows, bounds[:-1], bounds[1:]):
                 if m[a:b].any():
                     out.append({**{k: r[k] for k in _COLS}, "mult": m[a:b].tolist(),
-                                "mixture_source": mix.sources[i].name})
+                                "mixture_source": mix.sources[i].name,
+                                **({"slot": [i, int(a), int(sizes[i])]} if mix.draw == "epoch" else {})})
     ids = json.dumps([[r["episode_id"] for r in rows] for rows in chosen])
     selection = hashlib.sha256(ids.encode()).hexdigest()[:16]
     lineage = {
         "lake_version": lk.version, "replacement": mix.replacement, "samples": mix.samples, "seed": recipe.seed,
-        "selection": selection,
-        "sources": [{**src.to_dict(), "lake_version": versions[i], "episodes": len(chosen[i]),
+        "selection": selection, "draw": mix.draw,
+        "sources": [{**src.to_dict(), "replacement": mix.replacement_of(i), "lake_version": versions[i],
+                     "episodes": len(chosen[i]),
                      "lake_sources": sorted({r["source"] or "" for r in chosen[i]}),
                      "source_uris": sorted({r["source_uri"] or "" for r in chosen[i]}), **counts[i]}
                     for i, src in enumerate(mix.sources)],

@@ -138,8 +138,10 @@ def episode_samples(episode_id: str, columns: dict[str, np.ndarray], images: dic
                    state, obs_pad, actions, act_pad, bins)
 
 
-def assemble(s: Samples, packs: list[np.ndarray], split: str, first_id: int, layout: dict) -> pa.Table:
-    """Pack rows (schema.packed_schema) for ``packs`` (index arrays into ``s``), ids from ``first_id``."""
+def assemble(s: Samples, packs: list[np.ndarray], split: str, first_id: int, layout: dict,
+             slots: np.ndarray | None = None) -> pa.Table:
+    """Pack rows (schema.packed_schema) for ``packs`` (index arrays into ``s``), ids from ``first_id``;
+    ``slots``: each sample's ``mixture_slot`` (a per-epoch mixture draw's pool, ``packers.mixture``)."""
     schema = packed_schema(layout)
     cols: dict[str, list] = {n: [] for n in schema.names}
     n_img, k, h = s.image.shape[1], s.state.shape[1], s.actions.shape[1]
@@ -176,4 +178,6 @@ def assemble(s: Samples, packs: list[np.ndarray], split: str, first_id: int, lay
         cols["action_is_pad"].append(s.action_pad[idx])
         if "action_bins" in cols:
             cols["action_bins"].append(s.action_bins[idx])
+        if "mixture_slot" in cols:
+            cols["mixture_slot"].append(slots[idx])
     return table_of(cols, schema)

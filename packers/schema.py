@@ -70,6 +70,8 @@ def packed_schema(layout: dict) -> pa.Schema:
     image = (pa.field("image_embeds", pa.list_(pa.float16())) if layout.get("image_encoder") == "frozen"
              else pa.field("image_patches", pa.list_(pa.uint8())))
     extra = [pa.field("action_bins", pa.list_(pa.int32()))] if layout.get("action_bins") else []
+    if layout.get("mixture_draw"):  # per sample: its slot in a per-epoch mixture draw's pool (packers.mixture)
+        extra.append(pa.field("mixture_slot", pa.list_(pa.int64())))
     fields = []
     fixed = layout.get("payload_rows") == "fixed_size"
     for f in PER_PACK + PER_TOKEN + [image] + PAYLOAD + extra:

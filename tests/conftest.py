@@ -81,9 +81,32 @@ def two_sources(tmp_path_factory, ingested):
     return lk
 
 
-def make_groot_source(root, like):
+def rename_cameras(root, mapping: dict) -> None:
+    """Rename the cameras of LeRobot v3.0 folder ``root`` ({old key: new key}): info.json, video folders,
+    meta/episodes columns, stats.json."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    info = json.loads((root / "meta" / "info.json").read_text())
+    info["features"] = {mapping.get(k, k): v for k, v in info["features"].items()}
+    (root / "meta" / "info.json").write_text(json.dumps(info, indent=4))
+    for old, new in mapping.items():
+        (root / "videos" / old).rename(root / "videos" / new)
+    for f in sorted(root.glob("meta/episodes/**/*.parquet")):
+        t = pq.read_table(f)
+        names = [next((n.replace(f"/{o}/", f"/{w}/") for o, w in mapping.items() if f"/{o}/" in n), n)
+                 for n in t.column_names]
+        pq.write_table(t.rename_columns(names), f)
+    stats = root / "meta" / "stats.json"
+    if stats.exists():
+        stats.write_text(json.dumps({mapping.get(k, k): v for k, v in json.loads(stats.read_text()).items()}))
+
+
+def make_groot_source(root, like, cameras: dict | None = None):
     """A GR00T-style copy of LeRobot v3.0 folder ``like`` under ``root``: robot "gr1_sim", 4-d state (x, y and
-    their halves), 3-d action (x, y, gripper), and a meta/modality.json naming the slices."""
+    their halves), 3-d action (x, y, gripper), and a meta/modality.json naming the slices. ``cameras``
+    ({key: new key}) renames the cameras; modality.json's ``video`` then maps the old views (top, wrist) to them."""
     import json
 
     import numpy as np
@@ -107,11 +130,14 @@ def make_groot_source(root, like):
     info["features"]["observation.state"].update(shape=[4], names=["x", "y", "hx", "hy"])
     info["features"]["action"].update(shape=[3], names=["x", "y", "gripper"])
     (root / "meta" / "info.json").write_text(json.dumps(info, indent=4))
+    cameras = cameras or {}
+    if cameras:
+        rename_cameras(root, cameras)
     (root / "meta" / "modality.json").write_text(json.dumps({
         "state": {"xy": {"start": 0, "end": 2}, "xy_half": {"start": 2, "end": 4}},
         "action": {"xy": {"start": 0, "end": 2}, "gripper": {"start": 2, "end": 3}},
-        "video": {"top": {"original_key": "observation.images.top"},
-                  "wrist": {"original_key": "observation.images.wrist"}},
+        "video": {"top": {"original_key": cameras.get("observation.images.top", "observation.images.top")},
+                  "wrist": {"original_key": cameras.get("observation.images.wrist", "observation.images.wrist")}},
         "annotation": {"human.task_description": {"original_key": "task_index"}}}))
     return root
 
@@ -129,6 +155,28 @@ def two_robots(tmp_path_factory, ingested):
     base = _write(tmp_path_factory, "groot_base", episodes=3, version="v3.0", min_len=12, max_len=30,
                   episodes_per_file=2, seed=2)
     src = make_groot_source(tmp_path_factory.mktemp("src") / "groot", base)
+    rep = lk.ingest(src, source_name="groot", split_ratios={"train": 1.0}, progress=False)
+    assert rep.episodes_added == 3 and not rep.quarantined, rep
+    return lk
+
+
+GROOT_CAMERAS = {"observation.images.top": "observation.images.cam_high",
+                 "observation.images.wrist": "observation.images.cam_wrist"}
+
+
+@pytest.fixture(scope="session")
+def groot_cameras(tmp_path_factory, ingested):
+    """pusht_v3 (cameras observation.images.top / wrist) + "groot": a GR00T-style source (robot "gr1_sim") whose
+    cameras are cam_high / cam_wrist, its modality.json naming them views "top" and "wrist" (copy before
+    writing)."""
+    import lake
+
+    dst = tmp_path_factory.mktemp("lakes") / "groot_cameras"
+    shutil.copytree(ingested.uri, dst)
+    lk = lake.open(dst)
+    base = _write(tmp_path_factory, "groot_cams", episodes=3, version="v3.0", min_len=12, max_len=20,
+                  episodes_per_file=2, seed=4)
+    src = make_groot_source(tmp_path_factory.mktemp("src") / "groot_cams", base, cameras=GROOT_CAMERAS)
     rep = lk.ingest(src, source_name="groot", split_ratios={"train": 1.0}, progress=False)
     assert rep.episodes_added == 3 and not rep.quarantined, rep
     return lk

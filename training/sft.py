@@ -144,6 +144,8 @@ def train(cfg: SFTConfig, progress: bool = True) -> dict:
             loader.set_epoch(state["epoch"])
             it = iter(loader)
             continue
+        if batch.n_samples == 0:  # a per-epoch mixture draw kept none of these packs' samples (rare)
+            continue
         for g in opt.param_groups:
             g["lr"] = _lr(state["step"], cfg)
         if embodiment_of:

@@ -11,7 +11,7 @@ import pytest
 
 import lake
 from packers import Recipe
-from packers.mixture import Mixture, multiplicities, targets
+from packers.mixture import SLOT_BITS, Mixture, epoch_slots, multiplicities, pool_copies, pool_slots, targets
 
 RECIPE = Recipe(image_size=(32, 32), patch_size=16, action_horizon=4, token_budget=512, episodes_per_group=3,
                 name="mix")
@@ -68,6 +68,50 @@ def test_recipe_yaml_mixture_section_round_trips_and_changes_the_hash(tmp_path):
     assert Recipe.from_dict(r.to_dict()) == r and Recipe.from_dict(r.to_dict()).hash == r.hash
     plain = Recipe(image_size=(32, 32), patch_size=16)
     assert r.hash != plain.hash and "mixture" not in plain.to_dict()
+
+
+@pytest.mark.parametrize("replacement", [False, True])
+@pytest.mark.parametrize("n,target", [(7, 10), (10, 3), (5, 5), (4, 0), (1, 9)])
+def test_epoch_slots_keep_exactly_the_target_and_are_pure_in_seed_and_epoch(n, target, replacement):
+    copies = pool_copies(n, target, replacement)
+    assert n * copies >= target
+    draws = [epoch_slots(n, copies, target, replacement, seed=1, epoch=e, split="train", index=0) for e in range(4)]
+    for keep in draws:
+        assert keep.shape == (n * copies,) and keep.sum() == target
+        per_sample = keep.reshape(copies, n).sum(0) if copies else np.zeros(n)
+        if not replacement:  # whole passes, then distinct samples, as the pack-time draw
+            assert per_sample.max() - per_sample.min() <= 1
+        assert per_sample.max() <= copies
+    assert np.array_equal(draws[1], epoch_slots(n, copies, target, replacement, 1, 1, "train", 0))
+    if 0 < target < n * copies and (replacement or target % n):
+        assert any(not np.array_equal(draws[0], d) for d in draws[1:])  # a fresh draw per epoch
+        assert not all(np.array_equal(d, epoch_slots(n, copies, target, replacement, 2, e, "train", 0))
+                       for e, d in enumerate(draws))
+
+
+def test_pool_copies_and_slots():
+    assert pool_copies(10, 25, False) == 3 and pool_copies(10, 25, True) == 4 and pool_copies(10, 25, True, 6) == 6
+    assert pool_copies(10, 3, False) == 1 and pool_copies(10, 3, True) == 2 and pool_copies(0, 0, True) == 0
+    slots = pool_slots(2, 5, 20, np.array([2, 0, 1]))  # samples 5, 6, 7 of source 2 (20 samples), copies 2, 0, 1
+    assert (slots >> SLOT_BITS).tolist() == [2, 2, 2]
+    assert (slots & ((1 << SLOT_BITS) - 1)).tolist() == [5, 25, 7]
+    with pytest.raises(ValueError, match="pool holds"):
+        epoch_slots(3, 1, 4, False, 0, 0, "train", 0)
+
+
+def test_epoch_draw_specs_parse_and_keep_older_hashes():
+    m = Mixture.parse({"sources": {"a": 1.0, "b": {"weight": 2.0, "replacement": True}}, "draw": "epoch",
+                       "max_repeats": 3})
+    assert m.draw == "epoch" and m.max_repeats == 3 and [m.replacement_of(i) for i in (0, 1)] == [False, True]
+    assert Mixture.parse(m.to_dict()) == m
+    old = Mixture.parse({"a": 1.0, "b": 2.0})
+    assert old.to_dict() == {"sources": [{"name": "a", "weight": 1.0, "filter": None, "tag": None},
+                                         {"name": "b", "weight": 2.0, "filter": None, "tag": None}],
+                             "replacement": False, "samples": None}  # as before: same recipe hash
+    with pytest.raises(ValueError, match="draw must be one of"):
+        Mixture.parse({"sources": {"a": 1.0}, "draw": "step"})
+    with pytest.raises(ValueError, match="max_repeats"):
+        Mixture.parse({"sources": {"a": 1.0}, "max_repeats": 2})
 
 
 # --- packing ------------------------------------------------------------------------------------------------
@@ -182,3 +226,15 @@ def test_plain_and_mixture_packings_share_the_packings_table(two_sources, tmp_pa
     assert rows[plain.recipe_hash].get("mixture_json") is None and rows[again.recipe_hash].get("mixture_json") is None
     assert json.loads(rows[mix.recipe_hash]["mixture_json"]) == mix.mixture
     assert sum(1 for _ in lk.stream("train", recipe=plain.recipe_hash)) > 0
+
+
+def test_the_example_mixture_config_loads():
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "configs" / "pack" / "mix.yaml"
+    assert path.read_text().startswith("# lake pack configs/pack/mix.yaml")
+    r = Recipe.from_yaml(path)
+    m = r.mixture
+    assert m.draw == "epoch" and r.cameras == ("top", "wrist")
+    assert [s.name for s in m.sources] == ["pusht", "gr1_long", "gr1_short"]
+    assert [m.replacement_of(i) for i in range(3)] == [False, True, False]
