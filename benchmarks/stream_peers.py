@@ -20,8 +20,8 @@ multi-worker loader, persistent workers: ``lk.stream(num_workers=2)`` / ``Stream
 
 Every run is a fresh process that builds its dataset and reads ``--epochs`` epochs; samples/s counts the whole run
 (construction, worker start and any copy included). Also: time to the first batch, MiB/s of tensors delivered,
-bytes fetched (S3: bytes the moto server wrote to its sockets, from its /proc io counters; local copy: bytes
-written to the cache), peak RSS (process + largest worker), mixing (distinct source episodes per batch), every
+bytes fetched (S3: requests moto answered and the bytes of their bodies, counted by a WSGI wrapper around moto's
+app; local copy: bytes written to the cache), peak RSS (process + largest worker), mixing (distinct source episodes per batch), every
 pack once per epoch. Baseline: a raw Lance scan of the split (table order, list columns flattened to numpy).
 Rounds alternate which side runs first; the best round per mode is reported.
 """
@@ -46,6 +46,7 @@ import workers as W  # noqa: E402  (stdlib-only at import: runs in the MDS venv 
 
 DATA = HERE / "_data"
 SECTION = "Streaming vs MosaicML Streaming (issue 15)"
+RUNS = DATA / "stream-peers-runs.json"  # the modes measured so far (a run may cover only some storage modes)
 GOAL, GOAL_RAW = 1.5, 0.8
 BUCKET, KEY, SECRET, REGION = "peers", "testing", "testing", "us-east-1"
 STORAGE = ["local", "local copy cold", "local copy warm", "S3 cold", "S3 warm"]
@@ -170,16 +171,34 @@ def child_raw(a) -> dict:
 
 
 def child_moto(a) -> None:
+    """moto's S3 server; counts the requests it answers and the bytes of their bodies. Each line read on stdin is
+    answered with a line ``requests bytes`` (so the parent reads the counts around each run)."""
     import logging
+    import threading
 
-    from moto.server import ThreadedMotoServer
+    from moto.moto_server.threaded_moto_server import MotoRequestHandler
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    print(server._server.server_port, flush=True)  # noqa: SLF001 - moto picked a free port
-    sys.stdin.read()  # until the parent closes our stdin
-    server.stop()
+    app, counts, lock = DomainDispatcherApplication(create_backend_app), [0, 0], threading.Lock()
+
+    def counted(environ, start_response):
+        n = 0
+        for chunk in app(environ, start_response):
+            n += len(chunk)
+            yield chunk
+        with lock:
+            counts[0] += 1
+            counts[1] += n
+
+    server = make_server("127.0.0.1", 0, counted, True, request_handler=MotoRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    print(server.server_port, flush=True)
+    for _ in sys.stdin:
+        with lock:
+            print(counts[0], counts[1], flush=True)
+    server.shutdown()
 
 
 # --- driver ---------------------------------------------------------------------------------------------------------
@@ -189,13 +208,16 @@ class Moto:
 
     def __init__(self):
         self.proc = subprocess.Popen([sys.executable, __file__, "--child", "moto"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         self.port = int(self.proc.stdout.readline())
         self.endpoint = f"http://127.0.0.1:{self.port}"
 
-    def served(self) -> int:
-        with open(f"/proc/{self.proc.pid}/io") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("wchar"))
+    def served(self) -> tuple[int, int]:
+        """(requests answered, bytes of their bodies) so far."""
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        n, b = self.proc.stdout.readline().split()
+        return int(n), int(b)
 
     def client(self):
         import boto3
@@ -251,13 +273,14 @@ def run_child(side: str, storage: str, access: str, args, data: dict, moto: Moto
         cmd += ["--cache-dir", str(cache_dir)]
     if side == "lake" and s3:
         cmd += ["--storage-options", json.dumps(moto.lake_options())]
-    before = moto.served() if moto else 0
+    before = moto.served() if moto else (0, 0)
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     if p.returncode != 0:
         print(f"{side} {storage} {access} failed:\n{p.stderr[-3000:]}", flush=True)
         return None
     res = json.loads(p.stdout.strip().splitlines()[-1])
-    res["s3_bytes"] = (moto.served() - before) if (moto and s3) else None
+    after = moto.served() if moto else (0, 0)
+    res["s3_requests"], res["s3_bytes"] = (after[0] - before[0], after[1] - before[1]) if (moto and s3) else (None, None)
     return res
 
 
@@ -285,6 +308,7 @@ def main() -> None:
     ap.add_argument("--cache-level", type=int, default=0, help="zstd level of the lake's node cache (0: raw, as MDS)")
     ap.add_argument("--storage", default=",".join(STORAGE))
     ap.add_argument("--record", action="store_true")
+    ap.add_argument("--fresh", action="store_true", help="forget the modes recorded by earlier runs (see --storage)")
     ap.add_argument("--child", choices=["lake", "mds", "raw", "moto"])
     ap.add_argument("--source")
     ap.add_argument("--access", default="direct")
@@ -321,6 +345,7 @@ def main() -> None:
             print(f"uploaded {up / 2**20:.0f} MiB to moto in {time.perf_counter() - t:.1f} s", flush=True)
         results: dict = {}
         raw = None
+        saved = {} if args.fresh or not RUNS.exists() else json.loads(RUNS.read_text())
         for r in range(args.rounds):
             res = run_child("raw", "local", "direct", args, data, None)
             if res and (raw is None or res["samples"] / res["wall"] > raw["samples"] / raw["wall"]):
@@ -343,11 +368,21 @@ def main() -> None:
                               f"first {res['first']:.3f} s epochs {[round(x, 2) for x in res['epochs']]} "
                               f"{'ok' if res['ok'] else 'WRONG'}", flush=True)
         load1 = os.getloadavg()
+        # a run of some storage modes keeps the other modes an earlier run measured (one locked run stays short)
+        for (side, storage, access), res in results.items():
+            saved.setdefault("results", {})[f"{side}|{storage}|{access}"] = res
+        for storage in storages:
+            saved.setdefault("load", {})[storage] = [load0, load1]
+        if raw is not None:
+            saved["raw"] = raw
+        RUNS.write_text(json.dumps(saved))
     finally:
         if moto:
             moto.close()
         shutil.rmtree(work / "caches", ignore_errors=True)
-    body = report(results, raw, storages, args, what, cpu_model, load0, load1)
+    results = {tuple(k.split("|")): v for k, v in saved["results"].items()}
+    body = report(results, saved.get("raw"), [s for s in STORAGE if s in saved["load"]], args, what, cpu_model,
+                  saved["load"])
     print(body)
     if args.record:
         record(SECTION, body)
@@ -357,7 +392,7 @@ def _mib(n) -> str:
     return "–" if n is None else f"{n / 2**20:,.0f}"
 
 
-def report(results, raw, storages, args, what, cpu_model, load0, load1) -> str:
+def report(results, raw, storages, args, what, cpu_model, loads) -> str:
     rows = ["| storage | access | lake samples/s | MDS samples/s | **lake ÷ MDS** | lake ÷ raw scan | MiB/s lake / MDS | "
             "first batch s lake / MDS | epoch 1 s lake / MDS | fetched MiB lake / MDS | peak RSS MiB lake / MDS | "
             "mixing lake / MDS | every pack once |", "|---|---|" + "---:|" * 10 + "---|"]
@@ -371,7 +406,8 @@ def report(results, raw, storages, args, what, cpu_model, load0, load1) -> str:
             ratio = a["sps"] / b["sps"]
             ratios.append(ratio)
             if storage.startswith("S3"):
-                fetched = f"{_mib(a['s3_bytes'])} / {_mib(b['s3_bytes'])}"
+                fetched = (f"{_mib(a['s3_bytes'])} / {_mib(b['s3_bytes'])} ({a['s3_requests']:,} / "
+                           f"{b['s3_requests']:,} GETs)")
             elif storage.endswith("cold"):
                 fetched = f"{_mib(a['disk'])} / {_mib(b['disk'])} (cache)"
             else:
@@ -390,11 +426,11 @@ def report(results, raw, storages, args, what, cpu_model, load0, load1) -> str:
 data: {what}; train split, {args.batch_packs} packs per batch, {args.epochs} epochs per run, each run a fresh process,
 best of {args.rounds} round(s) alternating sides. MDS: mosaicml-streaming 0.13.0 (`benchmarks/.venv-mds`), shards
 raw (no compression). Lake cache: node shard cache at zstd level {args.cache_level} ({'raw, as MDS keeps its local shards' if args.cache_level == 0 else 'compressed'}).
-Load average (1, 5, 15 min) at start {', '.join(f'{x:.1f}' for x in load0)}, at end {', '.join(f'{x:.1f}' for x in load1)}
-(2 cores shared with other engineers' jobs; timed under `flock /work/notes/bench.lock`).
+Load average (1 min) at start / end of the run that measured each storage mode: {'; '.join(f'{s}: {loads[s][0][0]:.1f} / {loads[s][1][0]:.1f}' for s in storages)}
+(2 cores shared with other engineers' jobs at nice 15-19; timed under `flock /work/notes/bench.lock`).
 samples/s: all samples of all epochs ÷ the run's wall time from constructing the dataset (startup, worker start
-and any copy included). Epoch 1: the first epoch (the cold one in cold modes). Fetched: S3 bytes moto served to the
-run; local copy, cold: bytes in the cache after the run. {raw_line}
+and any copy included). Epoch 1: the first epoch (the cold one in cold modes). Fetched: S3 MiB (requests) moto answered
+during the run; local copy, cold: bytes in the cache after the run. {raw_line}
 
 {chr(10).join(rows)}
 
