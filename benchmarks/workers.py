@@ -3,8 +3,10 @@
 
 The same packs on both sides: the train split of the PushT lake ``benchmarks/stream.py`` builds (``--episodes``,
 ``lk.pack()`` default recipe), for MosaicML Streaming (MDS) written once as MDS shards (one sample per pack: every
-packed column as an ndarray, origins as JSON) from an Arrow export of the split. Each side reads local files: the
-lake from its ``cache_dir`` copy of the split (``loaders.cache``), MDS from its local shards; a batch is
+packed column as an ndarray, origins as JSON) from an Arrow export of the split. Each side reads local files made
+before the timing: MDS its local shards (raw, written once), the lake its node shard cache (``loaders.cache``, filled
+once by an untimed epoch; ``--cache-level`` 0 = raw, as MDS keeps its shards). The cold first epoch that fills a
+cache, and the lake read straight from Lance, are measured side by side in ``benchmarks/stream_peers.py``. A batch is
 ``--batch-packs`` packs merged into one varlen batch (lake: ``PackedBatch``; MDS: a collate that concatenates the
 columns and shifts ``cu_seqlens``, as the lake's merge does).
 
@@ -39,10 +41,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DATA = HERE / "_data"
 MDS_VENV = HERE / ".venv-mds"
-# what `import streaming` needs to read local shards; the rest of its dependencies (cloud clients: oci, azure, gcs,
-# boto3) are left out: with them pip's resolver backtracked for 40 minutes here
+# what `import streaming` needs to read local shards; the rest of its dependencies (cloud clients: oci, azure, gcs)
+# are left out: with them pip's resolver backtracked for 40 minutes here
 MDS_PIP = ["torch==2.14.1", "torchvision==0.29.1", "numpy<2.2", "pyarrow", "psutil", "xxhash<4", "zstd<2",
-           "python-snappy<1", "Brotli", "tqdm", "catalogue<3", "transformers<5", "tabulate", "pillow"]
+           "python-snappy<1", "Brotli", "tqdm", "catalogue<3", "transformers<5", "tabulate", "pillow",
+           "boto3"]  # boto3: MDS's S3 client (benchmarks/stream_peers.py, on moto)
 MDS = "mosaicml-streaming==0.13.0"
 SECTION = "DataLoader workers vs MosaicML Streaming"
 GOAL = 1.5
@@ -173,7 +176,8 @@ def run_lake(args) -> dict:
 
     t0 = time.perf_counter()
     lk = lake.open(args.lake, create=False)
-    kw = dict(batch_packs=args.batch_packs, seed=0, cache_dir=args.cache_dir, progress=False)
+    kw = dict(batch_packs=args.batch_packs, seed=0, cache_dir=args.cache_dir, progress=False,
+              cache_level=args.cache_level)
     W, persistent = args.w, args.persistent
     if args.who == "ours":
         loader = lk.stream("train", num_workers=W, persistent_workers=persistent, **kw)
@@ -253,7 +257,8 @@ def run_mode(python: str, side: str, mode, args, data: dict) -> dict | None:
     w, persistent, who = mode
     cmd = [python, __file__, "--child", side, "--w", str(w), "--who", who, "--epochs", str(args.epochs),
            "--batch-packs", str(args.batch_packs), "--lake", str(data["lake"]), "--mds", str(data["mds"]),
-           "--cache-dir", str(data["cache"])] + (["--persistent"] if persistent else [])
+           "--cache-dir", str(data["cache"]), "--cache-level", str(args.cache_level)] + (
+               ["--persistent"] if persistent else [])
     env = {**os.environ, "PYTHONPATH": str(ROOT)} if side == "lake" else {
         k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
@@ -285,9 +290,18 @@ def main() -> None:
     ap.add_argument("--mds")
     ap.add_argument("--packs")
     ap.add_argument("--cache-dir")
+    ap.add_argument("--cache-level", type=int, default=0, help="zstd level of the lake's shard cache (0: raw, as MDS)")
+    ap.add_argument("--fill", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child == "write-mds":
         write_mds(Path(args.packs), Path(args.mds))
+        return
+    if args.child == "lake" and args.fill:  # the lake's cache filled once, untimed (MDS's shards are written once)
+        import lake
+
+        for _ in lake.open(args.lake, create=False).stream("train", batch_packs=args.batch_packs, progress=False,
+                                                           cache_dir=args.cache_dir, cache_level=args.cache_level):
+            pass
         return
     if args.child:
         print(json.dumps((run_lake if args.child == "lake" else run_mds)(args)))
@@ -308,6 +322,10 @@ def main() -> None:
                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
         if p.returncode != 0:
             py = None
+    shutil.rmtree(data["cache"], ignore_errors=True)
+    subprocess.run([sys.executable, __file__, "--child", "lake", "--fill", "--lake", str(lake_path), "--cache-dir",
+                    str(data["cache"]), "--cache-level", str(args.cache_level), "--batch-packs", str(args.batch_packs)],
+                   env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
     all_modes = modes([int(w) for w in args.workers.split(",")])
     results: dict = {}
     for r in range(args.rounds):
@@ -353,12 +371,13 @@ def report(all_modes, results, args, what, cpu_model) -> str:
     cmd = " ".join(["benchmarks/workers.py", *sys.argv[1:]])
     body = f"""Command: `.venv/bin/python {cmd}` · machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} ·
 data: {what}; train split, {args.batch_packs} packs per batch, {args.epochs} epochs per mode, each mode in a fresh
-process, best of {args.rounds} round(s) alternating sides. Lake reads its `cache_dir` copy of the split, MDS its local
-shards (`benchmarks/.venv-mds`: mosaicml-streaming, numpy<2.2, torch 2.14.1). samples/s counts the whole run (worker
-start-up included); first batch: seconds from asking for an epoch's first batch to getting it. Peak RSS: main process +
-largest worker (ru_maxrss). **The machine was shared and heavily loaded while this ran** (load average far above its
-2 cores from other engineers' jobs; 1-minute load average {os.getloadavg()[0]:.0f} when this table was written):
-absolute figures are noisy, ratios less so; modes that have not run yet are missing.
+process, best of {args.rounds} round(s) alternating sides. Both sides read local files made before the timing: the
+lake its node shard cache (`cache_dir`, filled by one untimed epoch, zstd level {args.cache_level}{' = raw' if args.cache_level == 0 else ''}),
+MDS its local shards (raw; `benchmarks/.venv-mds`: mosaicml-streaming 0.13.0, numpy<2.2, torch 2.14.1). samples/s
+counts the whole run (worker start-up included); first batch: seconds from asking for an epoch's first batch to
+getting it. Peak RSS: main process + largest worker (ru_maxrss). Timed under `flock /work/notes/bench.lock`;
+1-minute load average {os.getloadavg()[0]:.1f} when this table was written (2 cores shared with other engineers'
+jobs, which run at nice 19).
 
 {chr(10).join(rows)}
 

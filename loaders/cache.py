@@ -3,7 +3,7 @@
 ``stream(..., cache_dir=DIR, cache_limit="20GB")``: the split's packs are cut into *shards* of ``shard_packs``
 consecutive packs (split-local table order). A rank (or DataLoader worker) fetches only the shards its own plan
 reads this epoch, a window of ``cache_window`` shards ahead of use, into ``DIR/<key>/shard-NNNNNN.lks``
-(``shardfile``: zstd frames, one per pack). Every process of the node shares the folder:
+(``shardfile``: zstd frames, per pack and column). Every process of the node shares the folder:
 
 - one download per shard per node: the fetcher holds ``flock`` on ``shard-NNNNNN.lock`` while it writes, and
   whoever waited finds the file there; files are written under a temporary name and renamed, so a process
@@ -220,12 +220,12 @@ class NodeCache:
                         opened[s] = shardfile.ShardFile(self.ensure(s))
                     except FileNotFoundError:  # evicted between ensure and open: fetch again
                         continue
-            batches = [opened[int(p) // self.shard_packs].read(int(p) % self.shard_packs) for p in packs]
+            batch = shardfile.read_batch([(opened[int(p) // self.shard_packs], int(p) % self.shard_packs)
+                                          for p in packs])  # each column decompressed into one buffer
         finally:
             for f in opened.values():
                 f.close()
-        table = pa.Table.from_batches(batches)
-        return table.combine_chunks() if len(batches) > 1 else table
+        return pa.Table.from_batches([batch])
 
     def units(self, batches: list[np.ndarray], make: Callable[[pa.Table], object]):
         """One callable per batch (in order) reading it from the cache; shards are fetched ``window`` shards

@@ -36,6 +36,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from . import cache as _cache
+from . import shardfile as _shardfile
 from . import forks as _forks
 from . import mixture_epoch as _mixture_epoch
 from . import partition as _partition
@@ -126,7 +127,7 @@ class Loader(IterableDataset):
                  seed: int = 0, epoch: int = 0, world: World = World(), num_workers: int = 0, prefetch: int = 2,
                  pin_memory: bool = False, device=None, partition: str = "balanced", cache_dir=None,
                  progress: bool = True, persistent_workers: bool = True, multiprocessing_context=None,
-                 cache_limit=None, shard_packs: int = 16, cache_window: int = 4):
+                 cache_limit=None, shard_packs: int = 16, cache_window: int = 4, cache_level: int | None = None):
         if batch_packs < 1:
             raise ValueError(f"batch_packs must be >= 1, got {batch_packs}")
         if num_workers < 0 or prefetch < 0:
@@ -159,7 +160,8 @@ class Loader(IterableDataset):
             key = _cache.cache_key(source.table_uri, source.lance_version, split, self.columns, shard_packs)
             self.cache = _cache.NodeCache(cache_dir, key, len(self.rows), shard_packs,
                                           _cache.ShardSource(source, self.rows, self.columns, shard_packs),
-                                          limit=cache_limit, window=cache_window)
+                                          limit=cache_limit, window=cache_window,
+                                          level=_shardfile.LEVEL if cache_level is None else int(cache_level))
     # --- order ------------------------------------------------------------------------------------------------
 
     @property
@@ -378,7 +380,7 @@ def stream(lk, split: str, recipe=None, version=None, batch_packs: int = 1, shuf
            num_workers: int = 0, prefetch: int = 2, pin_memory: bool = False, device=None,
            partition: str = "balanced", read_bytes: int | None = None, cache_dir=None, progress: bool = True,
            persistent_workers: bool = True, multiprocessing_context=None, cache_limit=None, shard_packs: int = 16,
-           cache_window: int = 4) -> Loader:
+           cache_window: int = 4, cache_level: int | None = None) -> Loader:
     """Stream ``split`` of the packed table of ``recipe`` (None = newest) at lake ``version`` (number or tag;
     None = ``lk``'s) as ``PackedBatch`` es of ``batch_packs`` packs.
 
@@ -391,8 +393,10 @@ def stream(lk, split: str, recipe=None, version=None, batch_packs: int = 1, shuf
     batches in page-locked memory / on a device (one copy each).
     ``cache_dir``: read through a per-node shard cache there (``loaders.cache``: shards of ``shard_packs`` packs,
     zstd, fetched ``cache_window`` shards ahead of use, once per node, least recently used evicted past
-    ``cache_limit`` bytes, e.g. "20GB"; fast for any shuffle; batches are then one concatenation, not views of
-    Lance's buffers). ``progress`` is kept for old callers.
+    ``cache_limit`` bytes, e.g. "20GB"; fast for any shuffle; a batch's columns are then decompressed into one
+    buffer each, not views of Lance's buffers). ``cache_level``: the shards' zstd level (default
+    ``shardfile.LEVEL``; 0 stores them raw: ~6x the disk, reads at page-cache speed, as MosaicML Streaming keeps
+    its local shards). ``progress`` is kept for old callers.
     ``read_bytes`` is accepted for old callers and ignored (with a DeprecationWarning). Raises
     PackedTableNotFound when there is nothing packed, ValueError for an unknown split.
     """
@@ -406,4 +410,5 @@ def stream(lk, split: str, recipe=None, version=None, batch_packs: int = 1, shuf
                   epoch=epoch, world=detect(rank, world_size), num_workers=num_workers, prefetch=prefetch,
                   pin_memory=pin_memory, device=device, partition=partition, cache_dir=cache_dir, progress=progress,
                   persistent_workers=persistent_workers, multiprocessing_context=multiprocessing_context,
-                  cache_limit=cache_limit, shard_packs=shard_packs, cache_window=cache_window)
+                  cache_limit=cache_limit, shard_packs=shard_packs, cache_window=cache_window,
+                  cache_level=cache_level)

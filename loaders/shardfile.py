@@ -1,60 +1,124 @@
-"""One cached shard on local disk: the packs of a shard, each a zstd frame of an Arrow IPC stream.
+"""One cached shard on local disk: the packs of a shard, column by column, each piece a zstd frame.
 
-Layout: ``MAGIC | frame_0 | ... | frame_{k-1} | offsets (int64, k+1) | k (int64) | level (int64) | MAGIC``.
-Frame ``i`` is pack ``i`` of the shard (one record batch), compressed alone, so one pack is one ``pread`` and
-one decompression whatever the shard size. The decompressed frame is a fresh buffer that Arrow reads in place
-(``pa.py_buffer`` wraps it, the IPC reader slices it) and ``loaders.batch`` views as torch tensors: the
-decompression is the only copy. Level 0 stores frames uncompressed (same layout).
+Layout: ``MAGIC | schema length (int64) | schema (Arrow IPC) | frames | offsets (int64, k*F+1) |
+sizes (int64, k*F) | big columns (int64, F-1) | k | F | level (int64 each) | MAGIC``. Pack ``i`` is ``F``
+consecutive frames: frame 0 holds its other columns (an Arrow IPC stream of one record batch), frames ``1..F-1``
+the raw values of its *big* columns: flat ones (``list<T>`` / ``list<fixed_size_list<T>>`` of a number type)
+holding at least ``BIG_SHARE`` of the shard's bytes (the image payload), in schema order; ``sizes`` are the
+frames' decompressed sizes. (A frame per small column would cost more in zstd set-up than it saves.)
+
+Why column frames: a batch of ``k`` packs (``read_batch``) allocates one buffer per flat column and decompresses
+each pack's frame straight into its slice, so the batch's columns come out contiguous and the decompression is
+the only copy: no per-pack buffers joined afterwards (that join cost as much as the decompression, measured in
+benchmarks/RESULTS.md, "Streaming vs MosaicML Streaming"). Level 0 stores frames raw (same layout): they are
+``preadv``'d into the slices, one copy from the page cache.
 
 A file is written whole under a temporary name and renamed (``write``); ``ShardFile`` checks both magics and
-the offsets before serving anything, so a torn file (which the rename never publishes) would be refused.
+the offsets before serving anything, so a torn file (which the rename never publishes) is refused, as is a
+file of another layout (it is then fetched again).
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-MAGIC = b"LKSHARD1"
-_FOOTER = 8 * 2 + len(MAGIC)
-LEVEL = 3  # zstd level chosen by measurement (benchmarks/RESULTS.md, "Node shard cache"), PushT packs: level 1
-#            0.136 of the Arrow bytes at 289 MB/s, 3: 0.129 at 234 MB/s, 6: 0.122 at 87 MB/s; reads ~1 GB/s at
-#            every level. 3 writes far faster than a node downloads; 6+ would make writing the bottleneck.
+from .tensors import _NUMPY_BY_ID, list_values
+
+MAGIC = b"LKSHARD2"
+_FOOTER = 8 * 3 + len(MAGIC)
+LEVEL = 1  # zstd level chosen by measurement (benchmarks/RESULTS.md, "Streaming vs MosaicML Streaming"): on the
+#            PushT packs' payload level 1 compresses at ~590 MB/s to 0.166 of the bytes, 3 at ~400 MB/s to 0.157,
+#            decompression ~1.7 GB/s at both. A cold epoch from a local lake is bound by writing the cache, so
+#            the faster level wins; 6+ (0.12) would make writing the bottleneck even on a network download.
+BIG_SHARE = 0.05
+_LIST_ID, _FSL_ID = pa.list_(pa.int8()).id, pa.list_(pa.int8(), 2).id
+_LOCAL = threading.local()
+_SCHEMAS: dict[bytes, pa.Schema] = {}  # parsed once per process (every open of a shard would parse it again)
+_INDEXES: dict[tuple, tuple] = {}  # (path, size) -> (index + footer bytes, what they say)
 
 
 class TornShard(RuntimeError):
     """A shard file whose structure does not check out (never served)."""
 
 
-def _frame(batch: pa.RecordBatch, cctx) -> bytes:
+def _flat(t: pa.DataType) -> tuple[pa.DataType, int] | None:
+    """(leaf type, values per list item) of a flat column type, else None."""
+    if t.id != _LIST_ID:
+        return None
+    child = t.value_type
+    width = 1
+    if child.id == _FSL_ID:
+        width, child = child.list_size, child.value_type
+    return (child, width) if child.id in _NUMPY_BY_ID else None
+
+
+def _big(table: pa.Table) -> list[int]:
+    """Indices of the columns that get frames of their own (see the module doc)."""
+    total = max(1, table.nbytes)
+    return [i for i, f in enumerate(table.schema)
+            if _flat(f.type) is not None and table.column(i).nbytes >= BIG_SHARE * total]
+
+
+def _dctx():
+    """This thread's zstd decompressor (making one per frame costs more than a small frame's decompression)."""
+    import zstandard
+
+    d = getattr(_LOCAL, "dctx", None)
+    if d is None:
+        d = _LOCAL.dctx = zstandard.ZstdDecompressor()
+    return d
+
+
+def _ipc(batch: pa.RecordBatch) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, batch.schema) as w:
         w.write_batch(batch)
-    raw = sink.getvalue()
-    return raw.to_pybytes() if cctx is None else cctx.compress(raw)
+    return sink.getvalue().to_pybytes()
 
 
 def write(path: Path, table: pa.Table, level: int = LEVEL) -> int:
     """Write ``table``'s rows (one pack each) to ``path`` atomically: a temporary file in the same folder,
-    flushed to disk, then renamed. Returns the file's size in bytes."""
+    flushed to disk, then renamed. Frames are compressed on all cores (zstd releases the GIL). Returns the
+    file's size in bytes."""
     import zstandard
 
-    cctx = zstandard.ZstdCompressor(level=level, write_content_size=True) if level > 0 else None
     path = Path(path)
+    table = table.combine_chunks()
+    flat = _big(table)
+    small = [i for i in range(table.num_columns) if i not in flat]
+    rows = []  # per pack: the raw frames
+    for r in range(table.num_rows):
+        row = table.slice(r, 1)
+        raw = [_ipc(row.select(small).to_batches()[0])]
+        raw += [memoryview(np.ascontiguousarray(list_values(row.column(i).chunk(0), table.schema[i].name))).cast("B")
+                for i in flat]
+        rows.append(raw)
+    sizes = [len(m) for raw in rows for m in raw]
+    if level > 0:
+        def compress(m):
+            return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(m)
+
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            frames = list(pool.map(compress, [m for raw in rows for m in raw]))
+    else:
+        frames = [m for raw in rows for m in raw]
+    schema = table.schema.serialize().to_pybytes()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    offsets = [len(MAGIC)]
     try:
         with open(tmp, "wb") as f:
-            f.write(MAGIC)
-            for rb in table.combine_chunks().to_batches(max_chunksize=1):
-                f.write(_frame(rb, cctx))
+            f.write(MAGIC + np.int64(len(schema)).tobytes() + schema)
+            offsets = [f.tell()]
+            for fr in frames:
+                f.write(fr)
                 offsets.append(f.tell())
-            f.write(np.asarray(offsets, dtype="<i8").tobytes())
-            f.write(np.asarray([len(offsets) - 1, level], dtype="<i8").tobytes())
-            f.write(MAGIC)
+            f.write(np.asarray(offsets + sizes + flat, dtype="<i8").tobytes())
+            f.write(np.asarray([table.num_rows, 1 + len(flat), level], dtype="<i8").tobytes() + MAGIC)
             f.flush()
             os.fsync(f.fileno())
             size = f.tell()
@@ -65,64 +129,93 @@ def write(path: Path, table: pa.Table, level: int = LEVEL) -> int:
     return size
 
 
-def _decompress(frame: bytes, what: str) -> np.ndarray:
-    """A zstd frame decompressed straight into a fresh writable numpy buffer (torch views it without the
-    read-only warning a ``bytes`` result would give)."""
+def _decompress_into(frame: bytes, out: memoryview, what: str) -> None:
+    """A zstd frame decompressed straight into ``out`` (exactly its size)."""
     import zstandard
 
-    size = zstandard.frame_content_size(frame)
-    if size < 0:
-        raise TornShard(f"{what}: the frame does not record its size")
-    out = np.empty(size, dtype=np.uint8)
-    view, done = memoryview(out), 0
-    with zstandard.ZstdDecompressor().stream_reader(frame) as r:
-        while done < size:
-            n = r.readinto(view[done:])
+    if zstandard.frame_content_size(frame) != len(out):
+        raise TornShard(f"{what}: the frame does not hold the {len(out)} bytes the index says")
+    done = 0
+    with _dctx().stream_reader(frame) as r:
+        while done < len(out):
+            n = r.readinto(out[done:])
             if n == 0:
-                raise TornShard(f"{what}: the frame ends after {done} of {size} bytes")
+                raise TornShard(f"{what}: the frame ends after {done} of {len(out)} bytes")
             done += n
-    return out
 
 
 class ShardFile:
-    """An open shard: ``read(i)`` is pack ``i`` as a record batch viewing its decompressed buffer.
+    """An open shard: ``read(i)`` is pack ``i`` as a record batch; ``read_batch`` reads several packs (of
+    several shards) as one.
 
     Holds the file descriptor, so the file may be evicted (unlinked) meanwhile: reads go on. Raises
-    TornShard when the file's structure is damaged."""
+    TornShard when the file's structure is damaged or of another layout."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.fd = os.open(self.path, os.O_RDONLY)
         try:
             size = os.fstat(self.fd).st_size
-            if size < len(MAGIC) + 8 + _FOOTER:
-                raise TornShard(f"shard {self.path} is {size} bytes: too short")
-            tail = os.pread(self.fd, _FOOTER, size - _FOOTER)
-            k, self.level = (int(v) for v in np.frombuffer(tail[:16], "<i8"))
-            head = os.pread(self.fd, len(MAGIC), 0)
-            if head != MAGIC or tail[16:] != MAGIC or k < 0 or size < len(MAGIC) + 8 * (k + 1) + _FOOTER:
-                raise TornShard(f"shard {self.path} is damaged (magic or footer)")
-            start = size - _FOOTER - 8 * (k + 1)
-            self.offsets = np.frombuffer(os.pread(self.fd, 8 * (k + 1), start), "<i8")
-            if self.offsets[0] != len(MAGIC) or self.offsets[-1] != start or np.any(np.diff(self.offsets) <= 0):
-                raise TornShard(f"shard {self.path} is damaged (offsets)")
-            self.size = size
+            key = (str(self.path), size)
+            known = _INDEXES.get(key)  # a shard is opened for every batch that reads it: parse it once, and
+            # later only check that its index and footer are still those bytes (one pread)
+            if known is None or os.pread(self.fd, len(known[0]), size - len(known[0])) != known[0]:
+                known = self._parse(size)
+                if len(_INDEXES) >= 4096:
+                    _INDEXES.clear()
+                _INDEXES[key] = known
+            _, self.size, self.level, self.schema, self.offsets, self.sizes, self.big, self.frames = known
         except BaseException:
             os.close(self.fd)
             raise
 
+    def _parse(self, size: int) -> tuple:
+        if size < len(MAGIC) + 8 + _FOOTER:
+            raise TornShard(f"shard {self.path} is {size} bytes: too short")
+        head = os.pread(self.fd, len(MAGIC) + 8, 0)
+        tail = os.pread(self.fd, _FOOTER, size - _FOOTER)
+        k, F, level = (int(v) for v in np.frombuffer(tail[:24], "<i8"))
+        n_schema = int(np.frombuffer(head[len(MAGIC):], "<i8")[0])
+        index = 8 * (2 * k * F + F)
+        start = size - _FOOTER - index
+        if (head[:len(MAGIC)] != MAGIC or tail[24:] != MAGIC or k < 0 or F < 1 or n_schema < 0
+                or start < len(MAGIC) + 8 + n_schema):
+            raise TornShard(f"shard {self.path} is damaged or of another layout (magic or footer)")
+        raw = os.pread(self.fd, n_schema, len(MAGIC) + 8)
+        schema = _SCHEMAS.get(raw)
+        if schema is None:
+            schema = pa.ipc.read_schema(pa.py_buffer(raw))
+            if len(_SCHEMAS) < 64:
+                _SCHEMAS[raw] = schema
+        idx = np.frombuffer(os.pread(self.fd, index, start), "<i8")
+        offsets, sizes = idx[:k * F + 1], idx[k * F + 1:k * F + 1 + k * F].reshape(k, F)
+        big = tuple(int(c) for c in idx[2 * k * F + 1:])
+        if (offsets[0] != len(MAGIC) + 8 + n_schema or offsets[-1] != start or np.any(np.diff(offsets) < 0)
+                or np.any(sizes < 0) or any(not 0 <= c < len(schema) or _flat(schema[c].type) is None for c in big)):
+            raise TornShard(f"shard {self.path} is damaged (offsets)")
+        return os.pread(self.fd, index + _FOOTER, start), size, level, schema, offsets.tolist(), sizes.tolist(), big, F
+
     @property
     def packs(self) -> int:
-        return len(self.offsets) - 1
+        return len(self.sizes)
 
-    def read(self, i: int) -> pa.RecordBatch:
-        lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
+    def _frame(self, i: int, j: int) -> bytes:
+        lo, hi = self.offsets[i * self.frames + j], self.offsets[i * self.frames + j + 1]
         data = os.pread(self.fd, hi - lo, lo)
         if len(data) != hi - lo:
             raise TornShard(f"shard {self.path}: pack {i} is cut short")
+        return data
+
+    def _into(self, i: int, j: int, out: memoryview) -> None:
+        """Frame ``j`` of pack ``i`` into ``out`` (its decompressed size)."""
+        what = f"shard {self.path}, pack {i}"
         if self.level > 0:
-            data = _decompress(data, f"shard {self.path}, pack {i}")
-        return pa.ipc.open_stream(pa.py_buffer(data)).read_next_batch()  # views ``data``: no further copy
+            _decompress_into(self._frame(i, j), out, what)
+        elif len(out) and os.preadv(self.fd, [out], self.offsets[i * self.frames + j]) != len(out):
+            raise TornShard(f"{what} is cut short")
+
+    def read(self, i: int) -> pa.RecordBatch:
+        return read_batch([(self, i)])
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -134,3 +227,39 @@ class ShardFile:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def read_batch(items: list[tuple[ShardFile, int]]) -> pa.RecordBatch:
+    """Packs ``(shard, i)`` as one record batch, in that order; every flat column one fresh contiguous buffer
+    (the decompression writes it: the only copy). The shards must share a schema."""
+    first = items[0][0]
+    schema, flat = first.schema, first.big
+    for f, _ in items:
+        if f.schema is not schema and f.schema != schema:
+            raise TornShard(f"shard {f.path} has another schema than {first.path}")
+        if f.big != flat:  # shards that split their columns differently: pack by pack, then joined (a copy)
+            return pa.concat_batches([read_batch([(f, i)]) for f, i in items])
+    rests = []
+    for f, i in items:
+        raw = bytearray(f.sizes[i][0])  # writable: torch views it without a read-only warning
+        f._into(i, 0, memoryview(raw))
+        rests.append(pa.ipc.open_stream(pa.py_buffer(raw)).read_next_batch())
+    rest = pa.concat_batches(rests) if len(rests) > 1 else rests[0]
+    columns: list = [None] * len(schema)
+    for name, col in zip(rest.schema.names, rest.columns):
+        columns[schema.get_field_index(name)] = col
+    for j, c in enumerate(flat, start=1):
+        leaf_type, width = _flat(schema[c].type)
+        sizes = [f.sizes[i][j] for f, i in items]
+        buf = np.empty(sum(sizes), np.uint8)
+        view, at = memoryview(buf), 0
+        for (f, i), n in zip(items, sizes):
+            f._into(i, j, view[at:at + n])
+            at += n
+        itemsize = _NUMPY_BY_ID[leaf_type.id].itemsize
+        leaf = pa.Array.from_buffers(leaf_type, len(buf) // itemsize, [None, pa.py_buffer(buf)])
+        child = pa.FixedSizeListArray.from_arrays(leaf, width) if schema[c].type.value_type.id == _FSL_ID else leaf
+        counts = np.asarray(sizes, np.int64) // (itemsize * width)
+        offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32), pa.int32())
+        columns[c] = pa.ListArray.from_arrays(offsets, child, type=schema[c].type)
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
