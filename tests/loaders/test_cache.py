@@ -67,6 +67,19 @@ def test_each_shard_is_fetched_once_then_read_from_disk(packed, tmp_path):
     _same(list(resumed), list(plain))
 
 
+def test_neighbouring_shards_needed_soon_are_fetched_with_one_read(packed, tmp_path):
+    lk, _ = packed
+    loader = lk.stream("train", shuffle="none", cache_dir=tmp_path, shard_packs=2, cache_window=3)
+    before = dict(_cache.STATS)
+    _same(list(loader), list(lk.stream("train", shuffle="none")))
+    fetches, takes = (_cache.STATS[k] - before[k] for k in ("fetches", "takes"))
+    assert fetches == loader.cache.shards  # each shard written once
+    assert -(-fetches // 4) <= takes < fetches  # in runs of at most window + 1 = 4 shards
+    for p in _shards(tmp_path):
+        with shardfile.ShardFile(p) as f:
+            assert f.packs == min(2, loader.packs - 2 * int(p.stem[-6:]))  # a run is cut back into shards
+
+
 def test_a_limit_smaller_than_the_split_is_honoured_by_eviction(packed, tmp_path):
     lk, _ = packed
     probe = lk.stream("train", cache_dir=tmp_path / "probe", shard_packs=2)
@@ -80,8 +93,9 @@ def test_a_limit_smaller_than_the_split_is_honoured_by_eviction(packed, tmp_path
     got = []
     for b in loader:
         got.append(b)
-        # the side thread may have just written a shard it has not yet evicted for: one shard of slack
-        assert loader.cache.usage() <= limit + max(sizes)
+        # the side thread may have just written a run of shards (up to cache_window + 1 = 2) it has not yet
+        # evicted for
+        assert loader.cache.usage() <= limit + 2 * max(sizes)
     assert loader.cache.usage() <= limit
     assert _cache.STATS["evictions"] > before["evictions"]
     _same(got, list(lk.stream("train", seed=3, batch_packs=2)))
@@ -269,10 +283,11 @@ def test_a_process_never_evicts_a_shard_another_announced_and_has_not_read(small
     sizes = [p.stat().st_size for p in _shards(tmp_path / "probe")]
     shards = len(sizes)
     # Rank 0 leads rank 1 by `lag` steps; both read shard k at their step k (shuffle none, interleave, 2 packs
-    # a shard). What is still needed on disk: rank 1's next `lag` shards and rank 0's window, lag + 2 shards;
-    # least recently used would need to keep all shards touched since rank 1's next one was read: 2 * lag + 2.
-    lag, limit = 4, 7 * max(sizes)
-    assert limit < sum(sizes) and limit < (2 * lag + 2) * min(sizes)
+    # a shard). Held or needed at once: rank 1's last shard read (its pinned window starts there) and its next
+    # `lag`, rank 0's shard, its window of 1 and the neighbour it reads with it: lag + 4 shards. Least recently
+    # used would need to keep every shard touched since rank 1's next one was read: 2 * lag + 3.
+    lag, limit = 4, 8 * max(sizes)
+    assert limit < sum(sizes) and limit < (2 * lag + 3) * min(sizes)
     root = tmp_path / "node"
     a, b = (_child(_STEPPED, lk.uri, r, root, limit, int(plans)) for r in range(2))
     try:
@@ -283,9 +298,9 @@ def test_a_process_never_evicts_a_shard_another_announced_and_has_not_read(small
             for r, proc in ((0, a), (1, b)):
                 if not outs[r] or outs[r][-1]["packs"] is not None:
                     outs[r].append(_step(proc))
-            # limit honoured (each process's side thread may hold one just-written shard it has not evicted
-            # for yet)
-            assert _usage(root) <= limit + 2 * max(sizes)
+            # limit honoured (each process's side thread may hold a just-written run of up to 2 shards it has
+            # not evicted for yet)
+            assert _usage(root) <= limit + 4 * max(sizes)
         while outs[0][-1]["packs"] is not None:
             outs[0].append(_step(a))
     finally:
