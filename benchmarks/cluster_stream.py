@@ -182,22 +182,29 @@ def replay(loader: Loader, n_ranks: int, partition: str, root: Path, limit: int 
                 seen.update(int(p) for b in plans[r] for p in b)
             continue
         folder = root / f"node{j}"
-        # a node of its own: its own Lance handle (it opens the table: manifest reads count), a cold cache
+        # a node of its own: a cold cache and its own Lance handle (it opens the table: manifest reads count);
+        # each rank its own NodeCache over the node's folder, as a process of its own would have (window
+        # prefetch on a side thread, claims, runs of neighbouring shards), its batches through ``units``
         fetch = _cache.ShardSource(loader.source, loader.rows, loader.columns, shard_packs)
-        cache = _cache.NodeCache(folder, "split", loader.packs, shard_packs, fetch, limit=limit,
-                                 window=loader.cache.window)
+        caches = [_cache.NodeCache(folder, "split", loader.packs, shard_packs, fetch, limit=limit,
+                                   window=loader.cache.window) for _ in ranks]
         before, wire = dict(_cache.STATS), Counter(proxy.counts)
-        steps = max((len(plans[r]) for r in ranks), default=0)
-        for k in range(steps):  # the node's ranks interleaved step by step, as if concurrent
-            for r in ranks:
-                if k < len(plans[r]):
-                    table = cache.read(plans[r][k])
-                    ids = table.column("pack_id").to_pylist()
-                    seen.update(loader.local_of[i] for i in ids)
+        gens = [c.units(plans[r], lambda table: table) for c, r in zip(caches, ranks)]
+        try:
+            steps = max((len(plans[r]) for r in ranks), default=0)
+            for k in range(steps):  # the node's ranks in lockstep, as a synchronous training step runs them
+                for g, r in zip(gens, ranks):
+                    if k < len(plans[r]):
+                        table = next(g)()
+                        seen.update(loader.local_of[i] for i in table.column("pack_id").to_pylist())
+        finally:
+            for g in gens:
+                g.close()  # each rank's side thread joined, its claim removed
         d = {k: _cache.STATS[k] - before[k] for k in _cache.STATS}
         w = proxy.counts - wire
-        per_node.append({"bytes": d["fetched_bytes"], "requests": d["fetches"],
-                         "hits": d["hits"] / max(1, d["hits"] + d["fetches"]), "disk": cache.usage(),
+        needed = len({int(p) // shard_packs for r in ranks for b in plans[r] for p in b})
+        per_node.append({"bytes": d["fetched_bytes"], "requests": d["takes"], "refetches": d["fetches"] - needed,
+                         "hits": d["hits"] / max(1, d["hits"] + d["fetches"]), "disk": caches[0].usage(),
                          "http_requests": sum(v for k, v in w.items() if k.endswith("requests")),
                          "http_gets": w["GET requests"], "http_bytes": w["GET bytes"]})
         shutil.rmtree(folder, ignore_errors=True)
@@ -211,6 +218,7 @@ def replay(loader: Loader, n_ranks: int, partition: str, root: Path, limit: int 
     if real:
         h = np.array([p["http_bytes"] for p in per_node], dtype=np.float64) / stored
         out.update(http_bytes_mean=float(h.mean()), http_bytes_max=float(h.max()),
+                   refetches=int(sum(p["refetches"] for p in per_node)),
                    http_requests_mean=float(np.mean([p["http_requests"] for p in per_node])),
                    http_gets_mean=float(np.mean([p["http_gets"] for p in per_node])))
     return out
@@ -445,14 +453,15 @@ def main() -> None:
         proxy.stop()
         server.stop()
     print("\n| ranks | nodes | order | Arrow bytes/node ÷ split (mean, max) | HTTP GET bytes/node ÷ stored split "
-          "(mean, max) | target | shard fetches/node | HTTP requests/node (GETs) | hit ratio | exactly once |"
-          "\n|---:|---:|---|---:|---:|---:|---:|---:|---:|---|")
+          "(mean, max) | target | table reads/node | HTTP requests/node (GETs) | hit ratio | refetches (all nodes) | "
+          "exactly once |\n|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         hits = "–" if r["hits"] is None else f"{r['hits']:.2f}"
         http = (f"{r['http_bytes_mean']:.4f}, {r['http_bytes_max']:.4f}" if "http_bytes_mean" in r else "–")
         reqs = (f"{r['http_requests_mean']:.1f} ({r['http_gets_mean']:.1f})" if "http_requests_mean" in r else "–")
         print(f"| {r['ranks']} | {r['nodes']} | {r['name']} | {r['bytes_mean']:.4f}, {r['bytes_max']:.4f} | {http} | "
-              f"{r['target']:.4f} | {r['requests_mean']:.1f} | {reqs} | {hits} | {'yes' if r['exactly_once'] else 'NO'} |")
+              f"{r['target']:.4f} | {r['requests_mean']:.1f} | {reqs} | {hits} | {r.get('refetches', '–')} | "
+              f"{'yes' if r['exactly_once'] else 'NO'} |")
     if not args.no_scale:
         _print_scale(plan_scale(args.ranks, args.scale_packs, 4, args.scale_window), args.scale_packs)
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs (shared with other jobs), python "

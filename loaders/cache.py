@@ -164,9 +164,10 @@ class NodeCache:
     def ensure(self, s: int, extend=()) -> Path:
         """Shard ``s`` on local disk (fetched once per node: under its lock, whoever waited finds it there).
 
-        ``extend``: shards this process needs soon. The consecutive ones after ``s`` among them that are missing
-        and that no other process is fetching (their lock is free) are fetched with ``s`` in one read of the
-        table, up to ``window + 1`` shards: an object store serves whole pages around the rows a read asks for,
+        ``extend``: shards this process needs soon (with ``plans``, so do those the node's live claims need
+        soon). The consecutive ones after ``s`` among them that are missing and that no other process is
+        fetching (their lock is free) are fetched with ``s`` in one read of the table, up to ``window + 1``
+        shards: an object store serves whole pages around the rows a read asks for,
         so one read of k neighbouring shards costs fewer requests and bytes than k reads (benchmarks/RESULTS.md,
         Node shard cache)."""
         path = self.path(s)
@@ -181,6 +182,10 @@ class NodeCache:
                 _count(hits=1)
                 return path
             run = [s]
+            if self.plans and self.window > 0:  # and what the node's other processes need soon
+                soon = 4 * (self.window + 1)
+                extend = set(extend).union(*(c["next"][:soon] for c in live_claims(self.root)
+                                             if c["key"] == self.key))
             while len(run) <= self.window and run[-1] + 1 in extend and run[-1] + 1 < self.shards:
                 t = run[-1] + 1
                 locks.append(open(self.dir / f"shard-{t:06d}.lock", "a+"))
