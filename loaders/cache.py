@@ -9,24 +9,38 @@ reads this epoch, a window of ``cache_window`` shards ahead of use, into ``DIR/<
   whoever waited finds the file there; files are written under a temporary name and renamed, so a process
   killed mid-download (even ``kill -9``) leaves a ``.tmp`` file, never a torn shard (stale ``.tmp`` files of
   dead processes are removed when a cache opens);
-- a bounded size: after each fetch, shards (of any key under ``DIR``) are evicted, least recently used first,
-  until the folder holds at most ``cache_limit`` bytes; the shards of the calling process's current window are
-  never evicted. The limit must hold every process's window, or the folder goes over it by those windows.
-  An evicted shard that is still needed is fetched again; a reader that has the file open keeps reading it.
+- a bounded size, evicting the shard least soon *needed* by any process of the node: every process (rank or
+  DataLoader worker) that reads through the cache announces its plan in a small claim file,
+  ``DIR/.claims/<host>-<pid>-<n>.json`` (written whole and renamed; its mtime is the heartbeat): the shards it
+  *holds* (those of the batches it has handed out but not finished, and ``cache_window`` shards ahead) and the
+  next shards it *needs*, in order of next use (up to ``CLAIM_HORIZON``). After each fetch, under one
+  ``flock`` on ``DIR/.evict.lock``, shards (of any key under ``DIR``) are evicted until the folder holds at
+  most ``cache_limit`` bytes: first those no live process needs (least recently used first), then the needed
+  ones whose next use is furthest (Belady's rule, with the position in each announced list as the clock);
+  held shards never. The limit must therefore hold the node's held shards (every process's window), or the
+  folder goes over it by those. A claim is dead, and removed, when its process is gone (same host, pid not
+  running: a ``kill -9`` included) or it has not been refreshed for ``CLAIM_TTL`` seconds (a process of
+  another pid namespace that stopped). An evicted shard that is still needed is fetched again; a reader that
+  has the file open keeps reading it.
 
 The sample order is untouched (a pure function of seed, epoch and layout, see ``loader``): the cache only
 changes where bytes come from, so resume and world-size changes keep exactly-once with any cache state.
-``STATS`` counts, per process: hits, fetches, bytes fetched (Arrow bytes read from the table), bytes written
-(compressed, on disk), evictions.
+``STATS`` counts, per process: hits, fetches (shards written), takes (reads of the table: neighbouring missing
+shards a process needs soon are fetched with one read, see ``NodeCache.ensure``), bytes fetched (Arrow bytes
+read from the table), bytes written (compressed, on disk), evictions.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
+import json
 import os
 import re
+import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -37,7 +51,12 @@ import pyarrow as pa
 from . import shardfile
 from .retry import retrying
 
-STATS = {"hits": 0, "fetches": 0, "fetched_bytes": 0, "written_bytes": 0, "evictions": 0}
+STATS = {"hits": 0, "fetches": 0, "takes": 0, "fetched_bytes": 0, "written_bytes": 0, "evictions": 0}
+_STATS_LOCK = threading.Lock()
+CLAIMS = ".claims"  # folder of the claim files, under cache_dir
+CLAIM_TTL = 300.0  # s: a claim not refreshed for this long is dead, whatever its pid (refreshed every batch)
+CLAIM_HORIZON = 1024  # shards a claim announces ahead: enough to order evictions, small to rewrite per batch
+_CLAIM_IDS = itertools.count()
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
           "GIB": 2**30, "TIB": 2**40}
 
@@ -62,7 +81,8 @@ def cache_key(table_uri: str, lance_version: int, split: str, columns: list[str]
 
 
 class ShardSource:
-    """Fetches shard ``s`` (its packs as one table, table order) from the packed table; picklable."""
+    """Fetches shards ``s .. s + count - 1`` (their packs as one table, table order) from the packed table with
+    one read; picklable."""
 
     def __init__(self, source, rows: np.ndarray, columns: list[str], shard_packs: int):
         self.source, self.rows, self.columns, self.shard_packs = source, rows, columns, int(shard_packs)
@@ -71,10 +91,10 @@ class ShardSource:
     def __getstate__(self):
         return {**self.__dict__, "_ds": None}
 
-    def __call__(self, s: int) -> pa.Table:
+    def __call__(self, s: int, count: int = 1) -> pa.Table:
         from . import forks
 
-        rows = self.rows[s * self.shard_packs:(s + 1) * self.shard_packs]
+        rows = self.rows[s * self.shard_packs:(s + count) * self.shard_packs]
         src = self.source
         if forks.lance_forbidden():  # a worker forked from a Lance-using process: its helper process reads
             helper = forks.helper()
@@ -84,23 +104,31 @@ class ShardSource:
             if self._ds is None:
                 self._ds = src.open()
             read = lambda: self._ds.take(rows, columns=self.columns)  # noqa: E731
-        return retrying(read, f"fetching shard {s} of {src.table}", src.backoff)
+        what = f"shard {s}" if count == 1 else f"shards {s}-{s + count - 1}"
+        return retrying(read, f"fetching {what} of {src.table}", src.backoff)
 
 
 class NodeCache:
-    """Shards of one split under ``root/key`` (see the module doc). Picklable (spawned workers share it)."""
+    """Shards of one split under ``root/key`` (see the module doc). Picklable (spawned workers share it).
+
+    ``plans``: announce this process's plan and evict by every live process's plans (default); False evicts
+    least recently used, sparing only this process's own window (the behaviour before claims; a baseline)."""
 
     def __init__(self, root, key: str, packs: int, shard_packs: int, fetch: Callable[[int], pa.Table],
-                 limit: int | None = None, window: int = 4, level: int = shardfile.LEVEL):
+                 limit: int | None = None, window: int = 4, level: int = shardfile.LEVEL, plans: bool = True):
         if shard_packs < 1 or window < 0:
             raise ValueError(f"shard_packs must be >= 1 and cache_window >= 0, got {shard_packs}, {window}")
         self.root = Path(os.fspath(root)).expanduser()
+        self.key = key
         self.dir = self.root / key
         self.packs, self.shard_packs, self.fetch = int(packs), int(shard_packs), fetch
         self.limit, self.window, self.level = parse_size(limit), int(window), int(level)
+        self.plans = bool(plans)
         self.dir.mkdir(parents=True, exist_ok=True)
+        (self.root / CLAIMS).mkdir(exist_ok=True)
         self._init_local()
         self._sweep_tmp()
+        live_claims(self.root)  # removes the claims of dead processes
 
     def _init_local(self):
         self._lock = threading.Lock()
@@ -133,28 +161,52 @@ class NodeCache:
 
     # --- shards on disk -----------------------------------------------------------------------------------------
 
-    def ensure(self, s: int) -> Path:
-        """Shard ``s`` on local disk (fetched once per node: under its lock, whoever waited finds it there)."""
+    def ensure(self, s: int, extend=()) -> Path:
+        """Shard ``s`` on local disk (fetched once per node: under its lock, whoever waited finds it there).
+
+        ``extend``: shards this process needs soon (with ``plans``, so do those the node's live claims need
+        soon). The consecutive ones after ``s`` among them that are missing and that no other process is
+        fetching (their lock is free) are fetched with ``s`` in one read of the table, up to ``window + 1``
+        shards: an object store serves whole pages around the rows a read asks for,
+        so one read of k neighbouring shards costs fewer requests and bytes than k reads (benchmarks/RESULTS.md,
+        Node shard cache)."""
         path = self.path(s)
         if self._valid(path):
             os.utime(path)  # last use, for eviction
-            STATS["hits"] += 1
+            _count(hits=1)
             return path
-        with open(self.dir / f"shard-{s:06d}.lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                if self._valid(path):
-                    STATS["hits"] += 1
-                    return path
-                table = self.fetch(s)
-                want = min(self.shard_packs, self.packs - s * self.shard_packs)
-                if table.num_rows != want:
-                    raise RuntimeError(f"shard {s}: the table gave {table.num_rows} packs, expected {want}")
-                STATS["written_bytes"] += shardfile.write(path, table, self.level)
-                STATS["fetches"] += 1
-                STATS["fetched_bytes"] += table.nbytes
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        locks = [open(self.dir / f"shard-{s:06d}.lock", "a+")]
+        try:
+            fcntl.flock(locks[0], fcntl.LOCK_EX)
+            if self._valid(path):
+                _count(hits=1)
+                return path
+            run = [s]
+            if self.plans and self.window > 0:  # and what the node's other processes need soon
+                soon = 4 * (self.window + 1)
+                extend = set(extend).union(*(c["next"][:soon] for c in live_claims(self.root)
+                                             if c["key"] == self.key))
+            while len(run) <= self.window and run[-1] + 1 in extend and run[-1] + 1 < self.shards:
+                t = run[-1] + 1
+                locks.append(open(self.dir / f"shard-{t:06d}.lock", "a+"))
+                try:
+                    fcntl.flock(locks[-1], fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # another process is fetching it: the run stops here
+                    locks.pop().close()
+                    break
+                if self._valid(self.path(t)):
+                    break
+                run.append(t)
+            table = self.fetch(s, len(run)) if len(run) > 1 else self.fetch(s)
+            want = min(len(run) * self.shard_packs, self.packs - s * self.shard_packs)
+            if table.num_rows != want:
+                raise RuntimeError(f"shards {run}: the table gave {table.num_rows} packs, expected {want}")
+            written = sum(shardfile.write(self.path(t), table.slice(i * self.shard_packs, self.shard_packs),
+                                          self.level) for i, t in enumerate(run))
+            _count(written_bytes=written, fetches=len(run), takes=1, fetched_bytes=table.nbytes)
+        finally:
+            for f in locks:
+                f.close()  # closing the file releases its flock
         self.evict()
         return path
 
@@ -180,12 +232,19 @@ class NodeCache:
         return total
 
     def evict(self) -> int:
-        """Evict least recently used shards (any key under ``root``) until at most ``limit`` bytes remain,
-        sparing this process's window. Returns the bytes freed."""
+        """Evict shards (any key under ``root``) until at most ``limit`` bytes remain: those no live process
+        needs first (least recently used first), then the needed ones used furthest ahead; held shards (and
+        this process's pinned ones) never. Returns the bytes freed."""
         if self.limit is None:
             return 0
-        with self._lock:
-            pinned = {self.path(s) for s in self._pinned}
+        with open(self.root / ".evict.lock", "a+") as lock:  # one evictor at a time: none over-evicts
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                return self._evict()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _evict(self) -> int:
         files = []
         for p in self.root.glob("*/shard-*.lks"):
             try:
@@ -194,17 +253,34 @@ class NodeCache:
                 continue
             files.append((st.st_mtime_ns, st.st_size, p))
         total, freed = sum(f[1] for f in files), 0
-        for _, size, p in sorted(files, key=lambda f: f[0]):
+        if total <= self.limit:
+            return 0
+        with self._lock:
+            held = {(self.key, s) for s in self._pinned}
+        soon: dict[tuple[str, int], int] = {}  # (key, shard) -> fewest positions to its next use, any process
+        if self.plans:
+            for claim in live_claims(self.root):
+                key = claim["key"]
+                held.update((key, s) for s in claim["hold"])
+                for i, s in enumerate(claim["next"]):
+                    if soon.get((key, s), i + 1) > i:
+                        soon[(key, s)] = i
+
+        def rank(f):
+            k = _shard_id(f[2])
+            return (0, f[0]) if k not in soon else (1, -soon[k], f[0])
+
+        for _, size, p in sorted(files, key=rank):
             if total <= self.limit:
                 break
-            if p in pinned:
+            if _shard_id(p) in held:
                 continue
             try:
                 p.unlink()
             except FileNotFoundError:
                 continue
             total, freed = total - size, freed + size
-            STATS["evictions"] += 1
+            _count(evictions=1)
         return freed
 
     # --- reading ------------------------------------------------------------------------------------------------
@@ -229,8 +305,11 @@ class NodeCache:
 
     def units(self, batches: list[np.ndarray], make: Callable[[pa.Table], object]):
         """One callable per batch (in order) reading it from the cache; shards are fetched ``window`` shards
-        ahead of the batch being handed out, on one side thread, and pinned while in that window."""
+        ahead of the batch being handed out, on one side thread, and pinned while in that window. With
+        ``plans``, the process's claim (see the module doc) is rewritten as batches are handed out and read,
+        and removed at the end."""
         seq, need = _shard_sequence(batches, self.shard_packs)
+        claim = _Claim(self, batches) if self.plans else None
         ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loaders-cache")
         submitted = 0
         try:
@@ -238,18 +317,25 @@ class NodeCache:
                 lo = 0 if b == 0 else need[b - 1]
                 hi = min(len(seq), need[b] + 1 + self.window)
                 self._pin(seq[lo:hi])
-                while submitted < hi:
-                    ahead.submit(self.ensure, seq[submitted])
+                if claim is not None:
+                    claim.handed(b)
+                while submitted < hi:  # with the shards needed next after it: fetched in one read if neighbours
+                    ahead.submit(self.ensure, seq[submitted],
+                                 frozenset(seq[submitted + 1:submitted + 1 + 4 * (self.window + 1)]))
                     submitted += 1
-                yield lambda packs=packs, pins=seq[lo:hi]: self._read_unpin(packs, pins, make)
+                yield lambda b=b, packs=packs, pins=seq[lo:hi]: self._read_unpin(b, packs, pins, make, claim)
         finally:
             ahead.shutdown(wait=True, cancel_futures=True)
+            if claim is not None:
+                claim.remove()
 
-    def _read_unpin(self, packs, pins, make):
+    def _read_unpin(self, b, packs, pins, make, claim):
         try:
             return make(self.read(packs))
         finally:
             self._unpin(pins)
+            if claim is not None:
+                claim.done(b)
 
     def _pin(self, shards) -> None:
         with self._lock:
@@ -264,6 +350,103 @@ class NodeCache:
                     self._pinned[int(s)] = n
                 else:
                     self._pinned.pop(int(s), None)
+
+
+class _Claim:
+    """This process's announcement of what one iteration over ``batches`` holds and needs next, as a claim
+    file (see the module doc): rewritten when a batch is handed out or finished, removed at the end."""
+
+    def __init__(self, cache: NodeCache, batches: list[np.ndarray]):
+        self.cache = cache
+        shards = [np.unique(np.asarray(b, dtype=np.int64) // cache.shard_packs) for b in batches]
+        self.flat = np.concatenate(shards) if shards else np.empty(0, np.int64)  # shards per batch, in order
+        self.offsets = np.concatenate([[0], np.cumsum([len(s) for s in shards])]).astype(np.int64)
+        self.path = cache.root / CLAIMS / f"{socket.gethostname()}-{os.getpid()}-{next(_CLAIM_IDS)}.json"
+        self.lock = threading.Lock()
+        self.open: set[int] = set()  # batches handed out, not finished
+        self.last = -1  # last batch handed out
+
+    def handed(self, b: int) -> None:
+        with self.lock:
+            self.open.add(b)
+            self.last = b
+            self._write()
+
+    def done(self, b: int) -> None:
+        with self.lock:
+            self.open.discard(b)
+            self._write()
+
+    def _write(self) -> None:
+        start = min(self.open) if self.open else self.last + 1
+        cur = max(self.last, start)  # the batches start..cur are (or are about to be) read now
+        lo = int(self.offsets[min(start, len(self.offsets) - 1)])
+        ahead = self.flat[lo:lo + 4 * CLAIM_HORIZON]
+        _, first = np.unique(ahead, return_index=True)
+        nxt = ahead[np.sort(first)][:CLAIM_HORIZON]  # distinct shards in order of next use
+        now = self.offsets[min(cur + 1, len(self.offsets) - 1)] - lo  # entries of the batches start..cur
+        k = len(np.unique(ahead[:now])) + self.cache.window
+        with self.cache._lock:
+            pinned = list(self.cache._pinned)
+        hold = sorted(set(nxt[:k].tolist()) | set(pinned))
+        doc = {"host": socket.gethostname(), "pid": os.getpid(), "key": self.cache.key, "hold": hold,
+               "next": nxt.tolist()}
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self.path)  # readers see a whole claim, old or new; its mtime is the heartbeat
+
+    def remove(self) -> None:
+        with self.lock:
+            self.path.unlink(missing_ok=True)
+
+
+def _count(**deltas) -> None:
+    with _STATS_LOCK:  # side threads and readers count at once
+        for k, v in deltas.items():
+            STATS[k] += v
+
+
+def live_claims(root) -> list[dict]:
+    """The claims of live processes under cache folder ``root`` (``host``, ``pid``, ``key``, ``hold``,
+    ``next``); those of dead processes (same host, pid gone) or not refreshed for ``CLAIM_TTL`` seconds are
+    removed. A claim file that does not parse is skipped (it only orders evictions), and removed once stale."""
+    out, host, now = [], socket.gethostname(), time.time()
+    for p in (Path(root) / CLAIMS).glob(".*.tmp"):  # a claim being written by a process that died
+        try:
+            if now - p.stat().st_mtime > CLAIM_TTL:
+                p.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
+    for p in (Path(root) / CLAIMS).glob("*.json"):
+        try:
+            age = now - p.stat().st_mtime
+            doc = json.loads(p.read_text())
+            ok = (isinstance(doc, dict) and isinstance(doc.get("pid"), int) and isinstance(doc.get("key"), str)
+                  and all(isinstance(doc.get(f), list) for f in ("hold", "next")))
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError):
+            doc, ok = None, False
+        if age > CLAIM_TTL or (ok and doc.get("host") == host and not _alive(doc["pid"])):
+            p.unlink(missing_ok=True)
+        elif ok:
+            out.append(doc)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _shard_id(path: Path) -> tuple[str, int]:
+    """(key, shard number) of a shard file ``root/key/shard-NNNNNN.lks``."""
+    return path.parent.name, int(path.stem.split("-")[1])
 
 
 def _shard_sequence(batches: list[np.ndarray], shard_packs: int) -> tuple[list[int], list[int]]:

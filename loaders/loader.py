@@ -392,7 +392,7 @@ def stream(lk, split: str, recipe=None, version=None, batch_packs: int = 1, shuf
     same stream); ``prefetch`` bounds the batches read ahead (per worker). ``pin_memory`` / ``device`` put
     batches in page-locked memory / on a device (one copy each).
     ``cache_dir``: read through a per-node shard cache there (``loaders.cache``: shards of ``shard_packs`` packs,
-    zstd, fetched ``cache_window`` shards ahead of use, once per node, least recently used evicted past
+    zstd, fetched ``cache_window`` shards ahead of use, once per node, the shard least soon needed evicted past
     ``cache_limit`` bytes, e.g. "20GB"; fast for any shuffle; a batch's columns are then decompressed into one
     buffer each, not views of Lance's buffers). ``cache_level``: the shards' zstd level (default
     ``shardfile.LEVEL``; 0 stores them raw: ~6x the disk, reads at page-cache speed, as MosaicML Streaming keeps

@@ -65,30 +65,51 @@ def nodes(tokens: np.ndarray, world_size: int, batch_packs: int, *, packs: np.nd
           node_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Per step, the step's packs in table order cut into consecutive slices, one per node of ``node_size``
     ranks (ranks ``r // node_size`` share a node), each slice ``batch_packs`` packs per rank of the node;
-    inside a node, ``balanced`` over its ranks. A node thus reads a contiguous range of the table per step:
-    with a shard cache and the ``windows`` shuffle, about ``1/nodes`` of the shards, not all of them.
+    inside a node, ``balanced`` over its ranks (its running totals restart each step). A node thus reads a
+    contiguous range of the table per step: with a shard cache and the ``windows`` shuffle, about ``1/nodes``
+    of the shards, not all of them.
 
     ``packs`` are the order's pack numbers (the same positions as ``tokens``). Like every partition it only
     deals inside steps, so consumption stays a prefix of the order and resume on any world is exact.
+    Vectorised over all (step, node) slices at once: one numpy pass per round of a node's ranks (about
+    ``batch_packs`` rounds), whatever the number of steps and nodes.
     """
     if node_size < 1:
         raise ValueError(f"node_size must be >= 1, got {node_size}")
     tokens, packs = np.asarray(tokens, dtype=np.int64), np.asarray(packs, dtype=np.int64)
     n = len(tokens)
     step, _ = _steps(n, world_size, batch_packs)
-    rank = np.empty(n, dtype=np.int64)
+    rank = np.zeros(n, dtype=np.int64)
+    if n == 0 or world_size == 1:
+        return step, rank
     per = world_size * batch_packs
-    for lo in range(0, n, per):
-        pos = np.arange(lo, min(lo + per, n))
-        pos = pos[np.argsort(packs[pos], kind="stable")]  # the step's packs in table order
-        # rank r's share of the step: the floor or ceiling of len/world_size, in rank order
-        cuts = (np.arange(world_size + 1) * len(pos)) // world_size
-        for first in range(0, world_size, node_size):
-            last = min(first + node_size, world_size)
-            mine = pos[cuts[first]:cuts[last]]
-            if len(mine):
-                _, r = balanced(tokens[mine], last - first, batch_packs)
-                rank[mine] = first + r
+    pos = np.argsort(step * (int(packs.max()) + 1) + packs, kind="stable")  # by step, then table order
+    size = np.minimum(per, n - step[pos] * per)  # packs in the position's step
+    j = np.arange(n, dtype=np.int64) - step[pos] * per  # index in the step, table order
+    share = ((j + 1) * world_size - 1) // size  # rank r's share of a step: j in [r*len//W, (r+1)*len//W)
+    node = share // node_size
+    first = node * node_size
+    ranks = np.minimum(first + node_size, world_size) - first  # ranks of the position's node
+    group = step[pos] * -(-world_size // node_size) + node  # one (step, node) slice
+    # balanced inside each slice: largest first (ties in table order), in rounds of the node's ranks; the
+    # k-th pack of a round goes to the rank with the k-th smallest total so far (ties: lower rank)
+    lo, hi = int(tokens.min()), int(tokens.max())  # pos is in (group, j) order: stable keeps ties in table order
+    by = np.argsort(group * (hi - lo + 1) + (hi - tokens[pos]), kind="stable")
+    g = group[by]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    gid = np.cumsum(np.r_[False, g[1:] != g[:-1]])  # dense slice number
+    k = np.arange(n, dtype=np.int64) - starts[gid]
+    r_of = ranks[by]
+    rnd, slot = k // r_of, k % r_of
+    width = min(node_size, world_size)
+    totals = np.zeros((len(starts), width), dtype=np.int64)
+    totals[np.arange(width)[None, :] >= r_of[starts][:, None]] = np.iinfo(np.int64).max  # no such rank
+    for i in range(int(rnd.max()) + 1):
+        at = np.flatnonzero(rnd == i)
+        least = np.argsort(totals, axis=1, kind="stable")
+        rel = least[gid[at], slot[at]]
+        totals[gid[at], rel] += tokens[pos[by[at]]]
+        rank[pos[by[at]]] = first[by[at]] + rel
     return step, rank
 
 

@@ -1,6 +1,7 @@
 """stream(cache_dir=...): the per-node shard cache gives the very batches Lance does, fetches each shard once per
-node (across processes), stays under its size limit, never serves a torn shard, and keeps exactly-once coverage
-through resume and world-size changes whatever it holds."""
+node (across processes), stays under its size limit, evicts by every live process's announced plan (never what
+another process is about to read, when the limit allows; a killed process's claims expire), never serves a torn
+shard, and keeps exactly-once coverage through resume and world-size changes whatever it holds."""
 
 from __future__ import annotations
 
@@ -66,6 +67,19 @@ def test_each_shard_is_fetched_once_then_read_from_disk(packed, tmp_path):
     _same(list(resumed), list(plain))
 
 
+def test_neighbouring_shards_needed_soon_are_fetched_with_one_read(packed, tmp_path):
+    lk, _ = packed
+    loader = lk.stream("train", shuffle="none", cache_dir=tmp_path, shard_packs=2, cache_window=3)
+    before = dict(_cache.STATS)
+    _same(list(loader), list(lk.stream("train", shuffle="none")))
+    fetches, takes = (_cache.STATS[k] - before[k] for k in ("fetches", "takes"))
+    assert fetches == loader.cache.shards  # each shard written once
+    assert -(-fetches // 4) <= takes < fetches  # in runs of at most window + 1 = 4 shards
+    for p in _shards(tmp_path):
+        with shardfile.ShardFile(p) as f:
+            assert f.packs == min(2, loader.packs - 2 * int(p.stem[-6:]))  # a run is cut back into shards
+
+
 def test_a_limit_smaller_than_the_split_is_honoured_by_eviction(packed, tmp_path):
     lk, _ = packed
     probe = lk.stream("train", cache_dir=tmp_path / "probe", shard_packs=2)
@@ -79,8 +93,9 @@ def test_a_limit_smaller_than_the_split_is_honoured_by_eviction(packed, tmp_path
     got = []
     for b in loader:
         got.append(b)
-        # the side thread may have just written a shard it has not yet evicted for: one shard of slack
-        assert loader.cache.usage() <= limit + max(sizes)
+        # the side thread may have just written a run of shards (up to cache_window + 1 = 2) it has not yet
+        # evicted for
+        assert loader.cache.usage() <= limit + 2 * max(sizes)
     assert loader.cache.usage() <= limit
     assert _cache.STATS["evictions"] > before["evictions"]
     _same(got, list(lk.stream("train", seed=3, batch_packs=2)))
@@ -203,3 +218,169 @@ def test_spawned_workers_read_through_the_node_cache(packed, tmp_path):
     _same(list(lk.stream("train", batch_packs=2, seed=5, num_workers=2, cache_dir=tmp_path, shard_packs=3,
                          cache_limit="50MB")), want)
     assert _shards(tmp_path) and not list(tmp_path.rglob("*.tmp"))
+
+
+# --- eviction by every process's plan (claims) ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_packs(tmp_path_factory):
+    """A lake whose one split has ~70 small packs (32-byte patches): enough shards for a tight cache limit."""
+    import lake
+    from packed_tables import LAYOUT, synthetic_packs, write_packed_table
+
+    lk = lake.open(tmp_path_factory.mktemp("small") / "lake")
+    write_packed_table(lk, synthetic_packs({**LAYOUT, "token_dim": 32}, episodes=24, seed=1, copies=2,
+                                           splits={"train": 1.0}), rows_per_file=32)
+    return lk
+
+
+_STEPPED = """
+import json, sys, lake
+from loaders import cache
+lk = lake.open(sys.argv[1])
+loader = lk.stream("train", shuffle="none", partition="interleave", rank=int(sys.argv[2]), world_size=2,
+                   cache_dir=sys.argv[3], cache_limit=int(sys.argv[4]), shard_packs=2, cache_window=1, prefetch=0)
+loader.cache.plans = sys.argv[5] == "1"
+it = iter(loader)
+for line in sys.stdin:  # one batch per line from the parent: the ranks run in a lockstep the test chooses
+    b = next(it, None)
+    print(json.dumps({"packs": None if b is None else b.pack_ids.tolist(), "fetches": cache.STATS["fetches"]}),
+          flush=True)
+"""
+
+
+def _usage(root: Path) -> int:
+    """Bytes of shards under ``root`` (a file evicted while we look counts nothing)."""
+    total = 0
+    for p in _shards(root):
+        try:
+            total += p.stat().st_size
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def _child(script: str, *args) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests' / 'loaders'}"}
+    return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env=env, text=True)
+
+
+def _step(proc: subprocess.Popen) -> dict:
+    proc.stdin.write("next\n")
+    proc.stdin.flush()
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError(f"child {proc.pid} ended (exit {proc.wait()})")
+    return json.loads(line)
+
+
+@pytest.mark.parametrize("plans", [True, False])
+def test_a_process_never_evicts_a_shard_another_announced_and_has_not_read(small_packs, tmp_path, plans):
+    lk = small_packs
+    probe = lk.stream("train", shuffle="none", cache_dir=tmp_path / "probe", shard_packs=2)
+    list(probe)
+    sizes = [p.stat().st_size for p in _shards(tmp_path / "probe")]
+    shards = len(sizes)
+    # Rank 0 leads rank 1 by `lag` steps; both read shard k at their step k (shuffle none, interleave, 2 packs
+    # a shard). Held or needed at once: rank 1's last shard read (its pinned window starts there) and its next
+    # `lag`, rank 0's shard, its window of 1 and the neighbour it reads with it: lag + 4 shards. Least recently
+    # used would need to keep every shard touched since rank 1's next one was read: 2 * lag + 3.
+    lag, limit = 4, 8 * max(sizes)
+    assert limit < sum(sizes) and limit < (2 * lag + 3) * min(sizes)
+    root = tmp_path / "node"
+    a, b = (_child(_STEPPED, lk.uri, r, root, limit, int(plans)) for r in range(2))
+    try:
+        outs = {0: [], 1: []}
+        for _ in range(lag):
+            outs[0].append(_step(a))
+        while outs[1][-1:] == [] or outs[1][-1]["packs"] is not None:
+            for r, proc in ((0, a), (1, b)):
+                if not outs[r] or outs[r][-1]["packs"] is not None:
+                    outs[r].append(_step(proc))
+            # limit honoured (each process's side thread may hold a just-written run of up to 2 shards it has
+            # not evicted for yet)
+            assert _usage(root) <= limit + 4 * max(sizes)
+        while outs[0][-1]["packs"] is not None:
+            outs[0].append(_step(a))
+    finally:
+        for proc in (a, b):
+            proc.stdin.close()
+            proc.wait(timeout=60)
+    assert [o["packs"] for o in outs[0][:-1]] == [x.pack_ids.tolist() for x in lk.stream(
+        "train", shuffle="none", partition="interleave", rank=0, world_size=2)]
+    fetches = outs[0][-1]["fetches"] + outs[1][-1]["fetches"]
+    if plans:
+        assert fetches == shards  # each shard fetched once for the node: no refetch
+    else:
+        assert fetches > shards  # least recently used evicts what rank 1 is about to read: refetches
+    assert _usage(root) <= limit
+    assert not list((root / _cache.CLAIMS).iterdir())  # every claim removed at the end of its iteration
+
+
+_HOLDING = """
+import json, sys, lake
+lk = lake.open(sys.argv[1])
+loader = lk.stream("train", shuffle="none", cache_dir=sys.argv[2], shard_packs=2, cache_window=2, prefetch=0)
+it = iter(loader)
+next(it)
+loader.cache.ensure(2)  # fetched ahead: its window
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_killed_process_s_claims_expire(small_packs, tmp_path):
+    lk = small_packs
+    proc = _child(_HOLDING, lk.uri, tmp_path)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        claims = list((tmp_path / _cache.CLAIMS).glob("*.json"))
+        assert len(claims) == 1 and f"-{proc.pid}-" in claims[0].name
+        assert json.loads(claims[0].read_text())["hold"] == [0, 1, 2]  # batch 1's shard + a window of 2
+        other = lk.stream("train", shuffle="none", cache_dir=tmp_path, shard_packs=2, cache_limit=0)
+        for s in range(6):
+            other.cache.ensure(s)  # each fetch evicts down to the limit, sparing what the child holds
+        assert sorted(int(p.stem[-6:]) for p in _shards(tmp_path)) == [0, 1, 2]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    other.cache.evict()  # the dead process's claim is gone, and what it held is evicted
+    assert not _shards(tmp_path) and not list((tmp_path / _cache.CLAIMS).glob("*.json"))
+
+
+def test_eviction_order_follows_the_live_claims(small_packs, tmp_path):
+    lk = small_packs
+    loader = lk.stream("train", shuffle="none", cache_dir=tmp_path, shard_packs=2)
+    cache = loader.cache
+    for s in range(6):
+        cache.ensure(s)
+    sizes = {int(p.stem[-6:]): p.stat().st_size for p in _shards(tmp_path)}
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    claims = tmp_path / _cache.CLAIMS
+
+    def claim(name, host, pid, hold, nxt, age=0.0):
+        p = claims / f"{name}.json"
+        p.write_text(json.dumps({"host": host, "pid": pid, "key": cache.key, "hold": hold, "next": nxt}))
+        os.utime(p, (time.time() - age, time.time() - age))
+        return p
+
+    import socket
+
+    far = claim("far", "elsewhere", 1, [], [3, 1, 2])  # another host's live claim: needs 3, then 1, then 2
+    old = claim("old", "elsewhere", 1, [0, 5], [0, 5], age=2 * _cache.CLAIM_TTL)  # not refreshed: dead
+    gone = claim("gone", socket.gethostname(), int(dead.stdout), [4], [4])  # its process exited: dead
+    (claims / "bad.json").write_text("{not json")  # skipped, never trusted
+    cache.limit = sizes[3] + sizes[1] + sizes[2]
+    cache.evict()  # unclaimed first (0, 4, 5: least recently used), then nothing more is needed
+    assert sorted(int(p.stem[-6:]) for p in _shards(tmp_path)) == [1, 2, 3]
+    assert far.exists() and not old.exists() and not gone.exists()
+    cache.limit = sizes[3] + sizes[1]
+    cache.evict()  # then the needed shard used furthest ahead: 2
+    assert sorted(int(p.stem[-6:]) for p in _shards(tmp_path)) == [1, 3]
+    claim("far", "elsewhere", 1, [1], [3, 1])
+    cache.limit = 0
+    cache.evict()  # held shards are never evicted, whatever the limit
+    assert sorted(int(p.stem[-6:]) for p in _shards(tmp_path)) == [1]

@@ -161,3 +161,35 @@ def test_node_partition_keeps_each_shard_on_few_nodes():
             for p in b.tolist():
                 balanced_spread.setdefault(p // shard, set()).add(r // node_size)
     assert np.mean([len(v) for v in balanced_spread.values()]) > 2
+
+
+def _nodes_reference(tokens, world_size, batch_packs, packs, node_size):
+    """``nodes`` as first written: a loop over steps and nodes calling ``balanced`` (the vectorised one must
+    deal exactly the same, or a resumed job would see another deal of the same steps)."""
+    from loaders.partition import balanced
+
+    n = len(tokens)
+    per = world_size * batch_packs
+    step, rank = np.arange(n) // per, np.empty(n, dtype=np.int64)
+    for lo in range(0, n, per):
+        pos = np.arange(lo, min(lo + per, n))
+        pos = pos[np.argsort(packs[pos], kind="stable")]
+        cuts = (np.arange(world_size + 1) * len(pos)) // world_size
+        for first in range(0, world_size, node_size):
+            last = min(first + node_size, world_size)
+            mine = pos[cuts[first]:cuts[last]]
+            if len(mine):
+                rank[mine] = first + balanced(tokens[mine], last - first, batch_packs)[1]
+    return step, rank
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 400), world_size=st.integers(1, 40), batch_packs=st.integers(1, 5),
+       node_size=st.integers(1, 12), tied=st.booleans(), seed=st.integers(0, 3))
+def test_vectorised_node_partition_deals_exactly_as_the_step_by_step_one(n, world_size, batch_packs, node_size,
+                                                                          tied, seed):
+    order = get_shuffle("windows:16")(n, seed, 0)
+    tokens = np.random.default_rng(seed).integers(1, 4, n) if tied else _tokens(n, seed)  # ties: table order
+    step, rank = get_partition(f"nodes:{node_size}")(tokens, world_size, batch_packs, packs=order)
+    want_step, want_rank = _nodes_reference(tokens, world_size, batch_packs, order, node_size)
+    assert np.array_equal(step, want_step) and np.array_equal(rank, want_rank)
