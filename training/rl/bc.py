@@ -41,10 +41,11 @@ def _episodes(lk, names: list[str], split: str | None, gamma: float, limit: int 
 
 def behaviour_clone(lake_uri: str, env_id: str, *, out: str, steps: int = 1500, batch_size: int = 256,
                     lr: float = 1e-3, hidden: int = 64, gamma: float = 0.99, split: str | None = "train",
-                    seed: int = 0, episodes: int | None = None, storage_options: dict | None = None) -> dict:
+                    seed: int = 0, episodes: int | None = None, reward_scale: float = 1.0,
+                    storage_options: dict | None = None) -> dict:
     """Fit the ``gaussian_actor_critic`` for ``env_id`` to the lake's episodes (``episodes``: only the first
-    that many, in source order); returns {"checkpoint", "loss", "frames", "episodes", "lake_version"}. Steps
-    are minibatches of ``batch_size`` frames."""
+    that many, in source order; ``reward_scale``: as the RL env will scale rewards). Steps are minibatches of
+    ``batch_size`` frames. Returns {"checkpoint", "loss", "frames", "episodes", "lake_version"}."""
     import lake
     from training.checkpoint import save
 
@@ -59,7 +60,7 @@ def behaviour_clone(lake_uri: str, env_id: str, *, out: str, steps: int = 1500, 
     low, high = policy.act_low.numpy(), policy.act_high.numpy()
     u = np.clip((actions - low) / (high - low) * 2 - 1, -0.999, 0.999)
     obs_t = {n: torch.from_numpy(v) for n, v in obs.items()}
-    u_t, ret_t = torch.from_numpy(u), torch.from_numpy(returns)
+    u_t, ret_t = torch.from_numpy(u), torch.from_numpy(returns * np.float32(reward_scale))
     scale = float(ret_t.abs().mean().clamp_min(1e-6))
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
