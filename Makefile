@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv browser sims bench bench-gpu bench-peers test-lerobot-env clean
+.PHONY: demo test venv browser sims proof bench bench-gpu bench-peers test-lerobot-env clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,7 +18,7 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m lake.demo
-	@echo "browse the demo lake: $(BIN)/lake serve --lake lake_demo  ->  open http://127.0.0.1:8470/"
+	@echo "browse the demo lakes: $(BIN)/lake serve --lake lake_demo (or lake_demo_reach)  ->  open http://127.0.0.1:8470/"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -42,6 +42,12 @@ $(SIMS_STAMP): $(STAMP) pyproject.toml
 	touch $(SIMS_STAMP)
 
 sims: $(SIMS_STAMP)
+
+# The Meta-World learning proof (issue 16): demos -> lake -> pack -> SFT -> eval, then RL; long (about an hour per
+# task on 2 busy cores), not a timing: niced, one torch thread; each task's result is saved as it finishes and
+# benchmarks/RESULTS.md + PNGs are rebuilt from what is there (rerun to continue).
+proof: $(STAMP)
+	OMP_NUM_THREADS=1 nice -n 15 $(BIN)/python benchmarks/closed_loop.py --record
 
 # Every speed claim, against its baseline, recorded into benchmarks/RESULTS.md (run on an idle machine).
 bench: $(STAMP)
@@ -103,4 +109,4 @@ test-lerobot-env: $(LRENV_STAMP)
 	  tests/loaders/test_lerobot_style.py tests/loaders/test_forks.py
 
 clean:
-	rm -rf $(VENV) $(PEERS) $(LRENV) lake_demo
+	rm -rf $(VENV) $(PEERS) $(LRENV) lake_demo lake_demo_reach

@@ -15,6 +15,10 @@ from .recipe import Recipe
 from .schema import MODALITIES, packed_schema, table_of
 
 EPS = 1e-8
+# A feature dimension that varies less than this in the data (a resting object's height, a quaternion's float
+# jitter) carries noise, not information: dividing by its tiny spread would turn that noise into unit-size
+# inputs to learn from, and a 1e-4 deviation at evaluation into a huge one. Such dimensions are scaled by this.
+MIN_SCALE = 1e-3
 
 
 def make_layout(recipe: Recipe, features: dict, stats: dict, fps: float, vocab_size: int) -> dict:
@@ -34,6 +38,8 @@ def make_layout(recipe: Recipe, features: dict, stats: dict, fps: float, vocab_s
             shift, scale = (s["q01"] + s["q99"]) / 2, (s["q99"] - s["q01"]) / 2 + EPS
         else:
             shift, scale = np.zeros_like(s["mean"]), np.ones_like(s["mean"])
+        if recipe.normalization != "none":
+            scale = np.maximum(scale, MIN_SCALE)
         norm[name] = {"shift": np.ravel(shift).tolist(), "scale": np.ravel(scale).tolist()}
     token_dim, patches = recipe.patch_size**2 * 3, recipe.patches_per_image
     if recipe.image_encoder == "frozen":  # the encoder decides its token count and width: ask it once

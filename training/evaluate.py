@@ -242,3 +242,14 @@ def cli(args) -> int:
                    storage_options=storage_options_from_env(uri) if uri else None)
     print(rep.summary())
     return 0
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95% for z = 1.96) of a success rate ``k / n``; (0, 1) when n is 0."""
+    import math
+
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n))

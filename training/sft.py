@@ -40,6 +40,7 @@ class SFTConfig:
     seed: int = 0
     log_every: int = 10
     ckpt_every: int = 100
+    keep_checkpoints: bool = False  # also keep each ckpt_every checkpoint as step_NNNNNN.pt (learning curves)
     resume: bool = True
     num_workers: int = 0
     model: dict = field(default_factory=lambda: {"width": 128, "depth": 4, "heads": 4, "head_dim": 32})
@@ -165,6 +166,8 @@ def train(cfg: SFTConfig, progress: bool = True) -> dict:
             bar.set_postfix(loss=f"{sum(state['losses'][-cfg.log_every:]) / cfg.log_every:.4f}")
         if rank == 0 and (state["step"] % cfg.ckpt_every == 0 or state["step"] == cfg.steps):
             path = save(cfg, model, opt, loader, lineage, model_cfg, state)
+            if cfg.keep_checkpoints:
+                save(cfg, model, opt, loader, lineage, model_cfg, state, name=f"step_{state['step']:06d}.pt")
     bar.close()
     if rank == 0:
         path = save(cfg, model, opt, loader, lineage, model_cfg, state)

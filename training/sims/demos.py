@@ -41,10 +41,12 @@ def _frames(ep: dict) -> dict:
 
 
 def write_expert_demos(out, env_id: str, *, episodes: int = 10, noise: float = 0.1, seed: int = 0,
-                       max_steps: int | None = None, only_success: bool = True, batch_size: int = 4) -> DemoReport:
+                       max_steps: int | None = None, only_success: bool = True, batch_size: int = 4,
+                       camera: bool = True) -> DemoReport:
     """Roll out the scripted expert for ``env_id`` ``episodes`` times and write a LeRobot v3.0 dataset at
     ``out``. ``noise``: Gaussian action noise std (actions are in [-1, 1]). ``only_success``: drop failed
-    episodes (raises ValueError if none succeeded). Raises FileExistsError if ``out`` is not empty."""
+    episodes (raises ValueError if none succeeded). ``camera`` False: state, action and task only (nothing is
+    rendered: the lean input set of state-only policies). Raises FileExistsError if ``out`` is not empty."""
     from lake._lerobot_writer import write_lerobot_v30
     from training.evaluate import run_episodes
     from training.rl.envs import get_family
@@ -57,15 +59,15 @@ def write_expert_demos(out, env_id: str, *, episodes: int = 10, noise: float = 0
     if os.path.isdir(out) and os.listdir(out):
         raise FileExistsError(f"{out} is not empty")
     expert = build_expert(env_id, noise=noise, seed=seed)
-    eps = run_episodes(expert, env_id, episodes, seed=seed, record_video=True, max_steps=max_steps,
+    eps = run_episodes(expert, env_id, episodes, seed=seed, record_video=camera, max_steps=max_steps,
                        batch_size=batch_size)
     keep = [e for e in eps if e["success"] or not only_success]
     if not keep:
         raise ValueError(f"{env_id}: none of {episodes} expert episodes (noise {noise}) succeeded; nothing to write")
-    missing = [e["index"] for e in keep if e["images"] is None]
+    missing = [e["index"] for e in keep if camera and e["images"] is None]
     if missing:
         raise ValueError(f"{env_id}: no camera frames for episodes {missing} (the env cannot render)")
-    write_lerobot_v30(out, [{"frames": _frames(e), "images": {fam.camera: e["images"]}, "task": e["task"]}
+    write_lerobot_v30(out, [{"frames": _frames(e), "images": {fam.camera: e["images"]} if camera else {}, "task": e["task"]}
                             for e in keep], fps=int(round(eps[0]["fps"])), robot_type=fam.robot_type)
     return DemoReport(os.fspath(out), env_id, len(eps), len(keep), int(sum(len(e["rewards"]) for e in keep)),
                       float(np.mean([e["success"] for e in eps])), float(noise), int(seed))
@@ -96,11 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--keep-failures", action="store_true", help="also write the episodes that did not succeed")
+    p.add_argument("--no-camera", action="store_true", help="state, action and task only (no rendering)")
     p.add_argument("--out", required=True, help="the LeRobot v3.0 folder to write (must be empty)")
     p.add_argument("--lake", default=None, help="ingest into this lake (default $LAKE_URI; none: only write)")
     args = p.parse_args(argv)
     kw = dict(episodes=args.episodes, noise=args.noise, seed=args.seed, max_steps=args.max_steps,
-              only_success=not args.keep_failures)
+              only_success=not args.keep_failures, camera=not args.no_camera)
     uri = args.lake or os.environ.get("LAKE_URI")
     rep = record_expert_demos(uri, args.env, out=args.out, **kw) if uri else write_expert_demos(args.out, args.env, **kw)
     print(f"{rep.env_id}: {rep.rolled_out} expert episodes (noise {rep.noise}), success {rep.success_rate:.0%}; "
