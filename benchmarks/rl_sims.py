@@ -127,13 +127,14 @@ def run_all(args) -> Path:
     ensure_ray(num_cpus=2)
     runs = {}
     for mode in MODES:
-        print(f"--- {mode} (load {load()}) ...", flush=True)
+        before_mode = load()
+        print(f"--- {mode} (load {before_mode}) ...", flush=True)
         c = with_overrides(cfg, {"mode": mode, "lake.uri": str(out / f"lake-{mode}"), "checkpoint": str(out / f"{mode}.pt"),
                                  **({"algo.max_staleness": 0} if mode == "ss" else {})})
         rep = run(c)
         rep.ledger.check()
         print(summary(rep), flush=True)
-        runs[mode] = summarize(rep, c)
+        runs[mode] = {**summarize(rep, c), "load": f"{before_mode} -> {load()}"}
     ray.shutdown()
     meta = {"learner": args.learner, "overrides": LEARNERS[args.learner], "train_steps": cfg.algo.train_steps,
             "load_before": before, "load_after": load(), "seconds": time.perf_counter() - t0, "split": split,
@@ -183,7 +184,7 @@ def table(res: dict) -> list[str]:
     ss = runs["ss"]["steps_per_s"]
     head = ("| mode | consumed env steps/s | vs ss | wall s | steps | dropped stale / unused | staleness mean / max | "
             "env worker ms per vector step: sim+render / waiting for actions | trainer s per version | "
-            "CPU-s of work per wall s | idle env / trainer | reward/step, first / last batch |")
+            "CPU-s of work per wall s | idle env / trainer | reward/step, first / last batch | load average before -> after |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for mode, r in runs.items():
         h = r["history"]
@@ -192,7 +193,7 @@ def table(res: dict) -> list[str]:
                     f"{r['staleness_mean']:.2f} / {r['staleness_max']} | {r['env_ms_per_vector_step']:.0f} / "
                     f"{r['wait_act_ms_per_vector_step']:.0f} | {r['trainer_s_per_version']:.1f} | {r['overlap']:.2f} | "
                     f"{r['idle']['env_workers']:.0%} / {r['idle']['trainer']:.0%} | "
-                    f"{h[0]['reward_per_step']:.4f} / {h[-1]['reward_per_step']:.4f} |")
+                    f"{h[0]['reward_per_step']:.4f} / {h[-1]['reward_per_step']:.4f} | {r.get('load', '')} |")
     return rows
 
 

@@ -153,8 +153,7 @@ def compare_backends(args) -> None:
     lines += ["", "Per wall s: env steps/s (renders/s for the render-only rows), the best of the rounds (background load "
               "only slows a run down); CPU ms each: the process's CPU time (all threads) per step or render, the median "
               "of the rounds, which background load disturbs far less. Without a GPU EGL vendor the adapters "
-              "now default to the faster backend (`training/sims/_setup.py::default_backend`); `MUJOCO_GL` still "
-              "overrides."]
+              "default to osmesa (`training/sims/_setup.py::default_backend`); `MUJOCO_GL` overrides."]
     body = "\n".join(lines)
     print(body)
     if args.record:

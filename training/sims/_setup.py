@@ -2,8 +2,8 @@
 
 MuJoCo reads ``MUJOCO_GL`` once, at import. The default is ``egl`` where EGL reaches a GPU (a glvnd vendor
 other than Mesa, e.g. NVIDIA's, or a DRM render node), else ``osmesa``: without a GPU both are Mesa's llvmpipe
-software renderer, and OSMesa measured 1.6-2.4x faster at the adapters' sizes (benchmarks/RESULTS.md,
-"Rendering backend"); ``egl`` when only EGL is installed. Mesa writes a shader cache
+software renderer at the same CPU time per frame (benchmarks/RESULTS.md, "Rendering backend"), and robosuite's
+EGL context prints EGLError tracebacks when freed at exit; ``egl`` when only EGL is installed. Mesa writes a shader cache
 and LIBERO reads a path config; both are pointed at writable folders under the user cache so nothing prompts
 or fails on a read-only home. A variable the user already set is kept.
 """
