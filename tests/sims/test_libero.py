@@ -19,16 +19,26 @@ def test_libero_env_builds_resets_renders_ten_steps_and_runs_in_lake_eval(tmp_pa
 
     fam = get_family(ENV)
     assert fam.default_task == "pick up the bbq sauce and place it in the basket"
-    env = make_env(ENV, image=True)
+    env = make_env(ENV, image=True, kwargs={"reward": "dense"})
+    inner = env.raw.env
+    target = inner.obj_body_id[inner.obj_of_interest[0]]  # the bbq sauce
+
+    def distance(features):  # gripper (state[:3]) to the object, from the observation and the sim
+        return float(np.linalg.norm(inner.sim.data.body_xpos[target] - features["observation.state"][:3]))
+
     try:
         obs, info = env.reset(seed=53)
         assert info["init_state"] == 53 % 50
         spaces = feature_spaces(env.observation_space, fam)
         frames = [to_features(obs, fam)]
+        d0, rewards = distance(frames[0]), []
         for _ in range(10):
-            obs, reward, terminated, truncated, info = env.step(np.zeros(7, np.float32))
+            obs, reward, terminated, truncated, info = env.step(np.array([0, 0, -1, 0, 0, 0, -1], np.float32))
             frames.append(to_features(obs, fam))
-        assert not terminated and not truncated and reward == 0.0 and info["is_success"] is False
+            rewards.append(reward)
+        assert not terminated and not truncated and info["is_success"] is False
+        # dense shaping telescopes: the rewards sum to 10 x how much closer the gripper got (float32 state)
+        assert abs(sum(rewards) - 10 * (d0 - distance(frames[-1]))) < 1e-5 and sum(rewards) != 0
         again, _ = env.reset(seed=3)
         np.testing.assert_array_equal(to_features(again, fam)["observation.state"], frames[0]["observation.state"])
     finally:

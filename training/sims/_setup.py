@@ -1,7 +1,9 @@
 """Headless rendering and the simulators' own folders, set before MuJoCo or LIBERO is imported.
 
-MuJoCo reads ``MUJOCO_GL`` once, at import: ``egl`` (the default here; EGL falls back to Mesa's software
-renderer on a machine without a GPU) or ``osmesa`` when no EGL library is installed. Mesa writes a shader cache
+MuJoCo reads ``MUJOCO_GL`` once, at import. The default is ``egl`` where EGL reaches a GPU (a glvnd vendor
+other than Mesa, e.g. NVIDIA's, or a DRM render node), else ``osmesa``: without a GPU both are Mesa's llvmpipe
+software renderer at the same CPU time per frame (benchmarks/RESULTS.md, "Rendering backend"), and robosuite's
+EGL context prints EGLError tracebacks when freed at exit; ``egl`` when only EGL is installed. Mesa writes a shader cache
 and LIBERO reads a path config; both are pointed at writable folders under the user cache so nothing prompts
 or fails on a read-only home. A variable the user already set is kept.
 """
@@ -29,12 +31,33 @@ def _has_lib(name: str) -> bool:
     return ctypes.util.find_library(name) is not None
 
 
+_EGL_VENDOR_DIRS = ("/etc/glvnd/egl_vendor.d", "/usr/share/glvnd/egl_vendor.d")
+
+
+def gpu_egl() -> bool:
+    """Whether EGL can render on a GPU: a glvnd EGL vendor that is not Mesa's (NVIDIA ships one), or a DRM
+    render node (Mesa then drives the GPU). Mesa's vendor alone means llvmpipe, software rendering."""
+    dirs = [d for d in os.environ.get("__EGL_VENDOR_LIBRARY_DIRS", "").split(":") if d] or _EGL_VENDOR_DIRS
+    vendors = [p for d in dirs for p in Path(d).glob("*.json")]
+    return any("mesa" not in p.name.lower() for p in vendors) or any(Path("/dev/dri").glob("renderD*"))
+
+
+def default_backend(has_lib=None, gpu=None) -> str | None:
+    """``egl`` with a GPU behind it, else ``osmesa``, else software ``egl``; None when neither library is
+    installed. ``has_lib(name)`` / ``gpu()`` default to this machine's."""
+    has_lib, gpu = has_lib or _has_lib, gpu or gpu_egl
+    egl, osmesa = has_lib("EGL") and has_lib("GL"), has_lib("OSMesa")
+    if egl and (gpu() or not osmesa):
+        return "egl"
+    return "osmesa" if osmesa else None
+
+
 def configure_rendering() -> str:
     """Set ``MUJOCO_GL`` / ``PYOPENGL_PLATFORM`` / ``MESA_SHADER_CACHE_DIR`` (unless set); returns the GL
     backend. Raises SimulatorUnavailable naming the Debian packages when neither EGL nor OSMesa is there."""
     backend = os.environ.get("MUJOCO_GL")
     if backend is None:
-        backend = "egl" if _has_lib("EGL") and _has_lib("GL") else "osmesa" if _has_lib("OSMesa") else None
+        backend = default_backend()
         if backend is None:
             raise SimulatorUnavailable(f"no headless GL library (libEGL or libOSMesa) found: {_HINT}")
         os.environ["MUJOCO_GL"] = backend

@@ -11,6 +11,11 @@ stored as ``observation.state``, ``observation.images.agentview``, ``observation
 (OSC pose deltas + gripper) in [-1, 1]. The episode terminates on success (``info["is_success"]``, reward 1)
 and is truncated at the suite's usual limit (220 / 280 / 300 / 520 steps) or ``max_episode_steps``.
 
+Rewards: LIBERO's own are sparse (1 on success). ``reward="dense"`` adds potential-based shaping for RL,
+``10 * (d_before - d_after)`` per step, where d is the distance (metres) from the gripper to the task's first
+object of interest (the thing to pick up): moving 10 cm toward it earns 1. Shaping of this form leaves the
+optimal policy unchanged; success stays ``info["is_success"]``.
+
 Speed: the sim is built once (``hard_reset=False``; reset = the task's recorded init state), and rendering has
 shadows, multisampling and reflections off: the LIBERO scenes carry ~1M mesh vertices, and with software GL the
 reflective table alone re-renders the scene. Without ``image`` the cameras are not rendered at all.
@@ -30,6 +35,8 @@ PREFIX = "libero/"
 SUITES = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520}
 FPS = 20  # robosuite control_freq
 CAMERAS = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}  # our key -> robosuite camera
+REWARDS = ("sparse", "dense")
+SHAPING = 10.0  # dense reward per metre the gripper gets closer to the object of interest
 
 
 def parse(env_id: str) -> tuple[str, int, int | None]:
@@ -81,7 +88,9 @@ class LiberoEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": FPS}
 
     def __init__(self, env_id: str, *, image: bool = False, size: int = 64, max_episode_steps: int | None = None,
-                 render_mode: str | None = "rgb_array"):
+                 render_mode: str | None = "rgb_array", reward: str = "sparse"):
+        if reward not in REWARDS:
+            raise ValueError(f"{env_id!r}: reward {reward!r} is not one of {REWARDS}")
         suite, task_id, init, b = _task(env_id)
         from libero.libero import get_libero_path
         from libero.libero.envs import OffScreenRenderEnv
@@ -92,13 +101,16 @@ class LiberoEnv(gym.Env):
         self.init_states = np.asarray(b.get_task_init_states(task_id))
         if init is not None and not 0 <= init < len(self.init_states):
             raise ValueError(f"{env_id!r}: the task has init states 0..{len(self.init_states) - 1}")
-        self.image, self.size, self.render_mode = image, int(size), render_mode
+        self.image, self.size, self.render_mode, self.reward = image, int(size), render_mode, reward
         self.max_episode_steps = int(max_episode_steps or SUITES[suite])
         bddl = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
         self._env = OffScreenRenderEnv(bddl_file_name=bddl, camera_heights=self.size, camera_widths=self.size,
                                        use_camera_obs=image, hard_reset=False,
                                        horizon=self.max_episode_steps + 10)
         self._fast_rendering()
+        inner = self._env.env
+        self._target = inner.obj_body_id[inner.obj_of_interest[0]]  # body the dense reward approaches
+        self._dist = 0.0
         state = gym.spaces.Box(-np.inf, np.inf, (8,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (7,), np.float32)
         if image:
@@ -124,6 +136,9 @@ class LiberoEnv(gym.Env):
         """LIBERO's ``OffScreenRenderEnv``."""
         return self._env
 
+    def _distance(self, raw: dict) -> float:
+        return float(np.linalg.norm(self._env.sim.data.body_xpos[self._target] - raw["robot0_eef_pos"]))
+
     def _obs(self, raw: dict):
         state = np.concatenate([raw["robot0_eef_pos"], _axis_angle(raw["robot0_eef_quat"]),
                                 raw["robot0_gripper_qpos"]]).astype(np.float32)
@@ -140,7 +155,7 @@ class LiberoEnv(gym.Env):
             else int(self.np_random.integers(len(self.init_states))))
         self._env.reset()
         raw = self._env.set_init_state(self.init_states[index])
-        self._t = 0
+        self._t, self._dist = 0, self._distance(raw)
         return self._obs(raw), {"init_state": index}
 
     def step(self, action):
@@ -148,7 +163,11 @@ class LiberoEnv(gym.Env):
         raw, _, _, info = self._env.step(a)
         self._t += 1
         success = bool(self._env.check_success())
-        return self._obs(raw), float(success), success, self._t >= self.max_episode_steps, {
+        reward = float(success)
+        if self.reward == "dense":
+            dist = self._distance(raw)
+            reward, self._dist = reward + SHAPING * (self._dist - dist), dist
+        return self._obs(raw), reward, success, self._t >= self.max_episode_steps, {
             **info, "is_success": success}
 
     def render(self) -> np.ndarray:
@@ -164,7 +183,50 @@ class LiberoEnv(gym.Env):
 
 def make(env_id: str, *, image: bool = False, max_episode_steps: int | None = None, render: bool = False,
          **kwargs) -> LiberoEnv:
-    """A ``LiberoEnv`` for ``libero/<suite>/<task id>[/<init index>]``; kwargs: ``size`` (pixels)."""
+    """A ``LiberoEnv`` for ``libero/<suite>/<task id>[/<init index>]``; kwargs: ``size`` (pixels), ``reward``
+    (``sparse`` | ``dense``)."""
     del render  # the offscreen renderer always exists
     kwargs.pop("render_mode", None)
     return LiberoEnv(env_id, image=image, max_episode_steps=max_episode_steps, **kwargs)
+
+
+def save_untrained(path, env_id: str, *, image: bool = True, max_steps: int | None = None, seed: int = 0,
+                   hidden: int = 64) -> str:
+    """Write a freshly initialised RL policy (``gaussian_actor_critic``: 8-d state, plus the agentview camera
+    with ``image``) for ``env_id``: the baseline any LIBERO training is compared against, and a checkpoint to
+    try ``lake eval`` with. The checkpoint records its env (and ``max_steps``), so ``lake eval`` needs no --env."""
+    import torch
+
+    from training.checkpoint import save
+    from training.rl import build_policy, policy_config
+    from training.rl.policy import FACTORY
+
+    cfg = policy_config(env_id, image=image, hidden=hidden)
+    torch.manual_seed(seed)
+    extra = {"env_id": env_id, "untrained": True, "seed": int(seed)}
+    if max_steps:
+        extra["max_episode_steps"] = int(max_steps)
+    return save(path, build_policy(**cfg), factory=FACTORY, config=cfg, step=0, lineage={"extra": extra})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training.sims.libero ENV_ID --untrained CKPT [--max-steps N] [--state-only]``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m training.sims.libero", description=main.__doc__)
+    p.add_argument("env_id", help="libero/<suite>/<task id>[/<init-state index>]")
+    p.add_argument("--untrained", required=True, metavar="CKPT", help="write an untrained policy checkpoint here")
+    p.add_argument("--max-steps", type=int, default=None, help="episode limit recorded for lake eval")
+    p.add_argument("--state-only", action="store_true", help="a policy that reads no camera (nothing rendered)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    path = save_untrained(args.untrained, args.env_id, image=not args.state_only, max_steps=args.max_steps,
+                          seed=args.seed)
+    print(f"wrote {path}: untrained policy for {args.env_id} ({describe(args.env_id)!r})")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
