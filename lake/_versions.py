@@ -19,6 +19,10 @@ places a rebased rewrite last) but are all newer, so a head lookup reads the cle
 the other fragments (at most ``LOG_FRAGMENTS``), and version ``v < n`` is one ``take``. A log without a clean
 fragment (written by hand, say) is read whole: slower, never wrong.
 
+Old Lance versions of the log (not lake versions: those are rows) are pruned by commits (``prune_log``), so
+opening the newest log, which lists its manifests, stays cheap without gc; every other table is opened at the
+Lance version a lake version pins, by number.
+
 Tags and gc records live in ``_refs`` (rows ``kind, name, version``: ``tag`` names a lake version; ``deleted``
 says ``gc`` removed a version's data; its log row stays, so lineage still names it). A tag is also a Lance tag
 of the same name on every table version it pins, so no cleanup deletes what a tag names. Lakes written
@@ -235,6 +239,7 @@ def commit(
     writer = uuid.uuid4().hex
     for attempt in range(max_attempts):
         log = store.dataset(LOG)  # the one open per attempt that lists manifests (pruned: see prune_log)
+        opened = time.monotonic()
         base = _recent(store, ds=log)[0][-1]
         changed = build(base)
         pins = {**base.tables, **changed, **compact_small(store, {**base.tables, **changed}, changed)}
@@ -245,7 +250,11 @@ def commit(
             "tables": [json.dumps(pins, sort_keys=True)], "summary": [json.dumps(summary or {})],
         }
         # appended on the log version just read (Lance rebases the append over any appended since, finding them
-        # by number); the version it makes holds every row committed before ours: enough to tell who won
+        # by number); the version it makes holds every row committed before ours: enough to tell who won. After a
+        # long build those versions may be pruned (older than LOG_GRACE); Lance 14 still finds the newest (tested
+        # on local disk), but rather than depend on that on every store, a long build appends on the newest.
+        if time.monotonic() - opened > LOG_GRACE.total_seconds() / 3:
+            log = store.dataset(LOG)
         frags = write_fragments(pa.table(row, schema=LOG_SCHEMA), log, schema=LOG_SCHEMA)
         ds = lance.LanceDataset.commit(log, LanceOperation.Append(frags), read_version=log.version,
                                        storage_options=store.storage_options)

@@ -279,3 +279,31 @@ def test_ingest_units_are_whole_files_about_parts_many_and_bounded_in_frames():
         assert all(sum(e.length for e in u.episodes) <= max(max_frames, 200) for u in units)
     big = [EpisodeRef(0, 5000, ("t",), "data/big.parquet"), EpisodeRef(1, 10, ("t",), "data/small.parquet")]
     assert [len(u.episodes) for u in units_of(src(big), parts=8, max_frames=1000)] == [1, 1]
+
+
+def test_a_slow_commit_survives_the_log_versions_it_read_being_pruned(tmp_path, monkeypatch):
+    """The log versions after the one a writer read may be pruned while its build runs: its row still lands on
+    the newest log version, in order, once (also without the re-open after a long build: Lance finds the newest)."""
+    import time
+    from datetime import timedelta
+
+    monkeypatch.setattr(_versions, "LOG_GRACE", timedelta(seconds=0.3))
+    lk = lake.open(tmp_path / "lake")
+    other = lake.open(lk.uri)
+    for i in range(3):
+        lk.append_episodes([_episode(i)], source="rl", fps=10)
+    calls = []
+
+    def slow(head):
+        if not calls:  # meanwhile others commit enough to compact and prune the log
+            calls.append(head.version)
+            for i in range(_versions.LOG_FRAGMENTS + _versions.LOG_KEEP + 4):
+                other.append_episodes([_episode(100 + i)], source="rl", fps=10)
+            time.sleep(0.4)
+        return {}
+
+    mine = _versions.commit(lk.store, slow, "slow")
+    chain = _versions.chain(lk.store)
+    assert [e.version for e in chain] == list(range(len(chain)))
+    assert chain[mine.version].writer == mine.writer and chain[-1].version == mine.version
+    assert mine.version == calls[0] + _versions.LOG_FRAGMENTS + _versions.LOG_KEEP + 5
