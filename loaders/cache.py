@@ -112,6 +112,7 @@ class ShardSource:
 
 class NodeCache:
     """Shards of one split under ``root/key`` (see the module doc). Picklable (spawned workers share it).
+    ``fetch(s, count=1)`` returns the packs of shards ``s .. s + count - 1`` as one table (``ShardSource``).
 
     ``plans``: announce this process's plan and evict by every live process's plans (default); False evicts
     least recently used, sparing only this process's own window (the behaviour before claims; a baseline)."""

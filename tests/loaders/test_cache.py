@@ -283,12 +283,14 @@ def test_a_process_never_evicts_a_shard_another_announced_and_has_not_read(small
     list(probe)
     sizes = [p.stat().st_size for p in _shards(tmp_path / "probe")]
     shards = len(sizes)
-    # Rank 0 leads rank 1 by `lag` steps; both read shard k at their step k (shuffle none, interleave, 2 packs
-    # a shard). Held or needed at once: rank 1's last shard read (its pinned window starts there) and its next
-    # `lag`, rank 0's shard, its window of 1 and the neighbour it reads with it: lag + 4 shards. Least recently
-    # used would need to keep every shard touched since rank 1's next one was read: 2 * lag + 3.
-    lag, limit = 4, 8 * max(sizes)
-    assert limit < sum(sizes) and limit < (2 * lag + 3) * min(sizes)
+    # Rank 0 leads rank 1 by `lag` steps (`lag + 1` while rank 1 takes its step); both read shard k at their
+    # step k (shuffle none, interleave, 2 packs a shard). Held or needed at once: rank 1's last shard read (its
+    # pinned window starts there) and its next `lag + 1`, rank 0's shard, its window of 1 and the neighbour it
+    # reads with it: lag + 5 shards. Least recently used would need to keep every shard touched since rank 1's
+    # next one was read: 2 * lag + 3 or more.
+    lag = 6
+    limit = (lag + 5) * max(sizes)
+    assert limit < sum(sizes) and limit < (2 * lag + 3) * np.median(sizes)
     root = tmp_path / "node"
     a, b = (_child(_STEPPED, lk.uri, r, root, limit, int(plans)) for r in range(2))
     try:
