@@ -10,10 +10,12 @@ reads this epoch, a window of ``cache_window`` shards ahead of use, into ``DIR/<
   killed mid-download (even ``kill -9``) leaves a ``.tmp`` file, never a torn shard (stale ``.tmp`` files of
   dead processes are removed when a cache opens);
 - a bounded size, evicting the shard least soon *needed* by any process of the node: every process (rank or
-  DataLoader worker) that reads through the cache announces its plan in a small claim file,
-  ``DIR/.claims/<host>-<pid>-<n>.json`` (written whole and renamed; its mtime is the heartbeat): the shards it
-  *holds* (those of the batches it has handed out but not finished, and ``cache_window`` shards ahead) and the
-  next shards it *needs*, in order of next use (up to ``CLAIM_HORIZON``). After each fetch, under one
+  DataLoader worker) that reads through the cache announces its plan in a claim, ``DIR/.claims/<host>-<pid>-<n>``
+  (``.plan``: the shards of each of its batches, written once; ``.json``: where it is, rewritten as it reads,
+  each file written whole and renamed; the position's mtime is the heartbeat). From both, whoever evicts
+  works out the shards the process *holds* (those of the batches it has handed out but not finished, and
+  ``cache_window`` shards ahead) and the next shards it *needs*, in order of next use (up to
+  ``CLAIM_HORIZON``). After each fetch, under one
   ``flock`` on ``DIR/.evict.lock``, shards (of any key under ``DIR``) are evicted until the folder holds at
   most ``cache_limit`` bytes: first those no live process needs (least recently used first), then the needed
   ones whose next use is furthest (Belady's rule, with the position in each announced list as the clock);
@@ -110,6 +112,7 @@ class ShardSource:
 
 class NodeCache:
     """Shards of one split under ``root/key`` (see the module doc). Picklable (spawned workers share it).
+    ``fetch(s, count=1)`` returns the packs of shards ``s .. s + count - 1`` as one table (``ShardSource``).
 
     ``plans``: announce this process's plan and evict by every live process's plans (default); False evicts
     least recently used, sparing only this process's own window (the behaviour before claims; a baseline)."""
@@ -353,15 +356,27 @@ class NodeCache:
 
 
 class _Claim:
-    """This process's announcement of what one iteration over ``batches`` holds and needs next, as a claim
-    file (see the module doc): rewritten when a batch is handed out or finished, removed at the end."""
+    """This process's announcement for one iteration over ``batches`` (see the module doc), as two files:
+    ``NAME.plan``, the shards of every batch in order (int64: batches, their offsets, the shards; written
+    once), and ``NAME.json``, where the process is in it (the oldest batch not finished, the last one handed
+    out, its window, its pinned shards; rewritten, small, each time a batch is handed out: its mtime is the
+    heartbeat). Whoever evicts works out from both what the process holds and needs next. Removed at the
+    end of the iteration."""
 
     def __init__(self, cache: NodeCache, batches: list[np.ndarray]):
         self.cache = cache
-        shards = [np.unique(np.asarray(b, dtype=np.int64) // cache.shard_packs) for b in batches]
-        self.flat = np.concatenate(shards) if shards else np.empty(0, np.int64)  # shards per batch, in order
-        self.offsets = np.concatenate([[0], np.cumsum([len(s) for s in shards])]).astype(np.int64)
-        self.path = cache.root / CLAIMS / f"{socket.gethostname()}-{os.getpid()}-{next(_CLAIM_IDS)}.json"
+        sizes = np.fromiter((len(b) for b in batches), dtype=np.int64, count=len(batches))
+        packs = np.concatenate(batches).astype(np.int64) if batches else np.empty(0, np.int64)
+        shards = packs // cache.shard_packs
+        batch = np.repeat(np.arange(len(batches)), sizes)
+        keep = np.r_[True, (shards[1:] != shards[:-1]) | (batch[1:] != batch[:-1])] if len(shards) else []
+        flat, per = shards[keep], np.bincount(batch[keep], minlength=len(batches))  # a batch's packs ascend
+        offsets = np.concatenate([[0], np.cumsum(per)]).astype(np.int64)
+        stem = cache.root / CLAIMS / f"{socket.gethostname()}-{os.getpid()}-{next(_CLAIM_IDS)}"
+        self.path, self.plan = stem.with_suffix(".json"), stem.with_suffix(".plan")
+        tmp = self.plan.with_name(f".{self.plan.name}.tmp")
+        np.concatenate([[len(batches)], offsets, flat]).astype("<i8").tofile(tmp)
+        os.replace(tmp, self.plan)
         self.lock = threading.Lock()
         self.open: set[int] = set()  # batches handed out, not finished
         self.last = -1  # last batch handed out
@@ -373,31 +388,57 @@ class _Claim:
             self._write()
 
     def done(self, b: int) -> None:
-        with self.lock:
+        with self.lock:  # published with the next batch handed out (one small write per batch: ~0.1 ms)
             self.open.discard(b)
-            self._write()
 
     def _write(self) -> None:
         start = min(self.open) if self.open else self.last + 1
-        cur = max(self.last, start)  # the batches start..cur are (or are about to be) read now
-        lo = int(self.offsets[min(start, len(self.offsets) - 1)])
-        ahead = self.flat[lo:lo + 4 * CLAIM_HORIZON]
-        _, first = np.unique(ahead, return_index=True)
-        nxt = ahead[np.sort(first)][:CLAIM_HORIZON]  # distinct shards in order of next use
-        now = self.offsets[min(cur + 1, len(self.offsets) - 1)] - lo  # entries of the batches start..cur
-        k = len(np.unique(ahead[:now])) + self.cache.window
         with self.cache._lock:
             pinned = list(self.cache._pinned)
-        hold = sorted(set(nxt[:k].tolist()) | set(pinned))
-        doc = {"host": socket.gethostname(), "pid": os.getpid(), "key": self.cache.key, "hold": hold,
-               "next": nxt.tolist()}
+        doc = {"host": socket.gethostname(), "pid": os.getpid(), "key": self.cache.key, "start": start,
+               "cur": max(self.last, start), "window": self.cache.window, "pinned": pinned}
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, self.path)  # readers see a whole claim, old or new; its mtime is the heartbeat
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, json.dumps(doc).encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)  # readers see a whole position, old or new
 
     def remove(self) -> None:
         with self.lock:
             self.path.unlink(missing_ok=True)
+            self.plan.unlink(missing_ok=True)
+
+
+_PLANS: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # claim plan file -> (offsets, shards): written once
+
+
+def _plan_of(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, shards) of a claim's plan file; ValueError if it does not check out."""
+    key = str(path)
+    if key not in _PLANS:
+        a = np.fromfile(path, dtype="<i8")
+        n = int(a[0]) if len(a) else -1
+        if n < 0 or len(a) < n + 2 or int(a[n + 1]) != len(a) - n - 2 or np.any(np.diff(a[1:n + 2]) < 0):
+            raise ValueError(f"{path}: not a claim plan")
+        if len(_PLANS) > 256:
+            _PLANS.clear()
+        _PLANS[key] = (a[1:n + 2], a[n + 2:])
+    return _PLANS[key]
+
+
+def _needs(offsets: np.ndarray, shards: np.ndarray, start: int, cur: int, window: int) -> tuple[list, list]:
+    """(shards in order of next use from batch ``start``, up to ``CLAIM_HORIZON``; those held: the shards of
+    batches ``start..cur`` and ``window`` more)."""
+    batches = len(offsets) - 1
+    lo = int(offsets[min(max(start, 0), batches)])
+    ahead = shards[lo:lo + 4 * CLAIM_HORIZON]
+    _, first = np.unique(ahead, return_index=True)
+    nxt = ahead[np.sort(first)][:CLAIM_HORIZON]
+    now = int(offsets[min(max(cur + 1, 0), batches)]) - lo
+    k = len(np.unique(ahead[:max(now, 0)])) + max(window, 0)
+    return nxt.tolist(), nxt[:k].tolist()
 
 
 def _count(**deltas) -> None:
@@ -407,30 +448,41 @@ def _count(**deltas) -> None:
 
 
 def live_claims(root) -> list[dict]:
-    """The claims of live processes under cache folder ``root`` (``host``, ``pid``, ``key``, ``hold``,
-    ``next``); those of dead processes (same host, pid gone) or not refreshed for ``CLAIM_TTL`` seconds are
-    removed. A claim file that does not parse is skipped (it only orders evictions), and removed once stale."""
+    """The claims of live processes under cache folder ``root``: ``key``, ``hold`` (shards never to evict) and
+    ``next`` (shards in order of next use). Those of dead processes (same host, pid gone) or not refreshed for
+    ``CLAIM_TTL`` seconds are removed. A claim whose files do not check out is skipped (claims only order
+    evictions), and removed once stale."""
     out, host, now = [], socket.gethostname(), time.time()
-    for p in (Path(root) / CLAIMS).glob(".*.tmp"):  # a claim being written by a process that died
+    folder = Path(root) / CLAIMS
+    for p in [*folder.glob(".*.tmp"), *folder.glob("*.plan")]:  # half-written claims, plans without a position
         try:
-            if now - p.stat().st_mtime > CLAIM_TTL:
+            if now - p.stat().st_mtime > CLAIM_TTL and not (p.suffix == ".plan" and p.with_suffix(".json").exists()):
                 p.unlink(missing_ok=True)
         except FileNotFoundError:
             pass
-    for p in (Path(root) / CLAIMS).glob("*.json"):
+    for p in folder.glob("*.json"):
         try:
             age = now - p.stat().st_mtime
             doc = json.loads(p.read_text())
             ok = (isinstance(doc, dict) and isinstance(doc.get("pid"), int) and isinstance(doc.get("key"), str)
-                  and all(isinstance(doc.get(f), list) for f in ("hold", "next")))
+                  and all(isinstance(doc.get(f), int) for f in ("start", "cur", "window"))
+                  and isinstance(doc.get("pinned"), list))
         except FileNotFoundError:
             continue
         except (OSError, ValueError):
             doc, ok = None, False
         if age > CLAIM_TTL or (ok and doc.get("host") == host and not _alive(doc["pid"])):
             p.unlink(missing_ok=True)
-        elif ok:
-            out.append(doc)
+            p.with_suffix(".plan").unlink(missing_ok=True)
+            _PLANS.pop(str(p.with_suffix(".plan")), None)
+            continue
+        if not ok:
+            continue
+        try:
+            nxt, hold = _needs(*_plan_of(p.with_suffix(".plan")), doc["start"], doc["cur"], doc["window"])
+        except (OSError, ValueError):  # the plan is gone (the claim just ended) or damaged
+            continue
+        out.append({"key": doc["key"], "pid": doc["pid"], "hold": hold + doc["pinned"], "next": nxt})
     return out
 
 

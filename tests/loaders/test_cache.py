@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -282,12 +283,14 @@ def test_a_process_never_evicts_a_shard_another_announced_and_has_not_read(small
     list(probe)
     sizes = [p.stat().st_size for p in _shards(tmp_path / "probe")]
     shards = len(sizes)
-    # Rank 0 leads rank 1 by `lag` steps; both read shard k at their step k (shuffle none, interleave, 2 packs
-    # a shard). Held or needed at once: rank 1's last shard read (its pinned window starts there) and its next
-    # `lag`, rank 0's shard, its window of 1 and the neighbour it reads with it: lag + 4 shards. Least recently
-    # used would need to keep every shard touched since rank 1's next one was read: 2 * lag + 3.
-    lag, limit = 4, 8 * max(sizes)
-    assert limit < sum(sizes) and limit < (2 * lag + 3) * min(sizes)
+    # Rank 0 leads rank 1 by `lag` steps (`lag + 1` while rank 1 takes its step); both read shard k at their
+    # step k (shuffle none, interleave, 2 packs a shard). Held or needed at once: rank 1's last shard read (its
+    # pinned window starts there) and its next `lag + 1`, rank 0's shard, its window of 1 and the neighbour it
+    # reads with it: lag + 5 shards. Least recently used would need to keep every shard touched since rank 1's
+    # next one was read: 2 * lag + 3 or more.
+    lag = 6
+    limit = (lag + 5) * max(sizes)
+    assert limit < sum(sizes) and limit < (2 * lag + 3) * np.median(sizes)
     root = tmp_path / "node"
     a, b = (_child(_STEPPED, lk.uri, r, root, limit, int(plans)) for r in range(2))
     try:
@@ -337,7 +340,9 @@ def test_a_killed_process_s_claims_expire(small_packs, tmp_path):
         assert proc.stdout.readline().strip() == "ready"
         claims = list((tmp_path / _cache.CLAIMS).glob("*.json"))
         assert len(claims) == 1 and f"-{proc.pid}-" in claims[0].name
-        assert json.loads(claims[0].read_text())["hold"] == [0, 1, 2]  # batch 1's shard + a window of 2
+        live = _cache.live_claims(tmp_path)
+        assert [c["pid"] for c in live] == [proc.pid]
+        assert sorted(set(live[0]["hold"])) == [0, 1, 2]  # batch 1's shard + a window of 2
         other = lk.stream("train", shuffle="none", cache_dir=tmp_path, shard_packs=2, cache_limit=0)
         for s in range(6):
             other.cache.ensure(s)  # each fetch evicts down to the limit, sparing what the child holds
@@ -348,7 +353,7 @@ def test_a_killed_process_s_claims_expire(small_packs, tmp_path):
         if proc.poll() is None:
             proc.kill()
     other.cache.evict()  # the dead process's claim is gone, and what it held is evicted
-    assert not _shards(tmp_path) and not list((tmp_path / _cache.CLAIMS).glob("*.json"))
+    assert not _shards(tmp_path) and not list((tmp_path / _cache.CLAIMS).iterdir())
 
 
 def test_eviction_order_follows_the_live_claims(small_packs, tmp_path):
@@ -361,26 +366,30 @@ def test_eviction_order_follows_the_live_claims(small_packs, tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     claims = tmp_path / _cache.CLAIMS
 
-    def claim(name, host, pid, hold, nxt, age=0.0):
+    def claim(name, host, pid, batches, start=0, cur=-1, window=0, pinned=(), age=0.0):
+        """A claim as a process writes it (see ``cache._Claim``): its batches' shards, and where it is."""
+        offsets = np.cumsum([0] + [len(b) for b in batches])
+        np.concatenate([[len(batches)], offsets, *batches]).astype("<i8").tofile(claims / f"{name}.plan")
         p = claims / f"{name}.json"
-        p.write_text(json.dumps({"host": host, "pid": pid, "key": cache.key, "hold": hold, "next": nxt}))
+        p.write_text(json.dumps({"host": host, "pid": pid, "key": cache.key, "start": start, "cur": cur,
+                                 "window": window, "pinned": list(pinned)}))
         os.utime(p, (time.time() - age, time.time() - age))
         return p
 
     import socket
 
-    far = claim("far", "elsewhere", 1, [], [3, 1, 2])  # another host's live claim: needs 3, then 1, then 2
-    old = claim("old", "elsewhere", 1, [0, 5], [0, 5], age=2 * _cache.CLAIM_TTL)  # not refreshed: dead
-    gone = claim("gone", socket.gethostname(), int(dead.stdout), [4], [4])  # its process exited: dead
+    far = claim("far", "elsewhere", 1, [[3], [1, 2], [1]])  # another host's live claim: needs 3, then 1, then 2
+    old = claim("old", "elsewhere", 1, [[0], [5]], cur=1, age=2 * _cache.CLAIM_TTL)  # not refreshed: dead
+    gone = claim("gone", socket.gethostname(), int(dead.stdout), [[4]], cur=0)  # its process exited: dead
     (claims / "bad.json").write_text("{not json")  # skipped, never trusted
     cache.limit = sizes[3] + sizes[1] + sizes[2]
     cache.evict()  # unclaimed first (0, 4, 5: least recently used), then nothing more is needed
     assert sorted(int(p.stem[-6:]) for p in _shards(tmp_path)) == [1, 2, 3]
-    assert far.exists() and not old.exists() and not gone.exists()
+    assert far.exists() and not old.exists() and not gone.exists() and not (claims / "gone.plan").exists()
     cache.limit = sizes[3] + sizes[1]
     cache.evict()  # then the needed shard used furthest ahead: 2
     assert sorted(int(p.stem[-6:]) for p in _shards(tmp_path)) == [1, 3]
-    claim("far", "elsewhere", 1, [1], [3, 1])
+    claim("far", "elsewhere", 1, [[3], [1]], pinned=[1])
     cache.limit = 0
     cache.evict()  # held shards are never evicted, whatever the limit
     assert sorted(int(p.stem[-6:]) for p in _shards(tmp_path)) == [1]
