@@ -367,25 +367,27 @@ def main() -> None:
                         print(f"round {r + 1} {side:4} {storage:17} {access:17} {res['sps']:9,.0f} samples/s "
                               f"first {res['first']:.3f} s epochs {[round(x, 2) for x in res['epochs']]} "
                               f"{'ok' if res['ok'] else 'WRONG'}", flush=True)
-        load1 = os.getloadavg()
-        # a run of some storage modes keeps the other modes an earlier run measured (one locked run stays short)
-        for (side, storage, access), res in results.items():
-            saved.setdefault("results", {})[f"{side}|{storage}|{access}"] = res
-        for storage in storages:
-            saved.setdefault("load", {})[storage] = [load0, load1]
-        if raw is not None:
-            saved["raw"] = raw
-        RUNS.write_text(json.dumps(saved))
+                        # saved and recorded as the modes come in (a locked run cut short keeps what it measured);
+                        # a run of some storage modes keeps the modes an earlier run measured
+                        saved.setdefault("results", {}).update(
+                            {f"{k[0]}|{k[1]}|{k[2]}": v for k, v in results.items()})
+                        saved.setdefault("load", {})[storage] = [load0, os.getloadavg()]
+                        if raw is not None:
+                            saved["raw"] = raw
+                        RUNS.write_text(json.dumps(saved))
+                        if args.record:
+                            record(SECTION, _report_saved(saved, args, what, cpu_model))
     finally:
         if moto:
             moto.close()
         shutil.rmtree(work / "caches", ignore_errors=True)
-    results = {tuple(k.split("|")): v for k, v in saved["results"].items()}
-    body = report(results, saved.get("raw"), [s for s in STORAGE if s in saved["load"]], args, what, cpu_model,
-                  saved["load"])
-    print(body)
-    if args.record:
-        record(SECTION, body)
+    print(_report_saved(saved, args, what, cpu_model))
+
+
+def _report_saved(saved, args, what, cpu_model) -> str:
+    results = {tuple(k.split("|")): v for k, v in saved.get("results", {}).items()}
+    return report(results, saved.get("raw"), [s for s in STORAGE if s in saved.get("load", {})], args, what,
+                  cpu_model, saved["load"])
 
 
 def _mib(n) -> str:

@@ -99,22 +99,20 @@ def write(path: Path, table: pa.Table, level: int = LEVEL) -> int:
         raw += [memoryview(np.ascontiguousarray(list_values(row.column(i).chunk(0), table.schema[i].name))).cast("B")
                 for i in flat]
         rows.append(raw)
-    sizes = [len(m) for raw in rows for m in raw]
-    if level > 0:
-        def compress(m):
-            return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(m)
+    raws = [m for raw in rows for m in raw]
+    sizes = [len(m) for m in raws]
 
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            frames = list(pool.map(compress, [m for raw in rows for m in raw]))
-    else:
-        frames = [m for raw in rows for m in raw]
+    def compress(m):
+        return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(m)
+
     schema = table.schema.serialize().to_pybytes()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
     try:
         with open(tmp, "wb") as f:
             f.write(MAGIC + np.int64(len(schema)).tobytes() + schema)
             offsets = [f.tell()]
-            for fr in frames:
+            for fr in (pool.map(compress, raws) if level > 0 else raws):  # written in order, as they come
                 f.write(fr)
                 offsets.append(f.tell())
             f.write(np.asarray(offsets + sizes + flat, dtype="<i8").tobytes())
@@ -124,6 +122,7 @@ def write(path: Path, table: pa.Table, level: int = LEVEL) -> int:
             size = f.tell()
         os.replace(tmp, path)  # readers see no file or the whole file
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         if tmp.exists():
             tmp.unlink()
     return size
