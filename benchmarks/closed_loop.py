@@ -128,7 +128,7 @@ def run_task(name: str, args, root: Path) -> dict:
         "checkpoint": {"path": sft["checkpoint"], "lake_version": sft["lineage"]["lake_version"],
                        "packed_table": sft["lineage"]["packed_table"]},
         "rows": rows, "curve": curve, "seconds": time.perf_counter() - t0,
-        "threads": os.environ.get("OMP_NUM_THREADS", "unset"),
+        "threads": os.environ.get("OMP_NUM_THREADS", "unset"), "command": getattr(args, "command", None),
     }
     (work / "result.json").write_text(json.dumps(result, indent=1))
     return result
@@ -177,7 +177,7 @@ def run_rl(name: str, args, root: Path) -> dict:
                       "lake_version": lake_versions[-1], "produced": rep.produced, **ev})
         print(f"[{name}]   RL segment {seg + 1}: {env_steps} env steps, {ev['k']}/{ev['n']}", flush=True)
     result = {"task": name, "env_id": env_id, "bc": bc, "bc_demos": args.rl_demos, "start": start,
-              "reward": args.rl_reward,
+              "reward": args.rl_reward, "command": getattr(args, "command", None),
               "end": curve[-1], "curve": curve, "env_steps": env_steps, "rl_seconds": t_rl,
               "lake_versions": lake_versions, "versions": args.rl_segments * args.rl_versions,
               "lr": args.rl_lr, "max_steps": ms, "lake_latest": lake.open(uri).version}
@@ -251,8 +251,11 @@ def report(root: Path, command: str, load: str) -> str:
     results = [json.loads(p.read_text()) for n in TASKS if (p := root / n / "result.json").exists()]
     rl = [json.loads(p.read_text()) for n in TASKS if (p := root / n / "rl_result.json").exists()]
     plots = _plots(results, rl, HERE)
+    earlier_runs = [json.loads(p.read_text()) for n in TASKS for p in sorted((root / n / "earlier").glob("*.json"))]
+    commands = list(dict.fromkeys(r.get("command") or command for r in [*results, *earlier_runs, *rl]))
     lines = [
-        f"Command: `{command}`",
+        "Commands (each task's result is saved on its own; the section is rebuilt from all of them): "
+        + "; ".join(f"`{c}`" for c in commands or [command]),
         f"Machine: {machine()}; {load} (shared with 5 other engineers' jobs: wall times are inflated, not timings)",
         "",
         f"Protocol: Meta-World's scripted experts with Gaussian action noise (std {results[0]['noise'] if results else '?'}) "
@@ -268,14 +271,16 @@ def report(root: Path, command: str, load: str) -> str:
         "pack / checkpoint / eval versions (untrained, SFT, expert) |",
         "|---|---|---:|---:|---|---|---|---|",
     ]
-    for r in results:
+    for r in [*results, *earlier_runs]:
         rows = r["rows"]
+        tag = " (earlier run)" if r in earlier_runs else ""
         lines.append(
-            f"| {r['task']} | state + text | {r['kept']} ({r['frames']}) | {r['sft_steps']} ({r['sft_seconds'] / 60:.1f} min) "
+            f"| {r['task']}{tag} | state + text | {r['kept']} ({r['frames']}) | {r['sft_steps']} ({r['sft_seconds'] / 60:.1f} min) "
             f"| {_pct(rows['untrained'])} | **{_pct(rows['sft'])}** | {_pct(rows['expert'])} | v{r['lake_version']} / "
             f"`{r['pack']['table']}` (v{r['pack']['version']}) / `{r['task']}/sft/last.pt` (trained on "
             f"v{r['checkpoint']['lake_version']}) / {_v(rows['untrained']['eval_version'])}, "
             f"{_v(rows['sft']['eval_version'])}, {_v(rows['expert']['eval_version'])} |")
+    lines += [f"\n{p.read_text().strip()}" for n in TASKS if (p := root / n / "earlier" / "NOTE.md").exists()]
     if results:
         lines += ["", "Learning curve (success vs SFT steps; intermediate points over "
                   f"{results[0]['curve'][1]['n'] if len(results[0]['curve']) > 2 else '?'} episodes, ends over "
@@ -330,6 +335,7 @@ def main(argv=None) -> int:
     command = "nice -n 15 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/closed_loop.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
     load0 = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    args.command = command
 
     def save_report():
         body = report(root, command, f"load average at start / now: {load0} / "
