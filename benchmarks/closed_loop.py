@@ -38,7 +38,7 @@ RL_REWARD_SCALE = 0.01
 # reach, ~80-150 on push / pick-place)
 TASKS = {
     "reach-v3": {"demos": 50, "sft_steps": 1200, "max_steps": 150},
-    "push-v3": {"demos": 100, "sft_steps": 2400, "max_steps": 200},
+    "push-v3": {"demos": 300, "sft_steps": 1500, "max_steps": 200},  # 100 demos / 2400 steps: 24%, 300 / 1500: 36%
     "pick-place-v3": {"demos": 100, "sft_steps": 2400, "max_steps": 200},
 }
 def _eval(ckpt, env_id: str, episodes: int, uri: str, max_steps: int) -> dict:
@@ -128,7 +128,7 @@ def run_task(name: str, args, root: Path) -> dict:
         "checkpoint": {"path": sft["checkpoint"], "lake_version": sft["lineage"]["lake_version"],
                        "packed_table": sft["lineage"]["packed_table"]},
         "rows": rows, "curve": curve, "seconds": time.perf_counter() - t0,
-        "threads": os.environ.get("OMP_NUM_THREADS", "unset"),
+        "threads": os.environ.get("OMP_NUM_THREADS", "unset"), "command": getattr(args, "command", None),
     }
     (work / "result.json").write_text(json.dumps(result, indent=1))
     return result
@@ -156,9 +156,7 @@ def run_rl(name: str, args, root: Path) -> dict:
     for seg in range(args.rl_segments):
         cfg = with_overrides(RLConfig(), {
             "mode": "aa", "seed": 1 + seg, "env.id": env_id, "env.max_episode_steps": ms,
-            # Meta-World's RL protocol: run to the time limit (ending on success would forfeit the reward of
-            # staying at the goal), rewards scaled to O(1) returns for the critic; evaluation is unchanged
-            "env.kwargs": {"terminate_on_success": False, "reward_scale": RL_REWARD_SCALE},
+            **_rl_objective(args.rl_reward),
             "workers.env_workers": 2, "workers.envs_per_worker": 4, "algo.batch_trajectories": 16,
             "algo.micro_batch_trajectories": 4, "algo.train_steps": args.rl_versions, "algo.lr": args.rl_lr,
             "algo.epochs": 2, "algo.entropy_coef": 0.0, "batching.max_batch_size": 8,
@@ -179,11 +177,27 @@ def run_rl(name: str, args, root: Path) -> dict:
                       "lake_version": lake_versions[-1], "produced": rep.produced, **ev})
         print(f"[{name}]   RL segment {seg + 1}: {env_steps} env steps, {ev['k']}/{ev['n']}", flush=True)
     result = {"task": name, "env_id": env_id, "bc": bc, "bc_demos": args.rl_demos, "start": start,
+              "reward": args.rl_reward, "command": getattr(args, "command", None),
               "end": curve[-1], "curve": curve, "env_steps": env_steps, "rl_seconds": t_rl,
               "lake_versions": lake_versions, "versions": args.rl_segments * args.rl_versions,
               "lr": args.rl_lr, "max_steps": ms, "lake_latest": lake.open(uri).version}
     (work / "rl_result.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def _rl_objective(reward: str) -> dict:
+    """RL config overrides for the reward. ``success``: Meta-World's success as a sparse reward (1 on the success
+    step, the episode ends there, as in evaluation), group-relative advantages over 4 rollouts from one goal
+    (GRPO, as VLA RL recipes use). ``dense``: Meta-World's shaped reward, to the time limit (ending on success
+    would forfeit the reward of staying at the goal), scaled to O(1) returns, GAE with the cloned critic."""
+    if reward == "success":
+        return {"env.kwargs": {"success_reward": True}, "algo.advantage": "grpo", "algo.group_size": 4}
+    return {"env.kwargs": {"terminate_on_success": False, "reward_scale": RL_REWARD_SCALE}, "algo.advantage": "gae"}
+
+
+def _v(version) -> str:
+    """An eval's lake version; None = these exact episodes were recorded by an earlier identical run."""
+    return f"v{version}" if version is not None else "(recorded earlier)"
 
 
 def _pct(r: dict) -> str:
@@ -237,8 +251,11 @@ def report(root: Path, command: str, load: str) -> str:
     results = [json.loads(p.read_text()) for n in TASKS if (p := root / n / "result.json").exists()]
     rl = [json.loads(p.read_text()) for n in TASKS if (p := root / n / "rl_result.json").exists()]
     plots = _plots(results, rl, HERE)
+    earlier_runs = [json.loads(p.read_text()) for n in TASKS for p in sorted((root / n / "earlier").glob("*.json"))]
+    commands = list(dict.fromkeys(r.get("command") or command for r in [*results, *earlier_runs, *rl]))
     lines = [
-        f"Command: `{command}`",
+        "Commands (each task's result is saved on its own; the section is rebuilt from all of them): "
+        + "; ".join(f"`{c}`" for c in commands or [command]),
         f"Machine: {machine()}; {load} (shared with 5 other engineers' jobs: wall times are inflated, not timings)",
         "",
         f"Protocol: Meta-World's scripted experts with Gaussian action noise (std {results[0]['noise'] if results else '?'}) "
@@ -254,14 +271,16 @@ def report(root: Path, command: str, load: str) -> str:
         "pack / checkpoint / eval versions (untrained, SFT, expert) |",
         "|---|---|---:|---:|---|---|---|---|",
     ]
-    for r in results:
+    for r in [*results, *earlier_runs]:
         rows = r["rows"]
+        tag = " (earlier run)" if r in earlier_runs else ""
         lines.append(
-            f"| {r['task']} | state + text | {r['kept']} ({r['frames']}) | {r['sft_steps']} ({r['sft_seconds'] / 60:.1f} min) "
+            f"| {r['task']}{tag} | state + text | {r['kept']} ({r['frames']}) | {r['sft_steps']} ({r['sft_seconds'] / 60:.1f} min) "
             f"| {_pct(rows['untrained'])} | **{_pct(rows['sft'])}** | {_pct(rows['expert'])} | v{r['lake_version']} / "
             f"`{r['pack']['table']}` (v{r['pack']['version']}) / `{r['task']}/sft/last.pt` (trained on "
-            f"v{r['checkpoint']['lake_version']}) / v{rows['untrained']['eval_version']}, v{rows['sft']['eval_version']}, "
-            f"v{rows['expert']['eval_version']} |")
+            f"v{r['checkpoint']['lake_version']}) / {_v(rows['untrained']['eval_version'])}, "
+            f"{_v(rows['sft']['eval_version'])}, {_v(rows['expert']['eval_version'])} |")
+    lines += [f"\n{p.read_text().strip()}" for n in TASKS if (p := root / n / "earlier" / "NOTE.md").exists()]
     if results:
         lines += ["", "Learning curve (success vs SFT steps; intermediate points over "
                   f"{results[0]['curve'][1]['n'] if len(results[0]['curve']) > 2 else '?'} episodes, ends over "
@@ -274,14 +293,17 @@ def report(root: Path, command: str, load: str) -> str:
                   "fine-tunes the RL package's Gaussian actor-critic (2x64 MLP on the same state), behaviour-cloned "
                   f"(`training.rl.bc`) on {r['bc_demos']} of the task's demo episodes from the same lake "
                   f"(v{r['bc']['lake_version']}), then `training.rl` in aa mode (2 env workers x 4 envs, 16 trajectories "
-                  f"per version, lr {r['lr']}), {r['versions']} published versions in {len(r['lake_versions'])} segments "
-                  f"(each resumes from the last checkpoint), time limit {r['max_steps']} steps.",
+                  f"per version, lr {r['lr']}, reward: " + ("success (1 on the success step), GRPO over 4 rollouts per "
+                  "goal" if r.get("reward") == "success" else "Meta-World's shaped reward x0.01 to the time limit, GAE")
+                  + f"), {r['versions']} published versions in {len(r['lake_versions'])} segments "
+                  f"(each resumes from the last checkpoint), time limit {r['max_steps']} steps; RL seeds its own goals "
+                  "(run seed), evaluation as above.",
                   "",
                   "| task | start (BC) | after RL | env steps | RL wall | lake versions holding the RL trajectories | "
                   "eval versions (start, end) |",
                   "|---|---|---|---:|---:|---|---|",
                   f"| {r['task']} | {_pct(s)} | **{_pct(e)}** | {r['env_steps']} | {r['rl_seconds'] / 60:.1f} min | "
-                  f"{', '.join(f'v{v}' for v in r['lake_versions'])} | v{s['eval_version']}, v{e['eval_version']} |",
+                  f"{', '.join(_v(v) for v in r['lake_versions'])} | {_v(s['eval_version'])}, {_v(e['eval_version'])} |",
                   "",
                   "RL curve (env steps: success): " + ", ".join(f"{p['env_steps']}: {p['rate']:.0%}" for p in r["curve"])]
     lines += ["", *[f"![{p}]({p})" for p in plots]]
@@ -297,11 +319,12 @@ def main(argv=None) -> int:
     ap.add_argument("--noise", type=float, default=0.1, help="expert action noise std (actions in [-1, 1])")
     ap.add_argument("--episodes", type=int, default=50, help="evaluation episodes per table entry")
     ap.add_argument("--curve-episodes", type=int, default=20, help="per intermediate learning-curve point")
-    ap.add_argument("--rl-demos", type=int, default=2, help="demo episodes the RL actor is behaviour-cloned on")
+    ap.add_argument("--rl-demos", type=int, default=3, help="demo episodes the RL actor is behaviour-cloned on")
     ap.add_argument("--bc-steps", type=int, default=1500)
-    ap.add_argument("--rl-segments", type=int, default=3)
-    ap.add_argument("--rl-versions", type=int, default=10, help="published versions per RL segment")
-    ap.add_argument("--rl-lr", type=float, default=3e-4)
+    ap.add_argument("--rl-segments", type=int, default=2)
+    ap.add_argument("--rl-versions", type=int, default=8, help="published versions per RL segment")
+    ap.add_argument("--rl-lr", type=float, default=5e-4, help="1e-3 collapsed after ~25k env steps")
+    ap.add_argument("--rl-reward", default="success", choices=["success", "dense"])
     ap.add_argument("--workdir", default="closed_loop_work")
     ap.add_argument("--report-only", action="store_true", help="rebuild RESULTS.md / plots from the results present")
     ap.add_argument("--record", action="store_true", help=f'replace the "{SECTION}" section of RESULTS.md')
@@ -312,6 +335,7 @@ def main(argv=None) -> int:
     command = "nice -n 15 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/closed_loop.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
     load0 = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    args.command = command
 
     def save_report():
         body = report(root, command, f"load average at start / now: {load0} / "

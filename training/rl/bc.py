@@ -74,7 +74,7 @@ def behaviour_clone(lake_uri: str, env_id: str, *, out: str, steps: int = 1500, 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(nll))
+        losses.append(nll.item())
     lineage = {"lake_uri": lk.uri, "lake_version": lk.version, "lake_tag": None, "recipe_hash": None,
                "packed_table": None, "extra": {"env_id": env_id, "source": "behaviour_clone", "episodes": len(ids),
                                                "frames": int(len(u)), "steps": steps}}

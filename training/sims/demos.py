@@ -67,7 +67,8 @@ def write_expert_demos(out, env_id: str, *, episodes: int = 10, noise: float = 0
     missing = [e["index"] for e in keep if camera and e["images"] is None]
     if missing:
         raise ValueError(f"{env_id}: no camera frames for episodes {missing} (the env cannot render)")
-    write_lerobot_v30(out, [{"frames": _frames(e), "images": {fam.camera: e["images"]} if camera else {}, "task": e["task"]}
+    write_lerobot_v30(out, [{"frames": _frames(e), "images": {fam.camera: e["images"]} if camera else {},
+                             "task": e["task"]}
                             for e in keep], fps=int(round(eps[0]["fps"])), robot_type=fam.robot_type)
     return DemoReport(os.fspath(out), env_id, len(eps), len(keep), int(sum(len(e["rewards"]) for e in keep)),
                       float(np.mean([e["success"] for e in eps])), float(noise), int(seed))

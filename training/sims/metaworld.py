@@ -11,7 +11,8 @@ Observations: ``agent_pos`` is Meta-World's 39-d state with the goal visible (as
 at ``max_episode_steps`` (default Meta-World's 500). For RL, ``terminate_on_success=False`` keeps the episode
 running to its time limit (Meta-World's own protocol: ending on success would forfeit the dense reward of
 staying at the goal, which teaches a policy to avoid success) and ``reward_scale`` shrinks Meta-World's
-0-10 per-step reward so returns stay O(1) for the critic.
+0-10 per-step reward so returns stay O(1) for the critic; ``success_reward=True`` replaces the shaped reward
+with 1 on success (what group-relative RL on the success metric uses).
 
 Seeding: Meta-World's ``reset`` ignores its seed. The task is set once the way MT1 sets it (``set_task`` with
 ``MT1(name, seed=0).train_tasks[0]``, built once per process), then each ``reset(seed=s)`` seeds the env's own
@@ -76,12 +77,13 @@ class MetaWorldEnv(gym.Env):
 
     def __init__(self, name: str, *, image: bool = False, size: int = 64, max_episode_steps: int | None = None,
                  camera: str = CAMERA, render_mode: str | None = "rgb_array", terminate_on_success: bool = True,
-                 reward_scale: float = 1.0):
+                 reward_scale: float = 1.0, success_reward: bool = False):
         mw = require("metaworld", "Meta-World")
         task = _first_task(name)
         self.name, self.image, self.size, self.camera = name, image, int(size), camera
         self.render_mode = render_mode
         self.terminate_on_success, self.reward_scale = bool(terminate_on_success), float(reward_scale)
+        self.success_reward = bool(success_reward)
         self.max_episode_steps = int(max_episode_steps or MAX_STEPS)
         raw = mw.env_dict.ALL_V3_ENVIRONMENTS[name](
             render_mode="rgb_array", camera_name=camera, width=self.size, height=self.size)
@@ -131,6 +133,8 @@ class MetaWorldEnv(gym.Env):
         success = bool(info.get("success", 0.0))
         info = {**info, "is_success": success}
         done = success and self.terminate_on_success
+        if self.success_reward:  # the sparse task reward: 1 on a success step, else 0
+            reward = float(success)
         return self._obs(state), float(reward) * self.reward_scale, done, self._t >= self.max_episode_steps, info
 
     def render(self) -> np.ndarray:
