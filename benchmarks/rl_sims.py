@@ -135,6 +135,7 @@ def run_all(args) -> Path:
         rep.ledger.check()
         print(summary(rep), flush=True)
         runs[mode] = {**summarize(rep, c), "load": f"{before_mode} -> {load()}"}
+        (out / "runs.partial.json").write_text(json.dumps(runs, indent=1))  # a later failure keeps these
     ray.shutdown()
     meta = {"learner": args.learner, "overrides": LEARNERS[args.learner], "train_steps": cfg.algo.train_steps,
             "load_before": before, "load_after": load(), "seconds": time.perf_counter() - t0, "split": split,
@@ -304,6 +305,8 @@ def main() -> int:
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--record", action="store_true", help=f'replace the "{SECTION}" (or "{EVAL_SECTION}") section')
     args = ap.parse_args()
+    # Ray's workers import this checkout too (they inherit the environment of the Ray node this process starts)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE.parent), os.environ.get("PYTHONPATH")) if p)
     from training.sims import configure_libero, configure_rendering
 
     configure_rendering()
