@@ -124,7 +124,15 @@ def run_all(args) -> Path:
     t0, before = time.perf_counter(), load()
     split = step_split(cfg.env.id)
     print(f"LIBERO step: {split['rendered']:.0f} ms rendered, {split['physics']:.0f} ms physics only", flush=True)
-    ensure_ray(num_cpus=2)
+    for attempt in range(3):  # Ray's raylet start-up wait is hard-coded (30 s): a busy machine can miss it
+        try:
+            ensure_ray(num_cpus=2)
+            break
+        except Exception as e:  # noqa: BLE001 - ray raises a bare Exception for this
+            if attempt == 2 or "timed out during startup" not in str(e):
+                raise
+            print(f"Ray start-up timed out (load {load()}); retrying", flush=True)
+            ray.shutdown()
     runs = {}
     for mode in MODES:
         before_mode = load()
