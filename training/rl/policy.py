@@ -80,7 +80,7 @@ class GaussianActorCritic(nn.Module):
         low = np.concatenate([np.asarray(f[2], np.float64).reshape(-1) for f in state_features])
         high = np.concatenate([np.asarray(f[3], np.float64).reshape(-1) for f in state_features])
         finite = np.isfinite(low) & np.isfinite(high) & (high > low)
-        center = np.where(finite, (low + high) / 2, 0.0)
+        center = np.where(finite, (np.where(finite, low, 0.0) + np.where(finite, high, 0.0)) / 2, 0.0)  # no inf - inf
         half = np.where(finite, (high - low) / 2, 1.0)
         self.register_buffer("obs_center", torch.tensor(center, dtype=torch.float32))
         self.register_buffer("obs_half", torch.tensor(half, dtype=torch.float32))
