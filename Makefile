@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv browser sims proof bench bench-gpu bench-peers test-lerobot-env clean
+.PHONY: demo test venv gl browser sims proof bench bench-gpu bench-peers test-lerobot-env clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,12 +16,20 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) gl
 	$(BIN)/python -m lake.demo
 	@echo "browse the demo lakes: $(BIN)/lake serve --lake lake_demo (or lake_demo_reach)  ->  open http://127.0.0.1:8470/"
 
-test: $(STAMP)
+test: $(STAMP) gl
 	$(BIN)/python -m pytest -q
+
+# MuJoCo (Meta-World is in the base install: `make demo` ends on its reach task) loads a GL library at import.
+# Idempotent: apt runs only when one of the Debian packages is missing; elsewhere it only says what is needed.
+gl:
+	@if ! command -v dpkg >/dev/null; then echo "not Debian: MuJoCo needs libEGL/libGL or OSMesa (install them if import mujoco fails)"; \
+	elif dpkg -s $(SIMS_DEBS) >/dev/null 2>&1; then :; \
+	else SUDO=$$([ "$$(id -u)" -ne 0 ] && command -v sudo >/dev/null && echo sudo); \
+	$$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(SIMS_DEBS); fi
 
 # Headless Chromium + chromedriver from Debian for the lake serve tests (tests/serve skip without them).
 # Idempotent: installs only what is missing.
