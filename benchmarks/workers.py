@@ -174,6 +174,10 @@ def run_lake(args) -> dict:
     import torch
 
     import lake
+    # the clock starts after each side's libraries are imported (the MDS child imports `streaming` before it);
+    # the lake facade imports Lance and the loaders lazily, so import them here, outside the timing
+    import lance  # noqa: F401
+    import loaders  # noqa: F401
 
     t0 = time.perf_counter()
     lk = lake.open(args.lake, create=False)
@@ -384,7 +388,8 @@ data: {what}; train split, {args.batch_packs} packs per batch, {args.epochs} epo
 process, best of {args.rounds} round(s) alternating sides. Both sides read local files made before the timing: the
 lake its node shard cache (`cache_dir`, filled by one untimed epoch, zstd level {args.cache_level}{' = raw' if args.cache_level == 0 else ''}),
 MDS its local shards (raw; `benchmarks/.venv-mds`: mosaicml-streaming 0.13.0, numpy<2.2, torch 2.14.1). samples/s
-counts the whole run (worker start-up included); first batch: seconds from asking for an epoch's first batch to
+counts the whole run from opening the data (worker start-up included; each side's libraries imported before the
+clock: MDS's `streaming`, the lake's `lance` and `loaders`, which its facade imports lazily); first batch: seconds from asking for an epoch's first batch to
 getting it. Peak RSS: main process + largest worker (ru_maxrss). Timed under `flock /work/notes/bench.lock`;
 1-minute load average after each run: {min(loads, default=float('nan')):.0f}–{max(loads, default=float('nan')):.0f} (2 cores shared with other
 engineers' jobs, most at nice 15-19; rows may come from different locked runs, each the best of its rounds).
