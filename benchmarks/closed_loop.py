@@ -210,39 +210,32 @@ def _plots(results: list[dict], rl: list[dict], out: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def plot(name, series, xlabel, title):
+        """success ± Wilson interval per series (label, x, curve points) into ``out/name``."""
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for label, x, c in series:
+            ax.errorbar(x, [p["rate"] for p in c], yerr=[[p["rate"] - p["lo"] for p in c], [p["hi"] - p["rate"] for p in c]],
+                        marker="o", capsize=3, label=label)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("success on held-out goals")
+        ax.set_ylim(-0.03, 1.03)
+        ax.legend(fontsize=8)
+        ax.set_title(title, fontsize=9)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        made.append(name)
+
     made = []
     if results:
-        fig, ax = plt.subplots(figsize=(6, 3.6))
-        for r in results:
-            c = r["curve"]
-            x = [p["step"] for p in c]
-            ax.errorbar(x, [p["rate"] for p in c], yerr=[[p["rate"] - p["lo"] for p in c], [p["hi"] - p["rate"] for p in c]],
-                        marker="o", capsize=3, label=f"{r['task']} (expert {r['rows']['expert']['rate']:.0%})")
-        ax.set_xlabel("SFT steps")
-        ax.set_ylabel("success on held-out goals")
-        ax.set_ylim(-0.03, 1.03)
-        ax.legend(fontsize=8)
-        ax.set_title("Meta-World: VLA success vs SFT steps (95% Wilson)", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(out / "closed_loop_sft.png", dpi=110)
-        plt.close(fig)
-        made.append("closed_loop_sft.png")
+        plot("closed_loop_sft.png",
+             [(f"{r['task']} (expert {r['rows']['expert']['rate']:.0%})", [p["step"] for p in r["curve"]], r["curve"])
+              for r in results],
+             "SFT steps", "Meta-World: VLA success vs SFT steps (95% Wilson)")
     if rl:
-        fig, ax = plt.subplots(figsize=(6, 3.6))
-        for r in rl:
-            c = r["curve"]
-            ax.errorbar([p["env_steps"] for p in c], [p["rate"] for p in c],
-                        yerr=[[p["rate"] - p["lo"] for p in c], [p["hi"] - p["rate"] for p in c]], marker="o", capsize=3,
-                        label=r["task"])
-        ax.set_xlabel("RL env steps (consumed by the learner)")
-        ax.set_ylabel("success on held-out goals")
-        ax.set_ylim(-0.03, 1.03)
-        ax.legend(fontsize=8)
-        ax.set_title("Meta-World: aa RL from a behaviour-cloned checkpoint (95% Wilson)", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(out / "closed_loop_rl.png", dpi=110)
-        plt.close(fig)
-        made.append("closed_loop_rl.png")
+        plot("closed_loop_rl.png", [(r["task"], [p["env_steps"] for p in r["curve"]], r["curve"]) for r in rl],
+             "RL env steps (consumed by the learner)",
+             "Meta-World: aa RL from a behaviour-cloned checkpoint (95% Wilson)")
     return made
 
 

@@ -29,14 +29,9 @@ Stats = dict[str, dict[str, np.ndarray]]
 
 
 def _numeric(col: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
-    t = col.type
-    vt = t.value_type if pa.types.is_fixed_size_list(t) else t
-    if not (pa.types.is_integer(vt) or pa.types.is_floating(vt) or pa.types.is_boolean(vt)):
-        return None
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    if pa.types.is_fixed_size_list(t):
-        return arr.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(arr), t.list_size)
-    return arr.to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(arr), 1)
+    """A numeric column as (T, d) float64 (the lake's own stats); None when it is not numeric."""
+    x = _native(col)
+    return None if x is None else x.astype(np.float64)
 
 
 def frame_stats(frames: pa.Table) -> Stats:
