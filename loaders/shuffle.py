@@ -60,19 +60,88 @@ def windows(n: int, seed: int, epoch: int, size: int = 64) -> np.ndarray:
     return np.concatenate(out) if out else np.empty(0, np.int64)
 
 
-SHUFFLES: dict[str, Shuffle] = {"none": none, "random": random, "blocks": blocks, "windows": windows}
-SIZED = ("blocks", "windows")  # take a size: "blocks:64"
+def _bit_reversed(bits: int) -> np.ndarray:
+    """``t`` with its ``bits`` low bits in reverse order, for every ``t`` in ``range(2**bits)``."""
+    t = np.arange(1 << bits, dtype=np.int64)
+    out = np.zeros_like(t)
+    for b in range(bits):
+        out |= ((t >> b) & 1) << (bits - 1 - b)
+    return out
+
+
+def _stratified(count: int, m: int, leaf: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` independent stratified orders of ``range(m)``, shape ``(count, m)``.
+
+    ``range(m)`` is cut into leaves of ``leaf`` consecutive items; each leaf's items get a uniform random rank
+    (round). Round ``q`` visits the ``q``-th item of every leaf, the leaves in an Owen-scrambled bit-reversed
+    order (one scramble per window and round): every aligned run of ``2**j`` visits of a round takes one leaf
+    from each aligned group of ``slots / 2**j`` leaves, and a round is a whole multiple of such runs. So any
+    aligned chunk of the order whose length is a power of two takes the same share of every aligned group of
+    leaves of the matching size (exactly when the number of leaves is a power of two, else nearly).
+    """
+    leaves = -(-m // leaf)
+    bits = (leaves - 1).bit_length()
+    slots, rounds = 1 << bits, min(leaf, m)
+    u = np.arange(m, dtype=np.int64)
+    of_leaf = u // leaf
+    # sorted by (leaf, random): position i still belongs to leaf i // leaf, and its rank in the leaf is i % leaf
+    items = np.argsort(of_leaf + rng.random((count, m)), axis=1, kind="stable")
+    x = _bit_reversed(bits)
+    visit = np.broadcast_to(x, (count, rounds, slots)).copy()
+    for j in range(bits):  # Owen scrambling: flip bit j (from the top) by a random bit per prefix above it
+        flips = rng.integers(0, 2, (count, rounds, 1 << j), dtype=np.int64) << (bits - 1 - j)
+        visit ^= flips[:, :, x >> (bits - j)]
+    at = np.empty_like(visit)  # at[c, q, slot]: when round q of order c visits that slot
+    np.put_along_axis(at, visit, np.broadcast_to(np.arange(slots, dtype=np.int64), visit.shape), axis=2)
+    slot = (np.arange(leaves, dtype=np.int64) << bits) // leaves  # leaves spread over the slots (distinct)
+    rank = u % leaf
+    key = rank * slots + at[:, rank, slot[of_leaf]]
+    return np.take_along_axis(items, np.argsort(key, axis=1, kind="stable"), axis=1)
+
+
+def strata(n: int, seed: int, epoch: int, size: int = 256, leaf: int = 1) -> np.ndarray:
+    """Windows of ``size`` consecutive packs in a random order per (seed, epoch), as ``windows`` (the same
+    window order, a short last window last), each window's packs in a *stratified* random order: any aligned
+    run of ``2**j`` packs of a window takes one pack from each aligned block of ``size / 2**j`` packs of it (a
+    random one, by a random scramble of the bit-reversed order; below ``leaf`` packs, uniform).
+
+    Why: the ``"nodes:R"`` partition gives node ``j`` the ``j``-th slice, in table order, of each global step.
+    With ``windows`` those slices wander over the window from step to step, so a node touches (and fetches
+    whole shards of) most of the window. Here each step is an even sample of the window, so with a power of
+    two nodes whose steps divide the window, node ``j`` reads the same ``size / nodes`` consecutive packs of
+    the window at every step of it: whole shards, few of them, ``1/nodes`` of the window. The order does not
+    depend on the world layout (resume and resizing stay exact); other world sizes get nearly even strata.
+    Mixing is the window's, as with ``windows``: every pack of a window is visited, each step a spread-out
+    sample of it. ``"strata:256"``; ``"strata:256/16"`` draws uniformly inside leaves of 16 packs.
+    """
+    if leaf < 1:
+        raise ValueError(f"strata leaf must be >= 1, got {leaf}")
+    k, full = -(-n // size), n // size
+    starts = random(full, seed, epoch) * size
+    rng = np.random.Generator(np.random.PCG64([seed, epoch, size, leaf]))
+    parts = [(starts[:, None] + _stratified(full, size, leaf, rng)).ravel()] if full else []
+    if k > full:  # the short last window, last (alignment kept)
+        parts.append(full * size + _stratified(1, n - full * size, leaf, rng)[0])
+    return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+
+SHUFFLES: dict[str, Shuffle] = {"none": none, "random": random, "blocks": blocks, "windows": windows,
+                                "strata": strata}
+SIZED = ("blocks", "windows", "strata")  # take a size: "blocks:64"
+LEAFED = ("strata",)  # also a leaf size: "strata:256/16"
 
 
 def get_shuffle(name: str) -> Shuffle:
-    """The shuffle called ``name``; ``"blocks:64"`` sets the block size. Raises ValueError
-    naming the known ones."""
-    base, _, size = name.partition(":")
-    if base not in SHUFFLES or (size and base not in SIZED):
+    """The shuffle called ``name``; ``"blocks:64"`` sets the block size, ``"strata:256/16"`` the window and
+    leaf sizes. Raises ValueError naming the known ones."""
+    base, _, arg = name.partition(":")
+    size, slash, leaf = arg.partition("/")
+    if base not in SHUFFLES or (arg and base not in SIZED) or (slash and base not in LEAFED):
         raise ValueError(f"unknown shuffle {name!r} (known: {sorted(SHUFFLES)}; sized: "
-                         f"{', '.join(s + ':N' for s in sorted(SIZED))})")
-    if not size:
+                         f"{', '.join(s + ':N' for s in sorted(SIZED))}; {', '.join(s + ':N/L' for s in LEAFED)})")
+    if not arg:
         return SHUFFLES[base]
-    if not size.isdigit() or int(size) < 1:
-        raise ValueError(f"shuffle {name!r}: the size after ':' must be a positive integer")
-    return functools.partial(SHUFFLES[base], size=int(size))
+    if not all(v.isdigit() and int(v) >= 1 for v in ([size, leaf] if slash else [size])):
+        raise ValueError(f"shuffle {name!r}: the sizes after ':' must be positive integers")
+    kw = {"size": int(size), **({"leaf": int(leaf)} if slash else {})}
+    return functools.partial(SHUFFLES[base], **kw)
