@@ -41,7 +41,8 @@ def test_sized_blocks_are_runs_of_that_many_packs():
 def test_unknown_strategy_names_are_errors_that_list_the_known_ones():
     with pytest.raises(ValueError, match="random"):
         get_shuffle("fancy")
-    for bad in ("random:4", "blocks:0", "blocks:x", "window"):
+    for bad in ("random:4", "blocks:0", "blocks:x", "window", "windows:8/2", "strata:0", "strata:8/0", "strata:8/x",
+                "strata:/2"):
         with pytest.raises(ValueError, match="shuffle"):
             get_shuffle(bad)
     with pytest.raises(ValueError, match="balanced"):
@@ -193,3 +194,77 @@ def test_vectorised_node_partition_deals_exactly_as_the_step_by_step_one(n, worl
     step, rank = get_partition(f"nodes:{node_size}")(tokens, world_size, batch_packs, packs=order)
     want_step, want_rank = _nodes_reference(tokens, world_size, batch_packs, order, node_size)
     assert np.array_equal(step, want_step) and np.array_equal(rank, want_rank)
+
+
+# --- strata: a stratified window shuffle, so that a node's slices stay on one range of each window ----------------
+
+def test_strata_is_a_pure_permutation_of_seed_and_epoch_over_the_windows_order():
+    s = get_shuffle("strata:16")
+    a = s(203, 5, 2)
+    assert sorted(a.tolist()) == list(range(203)) and np.array_equal(a, s(203, 5, 2))
+    assert not np.array_equal(a, s(203, 5, 3)) and not np.array_equal(a, s(203, 6, 2))
+    w = get_shuffle("windows:16")(203, 5, 2)
+    assert np.array_equal(a[::16] // 16, w[::16] // 16)  # the same windows, in the same order, as windows:16
+    assert all(set(a[i:i + 16] // 16) == {a[i] // 16} for i in range(0, 203, 16))
+    assert np.array_equal(get_shuffle("strata")(600, 1, 0), get_shuffle("strata:256/1")(600, 1, 0))
+    assert not np.array_equal(get_shuffle("strata:16/4")(203, 5, 2), a)
+    # pinned: checkpoints hold (seed, epoch, consumed), so the order must never change under an upgrade
+    assert get_shuffle("strata:8")(20, 0, 0).tolist() == [3, 5, 1, 6, 2, 4, 0, 7, 8, 13, 10, 15, 9, 12, 11, 14,
+                                                          16, 19, 17, 18]
+    assert get_shuffle("strata:8/2")(20, 0, 0).tolist() == [2, 4, 0, 6, 3, 5, 1, 7, 8, 14, 10, 12, 9, 15, 11, 13,
+                                                            16, 19, 17, 18]
+
+
+@pytest.mark.parametrize("name,leaf", [("strata:256", 1), ("strata:256/4", 4), ("strata:256/16", 16)])
+def test_every_aligned_power_of_two_run_of_strata_takes_one_pack_per_block_of_its_window(name, leaf):
+    n, size = 2048 + 100, 256
+    order = get_shuffle(name)(n, 3, 1)
+    full = order[:n // size * size]
+    for run in (2 ** j for j in range(9)):
+        if run > size // leaf:  # below a leaf the draw is uniform
+            continue
+        blocks = (full % size) // (size // run)  # which of the window's `run` aligned blocks each pack is in
+        assert (np.sort(blocks.reshape(-1, run), axis=1) == np.arange(run)).all(), run
+    assert sorted(order[n // size * size:].tolist()) == list(range(2048, n))  # short last window last
+
+
+@pytest.mark.parametrize("name", ["strata:256", "strata:256/8"])
+@pytest.mark.parametrize("world_size,batch_packs", [(16, 1), (64, 1), (64, 2), (128, 1)])
+def test_with_strata_and_nodes_each_node_reads_one_fixed_range_of_every_window(name, world_size, batch_packs):
+    n, size, node_size = 4096, 256, 8
+    nodes = world_size // node_size
+    order = get_shuffle(name)(n, 0, 0)
+    tokens = _tokens(n)[order]
+    for node in range(nodes):
+        packs = np.concatenate([b for r in range(node * node_size, (node + 1) * node_size)
+                                for b in batches_of(order, tokens, World(r, world_size), batch_packs, "nodes:8")])
+        inside = (packs % size) // (size // nodes)  # which nodes-th of its window each pack is in
+        assert (inside == node).all() and len(packs) == n // nodes
+    # windows:256 wanders: a node's packs spread over most of each window
+    order = get_shuffle("windows:256")(n, 0, 0)
+    packs = np.concatenate([b for r in range(node_size) for b in batches_of(order, _tokens(n)[order],
+                                                                             World(r, world_size), batch_packs, "nodes:8")])
+    assert len(set(((packs % size) // (size // nodes)).tolist())) > 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 500), size=st.sampled_from([4, 16, 64, 100]), leaf=st.sampled_from([1, 2, 16]),
+       first=st.integers(1, 24), then=st.integers(1, 24), batch_packs=st.integers(1, 3), steps=st.integers(0, 8),
+       partition=st.sampled_from(["balanced", "nodes:8", "nodes:3"]), workers=st.integers(1, 2),
+       seed=st.integers(0, 2**32 - 1))
+def test_strata_deals_every_pack_exactly_once_through_a_change_of_world_size(n, size, leaf, first, then, batch_packs,
+                                                                             steps, partition, workers, seed):
+    order = get_shuffle(f"strata:{size}/{leaf}")(n, seed, 4)
+    assert sorted(order.tolist()) == list(range(n))
+    tokens = _tokens(n)
+    # `first` ranks take `steps` global steps, then the job resumes on `then` ranks from what was consumed
+    head = [b for r in range(first) for w in range(workers)
+            for b in batches_of(order, tokens[order], World(r, first, w, workers), batch_packs, partition)
+            [:len(range(w, steps, workers))]]  # worker w reads the rank's batches w, w + workers, ...
+    consumed = min(steps * first * batch_packs, n)
+    rest = order[consumed:]
+    tail = [b for r in range(then) for w in range(workers)
+            for b in batches_of(rest, tokens[rest], World(r, then, w, workers), batch_packs, partition)]
+    got = [p for b in head + tail for p in b.tolist()]
+    assert sorted(got) == list(range(n))
+    assert sorted(p for b in head for p in b.tolist()) == sorted(order[:consumed].tolist())

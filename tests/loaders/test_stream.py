@@ -76,23 +76,25 @@ def _run(lk, world_size, steps=None, state=None, **kw):
     return out, states[0]
 
 
-def test_resume_mid_epoch_yields_exactly_the_remaining_packs_in_order(packed):
+@pytest.mark.parametrize("order", [{}, {"shuffle": "strata:8", "partition": "nodes:2"}])
+def test_resume_mid_epoch_yields_exactly_the_remaining_packs_in_order(packed, order):
     lk, _ = packed
-    full, _ = _run(lk, 2, batch_packs=2, seed=1)
-    head, state = _run(lk, 2, steps=2, batch_packs=2, seed=1)
+    full, _ = _run(lk, 2, batch_packs=2, seed=1, **order)
+    head, state = _run(lk, 2, steps=2, batch_packs=2, seed=1, **order)
     assert state["consumed"] == 2 * 2 * 2 and state["epoch"] == 0
-    tail, end = _run(lk, 2, state=json.loads(json.dumps(state)), batch_packs=2, seed=99)  # seed comes from state
+    tail, end = _run(lk, 2, state=json.loads(json.dumps(state)), batch_packs=2, seed=99, **order)  # seed: from state
     for r in range(2):
         assert head[r] + tail[r] == full[r]
     assert end["consumed"] == end["packs"]
 
 
-def test_resume_with_another_world_size_covers_each_remaining_pack_exactly_once(packed):
+@pytest.mark.parametrize("order", [{}, {"shuffle": "strata:8", "partition": "nodes:2"}])
+def test_resume_with_another_world_size_covers_each_remaining_pack_exactly_once(packed, order):
     lk, table = packed
-    head, state = _run(lk, 3, steps=1, batch_packs=1, seed=2)
-    mid, state2 = _run(lk, 2, steps=2, state=state, batch_packs=2, seed=2)  # 3 ranks -> 2, bigger batches
+    head, state = _run(lk, 3, steps=1, batch_packs=1, seed=2, **order)
+    mid, state2 = _run(lk, 2, steps=2, state=state, batch_packs=2, seed=2, **order)  # 3 ranks -> 2, bigger batches
     assert state2["consumed"] == 3 + 2 * 2 * 2
-    tail, _ = _run(lk, 4, state=state2, batch_packs=1, seed=2)  # -> 4 ranks
+    tail, _ = _run(lk, 4, state=state2, batch_packs=1, seed=2, **order)  # -> 4 ranks
     got = [p for part in (head, mid, tail) for rank in part for batch in rank for p in batch]
     assert sorted(got) == _split_ids(table, "train") and len(got) == len(set(got))
 
