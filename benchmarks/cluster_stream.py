@@ -1,5 +1,6 @@
 # PYTHONPATH=$PWD .venv/bin/python benchmarks/cluster_stream.py [--ranks 8 64 256 1024] [--copies 8] [--shard-packs 16]
-#     [--window 256] [--no-scale] | --plans-only | --amplification | --levels | --mixing
+#     [--window 256] [--orders random windows strata] [--strata-leaf 1] [--no-scale] | --plans-only | --amplification
+#     | --levels | --mixing
 """A simulated cluster streaming one split through per-node shard caches, from a lake on an S3 server.
 
 The lake lives on moto's S3 server on 127.0.0.1 (as in tests/loaders/test_stream_s3.py), reached through a
@@ -14,10 +15,13 @@ the split's Arrow bytes, HTTP GET bytes ÷ the table's data files in the bucket,
 cache hit ratio (shard accesses served from disk); over all ranks: that the union of the packs read is every
 pack of the split exactly once.
 
-Two configurations: the default ``lake.stream`` order (uniform ``random`` shuffle, ``balanced`` partition),
+Three configurations: the default ``lake.stream`` order (uniform ``random`` shuffle, ``balanced`` partition),
 whose bytes per node come from the plan alone (distinct shards a node touches; fetching N/8 full splits from
-moto would only confirm it), and the node-local one (``windows:K`` shuffle + ``nodes:8`` partition), replayed
-for real. Target (issue 15): bytes per node <= 1.2 x (1/nodes + window share), window share = K / packs.
+moto would only confirm it), and two node-local ones replayed for real: ``windows:K`` + ``nodes:8`` (a node's
+step slices wander over the window) and ``strata:K`` + ``nodes:8`` (a stratified window order: a node stays on
+one range of each window). Target (issue 15): bytes per node <= 1.2 x (1/nodes + window share), window share =
+K / packs. Mixing, from the plans and the table's origins: distinct episodes per node step (the node's ranks'
+batches of one step) and per global step (all ranks' batches of one step: what one optimizer step sees).
 
 After the replay (``--plans-only``: alone, no S3): plan cost and mixing at N ranks from the plans alone on a big
 split (``--scale-packs``): the ``nodes`` deal vectorised vs the per-step loop it replaced, one rank's plan, all
@@ -160,9 +164,28 @@ def s3_lake(copies: int, episodes: int):
     return lk, table, server, proxy, stored
 
 
+def episode_mixing(plans: list[list[np.ndarray]], episodes_of: list[set], node: int = NODE) -> tuple[float, float]:
+    """Mean distinct episodes per node step (a node's ranks' batches of one global step) and per global step
+    (every rank's batch of it), from the plans and each pack's origin episodes."""
+    steps = max((len(p) for p in plans), default=0)
+    per_node, per_step = [], []
+    for k in range(steps):
+        everyone: set = set()
+        for first in range(0, len(plans), node):
+            mine: set = set()
+            for r in range(first, min(first + node, len(plans))):
+                if k < len(plans[r]):
+                    for p in plans[r][k].tolist():
+                        mine |= episodes_of[p]
+            per_node.append(len(mine))
+            everyone |= mine
+        per_step.append(len(everyone))
+    return float(np.mean(per_node)), float(np.mean(per_step))
+
+
 def replay(loader: Loader, n_ranks: int, partition: str, root: Path, limit: int | None, real: bool,
            proxy: CountingProxy, stored: int) -> dict:
-    """Every node's cold-cache epoch: per-node bytes / requests / hits, and the exactly-once check."""
+    """Every node's cold-cache epoch: per-node bytes / requests / hits, mixing, and the exactly-once check."""
     shard_packs = loader.cache.shard_packs
     split_bytes = loader.split_bytes
     nodes = -(-n_ranks // NODE)
@@ -170,6 +193,7 @@ def replay(loader: Loader, n_ranks: int, partition: str, root: Path, limit: int 
     t = time.perf_counter()
     plans = [loader.plan(World(r, n_ranks)) for r in range(n_ranks)]
     plan_s = time.perf_counter() - t
+    node_episodes, step_episodes = episode_mixing(plans, loader.episodes_of)
     seen: Counter = Counter()
     per_node = []
     for j in range(nodes):
@@ -214,7 +238,7 @@ def replay(loader: Loader, n_ranks: int, partition: str, root: Path, limit: int 
            "requests_mean": float(np.mean([p["requests"] for p in per_node])),
            "hits": None if not real else float(np.mean([p["hits"] for p in per_node])),
            "disk_max": max((p.get("disk", 0) for p in per_node), default=0), "exactly_once": exactly_once,
-           "plan_s": plan_s}
+           "plan_s": plan_s, "node_episodes": node_episodes, "step_episodes": step_episodes}
     if real:
         h = np.array([p["http_bytes"] for p in per_node], dtype=np.float64) / stored
         out.update(http_bytes_mean=float(h.mean()), http_bytes_max=float(h.max()),
@@ -317,7 +341,8 @@ def plan_scale(ranks: list[int], n: int, batch_packs: int, window: int, group: i
 
     out = []
     for n_ranks in ranks:
-        for shuffle, partition in (("random", "balanced"), (f"windows:{window}", f"nodes:{NODE}")):
+        for shuffle, partition in (("random", "balanced"), (f"windows:{window}", f"nodes:{NODE}"),
+                                   (f"strata:{window}", f"nodes:{NODE}")):
             order = get_shuffle(shuffle)(n, 0, 0)
             tok = tokens[order]
             deal = get_partition(partition)
@@ -381,7 +406,10 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=8)
     ap.add_argument("--episodes", type=int, default=200)
     ap.add_argument("--shard-packs", type=int, default=16)
-    ap.add_argument("--window", type=int, default=256, help="windows:K shuffle window, packs")
+    ap.add_argument("--window", type=int, default=256, help="windows:K / strata:K shuffle window, packs")
+    ap.add_argument("--strata-leaf", type=int, default=1, help="strata:K/L leaf, packs (1: stratified all the way)")
+    ap.add_argument("--orders", nargs="+", default=["random", "windows", "strata"],
+                    choices=["random", "windows", "strata"], help="which orders to replay at each world size")
     ap.add_argument("--limit-shards", type=int, default=32, help="per-node cache limit, in shards")
     ap.add_argument("--levels", action="store_true")
     ap.add_argument("--mixing", action="store_true")
@@ -409,6 +437,7 @@ def main() -> None:
     if args.mixing:
         orders = [("none", "balanced"), ("random", "balanced"), ("blocks:64", "balanced"),
                   ("windows:64", f"nodes:{NODE}"), ("windows:256", f"nodes:{NODE}"), ("windows:1024", f"nodes:{NODE}"),
+                  ("strata:64", f"nodes:{NODE}"), ("strata:256", f"nodes:{NODE}"), ("strata:1024", f"nodes:{NODE}"),
                   ("random", f"nodes:{NODE}")]
         for n_ranks in (8, 64):
             rows = mixing(4096, n_ranks, 4, orders)
@@ -438,6 +467,8 @@ def main() -> None:
                         shard_packs=args.shard_packs)
         ids = [int(i) for i in table.filter(np.asarray(table["split"].to_pylist()) == "train")["pack_id"].to_pylist()]
         loader.local_of = {pid: k for k, pid in enumerate(ids)}  # pack id -> split-local number (table order)
+        train = table.filter(np.asarray(table["split"].to_pylist()) == "train")
+        loader.episodes_of = [set(e) for e in train["origin_episode"].to_pylist()]  # split-local pack -> episodes
         per_pack = np.array([table.slice(k, 1).nbytes for k in range(table.num_rows)], dtype=np.int64)
         loader.split_bytes = int(per_pack.sum())
         loader.shard_bytes = [int(per_pack[s:s + args.shard_packs].sum())
@@ -445,11 +476,14 @@ def main() -> None:
         limit = args.limit_shards * max(loader.shard_bytes)
         print(f"{loader.packs} packs, {len(loader.shard_bytes)} shards of {args.shard_packs}; node cache limit "
               f"{limit / 1e6:.1f} MB; window share {args.window / loader.packs:.4f}", flush=True)
+        strata = f"strata:{args.window}" + (f"/{args.strata_leaf}" if args.strata_leaf > 1 else "")
+        configs = {"random": ("random + balanced (default), from the plan", "random", "balanced", False),
+                   "windows": (f"windows:{args.window} + nodes:{NODE}, replayed", f"windows:{args.window}",
+                               f"nodes:{NODE}", True),
+                   "strata": (f"{strata} + nodes:{NODE}, replayed", strata, f"nodes:{NODE}", True)}
         rows = []
         for n in args.ranks:
-            for name, shuffle, partition, real in (
-                    ("random + balanced (default), from the plan", "random", "balanced", False),
-                    (f"windows:{args.window} + nodes:{NODE}, replayed", f"windows:{args.window}", f"nodes:{NODE}", True)):
+            for name, shuffle, partition, real in (configs[o] for o in args.orders):
                 loader.shuffle = shuffle
                 t = time.perf_counter()
                 r = replay(loader, n, partition, root, limit, real, proxy, stored)
@@ -463,14 +497,15 @@ def main() -> None:
         server.stop()
     print("\n| ranks | nodes | order | Arrow bytes/node ÷ split (mean, max) | HTTP GET bytes/node ÷ stored split "
           "(mean, max) | target | table reads/node | HTTP requests/node (GETs) | hit ratio | refetches (all nodes) | "
-          "exactly once |\n|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
+          "episodes / node step | episodes / global step | exactly once |\n"
+          "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         hits = "–" if r["hits"] is None else f"{r['hits']:.2f}"
         http = (f"{r['http_bytes_mean']:.4f}, {r['http_bytes_max']:.4f}" if "http_bytes_mean" in r else "–")
         reqs = (f"{r['http_requests_mean']:.1f} ({r['http_gets_mean']:.1f})" if "http_requests_mean" in r else "–")
         print(f"| {r['ranks']} | {r['nodes']} | {r['name']} | {r['bytes_mean']:.4f}, {r['bytes_max']:.4f} | {http} | "
               f"{r['target']:.4f} | {r['requests_mean']:.1f} | {reqs} | {hits} | {r.get('refetches', '–')} | "
-              f"{'yes' if r['exactly_once'] else 'NO'} |")
+              f"{r['node_episodes']:.1f} | {r['step_episodes']:.1f} | {'yes' if r['exactly_once'] else 'NO'} |")
     if not args.no_scale:
         _print_scale(plan_scale(args.ranks, args.scale_packs, 4, args.scale_window), args.scale_packs)
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs (shared with other jobs), python "
