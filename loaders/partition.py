@@ -66,8 +66,8 @@ def nodes(tokens: np.ndarray, world_size: int, batch_packs: int, *, packs: np.nd
     """Per step, the step's packs in table order cut into consecutive slices, one per node of ``node_size``
     ranks (ranks ``r // node_size`` share a node), each slice ``batch_packs`` packs per rank of the node;
     inside a node, ``balanced`` over its ranks (its running totals restart each step). A node thus reads a
-    contiguous range of the table per step: with a shard cache and the ``windows`` shuffle, about ``1/nodes``
-    of the shards, not all of them.
+    contiguous range of the table per step: with a shard cache and the ``strata`` (or ``windows``) shuffle, about
+    ``1/nodes`` of the shards, not all of them (``strata`` keeps a node on the same range of a window at every step).
 
     ``packs`` are the order's pack numbers (the same positions as ``tokens``). Like every partition it only
     deals inside steps, so consumption stays a prefix of the order and resume on any world is exact.

@@ -49,6 +49,7 @@ def windows(n: int, seed: int, epoch: int, size: int = 64) -> np.ndarray:
     For many nodes with a shard cache (``loaders.cache``) and the ``"nodes:R"`` partition: a node reads the
     shards of the windows its slices of each step cover, not the whole split (MosaicML Streaming's
     ``py1e``/``py1br`` idea: contiguous shard ranges per node, mixing inside a window). ``"windows:256"``.
+    ``strata`` reads fewer shards per node there: a node's slices of a window's steps do not wander.
     """
     k = -(-n // size)
     full = n // size
