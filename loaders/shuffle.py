@@ -61,57 +61,73 @@ def windows(n: int, seed: int, epoch: int, size: int = 64) -> np.ndarray:
     return np.concatenate(out) if out else np.empty(0, np.int64)
 
 
-def _bit_reversed(bits: int) -> np.ndarray:
-    """``t`` with its ``bits`` low bits in reverse order, for every ``t`` in ``range(2**bits)``."""
-    t = np.arange(1 << bits, dtype=np.int64)
-    out = np.zeros_like(t)
-    for b in range(bits):
-        out |= ((t >> b) & 1) << (bits - 1 - b)
-    return out
+def _radices(g: int) -> list[int]:
+    """The prime factors of ``g``, odd ones first (largest first), then the 2s: the digits of the leaves'
+    numbering, coarsest first. Odd factors first make every ``odd part x 2**j`` dividing ``g`` a level of
+    strata, so a window of ``world_size x batch_packs x 2**c`` packs is stratified for any number of nodes."""
+    out, p = [], 2
+    while p * p <= g:
+        while g % p == 0:
+            out.append(p)
+            g //= p
+        p += 1
+    if g > 1:
+        out.append(g)
+    return sorted(out, key=lambda f: (f == 2, -f))
 
 
 def _stratified(count: int, m: int, leaf: int, rng: np.random.Generator) -> np.ndarray:
     """``count`` independent stratified orders of ``range(m)``, shape ``(count, m)``.
 
-    ``range(m)`` is cut into leaves of ``leaf`` consecutive items; each leaf's items get a uniform random rank
-    (round). Round ``q`` visits the ``q``-th item of every leaf, the leaves in an Owen-scrambled bit-reversed
-    order (one scramble per window and round): every aligned run of ``2**j`` visits of a round takes one leaf
-    from each aligned group of ``slots / 2**j`` leaves, and a round is a whole multiple of such runs. So any
-    aligned chunk of the order whose length is a power of two takes the same share of every aligned group of
-    leaves of the matching size (exactly when the number of leaves is a power of two, else nearly).
+    ``range(m)`` is cut into ``g`` leaves of ``leaf`` consecutive items; each leaf's items get a uniform random
+    rank (round). Round ``q`` visits the ``q``-th item of every leaf, the leaves in a digit-reversed order with
+    Owen scrambling (one scramble per order and round): number the leaves in mixed radix with the digits of
+    ``_radices(g)`` (coarsest first) and visit ``t = 0, 1, ...`` the leaf whose digits are ``t``'s in reverse
+    (the coarsest leaf digit is ``t``'s fastest), each digit permuted at random per value of the digits above
+    it. So every aligned run of ``P = r1 x ... x rk`` visits (a product of the first radices) takes one leaf
+    from each of the ``P`` aligned groups of ``g / P`` leaves, and a round is a whole number of such runs.
     """
     leaves = -(-m // leaf)
-    bits = (leaves - 1).bit_length()
-    slots, rounds = 1 << bits, min(leaf, m)
+    rounds = min(leaf, m)
     u = np.arange(m, dtype=np.int64)
     of_leaf = u // leaf
     # sorted by (leaf, random): position i still belongs to leaf i // leaf, and its rank in the leaf is i % leaf
     items = np.argsort(of_leaf + rng.random((count, m)), axis=1, kind="stable")
-    x = _bit_reversed(bits)
-    visit = np.broadcast_to(x, (count, rounds, slots)).copy()
-    for j in range(bits):  # Owen scrambling: flip bit j (from the top) by a random bit per prefix above it
-        flips = rng.integers(0, 2, (count, rounds, 1 << j), dtype=np.int64) << (bits - 1 - j)
-        visit ^= flips[:, :, x >> (bits - j)]
-    at = np.empty_like(visit)  # at[c, q, slot]: when round q of order c visits that slot
-    np.put_along_axis(at, visit, np.broadcast_to(np.arange(slots, dtype=np.int64), visit.shape), axis=2)
-    slot = (np.arange(leaves, dtype=np.int64) << bits) // leaves  # leaves spread over the slots (distinct)
+    t = np.arange(leaves, dtype=np.int64)
+    visit = np.zeros((count, rounds, leaves), dtype=np.int64)  # visit[c, q, t]: the leaf round q visits t-th
+    above = np.zeros(leaves, dtype=np.int64)  # t's digits so far (the leaf's coarser digits), as one number
+    below, stride = 1, leaves  # radices used so far (their product), place value of the current leaf digit
+    for r in _radices(leaves):
+        stride //= r
+        digit = (t // below) % r
+        if r == 2:  # a random flip per value of the digits above: one integer draw instead of a permutation
+            scrambled = digit ^ rng.integers(0, 2, (count, rounds, below), dtype=np.int64)[:, :, above]
+        else:
+            perms = np.argsort(rng.random((count, rounds, below, r)), axis=3)
+            scrambled = perms[:, :, above, digit]
+        visit += scrambled * stride
+        above, below = above * r + digit, below * r
+    at = np.empty_like(visit)  # at[c, q, leaf]: when round q of order c visits that leaf
+    np.put_along_axis(at, visit, np.broadcast_to(t, visit.shape), axis=2)
     rank = u % leaf
-    key = rank * slots + at[:, rank, slot[of_leaf]]
+    key = rank * leaves + at[:, rank, of_leaf]
     return np.take_along_axis(items, np.argsort(key, axis=1, kind="stable"), axis=1)
 
 
 def strata(n: int, seed: int, epoch: int, size: int = 256, leaf: int = 1) -> np.ndarray:
     """Windows of ``size`` consecutive packs in a random order per (seed, epoch), as ``windows`` (the same
-    window order, a short last window last), each window's packs in a *stratified* random order: any aligned
-    run of ``2**j`` packs of a window takes one pack from each aligned block of ``size / 2**j`` packs of it (a
-    random one, by a random scramble of the bit-reversed order; below ``leaf`` packs, uniform).
+    window order, a short last window last), each window's packs in a *stratified* random order: an aligned
+    run of ``P`` packs of a window takes one pack from each aligned block of ``size / P`` packs of it, for every
+    ``P`` of the form ``odd part of size x 2**j`` and every power of two ``P`` when ``size`` is one (a random
+    pack of each block, by a scrambled digit-reversed order, ``_stratified``; below ``leaf`` packs, uniform).
 
     Why: the ``"nodes:R"`` partition gives node ``j`` the ``j``-th slice, in table order, of each global step.
     With ``windows`` those slices wander over the window from step to step, so a node touches (and fetches
-    whole shards of) most of the window. Here each step is an even sample of the window, so with a power of
-    two nodes whose steps divide the window, node ``j`` reads the same ``size / nodes`` consecutive packs of
-    the window at every step of it: whole shards, few of them, ``1/nodes`` of the window. The order does not
-    depend on the world layout (resume and resizing stay exact); other world sizes get nearly even strata.
+    whole shards of) most of the window. Here each step is an even sample of the window, so when the window is
+    ``world_size x batch_packs x 2**c`` packs (any number of nodes), node ``j`` reads the same ``size / nodes``
+    consecutive packs of the window at every step of it: whole shards, few of them, ``1/nodes`` of the window.
+    The order does not depend on the world layout (resume and resizing stay exact); other sizes get nearly
+    even strata.
     Mixing is the window's, as with ``windows``: every pack of a window is visited, each step a spread-out
     sample of it. ``"strata:256"``; ``"strata:256/16"`` draws uniformly inside leaves of 16 packs.
     """

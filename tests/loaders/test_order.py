@@ -215,40 +215,43 @@ def test_strata_is_a_pure_permutation_of_seed_and_epoch_over_the_windows_order()
                                                             16, 19, 17, 18]
 
 
-@pytest.mark.parametrize("name,leaf", [("strata:256", 1), ("strata:256/4", 4), ("strata:256/16", 16)])
-def test_every_aligned_power_of_two_run_of_strata_takes_one_pack_per_block_of_its_window(name, leaf):
-    n, size = 2048 + 100, 256
-    order = get_shuffle(name)(n, 3, 1)
+@pytest.mark.parametrize("size,leaf,runs", [(256, 1, [2 ** j for j in range(9)]), (256, 4, [1, 2, 4, 16, 64]),
+                                            (256, 16, [2, 4, 8, 16]), (192, 1, [3, 6, 12, 24, 48, 96, 192]),
+                                            (360, 1, [5, 15, 45, 90, 180, 360]), (96, 2, [3, 6, 12, 24, 48])])
+def test_every_aligned_run_of_strata_takes_one_pack_per_block_of_its_window(size, leaf, runs):
+    n = 8 * size + 100
+    order = get_shuffle(f"strata:{size}/{leaf}")(n, 3, 1)
     full = order[:n // size * size]
-    for run in (2 ** j for j in range(9)):
-        if run > size // leaf:  # below a leaf the draw is uniform
-            continue
+    for run in runs:  # a product of the window's first radices (odd primes first, then 2s), above the leaves
         blocks = (full % size) // (size // run)  # which of the window's `run` aligned blocks each pack is in
         assert (np.sort(blocks.reshape(-1, run), axis=1) == np.arange(run)).all(), run
-    assert sorted(order[n // size * size:].tolist()) == list(range(2048, n))  # short last window last
+    assert sorted(order[n // size * size:].tolist()) == list(range(n // size * size, n))  # short last window last
 
 
-@pytest.mark.parametrize("name", ["strata:256", "strata:256/8"])
-@pytest.mark.parametrize("world_size,batch_packs", [(16, 1), (64, 1), (64, 2), (128, 1)])
-def test_with_strata_and_nodes_each_node_reads_one_fixed_range_of_every_window(name, world_size, batch_packs):
-    n, size, node_size = 4096, 256, 8
+@pytest.mark.parametrize("name", ["strata:{K}", "strata:{K}/8"])
+@pytest.mark.parametrize("world_size,batch_packs,size", [(16, 1, 256), (64, 1, 256), (64, 2, 256), (128, 1, 256),
+                                                         (48, 1, 192), (48, 2, 384), (24, 1, 96), (40, 1, 320)])
+def test_with_strata_and_nodes_each_node_reads_one_fixed_range_of_every_window(name, world_size, batch_packs, size):
+    # the window is world_size x batch_packs x a power of two: exact for any number of nodes
+    n, node_size = 16 * size + 40, 8
     nodes = world_size // node_size
-    order = get_shuffle(name)(n, 0, 0)
+    order = get_shuffle(name.format(K=size))(n, 0, 0)
     tokens = _tokens(n)[order]
     for node in range(nodes):
         packs = np.concatenate([b for r in range(node * node_size, (node + 1) * node_size)
                                 for b in batches_of(order, tokens, World(r, world_size), batch_packs, "nodes:8")])
+        packs = packs[packs < n // size * size]  # the short last window is dealt as it falls
         inside = (packs % size) // (size // nodes)  # which nodes-th of its window each pack is in
-        assert (inside == node).all() and len(packs) == n // nodes
-    # windows:256 wanders: a node's packs spread over most of each window
-    order = get_shuffle("windows:256")(n, 0, 0)
+        assert (inside == node).all() and len(packs) == n // size * size // nodes
+    # windows wanders: a node's packs spread over several ranges of each window
+    order = get_shuffle(f"windows:{size}")(n, 0, 0)
     packs = np.concatenate([b for r in range(node_size) for b in batches_of(order, _tokens(n)[order],
                                                                              World(r, world_size), batch_packs, "nodes:8")])
     assert len(set(((packs % size) // (size // nodes)).tolist())) > 1
 
 
 @settings(max_examples=60, deadline=None)
-@given(n=st.integers(1, 500), size=st.sampled_from([4, 16, 64, 100]), leaf=st.sampled_from([1, 2, 16]),
+@given(n=st.integers(1, 500), size=st.sampled_from([4, 16, 64, 100, 96, 7]), leaf=st.sampled_from([1, 2, 16]),
        first=st.integers(1, 24), then=st.integers(1, 24), batch_packs=st.integers(1, 3), steps=st.integers(0, 8),
        partition=st.sampled_from(["balanced", "nodes:8", "nodes:3"]), workers=st.integers(1, 2),
        seed=st.integers(0, 2**32 - 1))
