@@ -117,9 +117,10 @@ def _stratified(count: int, m: int, leaf: int, rng: np.random.Generator) -> np.n
 def strata(n: int, seed: int, epoch: int, size: int = 256, leaf: int = 1) -> np.ndarray:
     """Windows of ``size`` consecutive packs in a random order per (seed, epoch), as ``windows`` (the same
     window order, a short last window last), each window's packs in a *stratified* random order: an aligned
-    run of ``P`` packs of a window takes one pack from each aligned block of ``size / P`` packs of it, for every
-    ``P`` of the form ``odd part of size x 2**j`` and every power of two ``P`` when ``size`` is one (a random
-    pack of each block, by a scrambled digit-reversed order, ``_stratified``; below ``leaf`` packs, uniform).
+    run of ``P`` packs of a window takes one pack from each aligned block of ``size / P`` packs of it (a random
+    one, by a scrambled digit-reversed order, ``_stratified``), for every ``P`` that multiplies the first of
+    the prime factors of ``size / leaf``, odd ones first: every power of two when ``size`` is one; 3, 6, 12, ...,
+    192 for 192. Inside blocks of ``leaf`` packs the draw is uniform.
 
     Why: the ``"nodes:R"`` partition gives node ``j`` the ``j``-th slice, in table order, of each global step.
     With ``windows`` those slices wander over the window from step to step, so a node touches (and fetches
