@@ -41,6 +41,7 @@ from . import forks as _forks
 from . import mixture_epoch as _mixture_epoch
 from . import partition as _partition
 from . import reads as _reads
+from . import split_index as _split_index
 from .batch import PackedBatch, packed_batch
 from .packings import PackedSource, resolve
 from .retry import retrying
@@ -127,7 +128,8 @@ class Loader(IterableDataset):
                  seed: int = 0, epoch: int = 0, world: World = World(), num_workers: int = 0, prefetch: int = 2,
                  pin_memory: bool = False, device=None, partition: str = "balanced", cache_dir=None,
                  progress: bool = True, persistent_workers: bool = True, multiprocessing_context=None,
-                 cache_limit=None, shard_packs: int = 16, cache_window: int = 4, cache_level: int | None = None):
+                 cache_limit=None, shard_packs: int = 16, cache_window: int = 4, cache_level: int | None = None,
+                 index: _split_index.SplitIndex | None = None):
         if batch_packs < 1:
             raise ValueError(f"batch_packs must be >= 1, got {batch_packs}")
         if num_workers < 0 or prefetch < 0:
@@ -144,17 +146,10 @@ class Loader(IterableDataset):
         self.shared = Position(self.epoch, 0, 0, self.seed, world)  # what workers start from (see Position)
         self._ds = _forks.ProcessLocal(source.open)  # each process opens the table itself, after any fork
         self._workers = None  # this loader's own DataLoader (num_workers > 0), made on first iteration
-        ds = self._dataset()
-        meta = retrying(lambda: ds.to_table(columns=["split", "n_tokens"], with_row_address=True),
-                        f"reading {source.table} index", source.backoff)
-        splits = np.asarray(meta["split"].to_numpy(zero_copy_only=False))
-        self.rows = np.flatnonzero(splits == split).astype(np.int64)  # table positions of the split's packs
-        self.addrs = meta["_rowaddr"].to_numpy()[self.rows]  # their row addresses (scan allow-lists)
-        if len(self.rows) == 0:
-            raise ValueError(f"packed table {source.table} has no packs in split {split!r} "
-                             f"(splits: {sorted(set(splits.tolist()))})")
-        self.tokens = np.asarray(meta["n_tokens"].to_numpy())[self.rows].astype(np.int64)
-        self.columns = [n for n in ds.schema.names if n not in _SKIP]
+        if index is None:  # read the split's pack index (``index``: kept from an earlier start, see split_index)
+            index = self._read_index(source, split)
+        self.rows, self.addrs = index.rows, index.addrs  # table positions of the split's packs, row addresses
+        self.tokens, self.columns = index.tokens, list(index.columns)
         self.cache = None  # a NodeCache when reading through a per-node shard cache (see ``cache``)
         if cache_dir is not None:
             key = _cache.cache_key(source.table_uri, source.lance_version, split, self.columns, shard_packs)
@@ -162,6 +157,24 @@ class Loader(IterableDataset):
                                           _cache.ShardSource(source, self.rows, self.columns, shard_packs),
                                           limit=cache_limit, window=cache_window,
                                           level=_shardfile.LEVEL if cache_level is None else int(cache_level))
+
+    def _read_index(self, source: PackedSource, split: str) -> _split_index.SplitIndex:
+        ds = self._dataset()
+        meta = retrying(lambda: ds.to_table(columns=["split", "n_tokens"], with_row_address=True),
+                        f"reading {source.table} index", source.backoff)
+        splits = np.asarray(meta["split"].to_numpy(zero_copy_only=False))
+        rows = np.flatnonzero(splits == split).astype(np.int64)
+        if len(rows) == 0:
+            raise ValueError(f"packed table {source.table} has no packs in split {split!r} "
+                             f"(splits: {sorted(set(splits.tolist()))})")
+        return _split_index.SplitIndex(source, rows, meta["_rowaddr"].to_numpy()[rows],
+                                       np.asarray(meta["n_tokens"].to_numpy())[rows].astype(np.int64),
+                                       tuple(n for n in ds.schema.names if n not in _SKIP))
+
+    def split_index(self) -> _split_index.SplitIndex:
+        """What this loader resolved at its start (kept beside a shard cache by ``stream``)."""
+        return _split_index.SplitIndex(self.source, self.rows, self.addrs, self.tokens, tuple(self.columns))
+
     # --- order ------------------------------------------------------------------------------------------------
 
     @property
@@ -406,9 +419,19 @@ def stream(lk, split: str, recipe=None, version=None, batch_packs: int = 1, shuf
         warnings.warn("stream(read_bytes=...) no longer has an effect: batches are read one take each or a run "
                       "of them with one lazy scan (see loaders.reads)", DeprecationWarning, stacklevel=2)
     name = shuffle if isinstance(shuffle, str) else ("random" if shuffle else "none")
-    return Loader(resolve(lk, recipe, version), split, batch_packs=batch_packs, shuffle=name, seed=seed,
-                  epoch=epoch, world=detect(rank, world_size), num_workers=num_workers, prefetch=prefetch,
-                  pin_memory=pin_memory, device=device, partition=partition, cache_dir=cache_dir, progress=progress,
-                  persistent_workers=persistent_workers, multiprocessing_context=multiprocessing_context,
-                  cache_limit=cache_limit, shard_packs=shard_packs, cache_window=cache_window,
-                  cache_level=cache_level)
+    if version is not None:
+        lk = lk.checkout(version)  # raises for an unknown version or one whose data gc deleted
+    index = kept = None
+    if cache_dir is not None:  # the resolved start of this lake version, kept beside the shards (split_index)
+        kept = _split_index.key(lk, recipe, split)
+        index = _split_index.load(cache_dir, kept, split, lk.storage_options)
+    source = index.source if index is not None else resolve(lk, recipe)
+    loader = Loader(source, split, batch_packs=batch_packs, shuffle=name, seed=seed, epoch=epoch,
+                    world=detect(rank, world_size), num_workers=num_workers, prefetch=prefetch,
+                    pin_memory=pin_memory, device=device, partition=partition, cache_dir=cache_dir, progress=progress,
+                    persistent_workers=persistent_workers, multiprocessing_context=multiprocessing_context,
+                    cache_limit=cache_limit, shard_packs=shard_packs, cache_window=cache_window,
+                    cache_level=cache_level, index=index)
+    if kept is not None and index is None:
+        _split_index.save(cache_dir, kept, split, loader.split_index())
+    return loader
