@@ -440,7 +440,7 @@ class NodeCache:
         and removed at the end."""
         seq, need = _shard_sequence(batches, self.shard_packs)
         claim = _Claim(self, batches) if self.plans else None
-        ahead = ThreadPoolExecutor(max_workers=int(os.environ.get("XFETCH", "1")), thread_name_prefix="loaders-cache")
+        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loaders-cache")
         submitted = 0
         try:
             for b, packs in enumerate(batches):
