@@ -89,10 +89,22 @@ class ShardSource:
     against an object store a scan reads fewer, larger ranges than a take of the same rows, and the first shard
     is written while the next are still on the way."""
 
-    def __init__(self, source, rows: np.ndarray, columns: list[str], shard_packs: int, addrs=None, filter=None):
+    def __init__(self, source, rows: np.ndarray, columns: list[str], shard_packs: int, addrs=None, filter=None,
+                 dataset=None):
         self.source, self.rows, self.columns, self.shard_packs = source, rows, columns, int(shard_packs)
         self.addrs, self.filter = addrs, filter
+        self.dataset = dataset  # a forks.ProcessLocal of the table shared with the loader (its metadata read once)
         self._ds = None
+
+    def _open(self):
+        from . import forks
+
+        forks.using_lance()
+        if self.dataset is not None:
+            return self.dataset.get()
+        if self._ds is None:
+            self._ds = self.source.open()
+        return self._ds
 
     def __getstate__(self):
         return {**self.__dict__, "_ds": None}
@@ -107,10 +119,8 @@ class ShardSource:
             read = lambda: helper.take(src.table_uri, src.lance_version, src.storage_options, rows,  # noqa: E731
                                        self.columns)
         else:
-            if self._ds is None:
-                forks.using_lance()
-                self._ds = src.open()
-            read = lambda: self._ds.take(rows, columns=self.columns)  # noqa: E731
+            ds = self._open()
+            read = lambda: ds.take(rows, columns=self.columns)  # noqa: E731
         what = f"shard {s}" if count == 1 else f"shards {s}-{s + count - 1}"
         return retrying(read, f"fetching {what} of {src.table}", src.backoff)
 
@@ -130,13 +140,11 @@ class ShardSource:
         done, failures, what = s, 0, f"fetching shards {s}-{s + count - 1} of {src.table}"
         while done < s + count:
             try:
-                if self._ds is None:
-                    forks.using_lance()
-                    self._ds = src.open()
+                ds = self._open()
                 addrs = self.addrs[done * sp:(s + count) * sp]
                 # one batch size for the whole read: Lance plans its I/O per batch, and small batches cost
                 # several requests each (a 16-pack batch size read the same rows with 6x the GETs; measured)
-                batches = self._ds.scanner(columns=self.columns, filter=self.filter, scan_in_order=True,
+                batches = ds.scanner(columns=self.columns, filter=self.filter, scan_in_order=True,
                                            row_addr_allowlist=serialize_row_addrs(addrs.tolist()),
                                            batch_size=len(addrs)).to_batches()
                 pieces, have = [], 0
@@ -439,6 +447,7 @@ class NodeCache:
         ``plans``, the process's claim (see the module doc) is rewritten as batches are handed out and read,
         and removed at the end."""
         seq, need = _shard_sequence(batches, self.shard_packs)
+        self.prefetch(seq)  # without a limit: every missing shard, in as few reads as the gaps allow, now
         claim = _Claim(self, batches) if self.plans else None
         ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loaders-cache")
         submitted = 0
