@@ -177,7 +177,8 @@ class NodeCache:
     least recently used, sparing only this process's own window (the behaviour before claims; a baseline)."""
 
     def __init__(self, root, key: str, packs: int, shard_packs: int, fetch: Callable[[int], pa.Table],
-                 limit: int | None = None, window: int = 4, level: int = shardfile.LEVEL, plans: bool = True):
+                 limit: int | None = None, window: int = 4, level: int = shardfile.LEVEL, plans: bool = True,
+                 long_reads: bool = False):
         if shard_packs < 1 or window < 0:
             raise ValueError(f"shard_packs must be >= 1 and cache_window >= 0, got {shard_packs}, {window}")
         self.root = Path(os.fspath(root)).expanduser()
@@ -186,6 +187,7 @@ class NodeCache:
         self.packs, self.shard_packs, self.fetch = int(packs), int(shard_packs), fetch
         self.limit, self.window, self.level = parse_size(limit), int(window), int(level)
         self.plans = bool(plans)
+        self.long_reads = bool(long_reads)  # an object store: see _run_cap
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.root / CLAIMS).mkdir(exist_ok=True)
         self._init_local()
@@ -291,10 +293,10 @@ class NodeCache:
         return run
 
     def prefetch(self, shards) -> int:
-        """Start fetching the missing ones of ``shards`` (in order of need) on side threads, in runs; their
-        locks are taken before this returns, so a process that needs one meanwhile (a DataLoader worker forked
-        just after) waits for it instead of fetching it too. Only without a limit (with one, shards fetched
-        far ahead would be evicted before their use). Returns the reads started."""
+        """Start fetching the missing ones of ``shards`` (in order of need) on side threads (up to 4 at once),
+        in runs (``_run_cap``); their locks are taken before this returns, so a process that needs one meanwhile
+        (a DataLoader worker forked just after) waits for it instead of fetching it too. Only without a limit
+        (with one, shards fetched far ahead would be evicted before their use). Returns the reads started."""
         if self.limit is not None or self.window == 0:
             return 0
         want, started = {int(s) for s in shards}, 0
@@ -311,16 +313,20 @@ class NodeCache:
         return started
 
     def _run_cap(self) -> int:
-        """Most shards one read takes: without a limit nothing fetched is evicted, so a read may take every
-        missing shard in a row that is needed (on a node reading all of the split: about one read per epoch);
-        with one, ``window + 1`` (shards fetched far ahead would be evicted before their use)."""
+        """Most shards one read takes: ``window + 1``; from an object store (``long_reads``) without a limit,
+        every missing shard in a row that is needed (nothing fetched is evicted; on a node reading all of the
+        split about one read per epoch: there a request costs more than its bytes, while local reads are
+        faster as several smaller ones in parallel, measured)."""
         if self.window == 0:
             return 1
-        return self.shards if self.limit is None else self.window + 1
+        return self.shards if self._whole() else self.window + 1
+
+    def _whole(self) -> bool:
+        return self.long_reads and self.limit is None
 
     def horizon(self) -> int:
         """How many shards after the next one a fetch may take along (see ``_run_cap``)."""
-        return self.shards if self.limit is None else 4 * (self.window + 1)
+        return self.shards if self._whole() else 4 * (self.window + 1)
 
     def _write(self, run: list[int], pieces, locks: list, first: int, last: int) -> None:
         """Write shards ``run[first:last]`` from ``pieces`` (the run's shards, in order), each one's lock
@@ -447,7 +453,8 @@ class NodeCache:
         ``plans``, the process's claim (see the module doc) is rewritten as batches are handed out and read,
         and removed at the end."""
         seq, need = _shard_sequence(batches, self.shard_packs)
-        self.prefetch(seq)  # without a limit: every missing shard, in as few reads as the gaps allow, now
+        if self._whole():  # from an object store without a limit: every missing shard now, in one read or few
+            self.prefetch(seq)
         claim = _Claim(self, batches) if self.plans else None
         ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loaders-cache")
         submitted = 0

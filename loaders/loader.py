@@ -158,7 +158,8 @@ class Loader(IterableDataset):
                                           _cache.ShardSource(source, self.rows, self.columns, shard_packs,
                                                              self.addrs, _split_filter(split), self._ds),
                                           limit=cache_limit, window=cache_window,
-                                          level=_shardfile.LEVEL if cache_level is None else int(cache_level))
+                                          level=_shardfile.LEVEL if cache_level is None else int(cache_level),
+                                          long_reads="://" in source.uri)
 
     def _read_index(self, source: PackedSource, split: str) -> _split_index.SplitIndex:
         ds = self._dataset()

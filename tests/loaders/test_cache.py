@@ -77,7 +77,7 @@ def test_neighbouring_shards_needed_soon_are_fetched_with_one_read(packed, tmp_p
     _same(list(loader), list(lk.stream("train", shuffle="none")))
     fetches, takes = (_cache.STATS[k] - before[k] for k in ("fetches", "takes"))
     assert fetches == loader.cache.shards  # each shard written once
-    if limit is None:  # nothing is evicted: one read takes every missing shard in a row the plan needs
+    if limit is None and loader.cache.long_reads:  # an object store, nothing evicted: one read takes them all
         assert takes <= 2
     else:  # in runs of at most window + 1 = 4 shards (fetched far ahead, they would be evicted first)
         assert -(-fetches // 4) <= takes < fetches
@@ -93,7 +93,6 @@ def test_forked_workers_wait_for_the_shards_the_main_process_fetches(packed, tmp
     before = dict(_cache.STATS)
     got = list(loader)  # the main process holds the shards' locks while its read lands, across the fork
     assert _cache.STATS["fetches"] - before["fetches"] == loader.cache.shards  # all of them fetched here, once
-    assert _cache.STATS["takes"] - before["takes"] <= 2
     _same(got, list(lk.stream("train", **kw)))
     _same(list(loader), list(lk.stream("train", epoch=1, **kw)))  # the next epoch, from disk
     assert _cache.STATS["fetches"] - before["fetches"] == loader.cache.shards
