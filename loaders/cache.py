@@ -50,6 +50,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
+from . import retry as _retry
 from . import shardfile
 from .retry import retrying
 
@@ -85,7 +86,7 @@ def cache_key(table_uri: str, lance_version: int, split: str, columns: list[str]
 class ShardSource:
     """Fetches shards ``s .. s + count - 1`` (their packs as one table, table order) from the packed table with
     one read; picklable. With ``addrs`` (the packs' row addresses) and ``filter`` (an SQL predicate true on every
-    pack, e.g. the split's), ``pieces`` streams them shard by shard from one scan of their rows (``reads.scan``):
+    pack, e.g. the split's), ``pieces`` streams them shard by shard from one allow-list scan of their rows:
     against an object store a scan reads fewer, larger ranges than a take of the same rows, and the first shard
     is written while the next are still on the way."""
 
@@ -130,7 +131,6 @@ class ShardSource:
         from lance.dataset import serialize_row_addrs
 
         from . import forks
-        from .retry import transient
 
         sp, src = self.shard_packs, self.source
         if self.addrs is None or forks.lance_forbidden():  # one read through the helper, cut into shards
@@ -145,8 +145,8 @@ class ShardSource:
                 # one batch size for the whole read: Lance plans its I/O per batch, and small batches cost
                 # several requests each (a 16-pack batch size read the same rows with 6x the GETs; measured)
                 batches = ds.scanner(columns=self.columns, filter=self.filter, scan_in_order=True,
-                                           row_addr_allowlist=serialize_row_addrs(addrs.tolist()),
-                                           batch_size=len(addrs)).to_batches()
+                                     row_addr_allowlist=serialize_row_addrs(addrs.tolist()),
+                                     batch_size=len(addrs)).to_batches()
                 pieces, have = [], 0
                 for rb in batches:
                     pieces.append(rb)
@@ -160,11 +160,11 @@ class ShardSource:
                 if done < s + count:
                     raise RuntimeError(f"{what}: the scan ended at shard {done}")
             except Exception as e:  # noqa: BLE001 - classified just below
-                if not transient(e):
+                if not _retry.transient(e):
                     raise
                 if failures == src.backoff.attempts - 1:
                     raise OSError(f"{what}: still failing after {src.backoff.attempts} tries: {e}") from e
-                _retry_stats()["retries"] += 1
+                _retry.STATS["retries"] += 1
                 time.sleep(src.backoff.delay(failures))
                 failures += 1
 
@@ -231,10 +231,11 @@ class NodeCache:
         ``extend``: shards this process needs soon (with ``plans``, so do those the node's live claims need
         soon). The consecutive ones next to ``s`` among them that are missing and that no other process is
         fetching (their lock is free) are fetched with ``s`` in one read of the table, up to ``window + 1``
-        shards (without a limit, all of them: see ``_run_cap``): an object store serves whole pages around the
-        rows a read asks for, so one read of k neighbouring shards costs fewer requests and bytes than k reads
-        (benchmarks/RESULTS.md, Node shard cache). The read streams shard by shard (``ShardSource.pieces``): this returns once ``s`` is
-        written; the rest of the run lands behind on a side thread, each shard's lock released as it lands."""
+        shards (from an object store without a limit, all of them: see ``_run_cap``): an object store serves
+        whole pages around the rows a read asks for, so one read of k neighbouring shards costs fewer requests
+        and bytes than k reads (benchmarks/RESULTS.md, Node shard cache). The read streams shard by shard
+        (``ShardSource.pieces``): this returns once ``s`` is written; the rest of the run lands behind on a side
+        thread, each shard's lock released as it lands."""
         path = self.path(s)
         if self._valid(path):
             os.utime(path)  # last use, for eviction
@@ -604,12 +605,6 @@ def _behind() -> ThreadPoolExecutor:
         _BEHIND.clear()
         pool = _BEHIND[os.getpid()] = ThreadPoolExecutor(max_workers=4, thread_name_prefix="loaders-fetch")
     return pool
-
-
-def _retry_stats() -> dict:
-    from . import retry
-
-    return retry.STATS
 
 
 def _pieces(fetch, s: int, count: int, shard_packs: int):

@@ -64,7 +64,8 @@ def load(cache_dir, name: str, split: str, storage_options=None) -> SplitIndex |
         with pa.memory_map(str(p)) as f:
             table = pa.ipc.open_file(f).read_all()
         meta = json.loads(table.schema.metadata[b"split_index"])
-        if meta.get("format") != FORMAT or meta.get("split") != split or table.schema.names != ["rows", "addrs", "tokens"]:
+        columns = table.schema.names
+        if meta.get("format") != FORMAT or meta.get("split") != split or columns != ["rows", "addrs", "tokens"]:
             return None
         rows, addrs, tokens = (np.asarray(table[c].to_numpy()).copy() for c in ("rows", "addrs", "tokens"))
         if not (rows.dtype == np.int64 and addrs.dtype == np.uint64 and tokens.dtype == np.int64 and len(rows)
