@@ -83,7 +83,13 @@ def _epochs(batches_of, count, epochs: int) -> dict:
 
 
 def child_lake(a) -> dict:
+    import torch  # noqa: F401
+
     import lake
+    # the clock starts after each side's libraries are imported (the MDS child imports `streaming` and torch
+    # before it); the lake facade imports Lance and the loaders lazily, so import them here, outside the timing
+    import lance  # noqa: F401
+    import loaders  # noqa: F401
     from loaders import cache as C
 
     t0 = time.perf_counter()

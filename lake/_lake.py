@@ -79,6 +79,11 @@ class Lake:
         return self._entry.version
 
     @property
+    def entry(self) -> _versions.LogEntry:
+        """The log entry of the version this handle reads (its pins, commit time, writer)."""
+        return self._entry
+
+    @property
     def storage_options(self) -> dict | None:
         return self._store.storage_options
 

@@ -50,6 +50,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
+from . import retry as _retry
 from . import shardfile
 from .retry import retrying
 
@@ -84,11 +85,27 @@ def cache_key(table_uri: str, lance_version: int, split: str, columns: list[str]
 
 class ShardSource:
     """Fetches shards ``s .. s + count - 1`` (their packs as one table, table order) from the packed table with
-    one read; picklable."""
+    one read; picklable. With ``addrs`` (the packs' row addresses) and ``filter`` (an SQL predicate true on every
+    pack, e.g. the split's), ``pieces`` streams them shard by shard from one allow-list scan of their rows:
+    against an object store a scan reads fewer, larger ranges than a take of the same rows, and the first shard
+    is written while the next are still on the way."""
 
-    def __init__(self, source, rows: np.ndarray, columns: list[str], shard_packs: int):
+    def __init__(self, source, rows: np.ndarray, columns: list[str], shard_packs: int, addrs=None, filter=None,
+                 dataset=None):
         self.source, self.rows, self.columns, self.shard_packs = source, rows, columns, int(shard_packs)
+        self.addrs, self.filter = addrs, filter
+        self.dataset = dataset  # a forks.ProcessLocal of the table shared with the loader (its metadata read once)
         self._ds = None
+
+    def _open(self):
+        from . import forks
+
+        forks.using_lance()
+        if self.dataset is not None:
+            return self.dataset.get()
+        if self._ds is None:
+            self._ds = self.source.open()
+        return self._ds
 
     def __getstate__(self):
         return {**self.__dict__, "_ds": None}
@@ -103,11 +120,53 @@ class ShardSource:
             read = lambda: helper.take(src.table_uri, src.lance_version, src.storage_options, rows,  # noqa: E731
                                        self.columns)
         else:
-            if self._ds is None:
-                self._ds = src.open()
-            read = lambda: self._ds.take(rows, columns=self.columns)  # noqa: E731
+            ds = self._open()
+            read = lambda: ds.take(rows, columns=self.columns)  # noqa: E731
         what = f"shard {s}" if count == 1 else f"shards {s}-{s + count - 1}"
         return retrying(read, f"fetching {what} of {src.table}", src.backoff)
+
+    def pieces(self, s: int, count: int):
+        """Shards ``s .. s + count - 1``, one table each, in order (see the class doc). A transient error
+        backs off and scans again from the first shard not yet handed out."""
+        from lance.dataset import serialize_row_addrs
+
+        from . import forks
+
+        sp, src = self.shard_packs, self.source
+        if self.addrs is None or forks.lance_forbidden():  # one read through the helper, cut into shards
+            table = self(s, count)
+            yield from (table.slice(i * sp, sp) for i in range(count))
+            return
+        done, failures, what = s, 0, f"fetching shards {s}-{s + count - 1} of {src.table}"
+        while done < s + count:
+            try:
+                ds = self._open()
+                addrs = self.addrs[done * sp:(s + count) * sp]
+                # one batch size for the whole read: Lance plans its I/O per batch, and small batches cost
+                # several requests each (a 16-pack batch size read the same rows with 6x the GETs; measured)
+                batches = ds.scanner(columns=self.columns, filter=self.filter, scan_in_order=True,
+                                     row_addr_allowlist=serialize_row_addrs(addrs.tolist()),
+                                     batch_size=len(addrs)).to_batches()
+                pieces, have = [], 0
+                for rb in batches:
+                    pieces.append(rb)
+                    have += rb.num_rows
+                    while done < s + count and have >= min(sp, len(self.rows) - done * sp):
+                        want = min(sp, len(self.rows) - done * sp)
+                        table = pa.Table.from_batches(pieces)
+                        yield table.slice(0, want)
+                        rest = table.slice(want)
+                        pieces, have, done = rest.to_batches(), rest.num_rows, done + 1
+                if done < s + count:
+                    raise RuntimeError(f"{what}: the scan ended at shard {done}")
+            except Exception as e:  # noqa: BLE001 - classified just below
+                if not _retry.transient(e):
+                    raise
+                if failures == src.backoff.attempts - 1:
+                    raise OSError(f"{what}: still failing after {src.backoff.attempts} tries: {e}") from e
+                _retry.STATS["retries"] += 1
+                time.sleep(src.backoff.delay(failures))
+                failures += 1
 
 
 class NodeCache:
@@ -118,7 +177,8 @@ class NodeCache:
     least recently used, sparing only this process's own window (the behaviour before claims; a baseline)."""
 
     def __init__(self, root, key: str, packs: int, shard_packs: int, fetch: Callable[[int], pa.Table],
-                 limit: int | None = None, window: int = 4, level: int = shardfile.LEVEL, plans: bool = True):
+                 limit: int | None = None, window: int = 4, level: int = shardfile.LEVEL, plans: bool = True,
+                 long_reads: bool = False):
         if shard_packs < 1 or window < 0:
             raise ValueError(f"shard_packs must be >= 1 and cache_window >= 0, got {shard_packs}, {window}")
         self.root = Path(os.fspath(root)).expanduser()
@@ -127,6 +187,7 @@ class NodeCache:
         self.packs, self.shard_packs, self.fetch = int(packs), int(shard_packs), fetch
         self.limit, self.window, self.level = parse_size(limit), int(window), int(level)
         self.plans = bool(plans)
+        self.long_reads = bool(long_reads)  # an object store: see _run_cap
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.root / CLAIMS).mkdir(exist_ok=True)
         self._init_local()
@@ -168,50 +229,131 @@ class NodeCache:
         """Shard ``s`` on local disk (fetched once per node: under its lock, whoever waited finds it there).
 
         ``extend``: shards this process needs soon (with ``plans``, so do those the node's live claims need
-        soon). The consecutive ones after ``s`` among them that are missing and that no other process is
+        soon). The consecutive ones next to ``s`` among them that are missing and that no other process is
         fetching (their lock is free) are fetched with ``s`` in one read of the table, up to ``window + 1``
-        shards: an object store serves whole pages around the rows a read asks for,
-        so one read of k neighbouring shards costs fewer requests and bytes than k reads (benchmarks/RESULTS.md,
-        Node shard cache)."""
+        shards (from an object store without a limit, all of them: see ``_run_cap``): an object store serves
+        whole pages around the rows a read asks for, so one read of k neighbouring shards costs fewer requests
+        and bytes than k reads (benchmarks/RESULTS.md, Node shard cache). The read streams shard by shard
+        (``ShardSource.pieces``): this returns once ``s`` is written; the rest of the run lands behind on a side
+        thread, each shard's lock released as it lands."""
         path = self.path(s)
         if self._valid(path):
             os.utime(path)  # last use, for eviction
             _count(hits=1)
             return path
-        locks = [open(self.dir / f"shard-{s:06d}.lock", "a+")]
+        held = {s: open(self.dir / f"shard-{s:06d}.lock", "a+")}
         try:
-            fcntl.flock(locks[0], fcntl.LOCK_EX)
+            fcntl.flock(held[s], fcntl.LOCK_EX)
             if self._valid(path):
                 _count(hits=1)
                 return path
-            run = [s]
             if self.plans and self.window > 0:  # and what the node's other processes need soon
                 soon = 4 * (self.window + 1)
                 extend = set(extend).union(*(c["next"][:soon] for c in live_claims(self.root)
                                              if c["key"] == self.key))
-            while len(run) <= self.window and run[-1] + 1 in extend and run[-1] + 1 < self.shards:
-                t = run[-1] + 1
-                locks.append(open(self.dir / f"shard-{t:06d}.lock", "a+"))
-                try:
-                    fcntl.flock(locks[-1], fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:  # another process is fetching it: the run stops here
-                    locks.pop().close()
-                    break
-                if self._valid(self.path(t)):
-                    break
-                run.append(t)
-            table = self.fetch(s, len(run)) if len(run) > 1 else self.fetch(s)
-            want = min(len(run) * self.shard_packs, self.packs - s * self.shard_packs)
-            if table.num_rows != want:
-                raise RuntimeError(f"shards {run}: the table gave {table.num_rows} packs, expected {want}")
-            written = sum(shardfile.write(self.path(t), table.slice(i * self.shard_packs, self.shard_packs),
-                                          self.level) for i, t in enumerate(run))
-            _count(written_bytes=written, fetches=len(run), takes=1, fetched_bytes=table.nbytes)
+            run = self._grow([s], held, extend)
+            locks, k = [held[t] for t in run], run.index(s)
+            pieces = iter(_pieces(self.fetch, run[0], len(run), self.shard_packs))
+            self._write(run, pieces, locks, 0, k + 1)
+            _count(takes=1)
+            if k + 1 < len(run):  # the rest of the run lands behind, each shard's lock released as it does
+                _behind().submit(self._finish, run, pieces, locks, k + 1)
+                held = {}
+            else:
+                pieces.close()
         finally:
-            for f in locks:
-                f.close()  # closing the file releases its flock
+            for f in held.values():
+                _release(f)
         self.evict()
         return path
+
+    def _lock_missing(self, t: int, held: dict) -> bool:
+        """Take shard ``t``'s lock into ``held`` if the shard is missing and nobody is fetching it (no wait)."""
+        if not 0 <= t < self.shards:
+            return False
+        f = open(self.dir / f"shard-{t:06d}.lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another process (or thread) is fetching it
+            f.close()
+            return False
+        if self._valid(self.path(t)):
+            _release(f)
+            return False
+        held[t] = f
+        return True
+
+    def _grow(self, run: list[int], held: dict, extend) -> list[int]:
+        """``run`` (shards in a row, locks in ``held``) grown up, then down, by the neighbours in ``extend``
+        that are missing and that nobody is fetching (their locks taken into ``held``), up to ``_run_cap``."""
+        cap = self._run_cap()
+        while len(run) < cap and run[-1] + 1 in extend and self._lock_missing(run[-1] + 1, held):
+            run.append(run[-1] + 1)
+        while len(run) < cap and run[0] - 1 in extend and self._lock_missing(run[0] - 1, held):
+            run.insert(0, run[0] - 1)
+        return run
+
+    def prefetch(self, shards) -> int:
+        """Start fetching the missing ones of ``shards`` (in order of need) on side threads (up to 4 at once),
+        in runs (``_run_cap``); their locks are taken before this returns, so a process that needs one meanwhile
+        (a DataLoader worker forked just after) waits for it instead of fetching it too. Only without a limit
+        (with one, shards fetched far ahead would be evicted before their use). Returns the reads started."""
+        if self.limit is not None or self.window == 0:
+            return 0
+        want, started = {int(s) for s in shards}, 0
+        for s in dict.fromkeys(int(s) for s in shards):
+            held: dict = {}
+            if s not in want or not self._lock_missing(s, held):
+                continue
+            run = self._grow([s], held, want)
+            want.difference_update(run)
+            pieces = iter(_pieces(self.fetch, run[0], len(run), self.shard_packs))
+            _behind().submit(self._finish, run, pieces, [held[t] for t in run], 0)
+            _count(takes=1)
+            started += 1
+        return started
+
+    def _run_cap(self) -> int:
+        """Most shards one read takes: ``window + 1``; from an object store (``long_reads``) without a limit,
+        every missing shard in a row that is needed (nothing fetched is evicted; on a node reading all of the
+        split about one read per epoch: there a request costs more than its bytes, while local reads are
+        faster as several smaller ones in parallel, measured)."""
+        if self.window == 0:
+            return 1
+        return self.shards if self._whole() else self.window + 1
+
+    def _whole(self) -> bool:
+        return self.long_reads and self.limit is None
+
+    def horizon(self) -> int:
+        """How many shards after the next one a fetch may take along (see ``_run_cap``)."""
+        return self.shards if self._whole() else 4 * (self.window + 1)
+
+    def _write(self, run: list[int], pieces, locks: list, first: int, last: int) -> None:
+        """Write shards ``run[first:last]`` from ``pieces`` (the run's shards, in order), each one's lock
+        released as soon as it is written (whoever waits for it reads it then)."""
+        for i in range(first, last):
+            table = next(pieces, None)
+            want = min(self.shard_packs, self.packs - run[i] * self.shard_packs)
+            if table is None or table.num_rows != want:
+                got = "nothing" if table is None else f"{table.num_rows} packs"
+                raise RuntimeError(f"shards {run}: the read gave {got} for shard {run[i]}, expected {want} packs")
+            written = shardfile.write(self.path(run[i]), table, self.level)
+            _count(written_bytes=written, fetches=1, fetched_bytes=table.nbytes)
+            _release(locks[i])
+
+    def _finish(self, run: list[int], pieces, locks: list, first: int) -> None:
+        """The rest of a run from ``run[first]``, on a side thread. If it fails, the shards not written stay
+        missing: their locks are released and whoever needs one fetches it (and meets the error, if it lasts)."""
+        try:
+            self._write(run, pieces, locks, first, len(run))
+        except Exception:  # noqa: BLE001 - see the doc: a reader of a missing shard fetches it again
+            pass
+        finally:
+            pieces.close()
+            for f in locks:
+                _release(f)
+        self.evict()
 
     def _valid(self, path: Path) -> bool:
         """Whether ``path`` is a whole shard; a damaged one is removed (it is then fetched again)."""
@@ -312,6 +454,8 @@ class NodeCache:
         ``plans``, the process's claim (see the module doc) is rewritten as batches are handed out and read,
         and removed at the end."""
         seq, need = _shard_sequence(batches, self.shard_packs)
+        if self._whole():  # from an object store without a limit: every missing shard now, in one read or few
+            self.prefetch(seq)
         claim = _Claim(self, batches) if self.plans else None
         ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loaders-cache")
         submitted = 0
@@ -324,7 +468,7 @@ class NodeCache:
                     claim.handed(b)
                 while submitted < hi:  # with the shards needed next after it: fetched in one read if neighbours
                     ahead.submit(self.ensure, seq[submitted],
-                                 frozenset(seq[submitted + 1:submitted + 1 + 4 * (self.window + 1)]))
+                                 frozenset(seq[submitted + 1:submitted + 1 + self.horizon()]))
                     submitted += 1
                 yield lambda b=b, packs=packs, pins=seq[lo:hi]: self._read_unpin(b, packs, pins, make, claim)
         finally:
@@ -441,6 +585,37 @@ def _needs(offsets: np.ndarray, shards: np.ndarray, start: int, cur: int, window
     return nxt.tolist(), nxt[:k].tolist()
 
 
+def _release(f) -> None:
+    """Unlock and close a shard's lock file. Unlocked explicitly: a DataLoader worker forked while this process
+    held the lock shares the open file, and closing only this process's copy would not release it."""
+    if f.closed:
+        return
+    try:
+        fcntl.flock(f, fcntl.LOCK_UN)
+    finally:
+        f.close()
+
+
+_BEHIND: dict = {}  # pid -> the side threads that finish runs (one pool per process: not inherited by forks)
+
+
+def _behind() -> ThreadPoolExecutor:
+    pool = _BEHIND.get(os.getpid())
+    if pool is None:
+        _BEHIND.clear()
+        pool = _BEHIND[os.getpid()] = ThreadPoolExecutor(max_workers=4, thread_name_prefix="loaders-fetch")
+    return pool
+
+
+def _pieces(fetch, s: int, count: int, shard_packs: int):
+    """Shards ``s .. s + count - 1`` one table each: ``fetch.pieces`` streams them, a plain ``fetch`` gives one
+    table to cut."""
+    if hasattr(fetch, "pieces"):
+        return fetch.pieces(s, count)
+    table = fetch(s, count) if count > 1 else fetch(s)
+    return (table.slice(i * shard_packs, shard_packs) for i in range(count))
+
+
 def _count(**deltas) -> None:
     with _STATS_LOCK:  # side threads and readers count at once
         for k, v in deltas.items():
@@ -499,6 +674,11 @@ def _alive(pid: int) -> bool:
 def _shard_id(path: Path) -> tuple[str, int]:
     """(key, shard number) of a shard file ``root/key/shard-NNNNNN.lks``."""
     return path.parent.name, int(path.stem.split("-")[1])
+
+
+def shard_order(batches: list[np.ndarray], shard_packs: int) -> list[int]:
+    """The shards ``batches`` read, in order of first need."""
+    return _shard_sequence(batches, shard_packs)[0]
 
 
 def _shard_sequence(batches: list[np.ndarray], shard_packs: int) -> tuple[list[int], list[int]]:

@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 
 _HELPER = Path(__file__).with_name("_lance_helper.py")
-_fork = {"pending": False, "forbidden": False}
+_fork = {"pending": False, "forbidden": False, "using": False}
 
 
 def _lance_running() -> bool:
@@ -42,11 +42,18 @@ def _lance_running() -> bool:
 
 
 def _before_fork() -> None:
-    _fork["pending"] = _fork["forbidden"] or _lance_running()
+    _fork["pending"] = _fork["forbidden"] or _fork["using"] or _lance_running()
+
+
+def using_lance() -> None:
+    """Say that this process is about to use Lance (from a side thread, say): its children forked from now on
+    must not use it, even before Lance's threads show up."""
+    _fork["using"] = True
 
 
 def _after_fork_in_child() -> None:
     _fork["forbidden"] = _fork["pending"]
+    _fork["using"] = False
 
 
 os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
@@ -83,13 +90,27 @@ class LanceHelper:
 
     def __init__(self):
         self._proc = None
+        self._pid = os.getpid()  # the process that started it (a forked child uses it without polling)
+        self._for_forks = False
         self._lock = threading.Lock()
 
+    def start_for_fork(self) -> "LanceHelper":
+        """Start the process now, for a worker about to be forked (its imports then overlap the fork and the
+        worker's start; the worker uses it as is). Closing it here then stops it at once: the worker holds
+        its pipe too, so closing ours would not end it."""
+        with self._lock:
+            self._start()
+            self._for_forks = True
+        return self
+
     def _start(self) -> subprocess.Popen:
+        if self._proc is not None and self._pid != os.getpid():
+            return self._proc  # started by the parent for this forked process: not our child, cannot poll it
         if self._proc is None or self._proc.poll() is not None:
             # -P: no script directory on sys.path (the helper sits among the loaders' modules); -s: no user site
             self._proc = subprocess.Popen([sys.executable, "-P", "-s", str(_HELPER)], stdin=subprocess.PIPE,
                                           stdout=subprocess.PIPE, close_fds=True)
+            self._pid = os.getpid()
         return self._proc
 
     def _ask(self, request: dict) -> pa.Table:
@@ -123,6 +144,14 @@ class LanceHelper:
 
     def close(self) -> None:
         with self._lock:
+            if self._proc is not None and self._pid != os.getpid():  # the parent's: it stops it
+                self._proc = None
+                return
+            if self._proc is not None and self._for_forks:
+                self._proc.kill()
+                self._proc.wait()
+                self._proc = None
+                return
             if self._proc is not None and self._proc.poll() is None:
                 self._proc.stdin.close()
                 try:

@@ -41,6 +41,7 @@ from . import forks as _forks
 from . import mixture_epoch as _mixture_epoch
 from . import partition as _partition
 from . import reads as _reads
+from . import split_index as _split_index
 from .batch import PackedBatch, packed_batch
 from .packings import PackedSource, resolve
 from .retry import retrying
@@ -127,7 +128,8 @@ class Loader(IterableDataset):
                  seed: int = 0, epoch: int = 0, world: World = World(), num_workers: int = 0, prefetch: int = 2,
                  pin_memory: bool = False, device=None, partition: str = "balanced", cache_dir=None,
                  progress: bool = True, persistent_workers: bool = True, multiprocessing_context=None,
-                 cache_limit=None, shard_packs: int = 16, cache_window: int = 4, cache_level: int | None = None):
+                 cache_limit=None, shard_packs: int = 16, cache_window: int = 4, cache_level: int | None = None,
+                 index: _split_index.SplitIndex | None = None):
         if batch_packs < 1:
             raise ValueError(f"batch_packs must be >= 1, got {batch_packs}")
         if num_workers < 0 or prefetch < 0:
@@ -144,24 +146,38 @@ class Loader(IterableDataset):
         self.shared = Position(self.epoch, 0, 0, self.seed, world)  # what workers start from (see Position)
         self._ds = _forks.ProcessLocal(source.open)  # each process opens the table itself, after any fork
         self._workers = None  # this loader's own DataLoader (num_workers > 0), made on first iteration
-        ds = self._dataset()
-        meta = retrying(lambda: ds.to_table(columns=["split", "n_tokens"], with_row_address=True),
-                        f"reading {source.table} index", source.backoff)
-        splits = np.asarray(meta["split"].to_numpy(zero_copy_only=False))
-        self.rows = np.flatnonzero(splits == split).astype(np.int64)  # table positions of the split's packs
-        self.addrs = meta["_rowaddr"].to_numpy()[self.rows]  # their row addresses (scan allow-lists)
-        if len(self.rows) == 0:
-            raise ValueError(f"packed table {source.table} has no packs in split {split!r} "
-                             f"(splits: {sorted(set(splits.tolist()))})")
-        self.tokens = np.asarray(meta["n_tokens"].to_numpy())[self.rows].astype(np.int64)
-        self.columns = [n for n in ds.schema.names if n not in _SKIP]
+        self._helpers: list = []  # Lance helpers started for its forked workers, one each (see _context)
+        if index is None:  # read the split's pack index (``index``: kept from an earlier start, see split_index)
+            index = self._read_index(source, split)
+        self.rows, self.addrs = index.rows, index.addrs  # table positions of the split's packs, row addresses
+        self.tokens, self.columns = index.tokens, list(index.columns)
         self.cache = None  # a NodeCache when reading through a per-node shard cache (see ``cache``)
         if cache_dir is not None:
             key = _cache.cache_key(source.table_uri, source.lance_version, split, self.columns, shard_packs)
             self.cache = _cache.NodeCache(cache_dir, key, len(self.rows), shard_packs,
-                                          _cache.ShardSource(source, self.rows, self.columns, shard_packs),
+                                          _cache.ShardSource(source, self.rows, self.columns, shard_packs,
+                                                             self.addrs, _split_filter(split), self._ds),
                                           limit=cache_limit, window=cache_window,
-                                          level=_shardfile.LEVEL if cache_level is None else int(cache_level))
+                                          level=_shardfile.LEVEL if cache_level is None else int(cache_level),
+                                          long_reads="://" in source.uri)
+
+    def _read_index(self, source: PackedSource, split: str) -> _split_index.SplitIndex:
+        ds = self._dataset()
+        meta = retrying(lambda: ds.to_table(columns=["split", "n_tokens"], with_row_address=True),
+                        f"reading {source.table} index", source.backoff)
+        splits = np.asarray(meta["split"].to_numpy(zero_copy_only=False))
+        rows = np.flatnonzero(splits == split).astype(np.int64)
+        if len(rows) == 0:
+            raise ValueError(f"packed table {source.table} has no packs in split {split!r} "
+                             f"(splits: {sorted(set(splits.tolist()))})")
+        return _split_index.SplitIndex(source, rows, meta["_rowaddr"].to_numpy()[rows],
+                                       np.asarray(meta["n_tokens"].to_numpy())[rows].astype(np.int64),
+                                       tuple(n for n in ds.schema.names if n not in _SKIP))
+
+    def split_index(self) -> _split_index.SplitIndex:
+        """What this loader resolved at its start (kept beside a shard cache by ``stream``)."""
+        return _split_index.SplitIndex(self.source, self.rows, self.addrs, self.tokens, tuple(self.columns))
+
     # --- order ------------------------------------------------------------------------------------------------
 
     @property
@@ -249,8 +265,8 @@ class Loader(IterableDataset):
 
     # --- reading ------------------------------------------------------------------------------------------------
 
-    def __getstate__(self):
-        return {**self.__dict__, "_workers": None}  # _ds (ProcessLocal) pickles without its handle
+    def __getstate__(self):  # _ds (ProcessLocal) pickles without its handle
+        return {**self.__dict__, "_workers": None, "_helpers": []}
 
     def _dataset(self):
         return self._ds.get()
@@ -268,7 +284,9 @@ class Loader(IterableDataset):
             yield from self.cache.units(batches, lambda table: self._batch(table, pin))
             return
         if _forks.lance_forbidden():  # forked from a process that used Lance: its helper process reads
-            src, helper = self.source, _forks.helper()
+            info = get_worker_info()
+            src = self.source
+            helper = self._helpers[info.id] if info is not None and info.id < len(self._helpers) else _forks.helper()
             for packs in batches:
                 yield lambda packs=packs: self._batch(retrying(
                     lambda: helper.take(src.table_uri, src.lance_version, src.storage_options, self.rows[packs],
@@ -326,15 +344,17 @@ class Loader(IterableDataset):
         self.shared.finished(info.id, info.num_workers, pub["generation"], pub["done"] + 1)
 
     def _context(self):
-        """Start method of this loader's own workers: fork when they read through the shard cache (no imports:
-        ~0.1 s; shards on disk need no Lance, one still to fetch goes through the worker's Lance helper), else
-        forkserver (forked from a clean server that has imported torch and the loaders,
-        never used Lance: Lance opens fresh in each worker)."""
+        """Start method of this loader's own workers: fork (no imports: ~0.1 s). Through the shard cache they
+        read shards from disk (the main process fetches them, see ``__iter__``); without one they read the table
+        through Lance helper processes (``forks``) that the main process starts, one per worker, just before
+        forking them: a helper imports only Lance and pyarrow (~1.6 s at load 8, vs ~5.7 s for a forkserver
+        that imports torch and the loaders, measured), and it does so while the workers start. Where fork
+        is missing: forkserver (forked from a clean server that imported the loaders, never used Lance)."""
         import multiprocessing as mp
 
         if self.multiprocessing_context is not None:
             return self.multiprocessing_context
-        if self.cache is not None and "fork" in mp.get_all_start_methods():
+        if "fork" in mp.get_all_start_methods():
             return mp.get_context("fork")
         if "forkserver" not in mp.get_all_start_methods():
             return mp.get_context("spawn")
@@ -364,6 +384,15 @@ class Loader(IterableDataset):
         start, per = self.consumed, self._per_step()
         pin = self._pin()
         if self.num_workers > 0:
+            if self._workers is None or not self.persistent_workers:  # workers are about to start
+                if self.cache is not None:
+                    # with this rank's shards already coming: fetched here (Lance runs in this process anyway),
+                    # each locked before they fork, so none fetches one again through a helper
+                    self.cache.prefetch(_cache.shard_order(self.plan(), self.cache.shard_packs))
+                elif _start_method(self._context()) == "fork":  # their helpers start now, beside them
+                    for h in self._helpers:
+                        h.close()
+                    self._helpers = [_forks.LanceHelper().start_for_fork() for _ in range(self.num_workers)]
             source = iter(self._dataloader(pin))
         else:
             source = _mixture_epoch.drawn(_reads.read_ahead(self._units(self.plan(), pin), self.prefetch),
@@ -373,6 +402,10 @@ class Loader(IterableDataset):
             yield batch.to(self.device, non_blocking=pin) if self.device is not None else batch
         self.consumed = self.packs
         self._publish(counted=True)
+
+
+def _start_method(ctx) -> str:
+    return ctx if isinstance(ctx, str) else ctx.get_start_method()
 
 
 def stream(lk, split: str, recipe=None, version=None, batch_packs: int = 1, shuffle: bool | str = True,
@@ -406,9 +439,19 @@ def stream(lk, split: str, recipe=None, version=None, batch_packs: int = 1, shuf
         warnings.warn("stream(read_bytes=...) no longer has an effect: batches are read one take each or a run "
                       "of them with one lazy scan (see loaders.reads)", DeprecationWarning, stacklevel=2)
     name = shuffle if isinstance(shuffle, str) else ("random" if shuffle else "none")
-    return Loader(resolve(lk, recipe, version), split, batch_packs=batch_packs, shuffle=name, seed=seed,
-                  epoch=epoch, world=detect(rank, world_size), num_workers=num_workers, prefetch=prefetch,
-                  pin_memory=pin_memory, device=device, partition=partition, cache_dir=cache_dir, progress=progress,
-                  persistent_workers=persistent_workers, multiprocessing_context=multiprocessing_context,
-                  cache_limit=cache_limit, shard_packs=shard_packs, cache_window=cache_window,
-                  cache_level=cache_level)
+    if version is not None:
+        lk = lk.checkout(version)  # raises for an unknown version or one whose data gc deleted
+    index = kept = None
+    if cache_dir is not None:  # the resolved start of this lake version, kept beside the shards (split_index)
+        kept = _split_index.key(lk, recipe, split)
+        index = _split_index.load(cache_dir, kept, split, lk.storage_options)
+    source = index.source if index is not None else resolve(lk, recipe)
+    loader = Loader(source, split, batch_packs=batch_packs, shuffle=name, seed=seed, epoch=epoch,
+                    world=detect(rank, world_size), num_workers=num_workers, prefetch=prefetch,
+                    pin_memory=pin_memory, device=device, partition=partition, cache_dir=cache_dir, progress=progress,
+                    persistent_workers=persistent_workers, multiprocessing_context=multiprocessing_context,
+                    cache_limit=cache_limit, shard_packs=shard_packs, cache_window=cache_window,
+                    cache_level=cache_level, index=index)
+    if kept is not None and index is None:
+        _split_index.save(cache_dir, kept, split, loader.split_index())
+    return loader

@@ -7,6 +7,8 @@ its workers once per DataLoader where it can (spawning costs seconds here); pyte
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -93,9 +95,13 @@ def test_epochs_through_a_persistent_user_dataloader_equal_the_stream_without_wo
 def test_the_streams_own_workers_start_once_and_resume_exactly(packed):
     lk, _ = packed
     want = [_ids(lk.stream("train", seed=2, batch_packs=2, epoch=e)) for e in range(3)]
-    loader = lk.stream("train", seed=2, batch_packs=2, num_workers=2)  # persistent, forkserver
+    loader = lk.stream("train", seed=2, batch_packs=2, num_workers=2)  # persistent, fork + Lance helpers
     got = [_ids(loader)]
     procs = list(loader._workers._iterator._workers)
+    # each worker read through the helper started for it beside the fork (none started one of its own)
+    helpers = [h._proc for h in loader._helpers]
+    assert len(helpers) == 2 and all(h.poll() is None for h in helpers)
+    assert all(not Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split() for p in procs)
     got += [_ids(loader) for _ in range(2)]
     assert got == want
     # the same worker processes served all three epochs
@@ -107,9 +113,12 @@ def test_the_streams_own_workers_start_once_and_resume_exactly(packed):
         if len(part) == 2:
             state = loader.state_dict()
             break
-    rest = lk.stream("train", seed=0, batch_packs=2, num_workers=2, multiprocessing_context="fork")
+    rest = lk.stream("train", seed=0, batch_packs=2, num_workers=2, multiprocessing_context="forkserver")
     rest.load_state_dict(state)
     assert _ids(part) + _ids(rest) == _ids(lk.stream("train", seed=2, batch_packs=2, epoch=3))
+    for h in loader._helpers:  # stopped with the loader (its workers hold their pipes: killed, not awaited)
+        h.close()
+    assert all(h.wait(timeout=10) is not None for h in helpers)
 
 
 @pytest.mark.slow
