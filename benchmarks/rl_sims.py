@@ -12,7 +12,7 @@ the same for all modes and not in it). ``--learner``:
   per core) x 2 envs. The learner costs far less than the simulator.
 - ``sim-sized``: RL-VLA3's regime on 2 cores: the simulator holds one core (1 env worker x 2 envs, software
   rendering on one thread), the learner the other (one torch thread), and the learner is sized so that one
-  update costs about what the simulator spends on its batch (the same policy 4096 units wide, 12 PPO epochs over
+  update costs about what the simulator spends on its batch (the same policy 4096 units wide, 10 PPO epochs over
   a batch of 2 trajectories = 80 env steps): as rendered simulators on CPUs and a VLA learner on GPUs there,
   two resources of comparable cost. ``ss`` then runs them one after the other, ``aa`` overlaps them.
 
@@ -57,9 +57,10 @@ GOAL = 1.8
 MODES = ("ss", "as", "aa")
 LEARNERS = {
     "small": {},
-    # learner seconds per version ~ simulator seconds per batch (80 rendered steps, ~8 s of one core): a 4096-wide
-    # actor-critic (34M parameters) costs ~0.7 CPU-s per epoch over the batch on one thread
-    "sim-sized": {"policy.hidden": 4096, "algo.epochs": 12, "workers.env_workers": 1, "workers.envs_per_worker": 2,
+    # learner CPU per version ~ simulator CPU per batch (80 rendered steps, ~9 CPU-s): a 4096-wide actor-critic
+    # (34M parameters) costs ~0.7 CPU-s per epoch over the batch on one thread, plus ~1.5 s to publish its weights
+    # (a smoke run with 12 epochs measured 10.6 CPU-s of learner per version against 8.6 of simulator)
+    "sim-sized": {"policy.hidden": 4096, "algo.epochs": 10, "workers.env_workers": 1, "workers.envs_per_worker": 2,
                   "algo.batch_trajectories": 2, "algo.micro_batch_trajectories": 1, "algo.train_steps": 10},
 }
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "LP_NUM_THREADS": "1"}
@@ -241,7 +242,8 @@ def breakdown(r: dict) -> str:
     cpu = r.get("cpu", {})
     return (f"{r['mode']}: {r['steps_per_s']:.2f} env steps/s ({r['steady_steps_per_s'] or 0:.2f} at steady state); "
             f"per version: simulator {r['env_ms_per_env_step'] * r['consumed_steps'] / versions / 1000:.1f} s busy, "
-            f"learner {r['trainer_s_per_version']:.1f} s busy; cores used: "
+            f"learner {r['trainer_s_per_version']:.1f} s busy; CPU-s per version: "
+            + ", ".join(f"{k} {v * r['wall_s'] / versions:.1f}" for k, v in cpu.items()) + "; cores used: "
             + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()) + f" (threads {r.get('threads', {})})")
 
 
@@ -394,6 +396,7 @@ def sim_sized_text(res: dict) -> str:
     n = max(ss["versions"], 1)
     sim = ss["env_ms_per_env_step"] * ss["consumed_steps"] / n / 1000  # simulator s per version (one core)
     learn = ss["trainer_s_per_version"]
+    cpu_v = {k: v * ss["wall_s"] / n for k, v in ss.get("cpu", {}).items()}  # CPU-s per version, by stage
     ideal_steady = (sim + learn) / max(sim, learn)
     ideal_all = n * (sim + learn) / (sim + (n - 1) * max(sim, learn) + learn)  # aa fills, then overlaps
     ratio = {m: r["steps_per_s"] / ss["steps_per_s"] for m, r in runs.items()}
@@ -403,19 +406,22 @@ def sim_sized_text(res: dict) -> str:
                       for m, r in runs.items())
     met = ratio.get("aa", 0) >= GOAL
     return (
-        f"Measured: **aa / ss {ratio.get('aa', 0):.2f}x**, as / ss {ratio.get('as', 0):.2f}x in consumed env "
-        f"steps/s over the whole run; at steady state (after the first published version) aa / ss "
-        f"{steady_ratio.get('aa', 0):.2f}x, as / ss {steady_ratio.get('as', 0):.2f}x (goal >= {GOAL}x: "
+        f"Measured: **aa / ss {ratio.get('aa', 0):.2f}x**" + (f", as / ss {ratio['as']:.2f}x" if "as" in ratio else "")
+        + " in consumed env steps/s over the whole run; at steady state (after the first published version) aa / ss "
+        f"{steady_ratio.get('aa', 0):.2f}x" + (f", as / ss {steady_ratio['as']:.2f}x" if "as" in ratio else "")
+        + f" (goal >= {GOAL}x: "
         f"{'met' if met else 'NOT met'} on the whole run"
         + ("" if met else f", {'met' if steady_ratio.get('aa', 0) >= GOAL else 'not met'} at steady state") + "). "
         f"Where the time goes (ss): per version the simulator is busy {sim:.1f} s (one core) and the learner "
-        f"{learn:.1f} s (one core), learner / simulator = {learn / max(sim, 1e-9):.2f}; ss runs them one after the "
+        f"{learn:.1f} s (one core), learner / simulator = {learn / max(sim, 1e-9):.2f} (in process CPU: simulator "
+        f"{cpu_v.get('EnvWorker', 0):.1f} CPU-s, learner {cpu_v.get('Trainer', 0):.1f}, inference "
+        f"{cpu_v.get('RolloutWorker', 0):.1f}, lake writer {cpu_v.get('LakeWriter', 0):.1f} per version); ss runs them one after the "
         f"other, aa overlaps them, so perfect overlap gives {ideal_steady:.2f}x at steady state and "
         f"{ideal_all:.2f}x over {n} versions (aa's first batch has nothing to overlap with). Cores each stage really "
         "used during the timed window (process CPU-s per wall s; env worker / rollout / trainer / lake writer): "
         + "; ".join(f"{m} " + " / ".join(f"{c.get(k, 0):.2f}" for k in STAGES) for m, c in cores.items())
-        + f" — the simulator never used more than one core (threads per process: {ss.get('threads', {})}, "
-        "rendering on one llvmpipe thread). Equal learning: the same env seeds and learner in every mode; dense "
+        + " — the simulator never used more than one core (rendering on one llvmpipe thread; threads per "
+        f"process, Ray's own I/O threads included: {ss.get('threads', {})}). Equal learning: the same env seeds and learner in every mode; dense "
         f"reward per env step of each consumed batch vs consumed env steps — {curve} (ss has staleness 0, aa "
         f"mean {runs.get('aa', ss)['staleness_mean']:.2f}, max {runs.get('aa', ss)['staleness_max']}).")
 
