@@ -40,7 +40,9 @@ RL_REWARD_SCALE = 0.01
 # reach, ~80-150 on push / pick-place)
 TASKS = {
     "reach-v3": {"demos": 50, "sft_steps": 1200, "max_steps": 150},
-    "push-v3": {"demos": 300, "sft_steps": 1500, "max_steps": 200},  # 100 demos / 2400 steps: 24%, 300 / 1500: 36%
+    # 100 demos / 2400 steps: 24%, 300 / 1500: 36%, 600 / 1200: 28% (width 64, last checkpoint); 600 demos, width 128,
+    # 3000 steps, checkpoint chosen on validation goals: 46%
+    "push-v3": {"demos": 600, "sft_steps": 3000, "max_steps": 200, "model": {"width": 128}, "ckpt_points": 8},
     "pick-place-v3": {"demos": 100, "sft_steps": 2400, "max_steps": 200},
 }
 def _eval(ckpt, env_id: str, episodes: int, uri: str, max_steps: int, seed: int = EVAL_SEED) -> dict:
@@ -110,8 +112,8 @@ def run_task(name: str, args, root: Path) -> dict:
     lk = lake.open(uri)
     table = packed.table
     steps = spec["sft_steps"]
-    every = max(1, steps // args.ckpt_points)
-    common = dict(lake=uri, recipe=recipe.hash, lr=SFT_LR, warmup=50, log_every=100, model=model, seed=0)
+    every = max(1, steps // (args.ckpt_points or spec.get("ckpt_points", 4)))
+    common = dict(lake=uri, recipe=recipe.hash, lr=SFT_LR, warmup=50, log_every=100, model=model, seed=args.sft_seed)
     print(f"[{name}] SFT {steps} steps ...", flush=True)
     t_sft = time.perf_counter()
     sft = train(SFTConfig(out_dir=str(work / "sft"), steps=steps, ckpt_every=every, keep_checkpoints=True, **common),
@@ -135,7 +137,7 @@ def run_task(name: str, args, root: Path) -> dict:
     result = {
         "task": name, "env_id": env_id, "inputs": INPUTS, "demos": spec["demos"], "noise": args.noise, **demo,
         "sft_steps": steps, "sft_seconds": sft_s, "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])),
-        "model": model, "selection": {"seed": VAL_SEED, "episodes": args.val_episodes, "step": chosen["step"]}, "horizon": HORIZON, "max_steps": ms, "episodes": args.episodes,
+        "model": model, "sft_seed": args.sft_seed, "selection": {"seed": VAL_SEED, "episodes": args.val_episodes, "step": chosen["step"]}, "horizon": HORIZON, "max_steps": ms, "episodes": args.episodes,
         "pack": {"version": packed.version or lk.version, "table": table, "recipe": recipe.hash,
                  "samples": packed.samples},
         "checkpoint": {"path": chosen["checkpoint"], "lake_version": sft["lineage"]["lake_version"],
@@ -284,6 +286,8 @@ def report(root: Path, command: str, load: str) -> str:
         tag = " (earlier run)" if r in earlier_runs else ""
         if r.get("model", MODEL) != MODEL:
             tag += f" (width {r['model']['width']}, depth {r['model']['depth']})"
+        if r.get("sft_seed"):
+            tag += f" (SFT seed {r['sft_seed']})"
         sel = r.get("selection")
         ckpt = (f"`{r['task']}/sft/" + (Path(r['checkpoint']['path']).name if sel else "last.pt") + "`"
                 + (f" (step {sel['step']}, chosen on {sel['episodes']} validation goals)" if sel else " (last)"))
@@ -340,7 +344,9 @@ def main(argv=None) -> int:
     ap.add_argument("--curve-episodes", type=int, default=20, help="per intermediate RL curve point")
     ap.add_argument("--val-episodes", type=int, default=50,
                     help=f"validation goals (env seed {VAL_SEED}) per kept SFT checkpoint; the best one is evaluated")
-    ap.add_argument("--ckpt-points", type=int, default=4, help="SFT checkpoints kept and validated (the curve)")
+    ap.add_argument("--ckpt-points", type=int, default=None,
+                    help="SFT checkpoints kept and validated (the curve; default: the task's, else 4)")
+    ap.add_argument("--sft-seed", type=int, default=0, help="SFT initialization and data order seed")
     ap.add_argument("--width", type=int, default=None, help="override the VLA width")
     ap.add_argument("--depth", type=int, default=None, help="override the VLA depth")
     ap.add_argument("--rl-demos", type=int, default=3, help="demo episodes the RL actor is behaviour-cloned on")
