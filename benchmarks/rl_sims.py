@@ -86,7 +86,7 @@ class StageCPU:
     CPU-seconds per wall second over [t0, t1] (1.0 = one core busy all the time)."""
 
     def __init__(self, interval: float = 0.5):
-        self.interval, self.series, self.threads = interval, {}, {}
+        self.interval, self.series, self.threads, self.nice = interval, {}, {}, {}
         self._stop = threading.Event()
 
     def _sample(self):
@@ -100,11 +100,12 @@ class StageCPU:
                 if stage not in STAGES:
                     continue
                 try:
-                    c, n = p.cpu_times(), p.num_threads()
+                    c, n, nice = p.cpu_times(), p.num_threads(), p.nice()
                 except psutil.Error:
                     continue
                 self.series.setdefault(p.pid, (stage, []))[1].append((now, c.user + c.system))
                 self.threads[stage] = max(self.threads.get(stage, 0), n)
+                self.nice[stage] = max(self.nice.get(stage, -20), nice)
             self._stop.wait(self.interval)
 
     def window(self, t0: float, t1: float) -> dict:
@@ -190,7 +191,7 @@ def summarize(rep, cfg, cpu: StageCPU | None = None) -> dict:
         "envs": cfg.workers.env_workers * cfg.workers.envs_per_worker,
         **steady(rep.history),
         **({"cpu": cpu.window(rep.history[-1]["time"] - rep.wall_s, rep.history[-1]["time"]),
-            "threads": dict(cpu.threads)} if cpu is not None and rep.history else {}),
+            "threads": dict(cpu.threads), "nice": dict(cpu.nice)} if cpu is not None and rep.history else {}),
     }
 
 
@@ -257,7 +258,8 @@ def breakdown(r: dict) -> str:
             f"per version: simulator {r['env_ms_per_env_step'] * r['consumed_steps'] / versions / 1000:.1f} s busy, "
             f"learner {r['trainer_s_per_version']:.1f} s busy; CPU-s per version: "
             + ", ".join(f"{k} {v * r['wall_s'] / versions:.1f}" for k, v in cpu.items()) + "; cores used: "
-            + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()) + f" (threads {r.get('threads', {})})")
+            + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()) + f" (threads {r.get('threads', {})}, nice "
+            f"{r.get('nice', {})})")
 
 
 def bench_locked(path: str = "/work/notes/bench.lock") -> bool:
@@ -436,7 +438,7 @@ def sim_sized_text(res: dict) -> str:
         "used during the timed window (process CPU-s per wall s; env worker / rollout / trainer / lake writer): "
         + "; ".join(f"{m} " + " / ".join(f"{c.get(k, 0):.2f}" for k in STAGES) for m, c in cores.items())
         + " — the simulator never used more than one core (rendering on one llvmpipe thread; threads per "
-        f"process, Ray's own I/O threads included: {ss.get('threads', {})}). Equal learning: the same env seeds and learner in every mode; dense "
+        f"process, Ray's own I/O threads included: {ss.get('threads', {})}; actors' nice: {ss.get('nice', {})}). Equal learning: the same env seeds and learner in every mode; dense "
         f"reward per env step of each consumed batch vs consumed env steps — {curve} (ss has staleness 0, aa "
         f"mean {runs.get('aa', ss)['staleness_mean']:.2f}, max {runs.get('aa', ss)['staleness_max']}).")
 
@@ -527,6 +529,9 @@ def main() -> int:
     # node this process starts); set before torch or a GL library is loaded here
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE.parent), os.environ.get("PYTHONPATH")) if p)
     os.environ.update(ONE_THREAD)
+    # Ray starts its workers at nice 15 (RAY_worker_niceness): the timed actors would then run at the priority of
+    # the other engineers' background jobs (nice 15) instead of this run's own; the timing runs at normal priority
+    os.environ["RAY_worker_niceness"] = "0"
     from training.sims import configure_libero, configure_rendering
 
     configure_rendering()
