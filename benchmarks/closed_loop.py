@@ -283,7 +283,7 @@ def report(root: Path, command: str, load: str) -> str:
     ]
     for r in [*results, *earlier_runs]:
         rows = r["rows"]
-        tag = " (earlier run)" if r in earlier_runs else ""
+        tag = f" ({r.get('label', 'earlier run')})" if r in earlier_runs else ""
         if r.get("model", MODEL) != MODEL:
             tag += f" (width {r['model']['width']}, depth {r['model']['depth']})"
         if r.get("sft_seed"):
