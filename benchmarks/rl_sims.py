@@ -309,8 +309,8 @@ def plot(results: dict, path: Path) -> None:
             row[1].plot([0.0] + [h["time"] - r["start"] for h in r["history"]], [0] + steps, marker="o", ms=3,
                         label=f"{mode}: {r['steps_per_s']:.1f} steps/s")
         row[0].set(xlabel="learner-consumed env steps", ylabel="dense reward per env step",
-                   title=f"{learner} learner: sample efficiency")
-        row[1].set(xlabel="wall time (s)", ylabel="learner-consumed env steps", title=f"{learner} learner: throughput")
+                   title=f"{learner}: sample efficiency")
+        row[1].set(xlabel="wall time (s)", ylabel="learner-consumed env steps", title=f"{learner}: throughput")
         for ax in row:
             ax.grid(alpha=0.3)
             ax.legend()
@@ -362,16 +362,16 @@ def bound(res: dict) -> str:
 
 
 def record_results(dirs: list[Path], args) -> None:
-    """Print (and with ``--record`` write) one ``### <learner> learner`` subsection per run folder; subsections
-    of other learners already in RESULTS.md are kept."""
-    results = {}
+    """Print (and with ``--record`` write) one ``### <learner> learner[, <label>]`` subsection per run folder
+    (``label``: an optional field of its runs.json meta); other subsections already in RESULTS.md are kept."""
+    blocks = {}
     for d in dirs:
         res = json.loads((d / "runs.json").read_text())
-        results[res["meta"]["learner"]] = res
-    blocks = {}
-    for learner, res in results.items():
-        png = HERE / ("rl_sims.png" if learner == "small" else f"rl_sims_{learner}.png")
-        plot({learner: res}, png)
+        learner, label = res["meta"]["learner"], res["meta"].get("label")
+        heading = f"{learner} learner" + (f", {label}" if label else "")
+        slug = "" if learner == "small" else "_" + re.sub(r"[^a-z0-9]+", "-", f"{learner} {label or ''}".lower()).strip("-")
+        png = HERE / f"rl_sims{slug}.png"
+        plot({heading: res}, png)
         m, runs = res["meta"], res["runs"]
         sp = m["split"]
         command = m.get("command") or (f".venv/bin/python benchmarks/rl_sims.py --learner {learner} --train-steps "
@@ -392,7 +392,7 @@ def record_results(dirs: list[Path], args) -> None:
         lines += table(res)
         lines += ["", sim_sized_text(res) if learner == "sim-sized" else small_text(res), "",
                   f"![reward per step vs env steps, and throughput]({png.name})"]
-        blocks[learner] = "\n".join(lines)
+        blocks[heading] = "\n".join(lines)
     body = merge_subsections(blocks)
     print(body)
     if args.record:
@@ -461,8 +461,8 @@ def sim_sized_text(res: dict) -> str:
 
 
 def merge_subsections(blocks: dict) -> str:
-    """The section body: the ``### <learner> learner`` subsections already in RESULTS.md, those in ``blocks``
-    replaced (or added), in a stable order (small first)."""
+    """The section body: the ``### <heading>`` subsections already in RESULTS.md, those in ``blocks`` (heading ->
+    text) replaced or added, in a stable order (the small learner first)."""
     from _report import RESULTS
 
     text = RESULTS.read_text() if RESULTS.exists() else ""
@@ -473,10 +473,10 @@ def merge_subsections(blocks: dict) -> str:
         body = text[m.end():m.end() + nxt.start()] if nxt else text[m.end():]
         for part in re.split(r"^### ", body, flags=re.M)[1:]:
             head, _, rest = part.partition("\n")
-            current[head.strip().removesuffix(" learner")] = rest.strip()
+            current[head.strip()] = rest.strip()
     current.update(blocks)
-    order = sorted(current, key=lambda k: (k != "small", k))
-    return "\n\n".join(f"### {k} learner\n\n{current[k]}" for k in order)
+    order = sorted(current, key=lambda k: (not k.startswith("small"), k))
+    return "\n\n".join(f"### {k}\n\n{current[k]}" for k in order)
 
 
 def evaluate_all(d: Path, args) -> None:

@@ -60,5 +60,5 @@ def test_recording_one_learner_keeps_the_other_learners_subsection(tmp_path, mon
     results.write_text(f"# r\n\n## {rl_sims.SECTION}\n\n### small learner\n\nsmall text\n\n### sim-sized learner\n\n"
                        "old\n\n## Next\n\nkept\n")
     monkeypatch.setattr(_report, "RESULTS", results)
-    body = rl_sims.merge_subsections({"sim-sized": "new"})
+    body = rl_sims.merge_subsections({"sim-sized learner": "new"})
     assert body == "### small learner\n\nsmall text\n\n### sim-sized learner\n\nnew"
