@@ -9,9 +9,11 @@ camera; action chunks) -> SFT with a checkpoint kept every quarter (the learning
 task's results are written to ``<task>/result.json`` as soon as it finishes, and with ``--record`` the RESULTS.md
 section and the plots are rebuilt from every result present, so a long run saves what it has.
 
-Held out: demos use env seeds derived from seed 0 (``lake eval``'s derivation), evaluations seed 1000, RL
-seeds its env workers from its own run seed: every evaluation goal is one the policy never trained on (the
-script checks the demo and evaluation goal seeds are disjoint). Success = Meta-World's ``info["success"]``
+Held out: demos use env seeds derived from seed 0 (``lake eval``'s derivation), checkpoint selection seed 2000
+(validation goals), evaluations seed 1000, RL seeds its env workers from its own run seed: every evaluation goal
+is one the policy never trained on and never chose a checkpoint on (the script checks the three goal seed sets
+are disjoint). The kept checkpoints (the learning curve) are evaluated on the validation goals only; the
+held-out evaluation runs once, on the checkpoint with the best validation success (early stopping). Success = Meta-World's ``info["success"]``
 at any step before the time limit; rates carry Wilson 95% intervals.
 """
 
@@ -32,24 +34,26 @@ from _report import RESULTS, machine, record  # noqa: E402
 from training.sims.metaworld_sft import HORIZON, INPUTS, METAWORLD_VLA as MODEL, SFT_LR, metaworld_recipe  # noqa: E402
 
 SECTION = "Closed loop (Meta-World): SFT and RL learn"
-EVAL_SEED, DEMO_SEED = 1000, 0
+EVAL_SEED, DEMO_SEED, VAL_SEED = 1000, 0, 2000
 RL_REWARD_SCALE = 0.01
 # per task: expert demos, SFT steps, evaluation time limit (Meta-World's own is 500; the expert needs ~50 on
 # reach, ~80-150 on push / pick-place)
 TASKS = {
     "reach-v3": {"demos": 50, "sft_steps": 1200, "max_steps": 150},
-    "push-v3": {"demos": 300, "sft_steps": 1500, "max_steps": 200},  # 100 demos / 2400 steps: 24%, 300 / 1500: 36%
+    # 100 demos / 2400 steps: 24%, 300 / 1500: 36%, 600 / 1200: 28% (width 64, last checkpoint); 600 demos, width 128,
+    # 3000 steps, checkpoint chosen on validation goals: 46%
+    "push-v3": {"demos": 600, "sft_steps": 3000, "max_steps": 200, "model": {"width": 128}, "ckpt_points": 8},
     "pick-place-v3": {"demos": 100, "sft_steps": 2400, "max_steps": 200},
 }
-def _eval(ckpt, env_id: str, episodes: int, uri: str, max_steps: int) -> dict:
+def _eval(ckpt, env_id: str, episodes: int, uri: str, max_steps: int, seed: int = EVAL_SEED) -> dict:
     from training.evaluate import evaluate, wilson_interval
 
-    ev = evaluate(ckpt, env_id, episodes, lake_uri=uri, seed=EVAL_SEED, record_video=False, max_steps=max_steps,
+    ev = evaluate(ckpt, env_id, episodes, lake_uri=uri, seed=seed, record_video=False, max_steps=max_steps,
                   batch_size=min(25, episodes))
     k = sum(r.success for r in ev.rows)
     lo, hi = wilson_interval(k, ev.episodes)
     return {"k": k, "n": ev.episodes, "rate": ev.success_rate, "lo": lo, "hi": hi, "mean_length": ev.mean_length,
-            "eval_version": ev.lake_version, "checkpoint": os.fspath(ckpt), "seconds": ev.seconds}
+            "eval_version": ev.lake_version, "checkpoint": os.fspath(ckpt), "seconds": ev.seconds, "seed": seed}
 
 
 def _demos(work: Path, env_id: str, n: int, noise: float):
@@ -71,12 +75,21 @@ def _demos(work: Path, env_id: str, n: int, noise: float):
             "expert_success": rep.success_rate}
 
 
-def _held_out(n_demos: int, n_eval: int) -> None:
+def _held_out(n_demos: int, n_eval: int, n_val: int = 0) -> None:
+    """Raise if demo, validation and held-out evaluation goals (env seeds) overlap."""
     from training.evaluate import _env_seed
 
-    clash = {_env_seed(DEMO_SEED, i) for i in range(n_demos)} & {_env_seed(EVAL_SEED, i) for i in range(n_eval)}
-    if clash:
-        raise RuntimeError(f"evaluation env seeds {sorted(clash)} are also demo seeds")
+    sets = {name: {_env_seed(seed, i) for i in range(n)}
+            for name, seed, n in (("demo", DEMO_SEED, n_demos), ("evaluation", EVAL_SEED, n_eval),
+                                  ("validation", VAL_SEED, n_val))}
+    for a, b in (("evaluation", "demo"), ("validation", "demo"), ("evaluation", "validation")):
+        if clash := sets[a] & sets[b]:
+            raise RuntimeError(f"{a} env seeds {sorted(clash)} are also {b} seeds")
+
+
+def _select(points: list[dict]) -> dict:
+    """The validation point with the most successes; the earliest on a tie (early stopping)."""
+    return max(points, key=lambda p: (p["k"], -p["step"]))
 
 
 def run_task(name: str, args, root: Path) -> dict:
@@ -86,9 +99,10 @@ def run_task(name: str, args, root: Path) -> dict:
     from training.sims.experts import save_expert
 
     spec = {**TASKS[name], **{k: v for k, v in (("demos", args.demos), ("sft_steps", args.sft_steps)) if v}}
+    model = {**MODEL, **spec.get("model", {}), **{k: v for k, v in (("width", args.width), ("depth", args.depth)) if v}}
     env_id, work = f"metaworld/{name}", root / name
     work.mkdir(parents=True, exist_ok=True)
-    _held_out(spec["demos"], args.episodes)
+    _held_out(spec["demos"], args.episodes, args.val_episodes)
     t0 = time.perf_counter()
     print(f"[{name}] demos ...", flush=True)
     demo = _demos(work, env_id, spec["demos"], args.noise)
@@ -98,8 +112,8 @@ def run_task(name: str, args, root: Path) -> dict:
     lk = lake.open(uri)
     table = packed.table
     steps = spec["sft_steps"]
-    every = max(1, steps // 4)
-    common = dict(lake=uri, recipe=recipe.hash, lr=SFT_LR, warmup=50, log_every=100, model=MODEL, seed=0)
+    every = max(1, steps // (args.ckpt_points or spec.get("ckpt_points", 4)))
+    common = dict(lake=uri, recipe=recipe.hash, lr=SFT_LR, warmup=50, log_every=100, model=model, seed=args.sft_seed)
     print(f"[{name}] SFT {steps} steps ...", flush=True)
     t_sft = time.perf_counter()
     sft = train(SFTConfig(out_dir=str(work / "sft"), steps=steps, ckpt_every=every, keep_checkpoints=True, **common),
@@ -108,24 +122,25 @@ def run_task(name: str, args, root: Path) -> dict:
     untrained = train(SFTConfig(out_dir=str(work / "sft_0"), steps=0, **common), progress=False)["checkpoint"]
     expert = save_expert(work / "expert.pt", env_id, noise=0.0)
     ms = spec["max_steps"]
-    print(f"[{name}] evaluations ...", flush=True)
-    curve = []
-    for s in range(every, steps, every):  # the final checkpoint is evaluated with the full count below
-        ckpt = work / "sft" / f"step_{s:06d}.pt"
-        curve.append({"step": s, **_eval(ckpt, env_id, args.curve_episodes, uri, ms)})
+    print(f"[{name}] validation (env seed {VAL_SEED}) of every kept checkpoint ...", flush=True)
+    curve = [{"step": 0, **_eval(untrained, env_id, args.val_episodes, uri, ms, seed=VAL_SEED)}]
+    for s in [*range(every, steps, every), steps]:
+        ckpt = work / "sft" / f"step_{s:06d}.pt" if s < steps else sft["checkpoint"]
+        curve.append({"step": s, **_eval(ckpt, env_id, args.val_episodes, uri, ms, seed=VAL_SEED)})
         print(f"[{name}]   step {s}: {curve[-1]['k']}/{curve[-1]['n']}", flush=True)
+    chosen = _select(curve[1:])
+    print(f"[{name}] held-out evaluation (env seed {EVAL_SEED}) of step {chosen['step']} ...", flush=True)
     rows = {"untrained": _eval(untrained, env_id, args.episodes, uri, ms),
-            "sft": _eval(sft["checkpoint"], env_id, args.episodes, uri, ms),
+            "sft": _eval(chosen["checkpoint"], env_id, args.episodes, uri, ms),
             "expert": _eval(expert, env_id, args.episodes, uri, ms)}
-    curve = [{"step": 0, **rows["untrained"]}, *curve, {"step": steps, **rows["sft"]}]
     losses = sft["losses"]
     result = {
         "task": name, "env_id": env_id, "inputs": INPUTS, "demos": spec["demos"], "noise": args.noise, **demo,
         "sft_steps": steps, "sft_seconds": sft_s, "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])),
-        "model": MODEL, "horizon": HORIZON, "max_steps": ms, "episodes": args.episodes,
+        "model": model, "sft_seed": args.sft_seed, "selection": {"seed": VAL_SEED, "episodes": args.val_episodes, "step": chosen["step"]}, "horizon": HORIZON, "max_steps": ms, "episodes": args.episodes,
         "pack": {"version": packed.version or lk.version, "table": table, "recipe": recipe.hash,
                  "samples": packed.samples},
-        "checkpoint": {"path": sft["checkpoint"], "lake_version": sft["lineage"]["lake_version"],
+        "checkpoint": {"path": chosen["checkpoint"], "lake_version": sft["lineage"]["lake_version"],
                        "packed_table": sft["lineage"]["packed_table"]},
         "rows": rows, "curve": curve, "seconds": time.perf_counter() - t0,
         "threads": os.environ.get("OMP_NUM_THREADS", "unset"), "command": getattr(args, "command", None),
@@ -229,8 +244,8 @@ def _plots(results: list[dict], rl: list[dict], out: Path) -> list[str]:
     made = []
     if results:
         plot("closed_loop_sft.png",
-             [(f"{r['task']} (expert {r['rows']['expert']['rate']:.0%})", [p["step"] for p in r["curve"]], r["curve"])
-              for r in results],
+             [(f"{r['task']} (expert {r['rows']['expert']['rate']:.0%}){' validation goals' if 'selection' in r else ''}",
+              [p["step"] for p in r["curve"]], r["curve"]) for r in results],
              "SFT steps", "Meta-World: VLA success vs SFT steps (95% Wilson)")
     if rl:
         plot("closed_loop_rl.png", [(r["task"], [p["env_steps"] for p in r["curve"]], r["curve"]) for r in rl],
@@ -254,7 +269,9 @@ def report(root: Path, command: str, load: str) -> str:
         f"Protocol: Meta-World's scripted experts with Gaussian action noise (std {results[0]['noise'] if results else '?'}) "
         f"write the demos (successful episodes kept; env seeds from seed {DEMO_SEED}); evaluation on held-out goals "
         f"(env seeds from seed {EVAL_SEED}, disjoint), success = `info['success']` before the time limit; 95% "
-        "Wilson intervals. Every evaluation is itself a lake version (episodes + `evals` row).",
+        "Wilson intervals. Where a row says so, the SFT checkpoint was chosen on validation goals (env seeds from seed "
+        f"{VAL_SEED}, disjoint from both) and only that checkpoint met the held-out goals (early stopping). Every "
+        "evaluation is itself a lake version (episodes + `evals` row).",
         f"Policy: the reference VLA (`training.vla`, flow matching, width {MODEL['width']}, depth {MODEL['depth']}, "
         f"state also fed to the action expert: `state_in_suffix`), inputs: {INPUTS}; {HORIZON}-step action chunks, "
         f"{MODEL['exec_steps']} executed before re-planning; AdamW lr 1e-3, cosine; 1 pack (2048 tokens, ~80 samples) "
@@ -266,19 +283,32 @@ def report(root: Path, command: str, load: str) -> str:
     ]
     for r in [*results, *earlier_runs]:
         rows = r["rows"]
-        tag = " (earlier run)" if r in earlier_runs else ""
+        tag = f" ({r.get('label', 'earlier run')})" if r in earlier_runs else ""
+        if r.get("model", MODEL) != MODEL:
+            tag += f" (width {r['model']['width']}, depth {r['model']['depth']})"
+        if r.get("sft_seed"):
+            tag += f" (SFT seed {r['sft_seed']})"
+        sel = r.get("selection")
+        ckpt = (f"`{r['task']}/sft/" + (Path(r['checkpoint']['path']).name if sel else "last.pt") + "`"
+                + (f" (step {sel['step']}, chosen on {sel['episodes']} validation goals)" if sel else " (last)"))
         lines.append(
             f"| {r['task']}{tag} | state + text | {r['kept']} ({r['frames']}) | {r['sft_steps']} ({r['sft_seconds'] / 60:.1f} min) "
             f"| {_pct(rows['untrained'])} | **{_pct(rows['sft'])}** | {_pct(rows['expert'])} | v{r['lake_version']} / "
-            f"`{r['pack']['table']}` (v{r['pack']['version']}) / `{r['task']}/sft/last.pt` (trained on "
+            f"`{r['pack']['table']}` (v{r['pack']['version']}) / {ckpt} (trained on "
             f"v{r['checkpoint']['lake_version']}) / {_v(rows['untrained']['eval_version'])}, "
             f"{_v(rows['sft']['eval_version'])}, {_v(rows['expert']['eval_version'])} |")
     lines += [f"\n{p.read_text().strip()}" for n in TASKS if (p := root / n / "earlier" / "NOTE.md").exists()]
     if results:
-        lines += ["", "Learning curve (success vs SFT steps; intermediate points over "
-                  f"{results[0]['curve'][1]['n'] if len(results[0]['curve']) > 2 else '?'} episodes, ends over "
-                  f"{results[0]['episodes']}): " + "; ".join(
-                      f"{r['task']}: " + ", ".join(f"{p['step']}: {p['rate']:.0%}" for p in r["curve"]) for r in results)]
+        def goals(r):
+            if "selection" in r:
+                return (f"validation goals (env seed {r['selection']['seed']}), {r['selection']['episodes']} episodes "
+                        f"each; held-out goals only on the chosen step {r['selection']['step']}")
+            return (f"held-out goals, intermediate points over {r['curve'][1]['n'] if len(r['curve']) > 2 else '?'} "
+                    f"episodes, ends over {r['episodes']}; last checkpoint reported")
+
+        lines += ["", "Learning curve (success vs SFT steps): " + "; ".join(
+            f"{r['task']} ({goals(r)}): " + ", ".join(f"{p['step']}: {p['rate']:.0%}" for p in r["curve"])
+            for r in results)]
     for r in rl:
         s, e = r["start"], r["end"]
         lines += ["", f"**RL from a supervised checkpoint ({r['task']})**: the reference VLA samples actions by flow "
@@ -311,7 +341,14 @@ def main(argv=None) -> int:
     ap.add_argument("--sft-steps", type=int, default=None, help="override every task's SFT steps")
     ap.add_argument("--noise", type=float, default=0.1, help="expert action noise std (actions in [-1, 1])")
     ap.add_argument("--episodes", type=int, default=50, help="evaluation episodes per table entry")
-    ap.add_argument("--curve-episodes", type=int, default=20, help="per intermediate learning-curve point")
+    ap.add_argument("--curve-episodes", type=int, default=20, help="per intermediate RL curve point")
+    ap.add_argument("--val-episodes", type=int, default=50,
+                    help=f"validation goals (env seed {VAL_SEED}) per kept SFT checkpoint; the best one is evaluated")
+    ap.add_argument("--ckpt-points", type=int, default=None,
+                    help="SFT checkpoints kept and validated (the curve; default: the task's, else 4)")
+    ap.add_argument("--sft-seed", type=int, default=0, help="SFT initialization and data order seed")
+    ap.add_argument("--width", type=int, default=None, help="override the VLA width")
+    ap.add_argument("--depth", type=int, default=None, help="override the VLA depth")
     ap.add_argument("--rl-demos", type=int, default=3, help="demo episodes the RL actor is behaviour-cloned on")
     ap.add_argument("--bc-steps", type=int, default=1500)
     ap.add_argument("--rl-segments", type=int, default=2)
