@@ -106,15 +106,15 @@ class LiberoEnv(gym.Env):
             raise ValueError(f"{env_id!r}: reward {reward!r} is not one of {REWARDS}")
         if init not in INITS:
             raise ValueError(f"{env_id!r}: init {init!r} is not one of {INITS}")
-        suite, task_id, init, b = _task(env_id)
+        suite, task_id, fixed, b = _task(env_id)
         from libero.libero import get_libero_path
         from libero.libero.envs import OffScreenRenderEnv
 
         task = b.get_task(task_id)
-        self.suite, self.task_id, self.fixed_init = suite, task_id, init
+        self.suite, self.task_id, self.fixed_init = suite, task_id, fixed
         self.language = task.language
         self.init_states = np.asarray(b.get_task_init_states(task_id))
-        if init is not None and not 0 <= init < len(self.init_states):
+        if fixed is not None and not 0 <= fixed < len(self.init_states):
             raise ValueError(f"{env_id!r}: the task has init states 0..{len(self.init_states) - 1}")
         self.image, self.size, self.render_mode, self.reward, self.init = image, int(size), render_mode, reward, init
         self.max_episode_steps = int(max_episode_steps or SUITES[suite])
