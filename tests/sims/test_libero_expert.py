@@ -35,6 +35,7 @@ def test_env_kwargs_option_of_lake_eval_must_be_a_json_object():
 
 @needs_libero
 def test_objects_in_the_state_and_sampled_scenes_are_seeded_and_leave_numpy_alone():
+    """Sampled scenes: objects from the BDDL regions, the arm's joints with the recorded init states' noise."""
     from training.sims import libero
 
     env = libero.make(ENV, objects=True, init="sampled")
@@ -54,6 +55,7 @@ def test_objects_in_the_state_and_sampled_scenes_are_seeded_and_leave_numpy_alon
         again, _ = env.reset(seed=7)
         np.testing.assert_array_equal(again, a)  # a scene is a function of its seed
         assert np.abs(b[8:14] - a[8:14]).max() > 1e-3  # another seed, another scene
+        assert np.abs(b[:3] - a[:3]).max() > 1e-3  # and another start of the arm (joint noise, as LIBERO's own)
     finally:
         env.close()
     with pytest.raises(ValueError, match="init 'replayed' is not one of"):

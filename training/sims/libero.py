@@ -17,9 +17,10 @@ and is truncated at the suite's usual limit (220 / 280 / 300 / 520 steps) or ``m
 view of the scene (Meta-World's state carries its object poses the same way), and what the scripted experts
 (``training.sims.libero_expert``) read.
 
-``init="sampled"``: ``reset(seed=s)`` places the objects (and the robot's joint noise) the way LIBERO made its
-recorded init states, from the BDDL regions, with numpy's global RNG seeded from ``s`` for the call (its
-state is restored after): fresh scenes for demonstrations, so that the 50 recorded init states stay held out
+``init="sampled"``: ``reset(seed=s)`` makes a scene the way LIBERO made its recorded init states: objects placed
+from the BDDL regions, robot joints at robosuite's initial pose plus Gaussian noise of std ``JOINT_NOISE`` rad
+(the recorded init states' spread: 0.017-0.022 per joint), with numpy's global RNG seeded from ``s`` for the
+call (its state is restored after): fresh scenes for demonstrations, so that the 50 recorded init states stay held out
 for evaluation.
 
 Rewards: LIBERO's own are sparse (1 on success). ``reward="dense"`` adds potential-based shaping for RL,
@@ -48,6 +49,7 @@ FPS = 20  # robosuite control_freq
 CAMERAS = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}  # our key -> robosuite camera
 REWARDS = ("sparse", "dense")
 INITS = ("recorded", "sampled")
+JOINT_NOISE = 0.02  # rad: robosuite's "default" initialization noise, the spread of LIBERO's recorded init states
 SHAPING = 10.0  # dense reward per metre the gripper gets closer to the object of interest
 
 
@@ -124,6 +126,9 @@ class LiberoEnv(gym.Env):
                                        horizon=self.max_episode_steps + 10)
         self._fast_rendering()
         inner = self._env.env
+        if init == "sampled":
+            for robot in inner.robots:  # robosuite draws it at each reset (from numpy's global RNG)
+                robot.initialization_noise = {"magnitude": JOINT_NOISE, "type": "gaussian"}
         self._target = inner.obj_body_id[inner.obj_of_interest[0]]  # body the dense reward approaches
         self._dist = 0.0
         self.objects = [self._locate(name) for name in inner.obj_of_interest] if objects else []
