@@ -15,7 +15,8 @@ and is truncated at the suite's usual limit (220 / 280 / 300 / 520 steps) or ``m
 ``objects=True`` appends the world positions (metres) of the task's objects of interest (BDDL
 ``obj_of_interest``: the thing to move, then where it goes) to the state, 3 numbers each: a state-only policy's
 view of the scene (Meta-World's state carries its object poses the same way), and what the scripted experts
-(``training.sims.libero_expert``) read.
+(``training.sims.libero_expert``) read. ``relative=True`` (with ``objects``) appends each of those positions minus the
+end effector's too (3 more numbers each): where to go, in the gripper's frame of reference.
 
 ``init="sampled"``: ``reset(seed=s)`` makes a scene the way LIBERO made its recorded init states: objects placed
 from the BDDL regions, robot joints at robosuite's initial pose plus Gaussian noise of std ``JOINT_NOISE`` rad
@@ -103,7 +104,7 @@ class LiberoEnv(gym.Env):
 
     def __init__(self, env_id: str, *, image: bool = False, size: int = 64, max_episode_steps: int | None = None,
                  render_mode: str | None = "rgb_array", reward: str = "sparse", objects: bool = False,
-                 init: str = "recorded"):
+                 init: str = "recorded", relative: bool = False):
         if reward not in REWARDS:
             raise ValueError(f"{env_id!r}: reward {reward!r} is not one of {REWARDS}")
         if init not in INITS:
@@ -132,7 +133,10 @@ class LiberoEnv(gym.Env):
         self._target = inner.obj_body_id[inner.obj_of_interest[0]]  # body the dense reward approaches
         self._dist = 0.0
         self.objects = [self._locate(name) for name in inner.obj_of_interest] if objects else []
-        state = gym.spaces.Box(-np.inf, np.inf, (8 + 3 * len(self.objects),), np.float32)
+        if relative and not objects:
+            raise ValueError(f"{env_id!r}: relative=True needs objects=True")
+        self.relative = bool(relative)
+        state = gym.spaces.Box(-np.inf, np.inf, (8 + 3 * len(self.objects) * (1 + self.relative),), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (7,), np.float32)
         if image:
             cam = gym.spaces.Box(0, 255, (self.size, self.size, 3), np.uint8)
@@ -174,8 +178,10 @@ class LiberoEnv(gym.Env):
         return float(np.linalg.norm(self._env.sim.data.body_xpos[self._target] - raw["robot0_eef_pos"]))
 
     def _obs(self, raw: dict):
+        where = [np.array(at()) for at in self.objects]
+        rel = [w - raw["robot0_eef_pos"] for w in where] if self.relative else []
         state = np.concatenate([raw["robot0_eef_pos"], _axis_angle(raw["robot0_eef_quat"]),
-                                raw["robot0_gripper_qpos"], *(where() for where in self.objects)]).astype(np.float32)
+                                raw["robot0_gripper_qpos"], *where, *rel]).astype(np.float32)
         if not self.image:
             return state
         # robosuite's offscreen frames are upside down (OpenGL rows); LeRobot and OpenVLA rotate them 180 deg
@@ -227,7 +233,7 @@ class LiberoEnv(gym.Env):
 def make(env_id: str, *, image: bool = False, max_episode_steps: int | None = None, render: bool = False,
          **kwargs) -> LiberoEnv:
     """A ``LiberoEnv`` for ``libero/<suite>/<task id>[/<init index>]``; kwargs: ``size`` (pixels), ``reward``
-    (``sparse`` | ``dense``), ``objects`` (object positions in the state), ``init`` (``recorded`` |
+    (``sparse`` | ``dense``), ``objects`` (object positions in the state), ``relative`` (and relative to the gripper), ``init`` (``recorded`` |
     ``sampled``)."""
     del render  # the offscreen renderer always exists
     kwargs.pop("render_mode", None)
