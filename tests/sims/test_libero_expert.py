@@ -38,11 +38,11 @@ def test_objects_in_the_state_and_sampled_scenes_are_seeded_and_leave_numpy_alon
     """Sampled scenes: objects from the BDDL regions, the arm's joints with the recorded init states' noise."""
     from training.sims import libero
 
-    env = libero.make(ENV, objects=True, init="sampled")
+    env = libero.make(ENV, objects=True, relative=True, init="sampled")
     try:
         inner = env.raw.env
         assert inner.obj_of_interest == ["cream_cheese_1", "akita_black_bowl_1"]
-        assert env.observation_space.shape == (14,)
+        assert env.observation_space.shape == (8 + 3 * 2 + 3 * 2,)
         np.random.seed(123)
         before = np.random.get_state()[1].copy()
         a, info = env.reset(seed=7)
@@ -51,6 +51,7 @@ def test_objects_in_the_state_and_sampled_scenes_are_seeded_and_leave_numpy_alon
         for k, name in enumerate(inner.obj_of_interest):  # positions as the sim has them (float32 state)
             np.testing.assert_allclose(a[8 + 3 * k: 11 + 3 * k], inner.sim.data.body_xpos[inner.obj_body_id[name]],
                                        atol=1e-6)
+        np.testing.assert_allclose(a[14:20], a[8:14] - np.tile(a[:3], 2), atol=1e-6)  # relative to the gripper
         b, _ = env.reset(seed=8)
         again, _ = env.reset(seed=7)
         np.testing.assert_array_equal(again, a)  # a scene is a function of its seed
@@ -60,6 +61,8 @@ def test_objects_in_the_state_and_sampled_scenes_are_seeded_and_leave_numpy_alon
         env.close()
     with pytest.raises(ValueError, match="init 'replayed' is not one of"):
         libero.make(ENV, init="replayed")
+    with pytest.raises(ValueError, match="relative=True needs objects=True"):
+        libero.make(ENV, relative=True)
 
 
 @needs_libero

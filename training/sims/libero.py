@@ -109,6 +109,8 @@ class LiberoEnv(gym.Env):
             raise ValueError(f"{env_id!r}: reward {reward!r} is not one of {REWARDS}")
         if init not in INITS:
             raise ValueError(f"{env_id!r}: init {init!r} is not one of {INITS}")
+        if relative and not objects:
+            raise ValueError(f"{env_id!r}: relative=True needs objects=True")
         suite, task_id, fixed, b = _task(env_id)
         from libero.libero import get_libero_path
         from libero.libero.envs import OffScreenRenderEnv
@@ -133,8 +135,6 @@ class LiberoEnv(gym.Env):
         self._target = inner.obj_body_id[inner.obj_of_interest[0]]  # body the dense reward approaches
         self._dist = 0.0
         self.objects = [self._locate(name) for name in inner.obj_of_interest] if objects else []
-        if relative and not objects:
-            raise ValueError(f"{env_id!r}: relative=True needs objects=True")
         self.relative = bool(relative)
         state = gym.spaces.Box(-np.inf, np.inf, (8 + 3 * len(self.objects) * (1 + self.relative),), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (7,), np.float32)
@@ -233,8 +233,8 @@ class LiberoEnv(gym.Env):
 def make(env_id: str, *, image: bool = False, max_episode_steps: int | None = None, render: bool = False,
          **kwargs) -> LiberoEnv:
     """A ``LiberoEnv`` for ``libero/<suite>/<task id>[/<init index>]``; kwargs: ``size`` (pixels), ``reward``
-    (``sparse`` | ``dense``), ``objects`` (object positions in the state), ``relative`` (and relative to the gripper), ``init`` (``recorded`` |
-    ``sampled``)."""
+    (``sparse`` | ``dense``), ``objects`` (object positions in the state), ``relative`` (and relative to the
+    gripper), ``init`` (``recorded`` | ``sampled``)."""
     del render  # the offscreen renderer always exists
     kwargs.pop("render_mode", None)
     return LiberoEnv(env_id, image=image, max_episode_steps=max_episode_steps, **kwargs)
