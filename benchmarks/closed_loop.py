@@ -313,10 +313,10 @@ def libero_report(root: Path, command: str, load: str) -> str | None:
             f"`{r['task']}/sft/last.pt` (trained on v{r['checkpoint']['lake_version']}) / "
             f"{_v(rows['untrained']['eval_version'])}, {_v(rows['sft']['eval_version'])}, "
             f"{_v(rows['expert']['eval_version'])} |")
-    lines += ["", "Learning curve (success vs SFT steps; intermediate points over the first "
-              f"{results[0]['curve'][1]['n'] if len(results[0]['curve']) > 2 else '?'} init states, ends over "
-              f"{results[0]['episodes']}): " + "; ".join(
-                  f"`{r['env_id']}`: " + ", ".join(f"{p['step']}: {p['rate']:.0%}" for p in r["curve"]) for r in results)]
+    lines += ["", "Learning curve (successes / episodes vs SFT steps; episode i starts from recorded init state i): "
+              + "; ".join(f"{r['task']}: " + ", ".join(f"{p['step']}: {p['k']}/{p['n']}" for p in r["curve"])
+                          for r in results)]
+    lines += [f"\nNote ({r['task']}): {r['note']}" for r in results if r.get("note")]
     lines += ["", *[f"![{p}]({p})" for p in plots]]
     return "\n".join(lines)
 
