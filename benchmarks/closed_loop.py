@@ -267,8 +267,8 @@ def _plots(results: list[dict], rl: list[dict], out: Path, libero: list[dict] = 
              "Meta-World: aa RL from a behaviour-cloned checkpoint (95% Wilson)")
     if libero:
         plot("closed_loop_libero.png",
-             [(f"{r['env_id']} (expert {r['rows']['expert']['rate']:.0%})", [p["step"] for p in r["curve"]], r["curve"])
-              for r in libero],
+             [(f"{r['task']}: {r['inputs'].split(' (')[0]} (expert {r['rows']['expert']['rate']:.0%})",
+               [p["step"] for p in r["curve"]], r["curve"]) for r in libero],
              "SFT steps", "LIBERO: VLA success vs SFT steps, recorded init states (95% Wilson)")
     return made
 
