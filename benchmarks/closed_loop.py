@@ -449,9 +449,14 @@ def main(argv=None) -> int:
 
             ray.shutdown()
             print(f"Ray start-up failed ({e}); retrying", flush=True)
+    from training.sims import available
+
     for name in args.tasks:
         if (root / name / "result.json").exists():
             print(f"[{name}] done before: {root / name / 'result.json'}", flush=True)
+        elif name not in METAWORLD_TASKS and not available("libero"):
+            print(f"[{name}] skipped: LIBERO is not installed (the sims extra: make sims)", flush=True)
+            continue
         else:
             run_task(name, args, root)
         save_report()
