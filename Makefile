@@ -51,8 +51,9 @@ $(SIMS_STAMP): $(STAMP) pyproject.toml
 
 sims: $(SIMS_STAMP)
 
-# The Meta-World learning proof (issue 16): demos -> lake -> pack -> SFT -> eval, then RL; long (about an hour per
-# task on 2 busy cores), not a timing: niced, one torch thread; each task's result is saved as it finishes and
+# The learning proof (issue 16), Meta-World tasks and LIBERO's libero_goal/6 (skipped without the sims extra):
+# demos -> lake -> pack -> SFT -> eval, then RL; long (about an hour per task on 2 busy cores), not a timing:
+# niced, one torch thread; each task's result is saved as it finishes and
 # benchmarks/RESULTS.md + PNGs are rebuilt from what is there (rerun to continue).
 proof: $(STAMP)
 	OMP_NUM_THREADS=1 nice -n 15 $(BIN)/python benchmarks/closed_loop.py --record

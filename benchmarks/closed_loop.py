@@ -13,8 +13,14 @@ Held out: demos use env seeds derived from seed 0 (``lake eval``'s derivation), 
 (validation goals), evaluations seed 1000, RL seeds its env workers from its own run seed: every evaluation goal
 is one the policy never trained on and never chose a checkpoint on (the script checks the three goal seed sets
 are disjoint). The kept checkpoints (the learning curve) are evaluated on the validation goals only; the
-held-out evaluation runs once, on the checkpoint with the best validation success (early stopping). Success = Meta-World's ``info["success"]``
-at any step before the time limit; rates carry Wilson 95% intervals.
+held-out evaluation runs once, on the checkpoint with the best validation success (early stopping). Success =
+Meta-World's ``info["success"]`` at any step before the time limit; rates carry Wilson 95% intervals.
+
+LIBERO (``libero_goal-6``: "put the cream cheese in the bowl"; its own RESULTS.md section): demos of the scripted
+pick-place expert (``training.sims.libero_expert``) on freshly sampled scenes, evaluations on LIBERO's 50
+recorded init states (episode i from init state i), the state with the objects' positions (``objects=True``).
+No validation selection there: the held-out rows are the last checkpoint's, and the curve's intermediate points
+(``--curve-episodes``) are on the recorded init states, for the plot only.
 """
 
 from __future__ import annotations
@@ -44,19 +50,45 @@ TASKS = {
     # 3000 steps, checkpoint chosen on validation goals: 46%
     "push-v3": {"demos": 600, "sft_steps": 3000, "max_steps": 200, "model": {"width": 128}, "ckpt_points": 8},
     "pick-place-v3": {"demos": 100, "sft_steps": 2400, "max_steps": 200},
+    # LIBERO (section LIBERO_SECTION): the scripted pick-place expert (training.sims.libero_expert) on freshly
+    # sampled scenes; evaluation on LIBERO's 50 recorded init states, each once (never a demo scene); the state
+    # carries the objects' positions (env option objects=True); a LIBERO env is ~1.5 GB, so 2 at a time
+    "libero_goal-6": {"env_id": "libero/libero_goal/6", "demos": 100, "sft_steps": 1500, "max_steps": 180,
+                      "env_kwargs": {"objects": True}, "eval_init_states": True, "batch_size": 2,
+                      "inputs": "14-d state (end effector, gripper, cream cheese and bowl positions) + task text, "
+                                "no camera"},
+    # the same with each object's position relative to the gripper as well (the run above misses grasps by 1-3 cm)
+    "libero_goal-6-rel": {"env_id": "libero/libero_goal/6", "demos": 100, "sft_steps": 1500, "max_steps": 180,
+                          "env_kwargs": {"objects": True, "relative": True}, "eval_init_states": True, "batch_size": 2,
+                          "demo_env_kwargs": {"objects": True, "relative": True, "init": "sampled"},
+                          "inputs": "20-d state (end effector, gripper, cream cheese and bowl positions, absolute and "
+                                    "relative to the gripper) + task text, no camera"},
 }
-def _eval(ckpt, env_id: str, episodes: int, uri: str, max_steps: int, seed: int = EVAL_SEED) -> dict:
+LIBERO_SECTION = "LIBERO closed loop: SFT on scripted-expert demos learns"
+METAWORLD_TASKS = [n for n, spec in TASKS.items() if "env_id" not in spec]
+
+
+def _env_id(name: str) -> str:
+    return TASKS[name].get("env_id", f"metaworld/{name}")
+
+
+def _eval(ckpt, env_id: str, episodes: int, uri: str, max_steps: int, spec: dict | None = None,
+          seed: int = EVAL_SEED) -> dict:
     from training.evaluate import evaluate, wilson_interval
 
+    spec = spec or {}
+    # LIBERO: episode i starts from recorded init state i (seed i % 50), each of the 50 once
+    seeds = list(range(episodes)) if spec.get("eval_init_states") else None
     ev = evaluate(ckpt, env_id, episodes, lake_uri=uri, seed=seed, record_video=False, max_steps=max_steps,
-                  batch_size=min(25, episodes))
+                  batch_size=min(spec.get("batch_size", 25), episodes), env_kwargs=spec.get("env_kwargs"),
+                  env_seeds=seeds)
     k = sum(r.success for r in ev.rows)
     lo, hi = wilson_interval(k, ev.episodes)
     return {"k": k, "n": ev.episodes, "rate": ev.success_rate, "lo": lo, "hi": hi, "mean_length": ev.mean_length,
             "eval_version": ev.lake_version, "checkpoint": os.fspath(ckpt), "seconds": ev.seconds, "seed": seed}
 
 
-def _demos(work: Path, env_id: str, n: int, noise: float):
+def _demos(work: Path, env_id: str, n: int, noise: float, batch_size: int = 10, env_kwargs: dict | None = None):
     import lake
     from training.sims.demos import record_expert_demos
 
@@ -70,7 +102,7 @@ def _demos(work: Path, env_id: str, n: int, noise: float):
                 "rolled_out": None, "expert_success": None}
     shutil.rmtree(work / "demos", ignore_errors=True)
     rep = record_expert_demos(uri, env_id, out=work / "demos", episodes=n, noise=noise, seed=DEMO_SEED, camera=False,
-                              batch_size=10)
+                              batch_size=batch_size, env_kwargs=env_kwargs)
     return {"kept": rep.kept, "frames": rep.frames, "lake_version": rep.ingest.version, "rolled_out": rep.rolled_out,
             "expert_success": rep.success_rate}
 
@@ -100,12 +132,12 @@ def run_task(name: str, args, root: Path) -> dict:
 
     spec = {**TASKS[name], **{k: v for k, v in (("demos", args.demos), ("sft_steps", args.sft_steps)) if v}}
     model = {**MODEL, **spec.get("model", {}), **{k: v for k, v in (("width", args.width), ("depth", args.depth)) if v}}
-    env_id, work = f"metaworld/{name}", root / name
+    env_id, work = _env_id(name), root / name
     work.mkdir(parents=True, exist_ok=True)
     _held_out(spec["demos"], args.episodes, args.val_episodes)
     t0 = time.perf_counter()
     print(f"[{name}] demos ...", flush=True)
-    demo = _demos(work, env_id, spec["demos"], args.noise)
+    demo = _demos(work, env_id, spec["demos"], args.noise, spec.get("batch_size", 10), spec.get("demo_env_kwargs"))
     uri = str(work / "lake")
     recipe = metaworld_recipe("closed_loop")
     packed = lake.open(uri).pack(recipe)
@@ -122,22 +154,38 @@ def run_task(name: str, args, root: Path) -> dict:
     untrained = train(SFTConfig(out_dir=str(work / "sft_0"), steps=0, **common), progress=False)["checkpoint"]
     expert = save_expert(work / "expert.pt", env_id, noise=0.0)
     ms = spec["max_steps"]
-    print(f"[{name}] validation (env seed {VAL_SEED}) of every kept checkpoint ...", flush=True)
-    curve = [{"step": 0, **_eval(untrained, env_id, args.val_episodes, uri, ms, seed=VAL_SEED)}]
-    for s in [*range(every, steps, every), steps]:
-        ckpt = work / "sft" / f"step_{s:06d}.pt" if s < steps else sft["checkpoint"]
-        curve.append({"step": s, **_eval(ckpt, env_id, args.val_episodes, uri, ms, seed=VAL_SEED)})
-        print(f"[{name}]   step {s}: {curve[-1]['k']}/{curve[-1]['n']}", flush=True)
-    chosen = _select(curve[1:])
-    print(f"[{name}] held-out evaluation (env seed {EVAL_SEED}) of step {chosen['step']} ...", flush=True)
-    rows = {"untrained": _eval(untrained, env_id, args.episodes, uri, ms),
-            "sft": _eval(chosen["checkpoint"], env_id, args.episodes, uri, ms),
-            "expert": _eval(expert, env_id, args.episodes, uri, ms)}
+    if spec.get("eval_init_states"):  # LIBERO: the last checkpoint (see the module docstring)
+        print(f"[{name}] evaluations ...", flush=True)
+        curve = []
+        for s in range(every, steps, every):  # the final checkpoint is evaluated with the full count below
+            ckpt = work / "sft" / f"step_{s:06d}.pt"
+            curve.append({"step": s, **_eval(ckpt, env_id, args.curve_episodes, uri, ms, spec)})
+            print(f"[{name}]   step {s}: {curve[-1]['k']}/{curve[-1]['n']}", flush=True)
+        rows = {"untrained": _eval(untrained, env_id, args.episodes, uri, ms, spec),
+                "sft": _eval(sft["checkpoint"], env_id, args.episodes, uri, ms, spec),
+                "expert": _eval(expert, env_id, args.episodes, uri, ms, spec)}
+        curve = [{"step": 0, **rows["untrained"]}, *curve, {"step": steps, **rows["sft"]}]
+        chosen, selection = {"checkpoint": sft["checkpoint"]}, None
+    else:
+        print(f"[{name}] validation (env seed {VAL_SEED}) of every kept checkpoint ...", flush=True)
+        curve = [{"step": 0, **_eval(untrained, env_id, args.val_episodes, uri, ms, spec, seed=VAL_SEED)}]
+        for s in [*range(every, steps, every), steps]:
+            ckpt = work / "sft" / f"step_{s:06d}.pt" if s < steps else sft["checkpoint"]
+            curve.append({"step": s, **_eval(ckpt, env_id, args.val_episodes, uri, ms, spec, seed=VAL_SEED)})
+            print(f"[{name}]   step {s}: {curve[-1]['k']}/{curve[-1]['n']}", flush=True)
+        chosen = _select(curve[1:])
+        selection = {"seed": VAL_SEED, "episodes": args.val_episodes, "step": chosen["step"]}
+        print(f"[{name}] held-out evaluation (env seed {EVAL_SEED}) of step {chosen['step']} ...", flush=True)
+        rows = {"untrained": _eval(untrained, env_id, args.episodes, uri, ms, spec),
+                "sft": _eval(chosen["checkpoint"], env_id, args.episodes, uri, ms, spec),
+                "expert": _eval(expert, env_id, args.episodes, uri, ms, spec)}
     losses = sft["losses"]
     result = {
-        "task": name, "env_id": env_id, "inputs": INPUTS, "demos": spec["demos"], "noise": args.noise, **demo,
+        "task": name, "env_id": env_id, "inputs": spec.get("inputs", INPUTS), "demos": spec["demos"],
+        "noise": args.noise, **demo, "env_kwargs": spec.get("env_kwargs"),
+        "eval_init_states": bool(spec.get("eval_init_states")),
         "sft_steps": steps, "sft_seconds": sft_s, "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])),
-        "model": model, "sft_seed": args.sft_seed, "selection": {"seed": VAL_SEED, "episodes": args.val_episodes, "step": chosen["step"]}, "horizon": HORIZON, "max_steps": ms, "episodes": args.episodes,
+        "model": model, "sft_seed": args.sft_seed, **({"selection": selection} if selection else {}), "horizon": HORIZON, "max_steps": ms, "episodes": args.episodes,
         "pack": {"version": packed.version or lk.version, "table": table, "recipe": recipe.hash,
                  "samples": packed.samples},
         "checkpoint": {"path": chosen["checkpoint"], "lake_version": sft["lineage"]["lake_version"],
@@ -219,7 +267,7 @@ def _pct(r: dict) -> str:
     return f"{r['k']}/{r['n']} = {r['rate']:.0%} [{r['lo']:.0%}, {r['hi']:.0%}]"
 
 
-def _plots(results: list[dict], rl: list[dict], out: Path) -> list[str]:
+def _plots(results: list[dict], rl: list[dict], out: Path, libero: list[dict] = ()) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -251,15 +299,75 @@ def _plots(results: list[dict], rl: list[dict], out: Path) -> list[str]:
         plot("closed_loop_rl.png", [(r["task"], [p["env_steps"] for p in r["curve"]], r["curve"]) for r in rl],
              "RL env steps (consumed by the learner)",
              "Meta-World: aa RL from a behaviour-cloned checkpoint (95% Wilson)")
+    if libero:
+        plot("closed_loop_libero.png",
+             [(f"{r['task']}: {r['inputs'].split(' (')[0]} (expert {r['rows']['expert']['rate']:.0%})",
+               [p["step"] for p in r["curve"]], r["curve"]) for r in libero],
+             "SFT steps", "LIBERO: VLA success vs SFT steps, recorded init states (95% Wilson)")
     return made
+
+
+def libero_report(root: Path, command: str, load: str) -> str | None:
+    """The LIBERO section from the LIBERO tasks' results under ``root`` (None when there are none)."""
+    results = [json.loads(p.read_text()) for n in TASKS if n not in METAWORLD_TASKS
+               and (p := root / n / "result.json").exists()]
+    if not results:
+        return None
+    plots = _plots([], [], HERE, libero=results)
+    commands = list(dict.fromkeys(r.get("command") or command for r in results))
+    lines = [
+        "Commands: " + "; ".join(f"`{c}`" for c in commands),
+        f"Machine: {machine()}; {load} (shared with other engineers' jobs: wall times are inflated, not timings)",
+        "",
+        "Protocol: LIBERO ships no demonstrations here, so a scripted expert writes them "
+        "(`training.sims.libero_expert`: a P-controller on the end-effector position over LIBERO's OSC_POSE delta "
+        "actions, orientation held, gripper phases; it reads the object positions from the state). Demos: the "
+        f"expert with Gaussian noise (std {results[0]['noise']}) on the position actions, on freshly sampled scenes "
+        "(`init='sampled'`: objects placed from the task's BDDL regions as LIBERO made its init states, seeds from "
+        f"seed {DEMO_SEED}), successful episodes kept, state only (nothing rendered). Evaluation: LIBERO's own 50 "
+        "recorded init states of the task, episode i from init state i, none of them a demo scene; success = "
+        "LIBERO's goal predicate (`check_success`) before the time limit; 95% Wilson intervals; every evaluation "
+        "is a lake version (episodes + `evals` row).",
+        f"Policy: the same lean recipe as the Meta-World proof (reference VLA, width {MODEL['width']}, depth "
+        f"{MODEL['depth']}, `state_in_suffix`, {HORIZON}-step action chunks, {MODEL['exec_steps']} executed, "
+        "AdamW lr 1e-3, cosine, one thread).",
+        "",
+        "| task | inputs | demos (frames) | SFT steps (wall) | untrained | SFT | expert | lineage: demos lake version / "
+        "pack / checkpoint / eval versions (untrained, SFT, expert) |",
+        "|---|---|---:|---:|---|---|---|---|",
+    ]
+    for r in results:
+        rows = r["rows"]
+        rolled = f", expert success while recording {r['expert_success']:.0%} of {r['rolled_out']}" if r.get(
+            "rolled_out") else ""
+        lines.append(
+            f"| `{r['env_id']}` ({describe_task(r['env_id'])}) | {r['inputs']} | {r['kept']} ({r['frames']}){rolled} "
+            f"| {r['sft_steps']} ({r['sft_seconds'] / 60:.1f} min) | {_pct(rows['untrained'])} | **{_pct(rows['sft'])}** "
+            f"| {_pct(rows['expert'])} | v{r['lake_version']} / `{r['pack']['table']}` (v{r['pack']['version']}) / "
+            f"`{r['task']}/sft/last.pt` (trained on v{r['checkpoint']['lake_version']}) / "
+            f"{_v(rows['untrained']['eval_version'])}, {_v(rows['sft']['eval_version'])}, "
+            f"{_v(rows['expert']['eval_version'])} |")
+    lines += ["", "Learning curve (successes / episodes vs SFT steps; episode i starts from recorded init state i): "
+              + "; ".join(f"{r['task']}: " + ", ".join(f"{p['step']}: {p['k']}/{p['n']}" for p in r["curve"])
+                          for r in results)]
+    lines += [f"\nNote ({r['task']}): {r['note']}" for r in results if r.get("note")]
+    lines += ["", *[f"![{p}]({p})" for p in plots]]
+    return "\n".join(lines)
+
+
+def describe_task(env_id: str) -> str:
+    from training.rl.envs import get_family
+
+    return get_family(env_id).default_task
 
 
 def report(root: Path, command: str, load: str) -> str:
     """The RESULTS.md section from every result under ``root``."""
-    results = [json.loads(p.read_text()) for n in TASKS if (p := root / n / "result.json").exists()]
-    rl = [json.loads(p.read_text()) for n in TASKS if (p := root / n / "rl_result.json").exists()]
+    results = [json.loads(p.read_text()) for n in METAWORLD_TASKS if (p := root / n / "result.json").exists()]
+    rl = [json.loads(p.read_text()) for n in METAWORLD_TASKS if (p := root / n / "rl_result.json").exists()]
     plots = _plots(results, rl, HERE)
-    earlier_runs = [json.loads(p.read_text()) for n in TASKS for p in sorted((root / n / "earlier").glob("*.json"))]
+    earlier_runs = [json.loads(p.read_text()) for n in METAWORLD_TASKS
+                    for p in sorted((root / n / "earlier").glob("*.json"))]
     commands = list(dict.fromkeys(r.get("command") or command for r in [*results, *earlier_runs, *rl]))
     lines = [
         "Commands (each task's result is saved on its own; the section is rebuilt from all of them): "
@@ -297,7 +405,7 @@ def report(root: Path, command: str, load: str) -> str:
             f"`{r['pack']['table']}` (v{r['pack']['version']}) / {ckpt} (trained on "
             f"v{r['checkpoint']['lake_version']}) / {_v(rows['untrained']['eval_version'])}, "
             f"{_v(rows['sft']['eval_version'])}, {_v(rows['expert']['eval_version'])} |")
-    lines += [f"\n{p.read_text().strip()}" for n in TASKS if (p := root / n / "earlier" / "NOTE.md").exists()]
+    lines += [f"\n{p.read_text().strip()}" for n in METAWORLD_TASKS if (p := root / n / "earlier" / "NOTE.md").exists()]
     if results:
         def goals(r):
             if "selection" in r:
@@ -368,12 +476,17 @@ def main(argv=None) -> int:
     args.command = command
 
     def save_report():
-        body = report(root, command, f"load average at start / now: {load0} / "
-                                     f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())}")
-        print(body, flush=True)
-        if args.record:
-            record(SECTION, body)
-            print(f"recorded in {RESULTS}", flush=True)
+        load = f"load average at start / now: {load0} / {'/'.join(f'{x:.1f}' for x in os.getloadavg())}"
+        # a section is rebuilt only from a workdir holding its results (a LIBERO-only run leaves Meta-World's alone)
+        mw = any((root / n / f).exists() for n in METAWORLD_TASKS for f in ("result.json", "rl_result.json"))
+        for section, body in ((SECTION, report(root, command, load) if mw else None),
+                              (LIBERO_SECTION, libero_report(root, command, load))):
+            if body is None:
+                continue
+            print(body, flush=True)
+            if args.record:
+                record(section, body)
+                print(f"recorded in {RESULTS}: {section}", flush=True)
 
     if args.report_only:
         save_report()
@@ -392,9 +505,14 @@ def main(argv=None) -> int:
 
             ray.shutdown()
             print(f"Ray start-up failed ({e}); retrying", flush=True)
+    from training.sims import available
+
     for name in args.tasks:
         if (root / name / "result.json").exists():
             print(f"[{name}] done before: {root / name / 'result.json'}", flush=True)
+        elif name not in METAWORLD_TASKS and not available("libero"):
+            print(f"[{name}] skipped: LIBERO is not installed (the sims extra: make sims)", flush=True)
+            continue
         else:
             run_task(name, args, root)
         save_report()

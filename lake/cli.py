@@ -382,6 +382,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int, default=8, help="episodes stepped together (one policy call per step)")
     sp.add_argument("--task", help="task string given to the policy (default: the env's)")
     sp.add_argument("--no-video", action="store_true", help="do not record camera frames into the lake")
+    sp.add_argument("--env-kwargs", help='env options as JSON, e.g. \'{"objects": true}\' (default: the checkpoint\'s)')
     # export (lake/_export.py)
     sp = add("export", cmd_export, "write a lake version as a LeRobot dataset folder (videos copied, not re-encoded)")
     sp.add_argument("dest")

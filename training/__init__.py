@@ -37,6 +37,7 @@ from training.factories import FACTORIES, UnknownFactory, get_factory, register_
 import training.vla  # noqa: E402,F401  - registers "vla"
 import training.rl.policy  # noqa: E402,F401  - registers "gaussian_actor_critic"
 import training.sims.experts  # noqa: E402,F401  - registers "metaworld_expert" (imports no simulator)
+import training.sims.libero_expert  # noqa: E402,F401  - registers "libero_expert" (imports no simulator)
 
 __all__ = [
     "ATTENTION_BACKENDS",

@@ -100,24 +100,30 @@ def _wants_image(policy, family) -> bool:
 
 
 def run_episodes(policy, env_id: str, episodes: int, *, seed: int = 0, record_video: bool = True,
-                 max_steps: int | None = None, batch_size: int = 8, task: str | None = None) -> list[dict]:
+                 max_steps: int | None = None, batch_size: int = 8, task: str | None = None,
+                 env_kwargs: dict | None = None, env_seeds=None) -> list[dict]:
     """Roll ``policy`` out for ``episodes`` episodes, ``batch_size`` envs at a time (each wave starts with
-    ``policy.reset``). Returns one dict per episode: frames, images, return, success, seed."""
+    ``policy.reset``); ``env_kwargs`` go to the env's constructor. Episode i resets with ``env_seeds[i]`` when
+    given (e.g. LIBERO's recorded init states 0..49, each once), else a seed derived from (seed, i). Returns one
+    dict per episode: frames, images, return, success, seed."""
     from training.rl.envs import env_fps, get_family, make_env, render_frame, to_features
 
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if env_seeds is not None and len(env_seeds) < episodes:
+        raise ValueError(f"{len(env_seeds)} env seeds for {episodes} episodes")
     fam = get_family(env_id)
     task = task if task is not None else fam.default_task
     image = _wants_image(policy, fam)
     n_env = max(1, min(batch_size, episodes))
-    envs = [make_env(env_id, image=image, max_episode_steps=max_steps, render=record_video) for _ in range(n_env)]
+    envs = [make_env(env_id, image=image, max_episode_steps=max_steps, render=record_video, kwargs=env_kwargs)
+            for _ in range(n_env)]
     fps = env_fps(envs[0])
     out = []
     try:
         for start in range(0, episodes, n_env):
             wave = list(range(start, min(start + n_env, episodes)))
-            seeds = [_env_seed(seed, i) for i in wave]
+            seeds = [int(env_seeds[i]) if env_seeds is not None else _env_seed(seed, i) for i in wave]
             obs = [to_features(envs[j].reset(seed=s)[0], fam) for j, s in enumerate(seeds)]
             eps = [{"frames": [], "images": [], "actions": [], "rewards": [], "success": False, "done": False}
                    for _ in wave]
@@ -179,8 +185,11 @@ def summary_table(report: EvalReport, seed: int) -> pa.Table:
 
 def evaluate(checkpoint_path, env_id: str | None = None, episodes: int = 10, lake_uri=None, seed: int = 0,
              record_video: bool = True, *, max_steps: int | None = None, batch_size: int = 8, task: str | None = None,
-             storage_options: dict | None = None) -> EvalReport:
+             storage_options: dict | None = None, env_kwargs: dict | None = None, env_seeds=None) -> EvalReport:
     """Evaluate a checkpoint in closed loop; with ``lake_uri``, record episodes + summary in one lake version.
+
+    ``env_kwargs``: options of the env's constructor (e.g. LIBERO's ``{"objects": True}``); None: the ones the
+    checkpoint records for that env, if any. ``env_seeds``: explicit reset seed per episode (``run_episodes``).
 
     ``env_id`` None: the env the checkpoint says it was trained in (RL checkpoints record it, and their time
     limit, which ``max_steps`` None then uses; otherwise the env's own limit applies). Raises
@@ -207,8 +216,11 @@ def evaluate(checkpoint_path, env_id: str | None = None, episodes: int = 10, lak
     fam = get_family(env_id)
     if max_steps is None and env_id == extra.get("env_id"):
         max_steps = extra.get("max_episode_steps")  # the time limit the policy was trained under, if it says
+    if env_kwargs is None and env_id == extra.get("env_id"):
+        env_kwargs = extra.get("env_kwargs")  # the observations the policy reads (e.g. object positions)
     eps = run_episodes(policy, env_id, int(episodes), seed=seed, record_video=record_video, max_steps=max_steps,
-                       batch_size=batch_size, task=task if task is not None else extra.get("task"))
+                       batch_size=batch_size, task=task if task is not None else extra.get("task"),
+                       env_kwargs=env_kwargs, env_seeds=env_seeds)
     eval_id = uuid.uuid4().hex[:12]
     step = int(ckpt.get("step") or 0)
     new = [_new_episode(e, fam.camera, {"eval_id": eval_id, "checkpoint": path, "checkpoint_step": step,
@@ -239,9 +251,25 @@ def cli(args) -> int:
     rep = evaluate(args.checkpoint, args.env, args.episodes if args.episodes is not None else 10, lake_uri=uri,
                    seed=args.seed, record_video=not args.no_video, max_steps=args.max_steps,
                    batch_size=args.batch_size, task=args.task,
-                   storage_options=storage_options_from_env(uri) if uri else None)
+                   storage_options=storage_options_from_env(uri) if uri else None,
+                   env_kwargs=_json_object(getattr(args, "env_kwargs", None)))
     print(rep.summary())
     return 0
+
+
+def _json_object(text: str | None) -> dict | None:
+    """``--env-kwargs`` text -> dict (None stays None); ValueError naming the option otherwise."""
+    import json
+
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--env-kwargs {text!r} is not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--env-kwargs {text!r} is not a JSON object")
+    return value
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

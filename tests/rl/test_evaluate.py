@@ -88,3 +88,26 @@ def test_any_registered_box_action_env_can_be_evaluated_and_recorded(tmp_path):
     assert lk.video(ep["episode_id"], "observation.image").shape[0] == 12
     with pytest.raises(ValueError, match="does not name its env"):
         evaluate(path, None, 1)
+
+
+def test_explicit_env_seeds_and_env_kwargs_reach_the_envs(tmp_path):
+    """``env_seeds`` pins each episode's reset seed (LIBERO: its recorded init state); ``env_kwargs`` go to the
+    env's constructor (Pendulum's gravity here)."""
+    from training.checkpoint import load_policy, save
+    from training.evaluate import run_episodes
+    from training.rl import build_policy, policy_config
+    from training.rl.policy import FACTORY
+
+    cfg = policy_config("Pendulum-v1", image=False)
+    policy, _ = load_policy(save(tmp_path / "p.pt", build_policy(**cfg), factory=FACTORY, config=cfg, step=0))
+    eps = run_episodes(policy, "Pendulum-v1", 3, env_seeds=[4, 4, 9], max_steps=10, record_video=False, batch_size=3)
+    assert [e["env_seed"] for e in eps] == [4, 4, 9]
+    state = [e["frames"]["observation.state"] for e in eps]
+    np.testing.assert_array_equal(state[0], state[1])
+    assert not np.array_equal(state[0][0], state[2][0])
+    weightless = run_episodes(policy, "Pendulum-v1", 1, env_seeds=[4], max_steps=10, record_video=False,
+                              env_kwargs={"g": 0.0})[0]["frames"]["observation.state"]
+    np.testing.assert_array_equal(weightless[0], state[0][0])  # same start, other physics
+    assert not np.array_equal(weightless, state[0])
+    with pytest.raises(ValueError, match="2 env seeds for 3 episodes"):
+        run_episodes(policy, "Pendulum-v1", 3, env_seeds=[1, 2])

@@ -5,8 +5,9 @@
 
 ``training.rl.envs.make_env`` builds them by id (``metaworld/<task>``, ``libero/<suite>/<task id>[/<init>]``), so
 evaluation, RL env workers and the demo writer all use the same adapters: ``metaworld`` and ``libero`` (the
-Gymnasium envs), ``experts`` (Meta-World's scripted policies as a checkpointable ``Policy``), ``demos`` (expert
-rollouts -> a LeRobot v3.0 dataset -> the lake). Importing this package imports no simulator; a missing one
+Gymnasium envs), ``experts`` (Meta-World's scripted policies as a checkpointable ``Policy``), ``libero_expert``
+(a scripted LIBERO pick-and-place expert), ``demos`` (expert rollouts -> a LeRobot v3.0 dataset -> the lake).
+Importing this package imports no simulator; a missing one
 raises ``SimulatorUnavailable`` naming what to install.
 """
 

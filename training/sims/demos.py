@@ -1,4 +1,5 @@
-"""Scripted-expert demonstrations: Meta-World experts (with action noise) -> a LeRobot v3.0 dataset -> the lake.
+"""Scripted-expert demonstrations: Meta-World's experts or the LIBERO pick-place expert (with action noise) -> a
+LeRobot v3.0 dataset -> the lake.
 
     rep = record_expert_demos("./lake", "metaworld/reach-v3", episodes=20, noise=0.1, out="demos/reach")
     rep.dataset, rep.kept, rep.success_rate, rep.ingest.version
@@ -6,7 +7,8 @@
     python -m training.sims.demos metaworld/push-v3 --episodes 20 --noise 0.1 --out demos/push --lake ./lake
 
 Each episode is a rollout of ``ScriptedExpert`` from a seeded goal (episode i: the env seed ``lake eval`` would
-use for (seed, i)), recorded with the env's camera (``observation.images.corner2``), ``observation.state``,
+use for (seed, i); LIBERO: a fresh scene sampled from that seed, see ``experts.demo_env_kwargs``), recorded with
+the env's camera (``observation.images.corner2``), ``observation.state``,
 ``action`` and the reward / done / success columns, and the task text. The dataset is a genuine LeRobot v3.0
 folder (``lake._lerobot_writer``), so it is ingested like any other source and LeRobot can read it too.
 """
@@ -42,16 +44,17 @@ def _frames(ep: dict) -> dict:
 
 def write_expert_demos(out, env_id: str, *, episodes: int = 10, noise: float = 0.1, seed: int = 0,
                        max_steps: int | None = None, only_success: bool = True, batch_size: int = 4,
-                       camera: bool = True) -> DemoReport:
+                       camera: bool = True, env_kwargs: dict | None = None) -> DemoReport:
     """Roll out the scripted expert for ``env_id`` ``episodes`` times and write a LeRobot v3.0 dataset at
     ``out``. ``noise``: Gaussian action noise std (actions are in [-1, 1]). ``only_success``: drop failed
     episodes (raises ValueError if none succeeded). ``camera`` False: state, action and task only (nothing is
-    rendered: the lean input set of state-only policies). Raises FileExistsError if ``out`` is not empty."""
+    rendered: the lean input set of state-only policies). ``env_kwargs``: env options (None: the expert's
+    ``demo_env_kwargs``). Raises FileExistsError if ``out`` is not empty."""
     from lake._lerobot_writer import write_lerobot_v30
     from training.evaluate import run_episodes
     from training.rl.envs import get_family
 
-    from .experts import build_expert
+    from .experts import build_expert, demo_env_kwargs
 
     fam = get_family(env_id)
     if episodes < 1:
@@ -60,7 +63,7 @@ def write_expert_demos(out, env_id: str, *, episodes: int = 10, noise: float = 0
         raise FileExistsError(f"{out} is not empty")
     expert = build_expert(env_id, noise=noise, seed=seed)
     eps = run_episodes(expert, env_id, episodes, seed=seed, record_video=camera, max_steps=max_steps,
-                       batch_size=batch_size)
+                       batch_size=batch_size, env_kwargs=demo_env_kwargs(env_id) if env_kwargs is None else env_kwargs)
     keep = [e for e in eps if e["success"] or not only_success]
     if not keep:
         raise ValueError(f"{env_id}: none of {episodes} expert episodes (noise {noise}) succeeded; nothing to write")

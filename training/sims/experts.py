@@ -58,8 +58,24 @@ class ScriptedExpert(nn.Module):
         return torch.from_numpy(self.act(obs, []))
 
 
-def build_expert(env_id: str, noise: float = 0.0, seed: int = 0) -> ScriptedExpert:
+def build_expert(env_id: str, noise: float = 0.0, seed: int = 0):
+    """The scripted expert for ``env_id``: Meta-World's, or for ``libero/...`` ids the LIBERO pick-place expert
+    (``training.sims.libero_expert``)."""
+    if env_id.startswith("libero/"):
+        from .libero_expert import build_libero_expert
+
+        return build_libero_expert(env_id, noise=noise, seed=seed)
     return ScriptedExpert(env_id, noise=noise, seed=seed)
+
+
+def demo_env_kwargs(env_id: str) -> dict:
+    """The env options expert demos are recorded with: for LIBERO the object positions in the state (what the
+    expert reads) and freshly sampled scenes (the 50 recorded init states stay held out for evaluation)."""
+    if env_id.startswith("libero/"):
+        from .libero_expert import ENV_KWARGS
+
+        return {**ENV_KWARGS, "init": "sampled"}
+    return {}
 
 
 FACTORY = "metaworld_expert"  # checkpoints name it; ``import training`` registers it (no simulator loads)
@@ -70,6 +86,10 @@ def save_expert(path, env_id: str, *, noise: float = 0.0, seed: int = 0) -> str:
     """Write a checkpoint of the expert for ``env_id`` (which it records, so ``lake eval`` needs no --env)."""
     from training.checkpoint import save
 
+    if env_id.startswith("libero/"):
+        from .libero_expert import save_libero_expert
+
+        return save_libero_expert(path, env_id, noise=noise, seed=seed)
     expert = build_expert(env_id, noise=noise, seed=seed)
     return save(path, expert, factory=FACTORY, config={"env_id": env_id, "noise": float(noise), "seed": int(seed)},
                 lineage={"extra": {"env_id": env_id, "expert": "metaworld.policies", "noise": float(noise)}})

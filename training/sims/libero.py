@@ -3,6 +3,7 @@ Gymnasium interface the lake's env code expects.
 
     env = make("libero/libero_object/3", image=True)     # suite, task id; optional /<init-state index>
     obs, _ = env.reset(seed=5)                          # init state seed % 50 of the task (unless fixed)
+    env = make("libero/libero_goal/6", init="sampled")  # reset(seed) samples a new scene from the BDDL regions
 
 Suites: ``libero_spatial``, ``libero_object``, ``libero_goal``, ``libero_10`` (``spatial`` etc. also work).
 Observations: ``agent_pos`` (8: end-effector position, axis-angle orientation, 2 gripper joints, LeRobot's
@@ -10,6 +11,18 @@ LIBERO state) and with ``image=True`` the ``agentview`` and ``wrist`` cameras (6
 stored as ``observation.state``, ``observation.images.agentview``, ``observation.images.wrist``. Actions: 7
 (OSC pose deltas + gripper) in [-1, 1]. The episode terminates on success (``info["is_success"]``, reward 1)
 and is truncated at the suite's usual limit (220 / 280 / 300 / 520 steps) or ``max_episode_steps``.
+
+``objects=True`` appends the world positions (metres) of the task's objects of interest (BDDL
+``obj_of_interest``: the thing to move, then where it goes) to the state, 3 numbers each: a state-only policy's
+view of the scene (Meta-World's state carries its object poses the same way), and what the scripted experts
+(``training.sims.libero_expert``) read. ``relative=True`` (with ``objects``) appends each of those positions minus the
+end effector's too (3 more numbers each): where to go, in the gripper's frame of reference.
+
+``init="sampled"``: ``reset(seed=s)`` makes a scene the way LIBERO made its recorded init states: objects placed
+from the BDDL regions, robot joints at robosuite's initial pose plus Gaussian noise of std ``JOINT_NOISE`` rad
+(the recorded init states' spread: 0.017-0.022 per joint), with numpy's global RNG seeded from ``s`` for the
+call (its state is restored after): fresh scenes for demonstrations, so that the 50 recorded init states stay held out
+for evaluation.
 
 Rewards: LIBERO's own are sparse (1 on success). ``reward="dense"`` adds potential-based shaping for RL,
 ``10 * (d_before - d_after)`` per step, where d is the distance (metres) from the gripper to the task's first
@@ -36,6 +49,8 @@ SUITES = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libe
 FPS = 20  # robosuite control_freq
 CAMERAS = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}  # our key -> robosuite camera
 REWARDS = ("sparse", "dense")
+INITS = ("recorded", "sampled")
+JOINT_NOISE = 0.02  # rad: robosuite's "default" initialization noise, the spread of LIBERO's recorded init states
 SHAPING = 10.0  # dense reward per metre the gripper gets closer to the object of interest
 
 
@@ -88,20 +103,25 @@ class LiberoEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": FPS}
 
     def __init__(self, env_id: str, *, image: bool = False, size: int = 64, max_episode_steps: int | None = None,
-                 render_mode: str | None = "rgb_array", reward: str = "sparse"):
+                 render_mode: str | None = "rgb_array", reward: str = "sparse", objects: bool = False,
+                 init: str = "recorded", relative: bool = False):
         if reward not in REWARDS:
             raise ValueError(f"{env_id!r}: reward {reward!r} is not one of {REWARDS}")
-        suite, task_id, init, b = _task(env_id)
+        if init not in INITS:
+            raise ValueError(f"{env_id!r}: init {init!r} is not one of {INITS}")
+        if relative and not objects:
+            raise ValueError(f"{env_id!r}: relative=True needs objects=True")
+        suite, task_id, fixed, b = _task(env_id)
         from libero.libero import get_libero_path
         from libero.libero.envs import OffScreenRenderEnv
 
         task = b.get_task(task_id)
-        self.suite, self.task_id, self.fixed_init = suite, task_id, init
+        self.suite, self.task_id, self.fixed_init = suite, task_id, fixed
         self.language = task.language
         self.init_states = np.asarray(b.get_task_init_states(task_id))
-        if init is not None and not 0 <= init < len(self.init_states):
+        if fixed is not None and not 0 <= fixed < len(self.init_states):
             raise ValueError(f"{env_id!r}: the task has init states 0..{len(self.init_states) - 1}")
-        self.image, self.size, self.render_mode, self.reward = image, int(size), render_mode, reward
+        self.image, self.size, self.render_mode, self.reward, self.init = image, int(size), render_mode, reward, init
         self.max_episode_steps = int(max_episode_steps or SUITES[suite])
         bddl = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
         self._env = OffScreenRenderEnv(bddl_file_name=bddl, camera_heights=self.size, camera_widths=self.size,
@@ -109,9 +129,14 @@ class LiberoEnv(gym.Env):
                                        horizon=self.max_episode_steps + 10)
         self._fast_rendering()
         inner = self._env.env
+        if init == "sampled":
+            for robot in inner.robots:  # robosuite draws it at each reset (from numpy's global RNG)
+                robot.initialization_noise = {"magnitude": JOINT_NOISE, "type": "gaussian"}
         self._target = inner.obj_body_id[inner.obj_of_interest[0]]  # body the dense reward approaches
         self._dist = 0.0
-        state = gym.spaces.Box(-np.inf, np.inf, (8,), np.float32)
+        self.objects = [self._locate(name) for name in inner.obj_of_interest] if objects else []
+        self.relative = bool(relative)
+        state = gym.spaces.Box(-np.inf, np.inf, (8 + 3 * len(self.objects) * (1 + self.relative),), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (7,), np.float32)
         if image:
             cam = gym.spaces.Box(0, 255, (self.size, self.size, 3), np.uint8)
@@ -136,12 +161,27 @@ class LiberoEnv(gym.Env):
         """LIBERO's ``OffScreenRenderEnv``."""
         return self._env
 
+    def _locate(self, name: str):
+        """A function of no arguments returning where ``name`` (a body, else a site: BDDL regions) is now."""
+        inner, data = self._env.env, self._env.sim.data
+        if name in inner.obj_body_id:
+            body = inner.obj_body_id[name]
+            return lambda: data.body_xpos[body]
+        try:
+            site = self._env.sim.model.site_name2id(name)
+        except ValueError:
+            raise ValueError(f"libero/{self.suite}/{self.task_id}: object of interest {name!r} is neither a body "
+                             "nor a site of the scene") from None
+        return lambda: data.site_xpos[site]
+
     def _distance(self, raw: dict) -> float:
         return float(np.linalg.norm(self._env.sim.data.body_xpos[self._target] - raw["robot0_eef_pos"]))
 
     def _obs(self, raw: dict):
+        where = [np.array(at()) for at in self.objects]
+        rel = [w - raw["robot0_eef_pos"] for w in where] if self.relative else []
         state = np.concatenate([raw["robot0_eef_pos"], _axis_angle(raw["robot0_eef_quat"]),
-                                raw["robot0_gripper_qpos"]]).astype(np.float32)
+                                raw["robot0_gripper_qpos"], *where, *rel]).astype(np.float32)
         if not self.image:
             return state
         # robosuite's offscreen frames are upside down (OpenGL rows); LeRobot and OpenVLA rotate them 180 deg
@@ -150,11 +190,20 @@ class LiberoEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        index = self.fixed_init if self.fixed_init is not None else (
-            int(seed) % len(self.init_states) if seed is not None
-            else int(self.np_random.integers(len(self.init_states))))
-        self._env.reset()
-        raw = self._env.set_init_state(self.init_states[index])
+        if self.init == "sampled":
+            saved = np.random.get_state()  # LIBERO's placement samplers draw from numpy's global RNG
+            try:
+                np.random.seed(int(seed) if seed is not None else int(self.np_random.integers(2**31 - 1)))
+                raw = self._env.reset()
+            finally:
+                np.random.set_state(saved)
+            index = None
+        else:
+            index = self.fixed_init if self.fixed_init is not None else (
+                int(seed) % len(self.init_states) if seed is not None
+                else int(self.np_random.integers(len(self.init_states))))
+            self._env.reset()
+            raw = self._env.set_init_state(self.init_states[index])
         self._t, self._dist = 0, self._distance(raw)
         return self._obs(raw), {"init_state": index}
 
@@ -184,7 +233,8 @@ class LiberoEnv(gym.Env):
 def make(env_id: str, *, image: bool = False, max_episode_steps: int | None = None, render: bool = False,
          **kwargs) -> LiberoEnv:
     """A ``LiberoEnv`` for ``libero/<suite>/<task id>[/<init index>]``; kwargs: ``size`` (pixels), ``reward``
-    (``sparse`` | ``dense``)."""
+    (``sparse`` | ``dense``), ``objects`` (object positions in the state), ``relative`` (and relative to the
+    gripper), ``init`` (``recorded`` | ``sampled``)."""
     del render  # the offscreen renderer always exists
     kwargs.pop("render_mode", None)
     return LiberoEnv(env_id, image=image, max_episode_steps=max_episode_steps, **kwargs)
