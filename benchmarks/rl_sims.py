@@ -92,6 +92,7 @@ class StageCPU:
     def _sample(self):
         import psutil
 
+        me = os.getpid()
         while not self._stop.is_set():
             now = time.time()
             for p in psutil.process_iter(["cmdline"]):
@@ -100,6 +101,10 @@ class StageCPU:
                 if stage not in STAGES:
                     continue
                 try:
+                    # only this run's actors (children of the Ray node this process started), not another
+                    # Ray session's on the same machine (a test suite running beside the timing)
+                    if me not in {q.pid for q in p.parents()}:
+                        continue
                     c, n, nice = p.cpu_times(), p.num_threads(), p.nice()
                 except psutil.Error:
                     continue
@@ -455,15 +460,18 @@ def sim_sized_text(res: dict) -> str:
         "used during the timed window (process CPU-s per wall s; env worker / rollout / trainer / lake writer): "
         + "; ".join(f"{m} " + " / ".join(f"{c.get(k, 0):.2f}" for k in STAGES) for m, c in cores.items())
         + " — the simulator never used more than one core (rendering on one llvmpipe thread; threads per "
-        f"process, Ray's own I/O threads included: {ss.get('threads', {})}; actors' nice: {ss.get('nice', {})}). Equal learning: the same env seeds and learner in every mode; dense "
+        f"process, Ray's own I/O threads included: {ss.get('threads', {})}; actors' nice: {ss.get('nice', {})}). Learning: the same env seeds and learner in every mode; dense "
         f"reward per env step of each consumed batch vs consumed env steps — {curve} (ss has staleness 0, aa "
         f"mean {runs.get('aa', ss)['staleness_mean']:.2f}, max {runs.get('aa', ss)['staleness_max']}). Mean over the "
         "second half of the versions: " + ", ".join(
             f"{m} {np.mean([h['reward_per_step'] for h in r['history'][len(r['history']) // 2:]]):.4f}"
             for m, r in runs.items())
-        + "; with 2 trajectories per batch these curves are noisy, and 10 versions are too few for any mode to "
-        "learn the task (success 0): they show that asynchrony did not change what the learner got per env step, "
-        "within that noise, not that the policy improved." + shared)
+        + f"; batch-to-batch std over that half: " + ", ".join(
+            f"{m} {np.std([h['reward_per_step'] for h in r['history'][len(r['history']) // 2:]]):.4f}"
+            for m, r in runs.items())
+        + f". With 2 trajectories per batch these curves are noisy and {n} versions are too few for any mode to "
+        "learn the task (success 0); read a difference between the modes against the other runs of this section "
+        "(same seeds), not as asynchrony's effect from one run." + shared)
 
 
 def merge_subsections(blocks: dict) -> str:
