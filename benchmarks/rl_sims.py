@@ -135,12 +135,14 @@ def load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def config(learner: str, train_steps: int | None):
+def config(learner: str, train_steps: int | None, seed: int | None = None):
     from training.rl import load_config
 
     over = dict(LEARNERS[learner])
     if train_steps:
         over["algo.train_steps"] = train_steps
+    if seed is not None:  # run seed: env init states, policy init and sampling
+        over["seed"] = seed
     return load_config(CONFIG, over)
 
 
@@ -214,7 +216,7 @@ def run_all(args) -> Path:
     from lake._ray import ensure_ray
     from training.rl import run, summary, with_overrides
 
-    cfg = config(args.learner, args.train_steps)
+    cfg = config(args.learner, args.train_steps, args.seed)
     out = Path(args.out or f"/tmp/bench-rl-sims-{args.learner}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0, before = time.perf_counter(), load()
@@ -297,7 +299,7 @@ def _cfg_line(cfg) -> str:
             f"{' + CNN on agentview ' + str(p.image_size) + 'x' + str(p.image_size) if p.image else ''}, "
             f"PPO-{a.advantage} ({a.correction}), global batch {a.batch_trajectories} trajectories, micro-batch "
             f"{a.micro_batch_trajectories}, {a.epochs} epochs, {a.train_steps} versions, max staleness "
-            f"{a.max_staleness} (ss: 0)")
+            f"{a.max_staleness} (ss: 0), seed {cfg.seed}")
 
 
 def plot(results: dict, path: Path) -> None:
@@ -545,6 +547,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--learner", choices=sorted(LEARNERS), default="small")
     ap.add_argument("--train-steps", type=int, default=None, help="versions per run (default: the learner's)")
+    ap.add_argument("--seed", type=int, default=None, help="run seed (default: the config's)")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated, run in this order (ss first)")
     ap.add_argument("--out", default=None, help="folder for the runs' lakes, checkpoints and runs.json")
     ap.add_argument("--from", dest="from_dirs", default=None,
