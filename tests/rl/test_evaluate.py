@@ -103,7 +103,9 @@ def test_explicit_env_seeds_and_env_kwargs_reach_the_envs(tmp_path):
     eps = run_episodes(policy, "Pendulum-v1", 3, env_seeds=[4, 4, 9], max_steps=10, record_video=False, batch_size=3)
     assert [e["env_seed"] for e in eps] == [4, 4, 9]
     state = [e["frames"]["observation.state"] for e in eps]
-    np.testing.assert_array_equal(state[0], state[1])
+    np.testing.assert_array_equal(state[0][0], state[1][0])  # the same reset state, exactly
+    # then the same episode: actions come from one batched forward, whose rows may differ in the last float32 bit
+    np.testing.assert_allclose(state[0], state[1], rtol=0, atol=1e-5)
     assert not np.array_equal(state[0][0], state[2][0])
     weightless = run_episodes(policy, "Pendulum-v1", 1, env_seeds=[4], max_steps=10, record_video=False,
                               env_kwargs={"g": 0.0})[0]["frames"]["observation.state"]
