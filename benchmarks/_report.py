@@ -43,15 +43,35 @@ def record(section: str, body: str) -> None:
     RESULTS.write_text(text)
 
 
-class PeakRSS:
+class Sampler:
+    """A context manager running ``self._sample()`` on a daemon thread until exit (``self._stop`` is set then)."""
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self._stop = threading.Event()
+
+    def _sample(self):
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._t = threading.Thread(target=self._sample, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+class PeakRSS(Sampler):
     """Samples the RSS of this process and of every Ray worker process ("ray::...") while active.
 
     ``.driver`` and ``.workers`` are peaks in bytes (workers: the peak of their *sum*); ``.largest`` is the
     largest single worker, ``.processes`` the most worker processes seen at once."""
 
     def __init__(self, interval: float = 0.1):
-        self.interval, self.driver, self.workers, self.largest, self.processes = interval, 0, 0, 0, 0
-        self._stop = threading.Event()
+        super().__init__(interval)
+        self.driver, self.workers, self.largest, self.processes = 0, 0, 0, 0
 
     def _sample(self):
         import psutil
@@ -74,15 +94,6 @@ class PeakRSS:
             except Exception:  # a process vanished mid-iteration
                 pass
             time.sleep(self.interval)
-
-    def __enter__(self):
-        self._t = threading.Thread(target=self._sample, daemon=True)
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
 
 
 def mib(b: float) -> str:

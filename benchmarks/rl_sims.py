@@ -39,7 +39,6 @@ import math
 import os
 import re
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -48,7 +47,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-from _report import machine, record  # noqa: E402
+from _report import Sampler, machine, record  # noqa: E402
 
 CONFIG = HERE.parent / "configs" / "sims" / "libero_rl.yaml"
 SECTION = "Async RL on LIBERO (rendered)"
@@ -80,14 +79,14 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THRE
 STAGES = ("EnvWorker", "RolloutWorker", "Trainer", "LakeWriter")
 
 
-class StageCPU:
+class StageCPU(Sampler):
     """Samples the CPU time (user + system, all threads) and thread count of every Ray actor process, by
     actor class (``ray::EnvWorker...``), every ``interval`` s; ``window(t0, t1)`` gives each stage's
     CPU-seconds per wall second over [t0, t1] (1.0 = one core busy all the time)."""
 
     def __init__(self, interval: float = 0.5):
-        self.interval, self.series, self.threads, self.nice = interval, {}, {}, {}
-        self._stop = threading.Event()
+        super().__init__(interval)
+        self.series, self.threads, self.nice = {}, {}, {}
 
     def _sample(self):
         import psutil
@@ -120,15 +119,6 @@ class StageCPU:
             if len(ts) > 1 and ts[0] <= t1 and ts[-1] >= t0:
                 out[stage] += float(np.interp(t1, ts, cs) - np.interp(t0, ts, cs)) / max(t1 - t0, 1e-9)
         return out
-
-    def __enter__(self):
-        self._t = threading.Thread(target=self._sample, daemon=True)
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
 
 
 def load() -> str:
