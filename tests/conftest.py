@@ -147,14 +147,19 @@ def two_robots(tmp_path_factory, ingested):
     """A lake holding pusht_v3 (robot "pusht", 2-d state/action, no modality.json) and "groot": a GR00T-style
     source (robot "gr1_sim", 4-d state, 3-d action, modality.json), 3 episodes, all in "train" (copy before
     writing)."""
+    return _with_groot(tmp_path_factory, ingested, "robots", "groot_base", "groot", max_len=30, seed=2)
+
+
+def _with_groot(tmp_path_factory, ingested, lake_name, base_name, src_name, *, max_len, seed, cameras=None):
+    """A copy of the ingested pusht_v3 lake plus 3 episodes of a GR00T-style source named "groot"."""
     import lake
 
-    dst = tmp_path_factory.mktemp("lakes") / "robots"
+    dst = tmp_path_factory.mktemp("lakes") / lake_name
     shutil.copytree(ingested.uri, dst)
     lk = lake.open(dst)
-    base = _write(tmp_path_factory, "groot_base", episodes=3, version="v3.0", min_len=12, max_len=30,
-                  episodes_per_file=2, seed=2)
-    src = make_groot_source(tmp_path_factory.mktemp("src") / "groot", base)
+    base = _write(tmp_path_factory, base_name, episodes=3, version="v3.0", min_len=12, max_len=max_len,
+                  episodes_per_file=2, seed=seed)
+    src = make_groot_source(tmp_path_factory.mktemp("src") / src_name, base, cameras=cameras)
     rep = lk.ingest(src, source_name="groot", split_ratios={"train": 1.0}, progress=False)
     assert rep.episodes_added == 3 and not rep.quarantined, rep
     return lk
@@ -169,14 +174,5 @@ def groot_cameras(tmp_path_factory, ingested):
     """pusht_v3 (cameras observation.images.top / wrist) + "groot": a GR00T-style source (robot "gr1_sim") whose
     cameras are cam_high / cam_wrist, its modality.json naming them views "top" and "wrist" (copy before
     writing)."""
-    import lake
-
-    dst = tmp_path_factory.mktemp("lakes") / "groot_cameras"
-    shutil.copytree(ingested.uri, dst)
-    lk = lake.open(dst)
-    base = _write(tmp_path_factory, "groot_cams", episodes=3, version="v3.0", min_len=12, max_len=20,
-                  episodes_per_file=2, seed=4)
-    src = make_groot_source(tmp_path_factory.mktemp("src") / "groot_cams", base, cameras=GROOT_CAMERAS)
-    rep = lk.ingest(src, source_name="groot", split_ratios={"train": 1.0}, progress=False)
-    assert rep.episodes_added == 3 and not rep.quarantined, rep
-    return lk
+    return _with_groot(tmp_path_factory, ingested, "groot_cameras", "groot_cams", "groot_cams", max_len=20, seed=4,
+                       cameras=GROOT_CAMERAS)
