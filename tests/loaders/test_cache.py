@@ -346,6 +346,10 @@ loader = lk.stream("train", shuffle="none", cache_dir=sys.argv[2], shard_packs=2
 it = iter(loader)
 next(it)
 loader.cache.ensure(2)  # fetched ahead: its window
+# without a limit the rest of the split lands on side threads: let it land, so no shard appears after the
+# other process's evict below
+from loaders.cache import _behind
+_behind().shutdown(wait=True)
 print("ready", flush=True)
 sys.stdin.readline()
 """
