@@ -144,11 +144,15 @@ class ShardSource:
             try:
                 ds = self._open()
                 addrs = self.addrs[done * sp:(s + count) * sp]
-                # one batch size for the whole read: Lance plans its I/O per batch, and small batches cost
-                # several requests each (a 16-pack batch size read the same rows with 6x the GETs; measured)
+                # from an object store, one batch size for the whole read: Lance plans its I/O per batch, and
+                # small batches cost several requests each (a 16-pack batch size read the same rows with 6x the
+                # GETs; measured). From local files a request costs nothing, and one batch of the whole read
+                # costs ~2.5x the CPU of shard-sized ones (Lance assembles it in fresh buffers: page faults and
+                # copies; measured, benchmarks/RESULTS.md): there, shard-sized batches that stream.
+                size = len(addrs) if "://" in src.uri else sp
                 batches = ds.scanner(columns=self.columns, filter=self.filter, scan_in_order=True,
                                      row_addr_allowlist=serialize_row_addrs(addrs.tolist()),
-                                     batch_size=len(addrs)).to_batches()
+                                     batch_size=size).to_batches()
                 pieces, have = [], 0
                 for rb in batches:
                     pieces.append(rb)
@@ -252,20 +256,27 @@ class NodeCache:
         and bytes than k reads (benchmarks/RESULTS.md, Node shard cache). The read streams shard by shard
         (``ShardSource.pieces``): this returns once ``s`` is read; each shard is written on a writer thread,
         its lock released as it lands (``_take_in``), and the rest of the run is read behind on a side thread."""
-        here = _landing()
-        with here.cv:  # this process is fetching it: wait for its frames, not for the file (see _take_in)
-            while (self.dir, s) in here.coming and (self.dir, s) not in here.fresh:
-                here.cv.wait()
-            if (self.dir, s) in here.fresh:
-                return here.fresh[(self.dir, s)]
-        path = self.path(s)
-        if self._valid(path):
-            os.utime(path)  # last use, for eviction
-            _count(hits=1)
-            return None
-        held = {s: open(self.dir / f"shard-{s:06d}.lock", "a+")}
+        here, key, path = _landing(), (self.dir, s), self.path(s)
+        while True:
+            with here.cv:  # a thread of this process is fetching it: wait for its frames, not for the file
+                while key in here.coming and key not in here.fresh:
+                    here.cv.wait()
+                if key in here.fresh:
+                    return here.fresh[key]
+            if self._valid(path):
+                os.utime(path)  # last use, for eviction
+                _count(hits=1)
+                return None
+            with here.cv:  # this thread's now: the others of this process wait for its frames, never its lock
+                if key in here.coming or key in here.fresh:
+                    continue
+                here.coming.add(key)
+            break
+        held: dict = {}
         try:
-            fcntl.flock(held[s], fcntl.LOCK_EX)
+            held[s] = None  # (so that the finally gives it up whatever happens next)
+            held[s] = open(self.dir / f"shard-{s:06d}.lock", "a+")
+            fcntl.flock(held[s], fcntl.LOCK_EX)  # only another process can hold it
             if self._valid(path):
                 _count(hits=1)
                 return None
@@ -274,7 +285,6 @@ class NodeCache:
                 extend = set(extend).union(*(c["next"][:soon] for c in live_claims(self.root)
                                              if c["key"] == self.key))
             run = self._grow([s], held, extend)
-            self._coming(run)
             k = run.index(s)
             pieces = iter(_pieces(self.fetch, run[0], len(run), self.shard_packs))
             self._take_in(run, pieces, held, 0, k + 1)
@@ -292,14 +302,20 @@ class NodeCache:
         """Take shard ``t``'s lock into ``held`` if the shard is missing and nobody is fetching it (no wait)."""
         if not 0 <= t < self.shards:
             return False
+        here, key = _landing(), (self.dir, t)
+        with here.cv:  # registered before its lock is tried (see _obtain)
+            if key in here.coming or key in here.fresh:  # another thread of this process is fetching it
+                return False
+            here.coming.add(key)
         f = open(self.dir / f"shard-{t:06d}.lock", "a+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # another process (or thread) is fetching it
+        except BlockingIOError:  # another process is fetching it
             f.close()
+            self._drop({t: f})
             return False
         if self._valid(self.path(t)):
-            _release(f)
+            self._drop({t: f})
             return False
         held[t] = f
         return True
@@ -328,7 +344,6 @@ class NodeCache:
                 continue
             run = self._grow([s], held, want)
             want.difference_update(run)
-            self._coming(run)
             pieces = iter(_pieces(self.fetch, run[0], len(run), self.shard_packs))
             _behind().submit(self._finish, run, pieces, held, 0)
             _count(takes=1)
@@ -351,12 +366,6 @@ class NodeCache:
         """How many shards after the next one a fetch may take along (see ``_run_cap``)."""
         return self.shards if self._whole() else 4 * (self.window + 1)
 
-    def _coming(self, run: list[int]) -> None:
-        """This process holds the locks of ``run`` and is about to read them (its readers wait for their frames)."""
-        here = _landing()
-        with here.cv:
-            here.coming.update((self.dir, t) for t in run)
-
     def _drop(self, held: dict) -> None:
         """Give up the shards of ``held`` (their locks) that were not read: whoever needs one fetches it."""
         if not held:
@@ -366,7 +375,8 @@ class NodeCache:
             here.coming.difference_update((self.dir, t) for t in held)
             here.cv.notify_all()
         for f in held.values():
-            _release(f)
+            if f is not None:
+                _release(f)
 
     def _take_in(self, run: list[int], pieces, held: dict, first: int, last: int) -> None:
         """Shards ``run[first:last]`` from ``pieces`` (the run's shards, in order): each is prepared as frames
@@ -603,21 +613,24 @@ class _Claim:
         self.last = -1  # last batch handed out
 
     def handed(self, b: int) -> None:
+        """(The iterating thread only: the one writer of the position.)"""
         with self.lock:
             self.open.add(b)
             self.last = b
-            self._write()
+            start = min(self.open) if self.open else self.last + 1
+        self._write(start, max(b, start))
 
     def done(self, b: int) -> None:
         with self.lock:  # published with the next batch handed out (one small write per batch: ~0.1 ms)
             self.open.discard(b)
 
-    def _write(self) -> None:
-        start = min(self.open) if self.open else self.last + 1
+    def _write(self, start: int, cur: int) -> None:
+        """Publish the position; the file I/O outside ``lock``, so readers finishing batches never wait for it
+        (a rename can wait for the file system's journal while shards are fsync'ed: several ms, measured)."""
         with self.cache._lock:
             pinned = list(self.cache._pinned)
         doc = {"host": socket.gethostname(), "pid": os.getpid(), "key": self.cache.key, "start": start,
-               "cur": max(self.last, start), "window": self.cache.window, "pinned": pinned}
+               "cur": cur, "window": self.cache.window, "pinned": pinned}
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
