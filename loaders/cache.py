@@ -8,7 +8,9 @@ reads this epoch, a window of ``cache_window`` shards ahead of use, into ``DIR/<
 - one download per shard per node: the fetcher holds ``flock`` on ``shard-NNNNNN.lock`` while it writes, and
   whoever waited finds the file there; files are written under a temporary name and renamed, so a process
   killed mid-download (even ``kill -9``) leaves a ``.tmp`` file, never a torn shard (stale ``.tmp`` files of
-  dead processes are removed when a cache opens);
+  dead processes are removed when a cache opens). The fetching process itself does not wait for the file: it
+  serves its own first reads of the shard from the rows it just read (``shardfile.Frames``: the same frames,
+  so the same batches) while a writer thread writes, fsyncs and renames it, then releases the lock;
 - a bounded size, evicting the shard least soon *needed* by any process of the node: every process (rank or
   DataLoader worker) that reads through the cache announces its plan in a claim, ``DIR/.claims/<host>-<pid>-<n>``
   (``.plan``: the shards of each of its batches, written once; ``.json``: where it is, rewritten as it reads,
@@ -27,9 +29,9 @@ reads this epoch, a window of ``cache_window`` shards ahead of use, into ``DIR/<
 
 The sample order is untouched (a pure function of seed, epoch and layout, see ``loader``): the cache only
 changes where bytes come from, so resume and world-size changes keep exactly-once with any cache state.
-``STATS`` counts, per process: hits, fetches (shards written), takes (reads of the table: neighbouring missing
-shards a process needs soon are fetched with one read, see ``NodeCache.ensure``), bytes fetched (Arrow bytes
-read from the table), bytes written (compressed, on disk), evictions.
+``STATS`` counts, per process: hits, fetches (shards read from the table), takes (reads of the table:
+neighbouring missing shards a process needs soon are fetched with one read, see ``NodeCache._obtain``), bytes
+fetched (Arrow bytes read from the table), bytes written (compressed, on disk), evictions.
 """
 
 from __future__ import annotations
@@ -148,7 +150,8 @@ class ShardSource:
                 # small batches cost several requests each (a 16-pack batch size read the same rows with 6x the
                 # GETs; measured). From local files a request costs nothing, and one batch of the whole read
                 # costs ~2.5x the CPU of shard-sized ones (Lance assembles it in fresh buffers: page faults and
-                # copies; measured, benchmarks/RESULTS.md): there, shard-sized batches that stream.
+                # copies; the PushT split: 1.0-1.5 vs 0.36-0.58 CPU-s, measured): there, shard-sized batches,
+                # which also stream (a shard's batches are served as soon as it is read, see _take_in).
                 size = len(addrs) if "://" in src.uri else sp
                 batches = ds.scanner(columns=self.columns, filter=self.filter, scan_in_order=True,
                                      row_addr_allowlist=serialize_row_addrs(addrs.tolist()),
