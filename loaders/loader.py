@@ -277,24 +277,27 @@ class Loader(IterableDataset):
         return next(self._units([np.asarray(packs, dtype=np.int64)], pin=False))()
 
     def _units(self, batches: list[np.ndarray], pin: bool):
-        """One callable per batch, in order, reading it (see ``reads``): a take outside runs, the next
-        record batch of the run's shared scan inside one. Near a run's end, the next run's scan is opened and
-        its first batch read on a side thread: a scan's first batch takes ~4x a later one (Lance fills its
-        pipeline), which would otherwise stall every run's start."""
+        """One callable per batch, in order, reading it (see ``reads``): the next record batch of a long run's
+        shared scan inside one, else a gather from its group's scan (the first batch: a take). The next
+        group is read on a side thread as one starts, the next run's scan opened near a run's end: a scan's
+        first batch takes ~4x a later one (Lance fills its pipeline), which would otherwise stall every start."""
         if self.cache is not None:  # any batch is a few file reads: no runs, no Lance
             yield from self.cache.units(batches, lambda table: self._batch(table, pin))
             return
-        if _forks.lance_forbidden():  # forked from a process that used Lance: its helper process reads
+        if _forks.lance_forbidden():  # forked from a process that used Lance: its helper process reads, in groups
             info = get_worker_info()
             src = self.source
             helper = self._helpers[info.id] if info is not None and info.id < len(self._helpers) else _forks.helper()
-            for packs in batches:
-                yield lambda packs=packs: self._batch(retrying(
-                    lambda: helper.take(src.table_uri, src.lance_version, src.storage_options, self.rows[packs],
-                                        self.columns), f"reading packs {self.rows[packs].tolist()} of {src.table_uri}",
-                    src.backoff), pin)
+            yield from self._grouped(batches, pin, helper.source(src.table_uri, src.lance_version,
+                                                                 src.storage_options, self.columns))
             return
-        ds, what = self._dataset(), self.source.table_uri
+        ds = self._dataset()
+        yield from self._grouped(batches, pin, _reads.lance_source(ds, self.columns), ds)
+
+    def _grouped(self, batches: list[np.ndarray], pin: bool, source, ds=None):
+        """``_units`` reading through ``source`` (see ``reads.Group``); long runs with a scan of ``ds`` when
+        given (this process may use Lance), else in groups too."""
+        what = self.source.table_uri
         seen = [0, 0]  # rows and Arrow bytes read by this iteration's groups: what a pack weighs, for their size
 
         def weighed(rows, nbytes):
@@ -304,7 +307,7 @@ class Loader(IterableDataset):
         def group(batches):
             rows = [self.rows[b] for b in batches]
             named = f"packs {rows[0].tolist()}" if len(rows) == 1 else f"{len(rows)} batches"
-            return _reads.Group(ds, rows, [self.addrs[b] for b in batches], self.columns, f"{named} of {what}",
+            return _reads.Group(source, rows, [self.addrs[b] for b in batches], f"{named} of {what}",
                                 self.source.backoff, weighed)
 
         def scan(run):
@@ -318,7 +321,7 @@ class Loader(IterableDataset):
             lone: list[np.ndarray] = []
             sizes = _reads.group_sizes(self.batch_packs, lambda: seen[1] / seen[0] if seen[0] else None)
             for run in [*_reads.runs(batches, self.batch_packs), None]:
-                if run is not None and len(run) < SCAN_RUN:
+                if run is not None and (len(run) < SCAN_RUN or ds is None):
                     lone.extend(run)
                     continue
                 while lone:

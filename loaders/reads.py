@@ -124,11 +124,13 @@ class Group:
     ``k``'s rows from it into one table (a copy: a batch's rows lie apart in the table) and the scan's record
     batches are dropped once every batch is handed out. A group of one batch is a take (no copy on this side).
     Thread-safe; a failed read is retried (``retrying``) and an error is raised again by every later ``get``.
+    ``source``: how rows are read, ``(take(rows) -> Table, scan(sorted addresses) -> [RecordBatch with
+    _rowaddr])``: ``lance_source`` in a process that may use Lance, a helper process's otherwise (``forks``).
     ``on_read(rows, nbytes)`` hears what each read returned (for ``group_sizes``)."""
 
-    def __init__(self, ds, rows: list[np.ndarray], addrs: list[np.ndarray], columns: list[str], what: str,
+    def __init__(self, source: tuple[Callable, Callable], rows: list[np.ndarray], addrs: list[np.ndarray], what: str,
                  backoff: Backoff, on_read: Callable[[int, int], None] | None = None):
-        self.ds, self.rows, self.addrs, self.columns, self.what = ds, rows, addrs, columns, what
+        (self._take, self._scan_rows), self.rows, self.addrs, self.what = source, rows, addrs, what
         self.backoff, self.on_read = backoff, on_read
         self._lock, self._read, self._error, self._left = threading.Lock(), None, None, len(rows)
 
@@ -141,7 +143,7 @@ class Group:
         if self._read is None:
             try:
                 if len(self.rows) == 1:
-                    self._read = take(self.ds, self.rows[0], self.columns, self.what, self.backoff)
+                    self._read = retrying(lambda: self._take(self.rows[0]), f"reading {self.what}", self.backoff)
                     n, nbytes = self._read.num_rows, self._read.nbytes
                 else:
                     self._read = retrying(self._scan, f"reading {self.what}", self.backoff)
@@ -156,8 +158,7 @@ class Group:
     def _scan(self):
         """(record batches of all the group's rows in table order, their addresses, where each batch starts)."""
         want = np.unique(np.concatenate(self.addrs))
-        # Lance's I/O buffering bounded by the group's budget too (its default is far larger)
-        rbs = list(_scan_batches(self.ds, [want], self.columns, None, GROUP_ROWS, io_buffer_size=GROUP_BYTES))
+        rbs = self._scan_rows(want)
         got = np.concatenate([rb.column("_rowaddr").to_numpy() for rb in rbs]) if rbs else np.empty(0, np.uint64)
         if not np.array_equal(got, want):
             raise RuntimeError(f"scan of {self.what} returned {len(got)} rows, not the {len(want)} asked for")
@@ -196,6 +197,14 @@ class Group:
             _tensors.COPIES["count"] += 1
             _tensors.COPIES["bytes"] += table.nbytes
         return table
+
+
+def lance_source(ds, columns: list[str]) -> tuple[Callable, Callable]:
+    """How a ``Group`` reads ``columns`` of ``ds`` in this process: a take, and an allow-list scan of sorted row
+    addresses in record batches of ``GROUP_ROWS`` with their ``_rowaddr`` (Lance's I/O buffering bounded by
+    ``GROUP_BYTES`` too: its default is far larger)."""
+    return (lambda rows: ds.take(rows, columns=columns),
+            lambda addrs: list(_scan_batches(ds, [addrs], columns, None, GROUP_ROWS, io_buffer_size=GROUP_BYTES)))
 
 
 def _scan_batches(ds, addrs: list[np.ndarray], columns: list[str], filter, batch_size: int, **options) -> Iterator:
