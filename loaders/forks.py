@@ -136,6 +136,23 @@ class LanceHelper:
         return self._ask({"op": "take", "uri": uri, "version": version, "storage_options": storage_options,
                           "rows": [int(r) for r in rows], "columns": columns})
 
+    def scan(self, uri: str, version: int | None, storage_options: dict | None, addrs, columns: list[str],
+             batch_size: int, io_buffer_size: int) -> list[pa.RecordBatch]:
+        """The rows at sorted row addresses ``addrs`` (allow-list scan, with ``_rowaddr``) in record batches of
+        ``batch_size``, read in the helper."""
+        t = self._ask({"op": "scan", "uri": uri, "version": version, "storage_options": storage_options,
+                       "addrs": [int(a) for a in addrs], "columns": columns, "batch_size": int(batch_size),
+                       "io_buffer_size": int(io_buffer_size)})
+        return t.to_batches()
+
+    def source(self, uri: str, version: int | None, storage_options: dict | None, columns: list[str]):
+        """How a ``reads.Group`` reads ``columns`` through this helper: (take, scan), as ``reads.lance_source``."""
+        from . import reads
+
+        return (lambda rows: self.take(uri, version, storage_options, rows, columns),
+                lambda addrs: self.scan(uri, version, storage_options, addrs, columns, reads.GROUP_ROWS,
+                                        reads.GROUP_BYTES))
+
     def blobs(self, uri: str, version: int | None, storage_options: dict | None, column: str, ids) -> list[pa.Buffer]:
         """The bytes of blob column ``column`` at row ids ``ids`` (``take_blobs``), read in the helper."""
         t = self._ask({"op": "blobs", "uri": uri, "version": version, "storage_options": storage_options,

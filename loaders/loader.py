@@ -50,6 +50,7 @@ from .world import World, detect
 
 STATE_VERSION = 1
 PRIME_BEFORE_END = 4  # batches before a run's end at which the next run's scan is opened
+SCAN_RUN = 4  # ascending batches read with a scan of their own from this many on; fewer go into groups
 _SKIP = ("split", "n_samples", "n_tokens")  # per-pack bookkeeping the batch does not need
 
 
@@ -276,49 +277,74 @@ class Loader(IterableDataset):
         return next(self._units([np.asarray(packs, dtype=np.int64)], pin=False))()
 
     def _units(self, batches: list[np.ndarray], pin: bool):
-        """One callable per batch, in order, reading it (see ``reads``): a take outside runs, the next
-        record batch of the run's shared scan inside one. Near a run's end, the next run's scan is opened and
-        its first batch read on a side thread: a scan's first batch takes ~4x a later one (Lance fills its
-        pipeline), which would otherwise stall every run's start."""
+        """One callable per batch, in order, reading it (see ``reads``): the next record batch of a long run's
+        shared scan inside one, else a gather from its group's scan (the first batch: a take). The next
+        group is read on a side thread as one starts, the next run's scan opened near a run's end: a scan's
+        first batch takes ~4x a later one (Lance fills its pipeline), which would otherwise stall every start."""
         if self.cache is not None:  # any batch is a few file reads: no runs, no Lance
             yield from self.cache.units(batches, lambda table: self._batch(table, pin))
             return
-        if _forks.lance_forbidden():  # forked from a process that used Lance: its helper process reads
+        if _forks.lance_forbidden():  # forked from a process that used Lance: its helper process reads, in groups
             info = get_worker_info()
             src = self.source
             helper = self._helpers[info.id] if info is not None and info.id < len(self._helpers) else _forks.helper()
-            for packs in batches:
-                yield lambda packs=packs: self._batch(retrying(
-                    lambda: helper.take(src.table_uri, src.lance_version, src.storage_options, self.rows[packs],
-                                        self.columns), f"reading packs {self.rows[packs].tolist()} of {src.table_uri}",
-                    src.backoff), pin)
+            yield from self._grouped(batches, pin, helper.source(src.table_uri, src.lance_version,
+                                                                 src.storage_options, self.columns))
             return
-        ds, what = self._dataset(), self.source.table_uri
+        ds = self._dataset()
+        yield from self._grouped(batches, pin, _reads.lance_source(ds, self.columns), ds)
 
-        def one(packs):
-            table = _reads.take(ds, self.rows[packs], self.columns, f"packs {self.rows[packs].tolist()} of {what}",
-                                self.source.backoff)
-            return self._batch(table, pin)
+    def _grouped(self, batches: list[np.ndarray], pin: bool, source, ds=None):
+        """``_units`` reading through ``source`` (see ``reads.Group``); long runs with a scan of ``ds`` when
+        given (this process may use Lance), else in groups too."""
+        what = self.source.table_uri
+        seen = [0, 0]  # rows and Arrow bytes read by this iteration's groups: what a pack weighs, for their size
+
+        def weighed(rows, nbytes):
+            seen[0] += rows
+            seen[1] += nbytes
+
+        def group(batches):
+            rows = [self.rows[b] for b in batches]
+            named = f"packs {rows[0].tolist()}" if len(rows) == 1 else f"{len(rows)} batches"
+            return _reads.Group(source, rows, [self.addrs[b] for b in batches], f"{named} of {what}",
+                                self.source.backoff, weighed)
 
         def scan(run):
             return _reads.Ordered(_reads.scan(ds, [self.rows[b] for b in run], [self.addrs[b] for b in run],
                                               self.columns, _split_filter(self.split),
                                               f"{len(run)} batches of {what}", self.source.backoff))
 
-        runs = list(_reads.runs(batches, self.batch_packs))
-        scans = [scan(r) if len(r) > 1 else None for r in runs]  # opened lazily, on first read
+        def readers():
+            """Each long run of ascending batches one scan; the batches between them in groups (a short run
+            costs a Lance call of its own; in a group it shares one with dozens of batches)."""
+            lone: list[np.ndarray] = []
+            sizes = _reads.group_sizes(self.batch_packs, lambda: seen[1] / seen[0] if seen[0] else None)
+            for run in [*_reads.runs(batches, self.batch_packs), None]:
+                if run is not None and (len(run) < SCAN_RUN or ds is None):
+                    lone.extend(run)
+                    continue
+                while lone:
+                    now = lone[:next(sizes)]
+                    yield group(now), len(now)
+                    lone = lone[len(now):]
+                if run is not None:
+                    yield scan(run), len(run)  # opened lazily, on first read
+
         starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loaders-open")
         try:
-            for i, run in enumerate(runs):
-                if scans[i] is None:
-                    yield lambda packs=run[0]: one(packs)
-                    continue
-                nxt = next((t for t in scans[i + 1:] if t is not None), None)
-                for k in range(len(run)):
-                    if nxt is not None and k == max(0, len(run) - PRIME_BEFORE_END):
-                        starter.submit(nxt.prime)  # late in the run: two scans' read-ahead overlap briefly
-                    yield lambda k=k, tables=scans[i]: self._batch(tables.get(k), pin)
-                scans[i] = None  # the consumer holds what it needs; forget the run
+            it = readers()
+            nxt = next(it, None)
+            while nxt is not None:
+                (reader, n), nxt = nxt, next(it, None)  # the next reader is made (not read) one ahead, to prime it
+                # a group is read whole: started as this reader starts (two groups in memory at most); a scan's
+                # first record batch late in this one (two scans' read-ahead overlap briefly)
+                at = 0 if isinstance(nxt and nxt[0], _reads.Group) else max(0, n - PRIME_BEFORE_END)
+                for k in range(n):
+                    if nxt is not None and k == at:
+                        starter.submit(nxt[0].prime)
+                    yield lambda k=k, r=reader: self._batch(r.get(k), pin)
+                del reader  # the consumer holds what it needs; forget the run
         finally:
             starter.shutdown(wait=True, cancel_futures=True)
 

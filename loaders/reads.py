@@ -1,11 +1,15 @@
-"""Reading a rank's batches from Lance: sorted takes, allow-list scans of ascending runs, read-ahead.
+"""Reading a rank's batches from Lance: sorted takes, allow-list scans of ascending runs and of groups of
+batches, read-ahead.
 
 Which read is cheap (measured in benchmarks/RESULTS.md, Streaming): Lance reorders the rows of an unsorted
 ``take`` with a copy of every column, so a batch's rows are always asked for in table order (the plan sorts
 them). Consecutive batches that ascend through the table (``runs``) are read with one scan restricted to
 their rows by a row-address allow-list: Lance plans it like a filtered scan, pipelining reads and decodes
 over its threads, and hands back one record batch per batch. A block shuffle (``shuffle.blocks``) or none
-gives long runs; a uniform one mostly single batches, read with one take each.
+gives long runs; a uniform one mostly single batches. Those are read in groups (``Group``): one allow-list
+scan of all the rows of up to ``GROUP_BYTES`` of consecutive batches, each batch then gathered from it (one
+copy). A Lance call costs far more than its bytes: a take of one 4-pack batch pays ~1 ms per column
+(measured; 16 columns) where the group's scan pays that once for dozens of batches. A lone batch is one take.
 
 A scan is lazy (memory does not grow with a run's length) and resumable: after a transient I/O error it
 backs off and scans what is left of its run, so nothing is lost or read twice.
@@ -24,6 +28,7 @@ import pyarrow as pa
 from lance.dataset import serialize_row_addrs
 
 from . import retry as _retry
+from . import tensors as _tensors
 from .retry import Backoff, retrying, transient
 
 T = TypeVar("T")
@@ -97,12 +102,117 @@ def scan(ds, rows: list[np.ndarray], addrs: list[np.ndarray], columns: list[str]
             failures += 1
 
 
-def _scan_batches(ds, addrs: list[np.ndarray], columns: list[str], filter, batch_size: int) -> Iterator:
+GROUP_BYTES = 32 << 20  # a group's rows, Arrow bytes, at most (once a first group has said what a pack weighs)
+GROUP_ROWS = 8  # rows per record batch of a group's scan: small buffers, reused by the allocator (big ones fault)
+
+
+def group_sizes(batch_packs: int, pack_bytes: Callable[[], float | None]) -> Iterator[int]:
+    """How many batches each next group may take: 1, 2, 4, ... (the first batch comes after one take, as
+    without groups), doubling up to what fits ``GROUP_BYTES`` at ``pack_bytes()`` (the mean Arrow bytes of a
+    pack read so far; None before any read: no cap yet, the doubling is the bound). Endless."""
+    size = 1
+    while True:
+        per = pack_bytes()
+        cap = max(1, int(GROUP_BYTES // (per * batch_packs))) if per else size
+        yield min(size, cap)
+        size = min(size * 2, cap * 2)
+
+
+class Group:
+    """Consecutive batches (``rows``: table positions, ``addrs``: row addresses, each sorted) read with one
+    allow-list scan of all their rows, in table order, on first use (or ``prime``); ``get(k)`` gathers batch
+    ``k``'s rows from it into one table (a copy: a batch's rows lie apart in the table) and the scan's record
+    batches are dropped once every batch is handed out. A group of one batch is a take (no copy on this side).
+    Thread-safe; a failed read is retried (``retrying``) and an error is raised again by every later ``get``.
+    ``source``: how rows are read, ``(take(rows) -> Table, scan(sorted addresses) -> [RecordBatch with
+    _rowaddr])``: ``lance_source`` in a process that may use Lance, a helper process's otherwise (``forks``).
+    ``on_read(rows, nbytes)`` hears what each read returned (for ``group_sizes``)."""
+
+    def __init__(self, source: tuple[Callable, Callable], rows: list[np.ndarray], addrs: list[np.ndarray], what: str,
+                 backoff: Backoff, on_read: Callable[[int, int], None] | None = None):
+        (self._take, self._scan_rows), self.rows, self.addrs, self.what = source, rows, addrs, what
+        self.backoff, self.on_read = backoff, on_read
+        self._lock, self._read, self._error, self._left = threading.Lock(), None, None, len(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _load(self):
+        if self._error is not None:
+            raise self._error
+        if self._read is None:
+            try:
+                if len(self.rows) == 1:
+                    self._read = retrying(lambda: self._take(self.rows[0]), f"reading {self.what}", self.backoff)
+                    n, nbytes = self._read.num_rows, self._read.nbytes
+                else:
+                    self._read = retrying(self._scan, f"reading {self.what}", self.backoff)
+                    n, nbytes = len(self._read[1]), sum(rb.nbytes for rb in self._read[0])
+            except BaseException as e:
+                self._error = e
+                raise
+            if self.on_read is not None:
+                self.on_read(n, nbytes)
+        return self._read
+
+    def _scan(self):
+        """(record batches of all the group's rows in table order, their addresses, where each batch starts)."""
+        want = np.unique(np.concatenate(self.addrs))
+        rbs = self._scan_rows(want)
+        got = np.concatenate([rb.column("_rowaddr").to_numpy() for rb in rbs]) if rbs else np.empty(0, np.uint64)
+        if not np.array_equal(got, want):
+            raise RuntimeError(f"scan of {self.what} returned {len(got)} rows, not the {len(want)} asked for")
+        rbs = [rb.drop_columns(["_rowaddr"]) for rb in rbs]
+        return rbs, want, np.cumsum([0] + [rb.num_rows for rb in rbs])
+
+    def prime(self) -> None:
+        """Read the group now (if nobody has yet); an error is kept for ``get`` to raise."""
+        with self._lock:
+            try:
+                self._load()
+            except Exception:  # noqa: BLE001 - kept in self._error, raised by get
+                pass
+
+    def get(self, k: int) -> pa.Table:
+        with self._lock:
+            read = self._load()
+            self._left -= 1
+            if self._left == 0:
+                self._read = None  # the caller holds what it needs
+        if len(self.rows) == 1:
+            return read
+        rbs, addrs, starts = read
+        pos = np.searchsorted(addrs, self.addrs[k])
+        which = np.searchsorted(starts, pos, side="right") - 1
+        pieces, i = [], 0
+        while i < len(pos):  # neighbouring rows of one record batch in one slice
+            j = i + 1
+            while j < len(pos) and which[j] == which[i] and pos[j] == pos[j - 1] + 1:
+                j += 1
+            pieces.append(rbs[which[i]].slice(int(pos[i] - starts[which[i]]), j - i))
+            i = j
+        table = pa.Table.from_batches(pieces)
+        if len(pieces) > 1:  # a single piece stays a view of the scan's record batch
+            table = table.combine_chunks()
+            _tensors.COPIES["count"] += 1
+            _tensors.COPIES["bytes"] += table.nbytes
+        return table
+
+
+def lance_source(ds, columns: list[str]) -> tuple[Callable, Callable]:
+    """How a ``Group`` reads ``columns`` of ``ds`` in this process: a take, and an allow-list scan of sorted row
+    addresses in record batches of ``GROUP_ROWS`` with their ``_rowaddr`` (Lance's I/O buffering bounded by
+    ``GROUP_BYTES`` too: its default is far larger)."""
+    return (lambda rows: ds.take(rows, columns=columns),
+            lambda addrs: list(_scan_batches(ds, [addrs], columns, None, GROUP_ROWS, io_buffer_size=GROUP_BYTES)))
+
+
+def _scan_batches(ds, addrs: list[np.ndarray], columns: list[str], filter, batch_size: int, **options) -> Iterator:
     if not addrs:
         return iter(())
     allow = serialize_row_addrs(np.concatenate(addrs).tolist())
     return iter(ds.scanner(columns=columns, row_addr_allowlist=allow, filter=filter, batch_size=batch_size,
-                           with_row_address=True, scan_in_order=True).to_batches())
+                           with_row_address=True, scan_in_order=True, **options).to_batches())
 
 
 def _checked(pieces: list[pa.RecordBatch], want: np.ndarray, what: str) -> pa.Table:

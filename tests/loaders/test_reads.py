@@ -10,7 +10,7 @@ import torch
 
 import lake
 from loaders import World
-from loaders.loader import Loader
+from loaders.loader import SCAN_RUN, Loader
 from loaders.packings import resolve
 from loaders.batch import packed_batch
 from loaders.reads import runs
@@ -137,3 +137,80 @@ def test_ordered_hands_out_items_by_index_and_repeats_an_error_to_every_later_ca
     short = Ordered(iter(["x"]))
     with pytest.raises(RuntimeError, match="ended after 1"):
         short.get(1)
+
+
+def _one_take_each(loader: Loader, plan):
+    """The reference for grouped reads, independent of the loader's reading: one Lance take per batch."""
+    from loaders import reads
+
+    ds = loader._dataset()
+    return [packed_batch(reads.take(ds, loader.rows[b], loader.columns, "reference", loader.source.backoff),
+                         loader.source.layout) for b in plan]
+
+
+@pytest.mark.parametrize("budget", [None, 1 << 20])  # the default group size, and groups of a few batches
+@pytest.mark.parametrize("world_size,batch_packs", [(1, 4), (2, 3), (3, 2), (1, 1)])
+def test_grouped_reads_deliver_exactly_the_batches_of_one_take_each(packed, monkeypatch, budget, world_size,
+                                                                    batch_packs):
+    """A uniform shuffle's batches are read in groups (one allow-list scan each) and gathered: the same batches,
+    same order, same values as a take per batch; also after a mid-epoch resume."""
+    from loaders import reads
+
+    if budget is not None:
+        monkeypatch.setattr(reads, "GROUP_BYTES", budget)
+    scans = []
+    scan = reads.Group._scan
+    monkeypatch.setattr(reads.Group, "_scan", lambda self: scans.append(len(self)) or scan(self))
+    lk, _ = packed
+    for rank in range(world_size):
+        loader = lk.stream("train", batch_packs=batch_packs, seed=5, rank=rank, world_size=world_size, prefetch=2)
+        plan = loader.plan()
+        # the case under test: lone batches, or short ascending runs (one pack per batch), read in groups
+        assert sum(len(r) for r in runs(plan, batch_packs) if len(r) < SCAN_RUN) >= len(plan) // 3
+        scans.clear()
+        _same(list(loader), _one_take_each(loader, plan))
+        assert sum(scans) >= len(plan) // 2  # groups of several batches were read (the first batch is a take)
+
+        loader.set_epoch(1)
+        epoch1 = loader.plan()
+        it = iter(loader)
+        [next(it) for _ in range(2)]
+        state = loader.state_dict()
+        resumed = lk.stream("train", batch_packs=batch_packs, seed=5, rank=rank, world_size=world_size)
+        resumed.load_state_dict(state)
+        want = _one_take_each(resumed, resumed.plan())
+        assert [b.tolist() for b in resumed.plan()] == [b.tolist() for b in epoch1[2:]]
+        _same(list(resumed), want)
+
+
+def test_grouped_reads_cross_fragments_and_skip_deleted_rows(tmp_path, monkeypatch):
+    """Fragments of 5 rows and deleted rows (row addresses are not positions), groups of a few batches."""
+    from loaders import reads
+
+    monkeypatch.setattr(reads, "GROUP_BYTES", 1 << 20)
+    lk = lake.open(tmp_path / "lake")
+    table = synthetic_packs(LAYOUT, episodes=20, seed=3)
+    write_packed_table(lk, table, rows_per_file=5)
+    src = resolve(lk)
+    ds = lance.dataset(src.table_uri, version=src.lance_version)
+    ds.delete("pack_id % 7 = 3")
+    deleted = lance.dataset(src.table_uri)
+    pinned = type(src)(src.uri, src.table, deleted.version, src.lake_version, src.recipe_hash, src.layout)
+    for batch_packs in (2, 3):
+        loader = Loader(pinned, "train", batch_packs=batch_packs, shuffle="random", seed=1)
+        want = _one_take_each(loader, loader.plan())
+        got = list(loader)
+        assert all(p % 7 != 3 for b in got for p in b.pack_ids.tolist())
+        _same(got, want)
+
+
+def test_group_sizes_double_from_one_up_to_the_byte_budget():
+    from loaders import reads
+
+    weight = [None]
+    sizes = reads.group_sizes(4, lambda: weight[0])
+    assert [next(sizes) for _ in range(5)] == [1, 2, 4, 8, 16]  # nothing read yet: the doubling is the bound
+    weight[0] = reads.GROUP_BYTES // 40  # a pack weighs 1/40 of the budget: 10 batches of 4 fit
+    assert [next(sizes) for _ in range(3)] == [10, 10, 10]
+    weight[0] = reads.GROUP_BYTES * 2  # one pack over the budget: still one batch per group
+    assert next(sizes) == 1
