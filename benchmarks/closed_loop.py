@@ -231,26 +231,42 @@ def run_rl_vla(name: str, args, root: Path) -> dict:
 
     env_id, work = f"metaworld/{name}", root / name
     uri, ms = str(work / "lake"), TASKS[name]["max_steps"]
-    if not (work / "result.json").exists():
-        raise SystemExit(f"[{name}] no SFT result under {work}: run --tasks {name} first")
-    sft = json.loads((work / "result.json").read_text())
-    init = sft["checkpoint"]["path"] if args.rl_init == "chosen" else str(work / "sft" / f"step_{int(args.rl_init):06d}.pt")
-    if args.rl_init != "chosen" and int(args.rl_init) == sft["sft_steps"]:
-        init = str(work / "sft" / "last.pt")
+    sft_dir = work / ("sft" if not args.rl_sft_steps else f"sft_{args.rl_sft_steps}")
+    if args.rl_sft_steps and not (sft_dir / "last.pt").exists():  # a deliberately short SFT run: room for RL
+        from training.sft import SFTConfig, train
+
+        print(f"[{name}] short SFT ({args.rl_sft_steps} steps) for the RL start ...", flush=True)
+        train(SFTConfig(out_dir=str(sft_dir), steps=args.rl_sft_steps, ckpt_every=max(1, args.rl_sft_steps // 4),
+                        keep_checkpoints=True, lake=uri, recipe=metaworld_recipe("closed_loop").hash, lr=SFT_LR,
+                        warmup=min(50, args.rl_sft_steps // 4), log_every=100, model=MODEL, seed=args.sft_seed),
+              progress=False)
+    if args.rl_init == "chosen":
+        if not (work / "result.json").exists():
+            raise SystemExit(f"[{name}] no SFT result under {work}: run --tasks {name} first, or pass --rl-init STEP")
+        init = json.loads((work / "result.json").read_text())["checkpoint"]["path"]
+    else:
+        init = str(sft_dir / f"step_{int(args.rl_init):06d}.pt")
     start_ckpt = from_sft(init, str(work / "rl_vla" / "start.pt"), env_id=env_id, rl_sigma=args.rl_sigma)
     print(f"[{name}] VLA RL from {init} (exec_steps 1, sigma {args.rl_sigma}): held-out start ...", flush=True)
     start = _eval(start_ckpt, env_id, args.episodes, uri, ms)
     print(f"[{name}]   start: {start['k']}/{start['n']}", flush=True)
-    lr = args.rl_lr or 1e-4
+    lr = args.rl_lr or 3e-4
     seg = _rl_segments(name, args, work / "rl_vla", uri, start_ckpt, start, lr,
                        {"algo.epochs": args.rl_epochs, "batching.max_batch_size": 8}, source=f"rl-vla/{name}")
-    result = {"task": name, "env_id": env_id, "policy": "vla", "init": init,
-              "init_step": read_header(init).get("step"), "sigma": args.rl_sigma, "sft": {
-                  "lake_version": sft["lake_version"], "pack": sft["pack"], "checkpoint": sft["checkpoint"]},
+    head = read_header(init)
+    result = {"task": name, "env_id": env_id, "policy": "vla", "init": init, "init_step": head.get("step"),
+              "sigma": args.rl_sigma, "sft_lineage": head.get("lineage"), "demo_version": _demo_version(uri),
               "start": start, "reward": args.rl_reward, "command": getattr(args, "command", None), **seg,
               "versions": args.rl_segments * args.rl_versions, "lr": lr, "epochs": args.rl_epochs, "max_steps": ms}
     (work / "rl_vla_result.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def _demo_version(uri: str) -> int | None:
+    """The lake version the expert demos landed in."""
+    import lake
+
+    return min((e.version for e in lake.open(uri).log() if "expert demos" in (e.message or "")), default=None)
 
 
 def _rl_segments(name: str, args, out: Path, uri: str, start_ckpt: str, start: dict, lr: float, extra: dict,
@@ -397,8 +413,9 @@ def libero_report(root: Path, command: str, load: str) -> str | None:
     return "\n".join(lines)
 
 
-def vla_report(root: Path, command: str, load: str) -> str | None:
-    """The VLA-RL section from the ``rl_vla_result.json`` files under ``root`` (None when there are none)."""
+def vla_report(root: Path, command: str, load: str, out: Path = HERE) -> str | None:
+    """The VLA-RL section from the ``rl_vla_result.json`` files under ``root`` (None when there are none); its plot
+    goes to ``out``."""
     rl = [json.loads(p.read_text()) for n in METAWORLD_TASKS if (p := root / n / "rl_vla_result.json").exists()]
     if not rl:
         return None
@@ -418,7 +435,7 @@ def vla_report(root: Path, command: str, load: str) -> str | None:
     ax.legend(fontsize=8)
     ax.set_title("Meta-World: aa RL of the VLA itself from its SFT checkpoint (95% Wilson)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(HERE / "closed_loop_rl_vla.png", dpi=110)
+    fig.savefig(out / "closed_loop_rl_vla.png", dpi=110)
     plt.close(fig)
     lines = [
         "Commands: " + "; ".join(f"`{c}`" for c in dict.fromkeys(r.get("command") or command for r in rl)),
@@ -436,16 +453,16 @@ def vla_report(root: Path, command: str, load: str) -> str | None:
         "intermediate curve points on the first 20 of them.",
         "",
         "| task | start checkpoint | sigma / lr / epochs | start (SFT, re-plan every step) | after RL | env steps | "
-        "RL wall | lineage: demos lake version / pack / SFT checkpoint / RL lake versions / eval versions (start, end) |",
+        "RL wall | lineage: demos lake version / packed table / SFT checkpoint / RL lake versions / eval versions (start, end) |",
         "|---|---|---|---|---|---:|---:|---|",
     ]
     for r in rl:
-        s, e, sft = r["start"], r["end"], r["sft"]
+        s, e, lin = r["start"], r["end"], r["sft_lineage"] or {}
         lines.append(
             f"| {r['task']} | `{r['task']}/sft/{Path(r['init']).name}` (step {r['init_step']}) | {r['sigma']} / "
             f"{r['lr']} / {r['epochs']} | {_pct(s)} | **{_pct(e)}** | {r['env_steps']} | {r['rl_seconds'] / 60:.1f} min "
-            f"| v{sft['lake_version']} / `{sft['pack']['table']}` (v{sft['pack']['version']}) / "
-            f"`{Path(r['init']).name}` (trained on v{sft['checkpoint']['lake_version']}) / "
+            f"| v{r['demo_version']} / `{lin.get('packed_table')}` / `{Path(r['init']).name}` (trained on "
+            f"v{lin.get('lake_version')}) / "
             f"{', '.join(_v(v) for v in r['lake_versions'])} / {_v(s['eval_version'])}, {_v(e['eval_version'])} |")
         lines += ["", f"RL curve ({r['task']}; env steps: successes / episodes): "
                   + ", ".join(f"{p['env_steps']}: {p['k']}/{p['n']}" for p in r["curve"])]
@@ -518,9 +535,9 @@ def report(root: Path, command: str, load: str) -> str:
             for r in results)]
     for r in rl:
         s, e = r["start"], r["end"]
-        lines += ["", f"**RL from a supervised checkpoint ({r['task']})**: the reference VLA samples actions by flow "
-                  "matching and has no closed-form action log-probability, which PPO-style RL needs; RL therefore "
-                  "fine-tunes the RL package's Gaussian actor-critic (2x64 MLP on the same state), behaviour-cloned "
+        lines += ["", f"**RL from a supervised checkpoint ({r['task']})**: this row fine-tunes the RL package's "
+                  "Gaussian actor-critic (2x64 MLP on the same state; RL of the VLA itself, through exact log-probs of "
+                  f"its noisy denoising chain, is the section \"{VLA_SECTION}\"), behaviour-cloned "
                   f"(`training.rl.bc`) on {r['bc_demos']} of the task's demo episodes from the same lake "
                   f"(v{r['bc']['lake_version']}), then `training.rl` in aa mode (2 env workers x 4 envs, 16 trajectories "
                   f"per version, lr {r['lr']}, reward: " + ("success (1 on the success step), GRPO over 4 rollouts per "
@@ -538,6 +555,14 @@ def report(root: Path, command: str, load: str) -> str:
                   "RL curve (env steps: success): " + ", ".join(f"{p['env_steps']}: {p['rate']:.0%}" for p in r["curve"])]
     lines += ["", *[f"![{p}]({p})" for p in plots]]
     return "\n".join(lines)
+
+
+def rebuilds_sft_section(args, root: Path) -> bool:
+    """Whether this invocation rebuilds the SFT / actor-critic section: only from a workdir holding its results (a
+    LIBERO-only run leaves it alone), and not on a VLA-RL-only run (whose workdir may lack the other tasks' results:
+    rebuilding would drop their rows)."""
+    mw = any((root / n / f).exists() for n in METAWORLD_TASKS for f in ("result.json", "rl_result.json"))
+    return mw and (args.report_only or bool(args.tasks) or (args.rl_task != "none" and args.rl_policy == "ac"))
 
 
 def main(argv=None) -> int:
@@ -561,11 +586,14 @@ def main(argv=None) -> int:
     ap.add_argument("--rl-segments", type=int, default=2)
     ap.add_argument("--rl-versions", type=int, default=8, help="published versions per RL segment")
     ap.add_argument("--rl-lr", type=float, default=None,
-                    help="default 5e-4 for the actor-critic (1e-3 collapsed after ~25k env steps), 1e-4 for the VLA")
+                    help="default 5e-4 for the actor-critic (1e-3 collapsed after ~25k env steps), 3e-4 for the VLA")
     ap.add_argument("--rl-policy", default="ac", choices=["ac", "vla"],
                     help="ac: behaviour-cloned Gaussian actor-critic; vla: the SFT'd VLA itself (training.rl.flow_policy)")
     ap.add_argument("--rl-init", default="chosen",
                     help="vla: the SFT checkpoint RL starts from: 'chosen' (validation-chosen) or a kept step number")
+    ap.add_argument("--rl-sft-steps", type=int, default=None,
+                    help="vla: start from a short SFT run of this many steps (same lake, pack, recipe; cosine over "
+                         "them; kept every quarter, in <task>/sft_<N>/) instead of <task>/sft/")
     ap.add_argument("--rl-sigma", type=float, default=0.1, help="vla: noise std per denoising step (normalized units)")
     ap.add_argument("--rl-epochs", type=int, default=2, help="vla: optimizer steps per global batch")
     ap.add_argument("--rl-reward", default="success", choices=["success", "dense"])
@@ -583,10 +611,7 @@ def main(argv=None) -> int:
 
     def save_report():
         load = f"load average at start / now: {load0} / {'/'.join(f'{x:.1f}' for x in os.getloadavg())}"
-        # a section is rebuilt only from a workdir holding its results (a LIBERO-only run leaves Meta-World's alone),
-        # and the SFT / actor-critic section not by a VLA-RL-only run (its workdir may lack the other tasks' results)
-        mw = any((root / n / f).exists() for n in METAWORLD_TASKS for f in ("result.json", "rl_result.json"))
-        mw = mw and (args.report_only or bool(args.tasks) or (args.rl_task != "none" and args.rl_policy == "ac"))
+        mw = rebuilds_sft_section(args, root)
         for section, body in ((SECTION, report(root, command, load) if mw else None),
                               (LIBERO_SECTION, libero_report(root, command, load)),
                               (VLA_SECTION, vla_report(root, command, load))):
