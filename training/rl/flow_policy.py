@@ -93,6 +93,7 @@ class FlowPolicy(VLA):
             xs.append(x)
         return torch.stack(xs, 1), logp
 
+    @torch.no_grad()
     def act_with_logprob(self, obs: dict[str, np.ndarray], seeds: np.ndarray) -> ActionSample:
         prefix, cu, cond = self._inputs(obs)
         chain, logp = self.sample_chain(prefix, cu, self._noise(seeds), self.rl_sigma, cond)
