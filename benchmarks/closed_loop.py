@@ -280,6 +280,14 @@ def _rl_segments(name: str, args, out: Path, uri: str, start_ckpt: str, start: d
     curve = [{"env_steps": 0, "version": 0, **start}]
     prev, env_steps, lake_versions, t_rl = start_ckpt, 0, [], 0.0
     for seg in range(args.rl_segments):
+        done = out / f"segment_{seg + 1}.json"  # a rerun resumes after the last finished segment
+        if done.exists():
+            d = json.loads(done.read_text())
+            curve.append(d["point"])
+            env_steps, prev, t_rl = d["point"]["env_steps"], d["checkpoint"], t_rl + d["rl_seconds"]
+            lake_versions.append(d["point"]["lake_version"])
+            print(f"[{name}]   RL segment {seg + 1} done before: {done}", flush=True)
+            continue
         cfg = with_overrides(RLConfig(), {
             "mode": "aa", "seed": 1 + seg, "env.id": env_id, "env.max_episode_steps": ms,
             **_rl_objective(args.rl_reward),
@@ -293,7 +301,8 @@ def _rl_segments(name: str, args, out: Path, uri: str, start_ckpt: str, start: d
         })
         t = time.perf_counter()
         rep = run(cfg)
-        t_rl += time.perf_counter() - t
+        seg_s = time.perf_counter() - t
+        t_rl += seg_s
         env_steps += rep.consumed_steps
         lake_versions.append(rep.lake.lake_version if rep.lake else None)
         prev = rep.checkpoint
@@ -301,6 +310,8 @@ def _rl_segments(name: str, args, out: Path, uri: str, start_ckpt: str, start: d
         ev = _eval(prev, env_id, args.episodes if last else args.curve_episodes, uri, ms)
         curve.append({"env_steps": env_steps, "version": (seg + 1) * args.rl_versions,
                       "lake_version": lake_versions[-1], "produced": rep.produced, **ev})
+        done.write_text(json.dumps({"point": curve[-1], "checkpoint": prev, "rl_seconds": seg_s,
+                                    "run_id": rep.run_id}, indent=1))
         print(f"[{name}]   RL segment {seg + 1}: {env_steps} env steps, {ev['k']}/{ev['n']}", flush=True)
     return {"end": curve[-1], "curve": curve, "env_steps": env_steps, "rl_seconds": t_rl,
             "lake_versions": lake_versions, "lake_latest": lake.open(uri).version}
