@@ -470,7 +470,8 @@ def vla_report(root: Path, command: str, load: str, out: Path = HERE) -> str | N
     for r in rl:
         s, e, lin = r["start"], r["end"], r["sft_lineage"] or {}
         lines.append(
-            f"| {r['task']} | `{r['task']}/sft/{Path(r['init']).name}` (step {r['init_step']}) | {r['sigma']} / "
+            f"| {r['task']} | `{r['task']}/{Path(r['init']).parent.name}/{Path(r['init']).name}` (step {r['init_step']}) "
+            f"| {r['sigma']} / "
             f"{r['lr']} / {r['epochs']} | {_pct(s)} | **{_pct(e)}** | {r['env_steps']} | {r['rl_seconds'] / 60:.1f} min "
             f"| v{r['demo_version']} / `{lin.get('packed_table')}` / `{Path(r['init']).name}` (trained on "
             f"v{lin.get('lake_version')}) / "
