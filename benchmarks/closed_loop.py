@@ -65,6 +65,7 @@ TASKS = {
                                     "relative to the gripper) + task text, no camera"},
 }
 LIBERO_SECTION = "LIBERO closed loop: SFT on scripted-expert demos learns"
+VLA_SECTION = "Closed loop (Meta-World): RL fine-tunes the VLA itself"
 METAWORLD_TASKS = [n for n, spec in TASKS.items() if "env_id" not in spec]
 
 
@@ -200,8 +201,6 @@ def run_task(name: str, args, root: Path) -> dict:
 def run_rl(name: str, args, root: Path) -> dict:
     """Behaviour cloning of the RL actor-critic on the task's demos, then aa RL from it in segments (a checkpoint
     and an evaluation after each), trajectories into the task's lake."""
-    import lake
-    from training.rl import RLConfig, run, with_overrides
     from training.rl.bc import behaviour_clone
 
     env_id, work = f"metaworld/{name}", root / name
@@ -214,23 +213,96 @@ def run_rl(name: str, args, root: Path) -> dict:
                          episodes=args.rl_demos, reward_scale=RL_REWARD_SCALE)
     start = _eval(bc["checkpoint"], env_id, args.episodes, uri, ms)
     print(f"[{name}]   BC: {start['k']}/{start['n']}", flush=True)
+    lr = args.rl_lr or 5e-4
+    seg = _rl_segments(name, args, work / "rl", uri, bc["checkpoint"], start, lr, {"algo.epochs": 2})
+    result = {"task": name, "env_id": env_id, "bc": bc, "bc_demos": args.rl_demos, "start": start,
+              "reward": args.rl_reward, "command": getattr(args, "command", None), **seg,
+              "versions": args.rl_segments * args.rl_versions, "lr": lr, "max_steps": ms}
+    (work / "rl_result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def run_rl_vla(name: str, args, root: Path) -> dict:
+    """RL of the reference VLA itself (``training.rl.flow_policy``) from the task's SFT checkpoint (``--rl-init``:
+    the validation-chosen one, or a kept step), in the act mode RL uses (re-plan every step), segments as
+    ``run_rl``; writes ``rl_vla_result.json``."""
+    from training.checkpoint import read_header
+    from training.rl.flow_policy import from_sft
+
+    env_id, work = f"metaworld/{name}", root / name
+    uri, ms = str(work / "lake"), TASKS[name]["max_steps"]
+    sft_dir = work / ("sft" if not args.rl_sft_steps else f"sft_{args.rl_sft_steps}")
+    if args.rl_sft_steps and not (sft_dir / "last.pt").exists():  # a deliberately short SFT run: room for RL
+        from training.sft import SFTConfig, train
+
+        print(f"[{name}] short SFT ({args.rl_sft_steps} steps) for the RL start ...", flush=True)
+        train(SFTConfig(out_dir=str(sft_dir), steps=args.rl_sft_steps, ckpt_every=max(1, args.rl_sft_steps // 4),
+                        keep_checkpoints=True, lake=uri, recipe=metaworld_recipe("closed_loop").hash, lr=SFT_LR,
+                        warmup=min(50, args.rl_sft_steps // 4), log_every=100, model=MODEL, seed=args.sft_seed),
+              progress=False)
+    if args.rl_init == "chosen":
+        if not (work / "result.json").exists():
+            raise SystemExit(f"[{name}] no SFT result under {work}: run --tasks {name} first, or pass --rl-init STEP")
+        init = json.loads((work / "result.json").read_text())["checkpoint"]["path"]
+    else:
+        init = str(sft_dir / f"step_{int(args.rl_init):06d}.pt")
+    start_ckpt = from_sft(init, str(work / "rl_vla" / "start.pt"), env_id=env_id, rl_sigma=args.rl_sigma)
+    print(f"[{name}] VLA RL from {init} (exec_steps 1, sigma {args.rl_sigma}): held-out start ...", flush=True)
+    start = _eval(start_ckpt, env_id, args.episodes, uri, ms)
+    print(f"[{name}]   start: {start['k']}/{start['n']}", flush=True)
+    lr = args.rl_lr or 3e-4
+    seg = _rl_segments(name, args, work / "rl_vla", uri, start_ckpt, start, lr,
+                       {"algo.epochs": args.rl_epochs, "batching.max_batch_size": 8}, source=f"rl-vla/{name}")
+    head = read_header(init)
+    result = {"task": name, "env_id": env_id, "policy": "vla", "init": init, "init_step": head.get("step"),
+              "sigma": args.rl_sigma, "sft_lineage": head.get("lineage"), "demo_version": _demo_version(uri),
+              "start": start, "reward": args.rl_reward, "command": getattr(args, "command", None), **seg,
+              "versions": args.rl_segments * args.rl_versions, "lr": lr, "epochs": args.rl_epochs, "max_steps": ms}
+    (work / "rl_vla_result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _demo_version(uri: str) -> int | None:
+    """The lake version the expert demos landed in."""
+    import lake
+
+    return min((e.version for e in lake.open(uri).log() if "expert demos" in (e.message or "")), default=None)
+
+
+def _rl_segments(name: str, args, out: Path, uri: str, start_ckpt: str, start: dict, lr: float, extra: dict,
+                 source: str | None = None) -> dict:
+    """``args.rl_segments`` aa runs, each resuming from the last checkpoint, an evaluation after each (the last on
+    ``args.episodes``, the others on ``args.curve_episodes``); trajectories into the lake at ``uri``."""
+    import lake
+    from training.rl import RLConfig, run, with_overrides
+
+    env_id, ms = f"metaworld/{name}", TASKS[name]["max_steps"]
     curve = [{"env_steps": 0, "version": 0, **start}]
-    prev, env_steps, lake_versions, t_rl = bc["checkpoint"], 0, [], 0.0
+    prev, env_steps, lake_versions, t_rl = start_ckpt, 0, [], 0.0
     for seg in range(args.rl_segments):
+        done = out / f"segment_{seg + 1}.json"  # a rerun resumes after the last finished segment
+        if done.exists():
+            d = json.loads(done.read_text())
+            curve.append(d["point"])
+            env_steps, prev, t_rl = d["point"]["env_steps"], d["checkpoint"], t_rl + d["rl_seconds"]
+            lake_versions.append(d["point"]["lake_version"])
+            print(f"[{name}]   RL segment {seg + 1} done before: {done}", flush=True)
+            continue
         cfg = with_overrides(RLConfig(), {
             "mode": "aa", "seed": 1 + seg, "env.id": env_id, "env.max_episode_steps": ms,
             **_rl_objective(args.rl_reward),
             "workers.env_workers": 2, "workers.envs_per_worker": 4, "algo.batch_trajectories": 16,
-            "algo.micro_batch_trajectories": 4, "algo.train_steps": args.rl_versions, "algo.lr": args.rl_lr,
-            "algo.epochs": 2, "algo.entropy_coef": 0.0, "batching.max_batch_size": 8,
-            "policy.init_checkpoint": prev, "lake.uri": uri, "lake.source": f"rl/{name}", "lake.images": False,
-            "lake.commit_every": 16, "checkpoint": str(work / "rl" / f"rl_{seg + 1}.pt"), "timeout_s": 3600,
+            "algo.micro_batch_trajectories": 4, "algo.train_steps": args.rl_versions, "algo.lr": lr,
+            "algo.entropy_coef": 0.0, "batching.max_batch_size": 8,
+            "policy.init_checkpoint": prev, "lake.uri": uri, "lake.source": source or f"rl/{name}", "lake.images": False,
+            "lake.commit_every": 16, "checkpoint": str(out / f"rl_{seg + 1}.pt"), "timeout_s": 3600,
             "placement.env_worker.num_cpus": 0.2, "placement.rollout.num_cpus": 0.3,
-            "placement.trainer.num_cpus": 0.3, "placement.lake_writer.num_cpus": 0.2,
+            "placement.trainer.num_cpus": 0.3, "placement.lake_writer.num_cpus": 0.2, **extra,
         })
         t = time.perf_counter()
         rep = run(cfg)
-        t_rl += time.perf_counter() - t
+        seg_s = time.perf_counter() - t
+        t_rl += seg_s
         env_steps += rep.consumed_steps
         lake_versions.append(rep.lake.lake_version if rep.lake else None)
         prev = rep.checkpoint
@@ -238,14 +310,11 @@ def run_rl(name: str, args, root: Path) -> dict:
         ev = _eval(prev, env_id, args.episodes if last else args.curve_episodes, uri, ms)
         curve.append({"env_steps": env_steps, "version": (seg + 1) * args.rl_versions,
                       "lake_version": lake_versions[-1], "produced": rep.produced, **ev})
+        done.write_text(json.dumps({"point": curve[-1], "checkpoint": prev, "rl_seconds": seg_s,
+                                    "run_id": rep.run_id}, indent=1))
         print(f"[{name}]   RL segment {seg + 1}: {env_steps} env steps, {ev['k']}/{ev['n']}", flush=True)
-    result = {"task": name, "env_id": env_id, "bc": bc, "bc_demos": args.rl_demos, "start": start,
-              "reward": args.rl_reward, "command": getattr(args, "command", None),
-              "end": curve[-1], "curve": curve, "env_steps": env_steps, "rl_seconds": t_rl,
-              "lake_versions": lake_versions, "versions": args.rl_segments * args.rl_versions,
-              "lr": args.rl_lr, "max_steps": ms, "lake_latest": lake.open(uri).version}
-    (work / "rl_result.json").write_text(json.dumps(result, indent=1))
-    return result
+    return {"end": curve[-1], "curve": curve, "env_steps": env_steps, "rl_seconds": t_rl,
+            "lake_versions": lake_versions, "lake_latest": lake.open(uri).version}
 
 
 def _rl_objective(reward: str) -> dict:
@@ -355,6 +424,65 @@ def libero_report(root: Path, command: str, load: str) -> str | None:
     return "\n".join(lines)
 
 
+def vla_report(root: Path, command: str, load: str, out: Path = HERE) -> str | None:
+    """The VLA-RL section from the ``rl_vla_result.json`` files under ``root`` (None when there are none); its plot
+    goes to ``out``."""
+    rl = [json.loads(p.read_text()) for n in METAWORLD_TASKS if (p := root / n / "rl_vla_result.json").exists()]
+    if not rl:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for r in rl:
+        c = r["curve"]
+        ax.errorbar([p["env_steps"] for p in c], [p["rate"] for p in c], marker="o", capsize=3, label=r["task"],
+                    yerr=[[p["rate"] - p["lo"] for p in c], [p["hi"] - p["rate"] for p in c]])
+    ax.set_xlabel("RL env steps (consumed by the learner)")
+    ax.set_ylabel("success on held-out goals")
+    ax.set_ylim(-0.03, 1.03)
+    ax.legend(fontsize=8)
+    ax.set_title("Meta-World: aa RL of the VLA itself from its SFT checkpoint (95% Wilson)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "closed_loop_rl_vla.png", dpi=110)
+    plt.close(fig)
+    lines = [
+        "Commands: " + "; ".join(f"`{c}`" for c in dict.fromkeys(r.get("command") or command for r in rl)),
+        f"Machine: {machine()}; {load} (shared with other engineers' jobs: wall times are inflated, not timings)",
+        "",
+        "Policy: the SFT'd reference VLA itself (`training.rl.flow_policy.FlowPolicy`, same weights and state dict): "
+        "for RL each Euler denoising step adds Gaussian noise, x_{k+1} = x_k - v(x_k, t_k)/N + sigma eps_k, so the "
+        "chain is a Markov chain of Gaussians with an exact log-probability (the sum of the steps' Gaussian "
+        "log-densities; ReinFlow / Flow-GRPO style); the trainer re-scores the stored chain under the current "
+        "weights. RL re-plans every env step (only the first action of each chunk is executed; the pipeline keeps "
+        "no per-env chunk queue) and the start checkpoint is evaluated in that same mode; evaluation uses the "
+        "noise-free chain (`VLA.act`). No critic: the success reward (1 on the success step, the episode ends "
+        "there), GRPO over 4 rollouts per goal, decoupled PPO clip 0.2, aa mode (2 env workers x 4 envs, 16 "
+        "trajectories per version). Evaluation: the same 50 held-out goals (env seeds from 1000) at start and end, "
+        "intermediate curve points on the first 20 of them.",
+        "",
+        "| task | start checkpoint | sigma / lr / epochs | start (SFT, re-plan every step) | after RL | env steps | "
+        "RL wall | lineage: demos lake version / packed table / SFT checkpoint / RL lake versions / eval versions (start, end) |",
+        "|---|---|---|---|---|---:|---:|---|",
+    ]
+    for r in rl:
+        s, e, lin = r["start"], r["end"], r["sft_lineage"] or {}
+        lines.append(
+            f"| {r['task']} | `{r['task']}/{Path(r['init']).parent.name}/{Path(r['init']).name}` (step {r['init_step']}) "
+            f"| {r['sigma']} / "
+            f"{r['lr']} / {r['epochs']} | {_pct(s)} | **{_pct(e)}** | {r['env_steps']} | {r['rl_seconds'] / 60:.1f} min "
+            f"| v{r['demo_version']} / `{lin.get('packed_table')}` / `{Path(r['init']).name}` (trained on "
+            f"v{lin.get('lake_version')}) / "
+            f"{', '.join(_v(v) for v in r['lake_versions'])} / {_v(s['eval_version'])}, {_v(e['eval_version'])} |")
+        lines += ["", f"RL curve ({r['task']}; env steps: successes / episodes): "
+                  + ", ".join(f"{p['env_steps']}: {p['k']}/{p['n']}" for p in r["curve"])]
+    lines += [f"\nNote ({r['task']}): {r['note']}" for r in rl if r.get("note")]
+    lines += ["", "![closed_loop_rl_vla.png](closed_loop_rl_vla.png)"]
+    return "\n".join(lines)
+
+
 def describe_task(env_id: str) -> str:
     from training.rl.envs import get_family
 
@@ -419,9 +547,9 @@ def report(root: Path, command: str, load: str) -> str:
             for r in results)]
     for r in rl:
         s, e = r["start"], r["end"]
-        lines += ["", f"**RL from a supervised checkpoint ({r['task']})**: the reference VLA samples actions by flow "
-                  "matching and has no closed-form action log-probability, which PPO-style RL needs; RL therefore "
-                  "fine-tunes the RL package's Gaussian actor-critic (2x64 MLP on the same state), behaviour-cloned "
+        lines += ["", f"**RL from a supervised checkpoint ({r['task']})**: this row fine-tunes the RL package's "
+                  "Gaussian actor-critic (2x64 MLP on the same state; RL of the VLA itself, through exact log-probs of "
+                  f"its noisy denoising chain, is the section \"{VLA_SECTION}\"), behaviour-cloned "
                   f"(`training.rl.bc`) on {r['bc_demos']} of the task's demo episodes from the same lake "
                   f"(v{r['bc']['lake_version']}), then `training.rl` in aa mode (2 env workers x 4 envs, 16 trajectories "
                   f"per version, lr {r['lr']}, reward: " + ("success (1 on the success step), GRPO over 4 rollouts per "
@@ -439,6 +567,14 @@ def report(root: Path, command: str, load: str) -> str:
                   "RL curve (env steps: success): " + ", ".join(f"{p['env_steps']}: {p['rate']:.0%}" for p in r["curve"])]
     lines += ["", *[f"![{p}]({p})" for p in plots]]
     return "\n".join(lines)
+
+
+def rebuilds_sft_section(args, root: Path) -> bool:
+    """Whether this invocation rebuilds the SFT / actor-critic section: only from a workdir holding its results (a
+    LIBERO-only run leaves it alone), and not on a VLA-RL-only run (whose workdir may lack the other tasks' results:
+    rebuilding would drop their rows)."""
+    mw = any((root / n / f).exists() for n in METAWORLD_TASKS for f in ("result.json", "rl_result.json"))
+    return mw and (args.report_only or bool(args.tasks) or (args.rl_task != "none" and args.rl_policy == "ac"))
 
 
 def main(argv=None) -> int:
@@ -461,7 +597,17 @@ def main(argv=None) -> int:
     ap.add_argument("--bc-steps", type=int, default=1500)
     ap.add_argument("--rl-segments", type=int, default=2)
     ap.add_argument("--rl-versions", type=int, default=8, help="published versions per RL segment")
-    ap.add_argument("--rl-lr", type=float, default=5e-4, help="1e-3 collapsed after ~25k env steps")
+    ap.add_argument("--rl-lr", type=float, default=None,
+                    help="default 5e-4 for the actor-critic (1e-3 collapsed after ~25k env steps), 3e-4 for the VLA")
+    ap.add_argument("--rl-policy", default="ac", choices=["ac", "vla"],
+                    help="ac: behaviour-cloned Gaussian actor-critic; vla: the SFT'd VLA itself (training.rl.flow_policy)")
+    ap.add_argument("--rl-init", default="chosen",
+                    help="vla: the SFT checkpoint RL starts from: 'chosen' (validation-chosen) or a kept step number")
+    ap.add_argument("--rl-sft-steps", type=int, default=None,
+                    help="vla: start from a short SFT run of this many steps (same lake, pack, recipe; cosine over "
+                         "them; kept every quarter, in <task>/sft_<N>/) instead of <task>/sft/")
+    ap.add_argument("--rl-sigma", type=float, default=0.1, help="vla: noise std per denoising step (normalized units)")
+    ap.add_argument("--rl-epochs", type=int, default=2, help="vla: optimizer steps per global batch")
     ap.add_argument("--rl-reward", default="success", choices=["success", "dense"])
     ap.add_argument("--workdir", default="closed_loop_work")
     ap.add_argument("--report-only", action="store_true", help="rebuild RESULTS.md / plots from the results present")
@@ -477,10 +623,10 @@ def main(argv=None) -> int:
 
     def save_report():
         load = f"load average at start / now: {load0} / {'/'.join(f'{x:.1f}' for x in os.getloadavg())}"
-        # a section is rebuilt only from a workdir holding its results (a LIBERO-only run leaves Meta-World's alone)
-        mw = any((root / n / f).exists() for n in METAWORLD_TASKS for f in ("result.json", "rl_result.json"))
+        mw = rebuilds_sft_section(args, root)
         for section, body in ((SECTION, report(root, command, load) if mw else None),
-                              (LIBERO_SECTION, libero_report(root, command, load))):
+                              (LIBERO_SECTION, libero_report(root, command, load)),
+                              (VLA_SECTION, vla_report(root, command, load))):
             if body is None:
                 continue
             print(body, flush=True)
@@ -517,10 +663,11 @@ def main(argv=None) -> int:
             run_task(name, args, root)
         save_report()
     if args.rl_task != "none":
-        if (root / args.rl_task / "rl_result.json").exists():
-            print(f"[{args.rl_task}] RL done before", flush=True)
+        done = root / args.rl_task / ("rl_vla_result.json" if args.rl_policy == "vla" else "rl_result.json")
+        if done.exists():
+            print(f"[{args.rl_task}] RL done before: {done}", flush=True)
         else:
-            run_rl(args.rl_task, args, root)
+            (run_rl_vla if args.rl_policy == "vla" else run_rl)(args.rl_task, args, root)
         save_report()
     return 0
 

@@ -36,6 +36,7 @@ from training.factories import FACTORIES, UnknownFactory, get_factory, register_
 # ``import training...`` (a checkpoint load in a fresh process included) knows their names
 import training.vla  # noqa: E402,F401  - registers "vla"
 import training.rl.policy  # noqa: E402,F401  - registers "gaussian_actor_critic"
+import training.rl.flow_policy  # noqa: E402,F401  - registers "vla_flow" (the VLA as an RL policy)
 import training.sims.experts  # noqa: E402,F401  - registers "metaworld_expert" (imports no simulator)
 import training.sims.libero_expert  # noqa: E402,F401  - registers "libero_expert" (imports no simulator)
 

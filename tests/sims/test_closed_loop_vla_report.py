@@ -1,0 +1,51 @@
+"""The closed-loop benchmark's VLA-RL bookkeeping (no simulator runs here): a VLA-RL-only run never rebuilds the
+SFT / actor-critic section (its workdir lacks the other tasks' results), and the VLA-RL section renders start, end,
+the curve and the lineage from the saved result."""
+
+from __future__ import annotations
+
+import json
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import closed_loop  # noqa: E402
+
+
+def _args(**kw):
+    return Namespace(**{"report_only": False, "tasks": [], "rl_task": "reach-v3", "rl_policy": "vla", **kw})
+
+
+def _point(k, n, steps, version):
+    lo, hi = k / n - 0.1, k / n + 0.1
+    return {"env_steps": steps, "k": k, "n": n, "rate": k / n, "lo": lo, "hi": hi, "eval_version": version}
+
+
+def test_vla_rl_only_run_leaves_the_sft_section_alone(tmp_path):
+    (tmp_path / "reach-v3").mkdir()
+    assert not closed_loop.rebuilds_sft_section(_args(), tmp_path)  # nothing there at all
+    (tmp_path / "reach-v3" / "result.json").write_text("{}")
+    assert not closed_loop.rebuilds_sft_section(_args(), tmp_path)
+    assert closed_loop.rebuilds_sft_section(_args(rl_policy="ac"), tmp_path)
+    assert closed_loop.rebuilds_sft_section(_args(tasks=["reach-v3"], rl_task="none"), tmp_path)
+    assert closed_loop.rebuilds_sft_section(_args(report_only=True), tmp_path)
+
+
+def test_vla_section_renders_start_end_curve_and_lineage(tmp_path):
+    assert closed_loop.vla_report(tmp_path, "cmd", "load", out=tmp_path) is None
+    curve = [_point(25, 50, 0, 20), _point(12, 20, 900, 22), _point(40, 50, 2000, 24)]
+    result = {"task": "reach-v3", "init": "/w/reach-v3/sft_80/step_000020.pt", "init_step": 20, "sigma": 0.1,
+              "lr": 3e-4, "epochs": 2, "start": curve[0], "end": curve[-1], "curve": curve, "env_steps": 2000,
+              "rl_seconds": 600.0, "lake_versions": [21, 23], "demo_version": 1, "command": "the command",
+              "sft_lineage": {"lake_version": 2, "packed_table": "packed_abc"}}
+    (tmp_path / "reach-v3").mkdir()
+    (tmp_path / "reach-v3" / "rl_vla_result.json").write_text(json.dumps(result))
+    text = closed_loop.vla_report(tmp_path, "cmd", "load", out=tmp_path)
+    row = next(line for line in text.splitlines() if line.startswith("| reach-v3 |"))
+    assert "25/50 = 50%" in row and "**40/50 = 80%" in row and "| 2000 |" in row
+    assert "v1 / `packed_abc` / `step_000020.pt` (trained on v2) / v21, v23 / v20, v24" in row
+    assert "0: 25/50, 900: 12/20, 2000: 40/50" in text and "`the command`" in text
+    assert (tmp_path / "closed_loop_rl_vla.png").exists()
