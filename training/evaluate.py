@@ -92,11 +92,39 @@ def _env_seed(seed: int, i: int) -> int:
     return int(np.random.SeedSequence([seed, i, 11]).generate_state(1)[0] % (2**31 - 1))
 
 
+def _policy_seed(seed: int, start: int) -> int:
+    return int(np.random.SeedSequence([seed, start, 13]).generate_state(1)[0])
+
+
 def _wants_image(policy, family) -> bool:
     wants = list(getattr(policy, "input_features", None) or [])
     if not wants:  # a policy that does not say what it reads gets everything the env can show
         return True
     return any(n == family.camera or n.startswith("observation.image") for n in wants)
+
+
+def _roll_wave(policy, envs, obs, eps, task, fam, record_video) -> None:
+    """Step one wave of envs until every episode in it is done (fills ``eps`` in place)."""
+    from training.rl.envs import render_frame, to_features
+
+    while not all(e["done"] for e in eps):
+        batch = {n: np.stack([o[n] for o in obs]) for n in obs[0]}
+        actions = np.asarray(policy.act(batch, [task] * len(eps)), np.float32)
+        if actions.shape[0] != len(eps):
+            raise ValueError(f"policy returned {actions.shape[0]} actions for a batch of {len(eps)}")
+        for j, e in enumerate(eps):
+            if e["done"]:
+                continue
+            if record_video:
+                frame = obs[j].get(fam.camera)
+                e["images"].append(frame if frame is not None else render_frame(envs[j]))
+            e["frames"].append({n: x for n, x in obs[j].items() if not (x.dtype == np.uint8 and x.ndim == 3)})
+            o, r, term, trunc, info = envs[j].step(actions[j])
+            e["actions"].append(actions[j])
+            e["rewards"].append(float(r))
+            e["success"] = e["success"] or bool(info.get("is_success", False))
+            e["done"] = bool(term or trunc)
+            obs[j] = to_features(o, fam)
 
 
 def run_episodes(policy, env_id: str, episodes: int, *, seed: int = 0, record_video: bool = True,
@@ -105,8 +133,11 @@ def run_episodes(policy, env_id: str, episodes: int, *, seed: int = 0, record_vi
     """Roll ``policy`` out for ``episodes`` episodes, ``batch_size`` envs at a time (each wave starts with
     ``policy.reset``); ``env_kwargs`` go to the env's constructor. Episode i resets with ``env_seeds[i]`` when
     given (e.g. LIBERO's recorded init states 0..49, each once), else a seed derived from (seed, i). Returns one
-    dict per episode: frames, images, return, success, seed."""
-    from training.rl.envs import env_fps, get_family, make_env, render_frame, to_features
+    dict per episode: frames, images, return, success, seed. A policy that samples from torch's global RNG is
+    seeded per wave from ``seed``: the same call gives the same episodes."""
+    import torch
+
+    from training.rl.envs import env_fps, get_family, make_env, to_features
 
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
@@ -128,24 +159,11 @@ def run_episodes(policy, env_id: str, episodes: int, *, seed: int = 0, record_vi
             eps = [{"frames": [], "images": [], "actions": [], "rewards": [], "success": False, "done": False}
                    for _ in wave]
             policy.reset(len(wave))
-            while not all(e["done"] for e in eps):
-                batch = {n: np.stack([o[n] for o in obs]) for n in obs[0]}
-                actions = np.asarray(policy.act(batch, [task] * len(wave)), np.float32)
-                if actions.shape[0] != len(wave):
-                    raise ValueError(f"policy returned {actions.shape[0]} actions for a batch of {len(wave)}")
-                for j, e in enumerate(eps):
-                    if e["done"]:
-                        continue
-                    if record_video:
-                        frame = obs[j].get(fam.camera)
-                        e["images"].append(frame if frame is not None else render_frame(envs[j]))
-                    e["frames"].append({n: x for n, x in obs[j].items() if not (x.dtype == np.uint8 and x.ndim == 3)})
-                    o, r, term, trunc, info = envs[j].step(actions[j])
-                    e["actions"].append(actions[j])
-                    e["rewards"].append(float(r))
-                    e["success"] = e["success"] or bool(info.get("is_success", False))
-                    e["done"] = bool(term or trunc)
-                    obs[j] = to_features(o, fam)
+            # a sampling policy (the VLA's flow noise) draws from torch's global RNG: seeded per wave from (seed,
+            # wave), so re-running an evaluation reproduces it; the caller's RNG state is restored afterwards
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_policy_seed(seed, start))
+                _roll_wave(policy, envs, obs, eps, task, fam, record_video)
             for i, s, e in zip(wave, seeds, eps):
                 imgs = [x for x in e["images"] if x is not None]
                 out.append({
