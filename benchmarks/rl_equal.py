@@ -99,7 +99,7 @@ def run_one(mode: str, seed: int, ws: dict, root: Path, args) -> dict:
     keep = ("version", "consumed_steps", "reward_per_step", "success_rate", "staleness_mean", "staleness_max",
             "is_weight", "ratio", "policy_loss", "entropy")
     res = {"mode": mode, "seed": seed, "curve": curve, "history": [{k: h.get(k) for k in keep} for h in history],
-           "rl_wall_s": wall}
+           "rl_wall_s": wall, "segments": args.segments, "versions": args.versions, "lr": args.lr}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     return res
@@ -113,10 +113,10 @@ def _stats(xs: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
-def _half_success(r: dict) -> float:
-    """Training success rate of the consumed batches over the second half of the versions."""
+def _half_success(r: dict, key: str = "success_rate") -> float:
+    """Mean of a consumed batch's ``key`` (success rate, reward per env step) over the second half of the versions."""
     h = r["history"]
-    return sum(x["success_rate"] for x in h[len(h) // 2:]) / max(1, len(h) - len(h) // 2)
+    return sum(x[key] for x in h[len(h) // 2:]) / max(1, len(h) - len(h) // 2)
 
 
 def plot(runs: dict, path: Path) -> None:
@@ -169,15 +169,17 @@ def report(root: Path, args, command: str, load: str) -> str | None:
         return None
     plot(runs, HERE / PLOT)
     n_pts = min(len(r["curve"]) for rs in runs.values() for r in rs)
+    first = next(iter(runs.values()))[0]
+    segments, versions, lr = (first.get(k, getattr(args, k)) for k in ("segments", "versions", "lr"))
     lines = [f"Command: `{command}`",
              f"Machine: {machine()}; {load} (shared with other engineers' jobs; untimed: wall times are not timings)",
              "",
              f"Protocol: {args.task}; BC warm start of the RL actor-critic (2x64 MLP, `training.rl.bc`, 1500 steps) on "
              f"{ws['bc']['episodes']} scripted-expert demos ({ws['bc']['frames']} frames), held-out success "
              f"{_pct(ws['eval'])}. Then, for each run seed and mode, the same RL config (2 env workers x 4 envs, 16 "
-             f"trajectories per version, micro-batch 4, 2 epochs, lr {args.lr}, success reward ending the episode, "
-             f"GRPO over 4 rollouts per goal, decoupled PPO with is_cap 2, max staleness 2) in {args.segments} segments of "
-             f"{args.versions} versions (each resumes from the previous checkpoint; run seed 100*seed+segment+1, the "
+             f"trajectories per version, micro-batch 4, 2 epochs, lr {lr}, success reward ending the episode, "
+             f"GRPO over 4 rollouts per goal, decoupled PPO with is_cap 2, max staleness 2) in {segments} segments of "
+             f"{versions} versions (each resumes from the previous checkpoint; run seed 100*seed+segment+1, the "
              f"same in every mode); after each segment 50 held-out goals (env seeds from 1000, deterministic actions). "
              f"Time limit {ws['max_steps']} steps.",
              "",
@@ -194,14 +196,20 @@ def report(root: Path, args, command: str, load: str) -> str | None:
     lines += ["", "Per mode over seeds (mean ± sd of the seeds' success rates, held-out goals), and the difference to ss "
               "with its seed-to-seed spread (paired by seed: same seeds, same goals):", "",
               "| mode | seeds | " + " | ".join(f"v{p['version']}" for p in next(iter(runs.values()))[0]["curve"][:n_pts])
-              + " | train success, 2nd half |", "|---|---:|" + "---|" * (n_pts + 1)]
+              + " | train success, 2nd half | train reward per env step, 2nd half | staleness mean / max "
+              "| IS weight mean [min] | RL wall per run |", "|---|---:|" + "---|" * (n_pts + 5)]
     for m, rs in runs.items():
         cells = []
         for i in range(n_pts):
             mu, sd = _stats([r["curve"][i]["rate"] for r in rs])
             cells.append(f"{mu:.0%} ± {sd:.0%} ({_stats([r['curve'][i]['env_steps'] for r in rs])[0]:.0f} steps)")
         mu, sd = _stats([_half_success(r) for r in rs])
-        lines.append(f"| {m} | {len(rs)} | " + " | ".join(cells) + f" | {mu:.0%} ± {sd:.0%} |")
+        rmu, rsd = _stats([_half_success(r, "reward_per_step") for r in rs])
+        hs = [h for r in rs for h in r["history"]]
+        iw = [h["is_weight"] for h in hs]
+        lines.append(f"| {m} | {len(rs)} | " + " | ".join(cells) + f" | {mu:.0%} ± {sd:.0%} | {rmu:.4f} ± {rsd:.4f} | "
+                     f"{sum(h['staleness_mean'] for h in hs) / len(hs):.2f} / {max(h['staleness_max'] for h in hs)} | "
+                     f"{sum(iw) / len(iw):.3f} [{min(iw):.3f}] | {_stats([r['rl_wall_s'] for r in rs])[0] / 60:.1f} min |")
     base = {r["seed"]: r for r in runs.get("ss", [])}
     for m, rs in runs.items():
         if m == "ss":
@@ -214,7 +222,9 @@ def report(root: Path, args, command: str, load: str) -> str | None:
             mu, sd = _stats([r["curve"][i]["rate"] - b["curve"][i]["rate"] for r, b in paired])
             cells.append(f"{mu:+.0%} ± {sd:.0%}")
         mu, sd = _stats([_half_success(r) - _half_success(b) for r, b in paired])
-        lines.append(f"| {m} − ss | {len(paired)} | " + " | ".join(cells) + f" | {mu:+.0%} ± {sd:.0%} |")
+        rmu, rsd = _stats([_half_success(r, "reward_per_step") - _half_success(b, "reward_per_step") for r, b in paired])
+        lines.append(f"| {m} − ss | {len(paired)} | " + " | ".join(cells) + f" | {mu:+.0%} ± {sd:.0%} | "
+                     f"{rmu:+.4f} ± {rsd:.4f} | | | |")
     lines += ["", f"![learning curves per env step, three modes]({PLOT})"]
     return "\n".join(lines)
 
