@@ -35,6 +35,7 @@ from _report import RESULTS, machine, record  # noqa: E402
 
 SECTION = "Equal learning per env step: ss vs as vs aa (Meta-World reach, BC warm start)"
 PLOT = "rl_equal.png"
+READING = HERE / "rl_equal_reading.md"
 
 
 def _rl_cfg(mode: str, seed: int, seg: int, env_id: str, ms: int, init: str, uri: str, ckpt: str, args):
@@ -131,7 +132,8 @@ def plot(runs: dict, path: Path) -> None:
     for mode, rs in runs.items():
         c = colors.get(mode)
         for r in rs:  # thin: each seed; thick: the mean over seeds at each matched point
-            axes[0].plot([p["env_steps"] for p in r["curve"]], [p["rate"] for p in r["curve"]], color=c, alpha=0.25, lw=1)
+            axes[0].plot([p["env_steps"] for p in r["curve"]], [p["rate"] for p in r["curve"]], color=c, alpha=0.25,
+                         lw=1)
             h = r["history"]
             sr = np.convolve([x["success_rate"] for x in h], np.ones(4) / 4, mode="valid")
             axes[1].plot([x["consumed_steps"] for x in h][3:], sr, color=c, alpha=0.25, lw=1)
@@ -183,7 +185,7 @@ def report(root: Path, args, command: str, load: str) -> str | None:
              f"same in every mode); after each segment 50 held-out goals (env seeds from 1000, deterministic actions). "
              f"Time limit {ws['max_steps']} steps.",
              "",
-             "| mode | seed | " + " | ".join(f"v{p['version']}" for p in next(iter(runs.values()))[0]["curve"][:n_pts])
+             "| mode | seed | " + " | ".join(f"v{p['version']}" for p in first["curve"][:n_pts])
              + " | env steps at the end | staleness mean / max per segment | train success, 2nd half | RL wall |",
              "|---|---|" + "---|" * n_pts + "---:|---|---:|---:|"]
     for m, rs in runs.items():
@@ -193,9 +195,9 @@ def report(root: Path, args, command: str, load: str) -> str | None:
                          + f" | {c[n_pts - 1]['env_steps']} | "
                          + ", ".join(f"{p['staleness_mean']:.2f}/{p['staleness_max']}" for p in c[1:n_pts])
                          + f" | {_half_success(r):.0%} | {r['rl_wall_s'] / 60:.1f} min |")
-    lines += ["", "Per mode over seeds (mean ± sd of the seeds' success rates, held-out goals), and the difference to ss "
-              "with its seed-to-seed spread (paired by seed: same seeds, same goals):", "",
-              "| mode | seeds | " + " | ".join(f"v{p['version']}" for p in next(iter(runs.values()))[0]["curve"][:n_pts])
+    lines += ["", "Per mode over seeds (mean ± sd of the seeds' success rates, held-out goals), and the difference to "
+              "ss with its seed-to-seed spread (paired by seed: same seeds, same goals):", "",
+              "| mode | seeds | " + " | ".join(f"v{p['version']}" for p in first["curve"][:n_pts])
               + " | train success, 2nd half | train reward per env step, 2nd half | staleness mean / max "
               "| IS weight mean [min] | RL wall per run |", "|---|---:|" + "---|" * (n_pts + 5)]
     for m, rs in runs.items():
@@ -207,9 +209,10 @@ def report(root: Path, args, command: str, load: str) -> str | None:
         rmu, rsd = _stats([_half_success(r, "reward_per_step") for r in rs])
         hs = [h for r in rs for h in r["history"]]
         iw = [h["is_weight"] for h in hs]
+        wall = _stats([r["rl_wall_s"] for r in rs])[0] / 60
         lines.append(f"| {m} | {len(rs)} | " + " | ".join(cells) + f" | {mu:.0%} ± {sd:.0%} | {rmu:.4f} ± {rsd:.4f} | "
                      f"{sum(h['staleness_mean'] for h in hs) / len(hs):.2f} / {max(h['staleness_max'] for h in hs)} | "
-                     f"{sum(iw) / len(iw):.3f} [{min(iw):.3f}] | {_stats([r['rl_wall_s'] for r in rs])[0] / 60:.1f} min |")
+                     f"{sum(iw) / len(iw):.3f} [{min(iw):.3f}] | {wall:.1f} min |")
     base = {r["seed"]: r for r in runs.get("ss", [])}
     for m, rs in runs.items():
         if m == "ss":
@@ -222,10 +225,13 @@ def report(root: Path, args, command: str, load: str) -> str | None:
             mu, sd = _stats([r["curve"][i]["rate"] - b["curve"][i]["rate"] for r, b in paired])
             cells.append(f"{mu:+.0%} ± {sd:.0%}")
         mu, sd = _stats([_half_success(r) - _half_success(b) for r, b in paired])
-        rmu, rsd = _stats([_half_success(r, "reward_per_step") - _half_success(b, "reward_per_step") for r, b in paired])
+        rmu, rsd = _stats([_half_success(r, "reward_per_step") - _half_success(b, "reward_per_step")
+                           for r, b in paired])
         lines.append(f"| {m} − ss | {len(paired)} | " + " | ".join(cells) + f" | {mu:+.0%} ± {sd:.0%} | "
                      f"{rmu:+.4f} ± {rsd:.4f} | | | |")
     lines += ["", f"![learning curves per env step, three modes]({PLOT})"]
+    if READING.exists():  # the reading of these numbers, written by hand after the run
+        lines += ["", READING.read_text().strip()]
     return "\n".join(lines)
 
 
