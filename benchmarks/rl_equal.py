@@ -173,7 +173,7 @@ def report(root: Path, args, command: str, load: str) -> str | None:
     n_pts = min(len(r["curve"]) for rs in runs.values() for r in rs)
     first = next(iter(runs.values()))[0]
     segments, versions, lr = (first.get(k, getattr(args, k)) for k in ("segments", "versions", "lr"))
-    lines = [f"Command: `{command}`",
+    lines = [f"Command: {command}",
              f"Machine: {machine()}; {load} (shared with other engineers' jobs; untimed: wall times are not timings)",
              "",
              f"Protocol: {args.task}; BC warm start of the RL actor-critic (2x64 MLP, `training.rl.bc`, 1500 steps) on "
@@ -254,6 +254,11 @@ def main(argv=None) -> int:
     command = "nice -n 15 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/rl_equal.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
     load0 = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    if args.report_only:  # the section names the command that ran the jobs (the load then is in the reading)
+        command = " ".join(w for w in command.split() if w not in ("--report-only", "--record"))
+        command = f"`{command}` (section rebuilt with `--report-only --record`)"
+    else:
+        command = f"`{command}`"
 
     def save():
         load = f"load average at start / now: {load0} / {'/'.join(f'{x:.1f}' for x in os.getloadavg())}"
