@@ -1,4 +1,4 @@
-# nice -n 15 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/rl_equal.py --record
+# nice -n 15 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/rl_equal.py [--segments 2 --versions 8] --record   (~1 h niced)
 """Equal sample efficiency of the three RL modes (ss / as / aa): does asynchrony cost learning per env step?
 
 Untimed (wall times are only reported): the claim is about learning, not speed. One task where RL visibly
@@ -240,8 +240,8 @@ def main(argv=None) -> int:
     ap.add_argument("--task", default="reach-v3")
     ap.add_argument("--modes", type=lambda s: s.split(","), default=["ss", "as", "aa"])
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
-    ap.add_argument("--segments", type=int, default=3)
-    ap.add_argument("--versions", type=int, default=6, help="published versions per segment")
+    ap.add_argument("--segments", type=int, default=2)
+    ap.add_argument("--versions", type=int, default=8, help="published versions per segment")
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--bc-demos", type=int, default=3)
     ap.add_argument("--episodes", type=int, default=50, help="held-out goals per evaluation point")
