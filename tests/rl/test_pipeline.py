@@ -92,3 +92,20 @@ def test_a_killed_env_worker_is_restarted_and_the_run_continues(ray_session, tmp
     assert any(t.startswith("w0.i1.") for t in rep.ledger.consumed)  # after the restart
     rep.ledger.check()
     assert set(_lake_rows(cfg.lake.uri)) == set(rep.ledger.received)
+
+
+@pytest.mark.slow
+def test_ss_rounds_with_episodes_of_different_lengths_run_to_the_end(ray_session):
+    """A synchronous round keeps stepping envs whose episode ended early (idle action) until the round is over;
+    with autoreset off that stepped a finished env and crashed before. InvertedPendulum ends when the pole falls:
+    episode lengths differ within every round (3-11 steps under a random policy)."""
+    from training.rl import run
+
+    cfg = small_config(**{"mode": "ss", "env.id": "InvertedPendulum-v5", "env.max_episode_steps": 30,
+                          "algo.batch_trajectories": 8, "algo.train_steps": 3, "algo.max_staleness": 0,
+                          "seed": 3})
+    rep = run(cfg)
+    lengths = [n for _, n, _ in rep.trajectories.values()]
+    assert rep.versions == 3 and rep.consumed_trajectories == 24 and rep.produced == 24
+    assert len(set(lengths)) > 1 and max(lengths) < 30  # terminations at different steps, none at the time limit
+    assert rep.consumed_steps == sum(lengths)

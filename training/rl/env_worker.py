@@ -144,10 +144,14 @@ class EnvWorker:
                     active[i] = False
             t4 = time.perf_counter()
             obs = nxt
-            if restart.any():
+            # a synchronous round's env that is done (its last episode over, or its idle steps ended one) is
+            # still stepped with the idle action until the round ends: autoreset is off, so stepping a finished
+            # env is an error; reset it unseeded (what it does until the next round is never used)
+            rearm = ~active & (np.asarray(term, bool) | np.asarray(trunc, bool)) & active.any()
+            if restart.any() or rearm.any():
                 sg = {i: self._episode_seed(i) for i in np.flatnonzero(restart)}
                 fresh, _ = self.env.reset(seed=[sg[i][0] if i in sg else None for i in range(k)],
-                                          options={"reset_mask": restart})
+                                          options={"reset_mask": restart | rearm})
                 fresh = to_features(fresh, self.family)
                 for i, (s, g) in sg.items():
                     bufs[i] = self._new_buffer(s, g)
