@@ -98,7 +98,8 @@ def run_one(mode: str, seed: int, ws: dict, root: Path, args) -> dict:
         print(f"[{mode} s{seed}] segment {seg + 1}: {steps} env steps, {ev['k']}/{ev['n']}, staleness "
               f"{rep.staleness_mean:.2f}/{rep.staleness_max}, {rep.wall_s:.0f} s", flush=True)
     keep = ("version", "consumed_steps", "reward_per_step", "success_rate", "staleness_mean", "staleness_max",
-            "is_weight", "ratio", "policy_loss", "entropy")
+            "is_weight", "ratio", "policy_loss", "entropy", "is_capped", "behav_gap", "stale_step_frac",
+            "group_version_spread")
     res = {"mode": mode, "seed": seed, "curve": curve, "history": [{k: h.get(k) for k in keep} for h in history],
            "rl_wall_s": wall, "segments": args.segments, "versions": args.versions, "lr": args.lr}
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from training.rl import get_correction
@@ -23,6 +24,8 @@ def test_decoupled_weights_the_gradient_by_the_truncated_behaviour_ratio():
     # at pi == pi_prox the ratio is 1 (inside the clip): d loss / d logp_i = -w_i * A_i / n
     torch.testing.assert_close(g, -torch.tensor([1.0, 2.0, 2.0, 0.5]) / n)
     assert abs(info["is_weight"] - 5.5 / 4) < 1e-6
+    assert info["is_capped"] == 0.25  # only the weight 4 was truncated (2 is at the cap, not beyond it)
+    assert abs(info["behav_gap"] - np.log(2)) < 1e-6  # mean |log w| = (0 + ln 2 + ln 4 + ln 2) / 4
 
 
 def test_decoupled_clips_around_the_proximal_policy_not_the_behaviour_one():

@@ -119,3 +119,34 @@ def test_a_batch_cut_short_by_stop_counts_its_trajectories_as_unused_not_consume
     rep = tr.finish()
     led = rep.ledger.check()
     assert rep.version == 0 and not led.consumed and sorted(led.dropped_unused) == [f"w0.i0.e0.n{i}" for i in range(3)]
+
+
+def test_as_batches_take_the_oldest_units_first_so_a_slower_workers_surplus_is_not_dropped(ray_session, pcfg):
+    """``as`` trains on what is filed when it pauses the rollouts; its surplus (episodes that straddled the
+    pause) carries over. Ordered by id alone (worker first), worker 0's newer trajectories went before worker
+    1's older ones, which then fell beyond max_staleness and were dropped (the run never reached version 3)."""
+    import dataclasses
+
+    cfg = small_config(**{"mode": "as", "algo.batch_trajectories": 2, "algo.micro_batch_trajectories": 1,
+                          "algo.max_staleness": 1, "algo.train_steps": 3})
+    tr = Trainer(cfg, pcfg, rollouts=[])
+    th = _start(tr)
+    for i in range(2):
+        tr.submit(_traj(i, 0))
+    assert tr.wait_version(1, 30) == 1
+
+    def w1(i, version):
+        return dataclasses.replace(_traj(i, version), worker=1, traj_id=f"w1.i0.e0.n{i}")
+
+    old = [w1(0, 0), w1(1, 0)]  # worker 1's episodes still from version 0
+    new = [_traj(2, 1), _traj(3, 1)]  # worker 0 is faster: already version 1
+    with tr._cv:  # all four are filed before the trainer looks (the lock is reentrant; submit takes it too)
+        for t in new + old:
+            tr.submit(t)
+    assert tr.wait_version(3, 30) == 3
+    th.join(10)
+    rep = tr.finish()
+    led = rep.ledger.check()
+    assert not led.dropped_stale and len(led.consumed) == 6
+    assert list(led.consumed[2:4]) == [t.traj_id for t in old] and list(led.staleness) == [0, 0, 1, 1, 1, 1]
+    assert [h["stale_step_frac"] for h in rep.history] == [0.0, 1.0, 1.0]  # versions 1, 2 trained on v0, v1 data

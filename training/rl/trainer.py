@@ -46,6 +46,20 @@ def _order(t: Trajectory) -> tuple:
     return (t.worker, t.incarnation, t.env_index, t.episode)
 
 
+def _composition(trajs: list[Trajectory], version: int) -> dict:
+    """What a batch trained at ``version`` was made of: the fraction of its steps chosen by an older version,
+    its GRPO groups' spread of versions (max over members of the newest step's version minus min of the
+    oldest's), and the fraction of groups whose members did not all start under one version."""
+    steps = sum(t.length for t in trajs)
+    groups: dict[str, list[Trajectory]] = {}
+    for t in trajs:
+        groups.setdefault(t.group, []).append(t)
+    spread = [max(t.max_version for t in g) - min(t.min_version for t in g) for g in groups.values()]
+    mixed = [len({int(t.versions[0]) for t in g}) > 1 for g in groups.values()]
+    return {"stale_step_frac": float(sum(int((t.versions < version).sum()) for t in trajs) / max(steps, 1)),
+            "group_version_spread": float(np.mean(spread)), "groups_mixed_start": float(np.mean(mixed))}
+
+
 class Trainer:
     def __init__(self, cfg, spec, rollouts: list, writer=None):
         import torch
@@ -121,12 +135,15 @@ class Trainer:
             return True
 
     def _take(self, n: int, ordered: bool) -> list[Trajectory] | None:
-        """The next ``n`` fresh trajectories, whole units; ``ordered``: by id (reproducible), else arrival order."""
+        """The next ``n`` fresh trajectories, whole units; ``ordered``: oldest policy version first, then by id
+        (reproducible), else arrival order. Oldest first matters in ``as``: its surplus carries over a version,
+        and ordering by id alone (worker first) let a newer unit of worker 0 go before an older one of worker 1,
+        which then aged towards the staleness bound and could be dropped."""
         if not self._wait_for(n):
             return None
         with self._cv:
             if ordered:
-                self._units = deque(sorted(self._units, key=lambda u: _order(u[0])))
+                self._units = deque(sorted(self._units, key=lambda u: (min(t.min_version for t in u), _order(u[0]))))
             out = []
             while len(out) < n:
                 out.extend(self._units.popleft())
@@ -272,6 +289,7 @@ class Trainer:
             "success_rate": float(np.mean([t.success for t in trajs])),
             "staleness_mean": float(np.mean(st)), "staleness_max": int(max(st)),
             "dropped_stale": len(self._stale),
+            **_composition(trajs, self.version - 1),
             **{k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]},
         })
 
