@@ -427,11 +427,10 @@ class NodeCache:
         self.evict()
 
     def flush(self) -> None:
-        """Wait until every shard this process is fetching for this cache (reading on a side thread, or read
-        and being written) has landed on disk. Call it from a thread that is not itself fetching."""
+        """Wait until every shard this process has read for this cache is written (has landed on disk)."""
         here = _landing()
         with here.cv:
-            while any(d == self.dir for d, _ in (*here.fresh, *here.coming)):
+            while any(d == self.dir for d, _ in here.fresh):
                 here.cv.wait()
 
     def _finish(self, run: list[int], pieces, held: dict, first: int) -> None:
