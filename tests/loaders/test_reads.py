@@ -56,17 +56,21 @@ def test_scans_deliver_what_takes_do(packed, shuffle, world_size, batch_packs):
         _same(list(loader), want)
 
 
-def test_scans_cross_fragments_and_skip_deleted_rows(tmp_path):
-    """Fragments of 5 rows (batches straddle them) and deleted rows (row addresses are not positions)."""
+def _fragmented_with_deletes(tmp_path):
+    """(the packs written, their source pinned to the version after deletes): fragments of 5 rows, some deleted."""
     lk = lake.open(tmp_path / "lake")
     table = synthetic_packs(LAYOUT, episodes=20, seed=3)
     write_packed_table(lk, table, rows_per_file=5)
     src = resolve(lk)
-    ds = lance.dataset(src.table_uri, version=src.lance_version)
-    ds.delete("pack_id % 7 = 3")
+    lance.dataset(src.table_uri, version=src.lance_version).delete("pack_id % 7 = 3")
     deleted = lance.dataset(src.table_uri)
     assert deleted.count_rows() < table.num_rows and len(deleted.get_fragments()) > 3
-    pinned = type(src)(src.uri, src.table, deleted.version, src.lake_version, src.recipe_hash, src.layout)
+    return table, type(src)(src.uri, src.table, deleted.version, src.lake_version, src.recipe_hash, src.layout)
+
+
+def test_scans_cross_fragments_and_skip_deleted_rows(tmp_path):
+    """Fragments of 5 rows (batches straddle them) and deleted rows (row addresses are not positions)."""
+    table, pinned = _fragmented_with_deletes(tmp_path)
     for shuffle in ("blocks:6", "none"):
         loader = Loader(pinned, "train", batch_packs=4, shuffle=shuffle, seed=1)
         want = _by_takes(loader)
@@ -188,14 +192,7 @@ def test_grouped_reads_cross_fragments_and_skip_deleted_rows(tmp_path, monkeypat
     from loaders import reads
 
     monkeypatch.setattr(reads, "GROUP_BYTES", 1 << 20)
-    lk = lake.open(tmp_path / "lake")
-    table = synthetic_packs(LAYOUT, episodes=20, seed=3)
-    write_packed_table(lk, table, rows_per_file=5)
-    src = resolve(lk)
-    ds = lance.dataset(src.table_uri, version=src.lance_version)
-    ds.delete("pack_id % 7 = 3")
-    deleted = lance.dataset(src.table_uri)
-    pinned = type(src)(src.uri, src.table, deleted.version, src.lake_version, src.recipe_hash, src.layout)
+    _, pinned = _fragmented_with_deletes(tmp_path)
     for batch_packs in (2, 3):
         loader = Loader(pinned, "train", batch_packs=batch_packs, shuffle="random", seed=1)
         want = _one_take_each(loader, loader.plan())
