@@ -86,6 +86,23 @@ def test_neighbouring_shards_needed_soon_are_fetched_with_one_read(packed, tmp_p
             assert f.packs == min(2, loader.packs - 2 * int(p.stem[-6:]))  # a run is cut back into shards
 
 
+@pytest.mark.parametrize("shard_packs", [1, 3, 5])
+def test_a_run_of_shards_read_with_one_scan_is_cut_into_the_shards_a_take_gives(packed, shard_packs):
+    # local scans read in shard-sized batches, which a fragment's end cuts short (3 fragments here): every
+    # shard must still come out whole, in order, row for row what a take of its rows gives
+    lk, _ = packed
+    loader = lk.stream("train", shuffle="none")
+    fetch = _cache.ShardSource(loader.source, loader.rows, loader.columns, shard_packs, loader.addrs,
+                               "split = 'train'")
+    shards = -(-len(loader.rows) // shard_packs)
+    assert shards >= 4
+    for s, count in ((0, shards), (1, 3), (shards - 2, 2)):
+        got = list(fetch.pieces(s, count))
+        assert len(got) == count
+        for i, table in enumerate(got):
+            assert table.combine_chunks().equals(fetch(s + i).combine_chunks()), (s, count, i)
+
+
 def test_forked_workers_wait_for_the_shards_the_main_process_fetches(packed, tmp_path):
     lk, _ = packed
     kw = dict(batch_packs=2, seed=5, shard_packs=3)
