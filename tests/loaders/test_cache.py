@@ -367,6 +367,7 @@ loader.cache.ensure(2)  # fetched ahead: its window
 # other process's evict below
 from loaders.cache import _behind
 _behind().shutdown(wait=True)
+loader.cache.flush()  # and the shards those reads hold in memory are written (writes land on writer threads)
 print("ready", flush=True)
 sys.stdin.readline()
 """
@@ -385,9 +386,7 @@ def test_a_killed_process_s_claims_expire(small_packs, tmp_path):
         other = lk.stream("train", shuffle="none", cache_dir=tmp_path, shard_packs=2, cache_limit=0)
         for s in range(6):
             other.cache.ensure(s)  # each fetch evicts down to the limit, sparing what the child holds
-        behind = _cache._BEHIND.pop(os.getpid(), None)  # reads grown by the child's claim land on side threads:
-        if behind is not None:  # let them land before evicting (a later call starts a new pool)
-            behind.shutdown(wait=True)
+        other.cache.flush()  # its reads grown by the child's claim land behind, on side and writer threads
         other.cache.evict()  # (the child, without a limit, may have fetched them all in one read: hits here)
         assert sorted(int(p.stem[-6:]) for p in _shards(tmp_path)) == [0, 1, 2]
         proc.send_signal(signal.SIGKILL)
