@@ -42,9 +42,9 @@ def test_a_cold_epoch_is_served_from_the_rows_just_read_before_any_shard_lands(p
     gate = threading.Event()  # holds every write until the epoch is read: nothing can come from a file
     write = shardfile.write_frames
 
-    def held_write(path, frames, level=shardfile.LEVEL, threads=None):
+    def held_write(path, frames, *args, **kw):
         gate.wait(timeout=120)
-        return write(path, frames, level, threads)
+        return write(path, frames, *args, **kw)
 
     monkeypatch.setattr(shardfile, "write_frames", held_write)
     flush = _cache.NodeCache.flush
@@ -130,12 +130,12 @@ from loaders import cache, shardfile
 write, ending = shardfile.write_frames, threading.Event()
 flush = cache.NodeCache.flush
 
-def held_write(path, frames, level=shardfile.LEVEL, threads=None):
+def held_write(path, frames, *args, **kw):
     # every write held until this process is ending: its interpreter shutting down (after the last line below;
     # thread pools then refuse new work), or its loader waiting for its writes
     while not (pools._shutdown or ending.is_set()):
         ending.wait(0.01)
-    return write(path, frames, level, threads)
+    return write(path, frames, *args, **kw)
 
 def flushing(self):
     ending.set()
@@ -144,21 +144,24 @@ def flushing(self):
 shardfile.write_frames, cache.NodeCache.flush = held_write, flushing
 lk = lake.open(sys.argv[1])
 loader = lk.stream("train", seed=2, cache_dir=sys.argv[2], shard_packs=2)
-print(len(list(loader)), cache.STATS["fetches"], loader.cache.shards, flush=True)
+n = len(list(loader))
+print(n, cache.STATS["fetches"], loader.cache.shards, len(list(loader.cache.dir.glob("shard-*.lks"))), flush=True)
 """
 
 
 def test_a_process_that_ends_right_after_a_cold_epoch_leaves_every_shard_it_fetched(packed, tmp_path):
     # The double fetch seen in test_cache's two-process test: a process ended while its shards were still being
     # written; at interpreter exit those writes failed (a thread pool refuses work then), the shards' locks were
-    # released with no file, and the other process fetched them again.
+    # released with no file, and the other process fetched them again. And an iteration ended before its last
+    # shards had landed, so counting the files right after it undercounted them.
     lk, _ = packed
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests' / 'loaders'}"}
     out = subprocess.run([sys.executable, "-c", _ENDS, lk.uri, str(tmp_path)], env=env, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    batches, fetches, shards = map(int, out.stdout.split())
+    batches, fetches, shards, landed = map(int, out.stdout.split())
     assert batches > 0 and fetches == shards  # each shard read from the table once
+    assert landed == shards  # on disk when the iteration ended (the never-evicts test's probe counts them then)
     assert len(_shards(tmp_path)) == shards and not list(tmp_path.rglob("*.tmp"))  # and every one landed
     before = dict(_cache.STATS)
     list(lk.stream("train", seed=2, cache_dir=tmp_path, shard_packs=2))
