@@ -408,9 +408,9 @@ class NodeCache:
             _submit(_writers, self._land, run[i], frames, held.pop(run[i]))
 
     def _land(self, s: int, frames: shardfile.Frames, lock) -> None:
-        """Write shard ``s`` (writer thread), then release its lock and drop its frames from memory. If the
-        write fails the shard stays missing: a reader of this process that needs it again fetches it again
-        (and ``ensure`` raises the error)."""
+        """Write shard ``s`` (writer thread), then release its lock, evict for it and drop its frames from
+        memory. If the write fails the shard stays missing: a reader of this process that needs it again
+        fetches it again (and ``ensure`` raises the error)."""
         here = _landing()
         try:
             # compressed on this thread: a pool refuses work while the interpreter exits, and this write may
@@ -421,16 +421,19 @@ class NodeCache:
                 here.errors[(self.dir, s)] = e
         finally:
             _release(lock)
-            with here.cv:
-                here.fresh.pop((self.dir, s), None)
-                here.bytes -= frames.nbytes
-                here.coming.discard((self.dir, s))
-                here.cv.notify_all()
-        self.evict()
+            try:
+                self.evict()  # before the shard counts as landed: flush() returns with the folder under its limit
+            finally:
+                with here.cv:
+                    here.fresh.pop((self.dir, s), None)
+                    here.bytes -= frames.nbytes
+                    here.coming.discard((self.dir, s))
+                    here.cv.notify_all()
 
     def flush(self) -> None:
         """Wait until every shard this process is fetching for this cache (reading on a side thread, or read
-        and being written) has landed on disk. Call it from a thread that is not itself fetching."""
+        and being written) has landed on disk, and been evicted for. Call it from a thread that is not itself
+        fetching."""
         here = _landing()
         with here.cv:
             while any(d == self.dir for d, _ in (*here.fresh, *here.coming)):

@@ -280,6 +280,9 @@ loader.cache.plans = sys.argv[5] == "1"
 it = iter(loader)
 for line in sys.stdin:  # one batch per line from the parent: the ranks run in a lockstep the test chooses
     b = next(it, None)
+    # a step ends once the shards it fetched have landed and been evicted for (they are written behind): least
+    # recently used goes by the files' times, which would otherwise depend on when a write lands in the other's step
+    loader.cache.flush()
     print(json.dumps({"packs": None if b is None else b.pack_ids.tolist(), "fetches": cache.STATS["fetches"]}),
           flush=True)
 """
