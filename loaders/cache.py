@@ -10,7 +10,9 @@ reads this epoch, a window of ``cache_window`` shards ahead of use, into ``DIR/<
   killed mid-download (even ``kill -9``) leaves a ``.tmp`` file, never a torn shard (stale ``.tmp`` files of
   dead processes are removed when a cache opens). The fetching process itself does not wait for the file: it
   serves its own first reads of the shard from the rows it just read (``shardfile.Frames``: the same frames,
-  so the same batches) while a writer thread writes, fsyncs and renames it, then releases the lock;
+  so the same batches) while a writer thread writes, fsyncs and renames it, then releases the lock. An
+  iteration ends once the shards it fetched have landed, and a write still under way when a process exits is
+  finished on its way out (a lock released with no file would make another process fetch the shard again);
 - a bounded size, evicting the shard least soon *needed* by any process of the node: every process (rank or
   DataLoader worker) that reads through the cache announces its plan in a claim, ``DIR/.claims/<host>-<pid>-<n>``
   (``.plan``: the shards of each of its batches, written once; ``.json``: where it is, rewritten as it reads,
