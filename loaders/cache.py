@@ -272,7 +272,10 @@ class NodeCache:
                 if key in here.fresh:
                     return here.fresh[key]
             if self._valid(path):
-                os.utime(path)  # last use, for eviction
+                try:
+                    os.utime(path)  # last use, for eviction
+                except FileNotFoundError:  # evicted meanwhile (a shard nobody pinned): fetch it
+                    continue
                 _count(hits=1)
                 return None
             with here.cv:  # this thread's now: the others of this process wait for its frames, never its lock
