@@ -8,7 +8,11 @@ reads this epoch, a window of ``cache_window`` shards ahead of use, into ``DIR/<
 - one download per shard per node: the fetcher holds ``flock`` on ``shard-NNNNNN.lock`` while it writes, and
   whoever waited finds the file there; files are written under a temporary name and renamed, so a process
   killed mid-download (even ``kill -9``) leaves a ``.tmp`` file, never a torn shard (stale ``.tmp`` files of
-  dead processes are removed when a cache opens);
+  dead processes are removed when a cache opens). The fetching process itself does not wait for the file: it
+  serves its own first reads of the shard from the rows it just read (``shardfile.Frames``: the same frames,
+  so the same batches) while a writer thread writes, fsyncs and renames it, then releases the lock. An
+  iteration ends once the shards it fetched have landed, and a write still under way when a process exits is
+  finished on its way out (a lock released with no file would make another process fetch the shard again);
 - a bounded size, evicting the shard least soon *needed* by any process of the node: every process (rank or
   DataLoader worker) that reads through the cache announces its plan in a claim, ``DIR/.claims/<host>-<pid>-<n>``
   (``.plan``: the shards of each of its batches, written once; ``.json``: where it is, rewritten as it reads,
@@ -27,9 +31,9 @@ reads this epoch, a window of ``cache_window`` shards ahead of use, into ``DIR/<
 
 The sample order is untouched (a pure function of seed, epoch and layout, see ``loader``): the cache only
 changes where bytes come from, so resume and world-size changes keep exactly-once with any cache state.
-``STATS`` counts, per process: hits, fetches (shards written), takes (reads of the table: neighbouring missing
-shards a process needs soon are fetched with one read, see ``NodeCache.ensure``), bytes fetched (Arrow bytes
-read from the table), bytes written (compressed, on disk), evictions.
+``STATS`` counts, per process: hits, fetches (shards read from the table), takes (reads of the table:
+neighbouring missing shards a process needs soon are fetched with one read, see ``NodeCache._obtain``), bytes
+fetched (Arrow bytes read from the table), bytes written (compressed, on disk), evictions.
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ CLAIMS = ".claims"  # folder of the claim files, under cache_dir
 CLAIM_TTL = 300.0  # s: a claim not refreshed for this long is dead, whatever its pid (refreshed every batch)
 CLAIM_HORIZON = 1024  # shards a claim announces ahead: enough to order evictions, small to rewrite per batch
 _CLAIM_IDS = itertools.count()
+FRESH_BYTES = 512 * 2**20  # shards read and not yet written that a process holds in memory; past it, reads wait
+WRITERS = 4  # threads per process writing shards (each file ends with an fsync: several overlap the disk's waits)
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
           "GIB": 2**30, "TIB": 2**40}
 
@@ -88,7 +94,8 @@ class ShardSource:
     one read; picklable. With ``addrs`` (the packs' row addresses) and ``filter`` (an SQL predicate true on every
     pack, e.g. the split's), ``pieces`` streams them shard by shard from one allow-list scan of their rows:
     against an object store a scan reads fewer, larger ranges than a take of the same rows, and the first shard
-    is written while the next are still on the way."""
+    is written while the next are still on the way (from local files in shard-sized batches, from an object
+    store in one batch of the whole read: see ``pieces``)."""
 
     def __init__(self, source, rows: np.ndarray, columns: list[str], shard_packs: int, addrs=None, filter=None,
                  dataset=None):
@@ -142,11 +149,18 @@ class ShardSource:
             try:
                 ds = self._open()
                 addrs = self.addrs[done * sp:(s + count) * sp]
-                # one batch size for the whole read: Lance plans its I/O per batch, and small batches cost
-                # several requests each (a 16-pack batch size read the same rows with 6x the GETs; measured)
-                batches = ds.scanner(columns=self.columns, filter=self.filter, scan_in_order=True,
-                                     row_addr_allowlist=serialize_row_addrs(addrs.tolist()),
-                                     batch_size=len(addrs)).to_batches()
+                # From an object store, one batch size for the whole read: Lance plans its I/O per batch, and
+                # small batches cost several requests each (a 16-pack batch size read the same rows with 6x the
+                # GETs; measured). From local files a request costs nothing, and one batch of the whole read
+                # costs ~2.5x the CPU of shard-sized ones (Lance assembles it in fresh buffers: page faults and
+                # copies; the PushT split: 1.0-1.5 vs 0.36-0.58 CPU-s, measured in session 8): there,
+                # shard-sized batches, which also hand out each shard as soon as it is read.
+                # From an object store the allow-list alone selects the rows: the filter (there for speed
+                # locally: late materialization) reads its column too, 3 more GETs of the PushT split (42 vs 39).
+                store = "://" in src.uri
+                batches = ds.scanner(columns=self.columns, filter=None if store else self.filter,
+                                     scan_in_order=True, row_addr_allowlist=serialize_row_addrs(addrs.tolist()),
+                                     batch_size=len(addrs) if store else sp).to_batches()
                 pieces, have = [], 0
                 for rb in batches:
                     pieces.append(rb)
@@ -227,6 +241,20 @@ class NodeCache:
 
     def ensure(self, s: int, extend=()) -> Path:
         """Shard ``s`` on local disk (fetched once per node: under its lock, whoever waited finds it there).
+        Fetches as ``_obtain`` does, then waits for the shard to land. Raises what its fetch or write raised."""
+        self._obtain(s, extend)
+        here = _landing()
+        with here.cv:
+            while (self.dir, s) in here.coming:
+                here.cv.wait()
+            error = here.errors.pop((self.dir, s), None)
+        if error is not None and not self._valid(self.path(s)):
+            raise error
+        return self.path(s)
+
+    def _obtain(self, s: int, extend=()) -> shardfile.Frames | None:
+        """Shard ``s`` fetched, once per node: its frames while this process holds them in memory (it read them
+        and is writing them), None when it is on disk (under its lock, whoever waited finds it there).
 
         ``extend``: shards this process needs soon (with ``plans``, so do those the node's live claims need
         soon). The consecutive ones next to ``s`` among them that are missing and that no other process is
@@ -234,51 +262,71 @@ class NodeCache:
         shards (from an object store without a limit, all of them: see ``_run_cap``): an object store serves
         whole pages around the rows a read asks for, so one read of k neighbouring shards costs fewer requests
         and bytes than k reads (benchmarks/RESULTS.md, Node shard cache). The read streams shard by shard
-        (``ShardSource.pieces``): this returns once ``s`` is written; the rest of the run lands behind on a side
-        thread, each shard's lock released as it lands."""
-        path = self.path(s)
-        if self._valid(path):
-            os.utime(path)  # last use, for eviction
-            _count(hits=1)
-            return path
-        held = {s: open(self.dir / f"shard-{s:06d}.lock", "a+")}
+        (``ShardSource.pieces``): this returns once ``s`` is read; each shard is written on a writer thread,
+        its lock released as it lands (``_take_in``), and the rest of the run is read behind on a side thread."""
+        here, key, path = _landing(), (self.dir, s), self.path(s)
+        while True:
+            with here.cv:  # a thread of this process is fetching it: wait for its frames, not for the file
+                while key in here.coming and key not in here.fresh:
+                    here.cv.wait()
+                if key in here.fresh:
+                    return here.fresh[key]
+            if self._valid(path):
+                try:
+                    os.utime(path)  # last use, for eviction
+                except FileNotFoundError:  # evicted meanwhile (a shard nobody pinned): fetch it
+                    continue
+                _count(hits=1)
+                return None
+            with here.cv:  # this thread's now: the others of this process wait for its frames, never its lock
+                if key in here.coming or key in here.fresh:
+                    continue
+                here.coming.add(key)
+            break
+        held: dict = {}
         try:
-            fcntl.flock(held[s], fcntl.LOCK_EX)
+            held[s] = None  # (so that the finally gives it up whatever happens next)
+            held[s] = open(self.dir / f"shard-{s:06d}.lock", "a+")
+            fcntl.flock(held[s], fcntl.LOCK_EX)  # only another process can hold it
             if self._valid(path):
                 _count(hits=1)
-                return path
+                return None
             if self.plans and self.window > 0:  # and what the node's other processes need soon
                 soon = 4 * (self.window + 1)
                 extend = set(extend).union(*(c["next"][:soon] for c in live_claims(self.root)
                                              if c["key"] == self.key))
             run = self._grow([s], held, extend)
-            locks, k = [held[t] for t in run], run.index(s)
+            k = run.index(s)
             pieces = iter(_pieces(self.fetch, run[0], len(run), self.shard_packs))
-            self._write(run, pieces, locks, 0, k + 1)
+            self._take_in(run, pieces, held, 0, k + 1)
             _count(takes=1)
-            if k + 1 < len(run):  # the rest of the run lands behind, each shard's lock released as it does
-                _behind().submit(self._finish, run, pieces, locks, k + 1)
-                held = {}
+            if k + 1 < len(run):  # the rest of the run is read behind
+                _submit(_behind, self._finish, run, pieces, {t: held.pop(t) for t in run[k + 1:]}, k + 1)
             else:
                 pieces.close()
+            with here.cv:
+                return here.fresh.get((self.dir, s))  # None: it has landed already
         finally:
-            for f in held.values():
-                _release(f)
-        self.evict()
-        return path
+            self._drop(held)
 
     def _lock_missing(self, t: int, held: dict) -> bool:
         """Take shard ``t``'s lock into ``held`` if the shard is missing and nobody is fetching it (no wait)."""
         if not 0 <= t < self.shards:
             return False
+        here, key = _landing(), (self.dir, t)
+        with here.cv:  # registered before its lock is tried (see _obtain)
+            if key in here.coming or key in here.fresh:  # another thread of this process is fetching it
+                return False
+            here.coming.add(key)
         f = open(self.dir / f"shard-{t:06d}.lock", "a+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # another process (or thread) is fetching it
+        except BlockingIOError:  # another process is fetching it
             f.close()
+            self._drop({t: f})
             return False
         if self._valid(self.path(t)):
-            _release(f)
+            self._drop({t: f})
             return False
         held[t] = f
         return True
@@ -308,7 +356,7 @@ class NodeCache:
             run = self._grow([s], held, want)
             want.difference_update(run)
             pieces = iter(_pieces(self.fetch, run[0], len(run), self.shard_packs))
-            _behind().submit(self._finish, run, pieces, [held[t] for t in run], 0)
+            _submit(_behind, self._finish, run, pieces, held, 0)
             _count(takes=1)
             started += 1
         return started
@@ -329,31 +377,83 @@ class NodeCache:
         """How many shards after the next one a fetch may take along (see ``_run_cap``)."""
         return self.shards if self._whole() else 4 * (self.window + 1)
 
-    def _write(self, run: list[int], pieces, locks: list, first: int, last: int) -> None:
-        """Write shards ``run[first:last]`` from ``pieces`` (the run's shards, in order), each one's lock
-        released as soon as it is written (whoever waits for it reads it then)."""
+    def _drop(self, held: dict) -> None:
+        """Give up the shards of ``held`` (their locks) that were not read: whoever needs one fetches it."""
+        if not held:
+            return
+        here = _landing()
+        with here.cv:
+            here.coming.difference_update((self.dir, t) for t in held)
+            here.cv.notify_all()
+        for f in held.values():
+            if f is not None:
+                _release(f)
+
+    def _take_in(self, run: list[int], pieces, held: dict, first: int, last: int) -> None:
+        """Shards ``run[first:last]`` from ``pieces`` (the run's shards, in order): each is prepared as frames
+        and held in memory, where this process's readers take it at once, then written on a writer thread,
+        which releases its lock (moved out of ``held``) when it lands and then drops the frames. So a cold
+        epoch serves a shard's first reads from the rows just read, while the file (and its fsync) lands
+        behind; other processes wait for the file. Past ``FRESH_BYTES`` held, reading waits for writes."""
+        here = _landing()
         for i in range(first, last):
             table = next(pieces, None)
             want = min(self.shard_packs, self.packs - run[i] * self.shard_packs)
             if table is None or table.num_rows != want:
                 got = "nothing" if table is None else f"{table.num_rows} packs"
                 raise RuntimeError(f"shards {run}: the read gave {got} for shard {run[i]}, expected {want} packs")
-            written = shardfile.write(self.path(run[i]), table, self.level)
-            _count(written_bytes=written, fetches=1, fetched_bytes=table.nbytes)
-            _release(locks[i])
+            frames = shardfile.Frames(table, self.path(run[i]))
+            with here.cv:
+                while here.bytes > FRESH_BYTES:
+                    here.cv.wait()
+                here.fresh[(self.dir, run[i])] = frames
+                here.bytes += frames.nbytes
+                here.cv.notify_all()
+            _count(fetches=1, fetched_bytes=table.nbytes)
+            _submit(_writers, self._land, run[i], frames, held.pop(run[i]))
 
-    def _finish(self, run: list[int], pieces, locks: list, first: int) -> None:
-        """The rest of a run from ``run[first]``, on a side thread. If it fails, the shards not written stay
+    def _land(self, s: int, frames: shardfile.Frames, lock) -> None:
+        """Write shard ``s`` (writer thread), then release its lock, evict for it and drop its frames from
+        memory. If the write fails the shard stays missing: a reader of this process that needs it again
+        fetches it again (and ``ensure`` raises the error)."""
+        here = _landing()
+        try:
+            # compressed on this thread: a pool refuses work while the interpreter exits, and this write may
+            # be one the process's end waits for (the writers run in parallel anyway)
+            _count(written_bytes=shardfile.write_frames(self.path(s), frames, self.level, threads=1))
+        except Exception as e:  # noqa: BLE001 - see the doc
+            with here.cv:
+                here.errors[(self.dir, s)] = e
+        finally:
+            _release(lock)
+            try:
+                self.evict()  # before the shard counts as landed: flush() returns with the folder under its limit
+            finally:
+                with here.cv:
+                    here.fresh.pop((self.dir, s), None)
+                    here.bytes -= frames.nbytes
+                    here.coming.discard((self.dir, s))
+                    here.cv.notify_all()
+
+    def flush(self) -> None:
+        """Wait until every shard this process is fetching for this cache (reading on a side thread, or read
+        and being written) has landed on disk, and been evicted for. Call it from a thread that is not itself
+        fetching."""
+        here = _landing()
+        with here.cv:
+            while any(d == self.dir for d, _ in (*here.fresh, *here.coming)):
+                here.cv.wait()
+
+    def _finish(self, run: list[int], pieces, held: dict, first: int) -> None:
+        """The rest of a run from ``run[first]``, on a side thread. If reading fails, the shards not read stay
         missing: their locks are released and whoever needs one fetches it (and meets the error, if it lasts)."""
         try:
-            self._write(run, pieces, locks, first, len(run))
+            self._take_in(run, pieces, held, first, len(run))
         except Exception:  # noqa: BLE001 - see the doc: a reader of a missing shard fetches it again
             pass
         finally:
             pieces.close()
-            for f in locks:
-                _release(f)
-        self.evict()
+            self._drop(held)
 
     def _valid(self, path: Path) -> bool:
         """Whether ``path`` is a whole shard; a damaged one is removed (it is then fetched again)."""
@@ -433,13 +533,17 @@ class NodeCache:
     def read(self, packs: np.ndarray) -> pa.Table:
         """The packs (split-local numbers) as one table of single-chunk columns, in that order."""
         packs = np.asarray(packs, dtype=np.int64)
-        opened: dict[int, shardfile.ShardFile] = {}
+        opened: dict = {}  # shard -> an open ShardFile, or its frames while this process writes it
         try:
             for s in dict.fromkeys((packs // self.shard_packs).tolist()):
                 while s not in opened:
+                    frames = self._obtain(s)
+                    if frames is not None:
+                        opened[s] = frames
+                        continue
                     try:
-                        opened[s] = shardfile.ShardFile(self.ensure(s))
-                    except FileNotFoundError:  # evicted between ensure and open: fetch again
+                        opened[s] = shardfile.ShardFile(self.path(s))
+                    except FileNotFoundError:  # evicted between _obtain and open: fetch again
                         continue
             batch = shardfile.read_batch([(opened[int(p) // self.shard_packs], int(p) % self.shard_packs)
                                           for p in packs])  # each column decompressed into one buffer
@@ -452,7 +556,7 @@ class NodeCache:
         """One callable per batch (in order) reading it from the cache; shards are fetched ``window`` shards
         ahead of the batch being handed out, on one side thread, and pinned while in that window. With
         ``plans``, the process's claim (see the module doc) is rewritten as batches are handed out and read,
-        and removed at the end."""
+        and removed at the end. The iteration ends once the shards it fetched have landed (``flush``)."""
         seq, need = _shard_sequence(batches, self.shard_packs)
         if self._whole():  # from an object store without a limit: every missing shard now, in one read or few
             self.prefetch(seq)
@@ -467,12 +571,15 @@ class NodeCache:
                 if claim is not None:
                     claim.handed(b)
                 while submitted < hi:  # with the shards needed next after it: fetched in one read if neighbours
-                    ahead.submit(self.ensure, seq[submitted],
+                    ahead.submit(self._obtain, seq[submitted],
                                  frozenset(seq[submitted + 1:submitted + 1 + self.horizon()]))
                     submitted += 1
                 yield lambda b=b, packs=packs, pins=seq[lo:hi]: self._read_unpin(b, packs, pins, make, claim)
         finally:
             ahead.shutdown(wait=True, cancel_futures=True)
+            # the shards this process fetched land before the iteration ends: a process that ends right after
+            # its epoch leaves them all on disk (and the node's other processes never fetch them again)
+            self.flush()
             if claim is not None:
                 claim.remove()
 
@@ -526,21 +633,24 @@ class _Claim:
         self.last = -1  # last batch handed out
 
     def handed(self, b: int) -> None:
+        """(The iterating thread only: the one writer of the position.)"""
         with self.lock:
             self.open.add(b)
             self.last = b
-            self._write()
+            start = min(self.open) if self.open else self.last + 1
+        self._write(start, max(b, start))
 
     def done(self, b: int) -> None:
         with self.lock:  # published with the next batch handed out (one small write per batch: ~0.1 ms)
             self.open.discard(b)
 
-    def _write(self) -> None:
-        start = min(self.open) if self.open else self.last + 1
+    def _write(self, start: int, cur: int) -> None:
+        """Publish the position; the file I/O outside ``lock``, so readers finishing batches never wait for it
+        (a rename can wait for the file system's journal while shards are fsync'ed: several ms, measured)."""
         with self.cache._lock:
             pinned = list(self.cache._pinned)
         doc = {"host": socket.gethostname(), "pid": os.getpid(), "key": self.cache.key, "start": start,
-               "cur": max(self.last, start), "window": self.cache.window, "pinned": pinned}
+               "cur": cur, "window": self.cache.window, "pinned": pinned}
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -597,6 +707,50 @@ def _release(f) -> None:
 
 
 _BEHIND: dict = {}  # pid -> the side threads that finish runs (one pool per process: not inherited by forks)
+_WRITERS: dict = {}  # pid -> the threads that write shards
+_LANDINGS: dict = {}  # pid -> this process's shards being read and written (_Landing)
+
+
+class _Landing:
+    """This process's shards in flight, per (cache folder, shard): ``coming`` (it holds their locks and is
+    reading them), ``fresh`` (read, held in memory as frames until written), ``bytes`` (of ``fresh``),
+    ``errors`` (writes that failed); ``cv`` guards them and is notified on every change."""
+
+    def __init__(self):
+        self.cv = threading.Condition()
+        self.coming: set = set()
+        self.fresh: dict = {}
+        self.bytes = 0
+        self.errors: dict = {}
+
+
+def _landing() -> _Landing:
+    """This process's ``_Landing`` (a forked child starts empty: the parent's fetches are not its own, and
+    their threads did not come along)."""
+    here = _LANDINGS.get(os.getpid())
+    if here is None:
+        _LANDINGS.clear()
+        here = _LANDINGS[os.getpid()] = _Landing()
+    return here
+
+
+def _writers() -> ThreadPoolExecutor:
+    pool = _WRITERS.get(os.getpid())
+    if pool is None:
+        _WRITERS.clear()
+        pool = _WRITERS[os.getpid()] = ThreadPoolExecutor(max_workers=WRITERS, thread_name_prefix="loaders-write")
+    return pool
+
+
+def _submit(pool, fn, *args) -> None:
+    """``fn(*args)`` on ``pool()``, or here when the pool refuses work: the interpreter is exiting (its thread
+    pools then take no new work, while the running ones finish theirs) or the pool was shut down. A shard read
+    or written at a process's end must still land: dropped, its lock would be released with no file, and the
+    node's other processes would fetch it again."""
+    try:
+        pool().submit(fn, *args)
+    except RuntimeError:  # "cannot schedule new futures after (interpreter) shutdown"
+        fn(*args)
 
 
 def _behind() -> ThreadPoolExecutor:

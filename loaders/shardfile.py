@@ -82,47 +82,82 @@ def _ipc(batch: pa.RecordBatch) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+class Frames:
+    """A shard prepared in memory: the frames ``write_frames`` stores, readable like an open ``ShardFile``
+    (``read_batch`` takes either). A cold fill serves its first reads of a shard from these while the file is
+    written behind (``cache``), and the batches are the very ones the file gives: the same frames, assembled
+    by the same code. Holds views of ``table``'s buffers (the small columns serialized, one IPC stream per
+    pack); frames are raw whatever the level (compression happens when written)."""
+
+    level = 0
+
+    def __init__(self, table: pa.Table, path="<memory>"):
+        table = table.combine_chunks()
+        self.path, self.schema, self.big = path, table.schema, tuple(_big(table))
+        small = [i for i in range(table.num_columns) if i not in self.big]
+        self.raw = []  # per pack: its frames
+        for r in range(table.num_rows):
+            row = table.slice(r, 1)
+            frames = [memoryview(_ipc(row.select(small).to_batches()[0]))]
+            frames += [memoryview(np.ascontiguousarray(list_values(row.column(i).chunk(0), table.schema[i].name)))
+                       .cast("B") for i in self.big]
+            self.raw.append(frames)
+        self.sizes = [[len(m) for m in frames] for frames in self.raw]
+        self.frames = 1 + len(self.big)
+        self.nbytes = sum(map(sum, self.sizes))
+
+    @property
+    def packs(self) -> int:
+        return len(self.raw)
+
+    def _into(self, i: int, j: int, out: memoryview) -> None:
+        out[:] = self.raw[i][j]
+
+    def close(self) -> None:
+        pass
+
+
 def write(path: Path, table: pa.Table, level: int = LEVEL) -> int:
-    """Write ``table``'s rows (one pack each) to ``path`` atomically: a temporary file in the same folder,
-    flushed to disk, then renamed. Frames are compressed on all cores (zstd releases the GIL). Returns the
-    file's size in bytes."""
+    """Write ``table``'s rows (one pack each) to ``path`` atomically (see ``write_frames``). Returns the file's
+    size in bytes."""
+    return write_frames(path, Frames(table, path), level)
+
+
+def write_frames(path: Path, shard: Frames, level: int = LEVEL, threads: int | None = None) -> int:
+    """Write a prepared shard to ``path`` atomically: a temporary file in the same folder, flushed to disk,
+    then renamed. Frames are compressed on ``threads`` threads (default: all cores; zstd releases the GIL),
+    1: on the calling thread, no pool (the node cache's writer threads, which may still be writing while the
+    interpreter exits, when thread pools refuse new work). Returns the file's size in bytes."""
     import zstandard
 
     path = Path(path)
-    table = table.combine_chunks()
-    flat = _big(table)
-    small = [i for i in range(table.num_columns) if i not in flat]
-    rows = []  # per pack: the raw frames
-    for r in range(table.num_rows):
-        row = table.slice(r, 1)
-        raw = [_ipc(row.select(small).to_batches()[0])]
-        raw += [memoryview(np.ascontiguousarray(list_values(row.column(i).chunk(0), table.schema[i].name))).cast("B")
-                for i in flat]
-        rows.append(raw)
-    raws = [m for raw in rows for m in raw]
+    raws = [m for frames in shard.raw for m in frames]
     sizes = [len(m) for m in raws]
 
     def compress(m):
         return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(m)
 
-    schema = table.schema.serialize().to_pybytes()
+    schema = shard.schema.serialize().to_pybytes()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+    threads = (os.cpu_count() or 1) if threads is None else int(threads)
+    pool = ThreadPoolExecutor(max_workers=threads) if level > 0 and threads > 1 else None
     try:
         with open(tmp, "wb") as f:
             f.write(MAGIC + np.int64(len(schema)).tobytes() + schema)
             offsets = [f.tell()]
-            for fr in (pool.map(compress, raws) if level > 0 else raws):  # written in order, as they come
+            frames = raws if level == 0 else map(compress, raws) if pool is None else pool.map(compress, raws)
+            for fr in frames:  # written in order, as they come
                 f.write(fr)
                 offsets.append(f.tell())
-            f.write(np.asarray(offsets + sizes + flat, dtype="<i8").tobytes())
-            f.write(np.asarray([table.num_rows, 1 + len(flat), level], dtype="<i8").tobytes() + MAGIC)
+            f.write(np.asarray(offsets + sizes + list(shard.big), dtype="<i8").tobytes())
+            f.write(np.asarray([shard.packs, shard.frames, level], dtype="<i8").tobytes() + MAGIC)
             f.flush()
             os.fsync(f.fileno())
             size = f.tell()
         os.replace(tmp, path)  # readers see no file or the whole file
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         if tmp.exists():
             tmp.unlink()
     return size

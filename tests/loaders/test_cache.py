@@ -86,6 +86,23 @@ def test_neighbouring_shards_needed_soon_are_fetched_with_one_read(packed, tmp_p
             assert f.packs == min(2, loader.packs - 2 * int(p.stem[-6:]))  # a run is cut back into shards
 
 
+@pytest.mark.parametrize("shard_packs", [1, 3, 5])
+def test_a_run_of_shards_read_with_one_scan_is_cut_into_the_shards_a_take_gives(packed, shard_packs):
+    # local scans read in shard-sized batches, which a fragment's end cuts short (3 fragments here): every
+    # shard must still come out whole, in order, row for row what a take of its rows gives
+    lk, _ = packed
+    loader = lk.stream("train", shuffle="none")
+    fetch = _cache.ShardSource(loader.source, loader.rows, loader.columns, shard_packs, loader.addrs,
+                               "split = 'train'")
+    shards = -(-len(loader.rows) // shard_packs)
+    assert shards >= 4
+    for s, count in ((0, shards), (1, 3), (shards - 2, 2)):
+        got = list(fetch.pieces(s, count))
+        assert len(got) == count
+        for i, table in enumerate(got):
+            assert table.combine_chunks().equals(fetch(s + i).combine_chunks()), (s, count, i)
+
+
 def test_forked_workers_wait_for_the_shards_the_main_process_fetches(packed, tmp_path):
     lk, _ = packed
     kw = dict(batch_packs=2, seed=5, shard_packs=3)
@@ -263,6 +280,9 @@ loader.cache.plans = sys.argv[5] == "1"
 it = iter(loader)
 for line in sys.stdin:  # one batch per line from the parent: the ranks run in a lockstep the test chooses
     b = next(it, None)
+    # a step ends once the shards it fetched have landed and been evicted for (they are written behind): least
+    # recently used goes by the files' times, which would otherwise depend on when a write lands in the other's step
+    loader.cache.flush()
     print(json.dumps({"packs": None if b is None else b.pack_ids.tolist(), "fetches": cache.STATS["fetches"]}),
           flush=True)
 """
@@ -350,6 +370,7 @@ loader.cache.ensure(2)  # fetched ahead: its window
 # other process's evict below
 from loaders.cache import _behind
 _behind().shutdown(wait=True)
+loader.cache.flush()  # and the shards those reads hold in memory are written (writes land on writer threads)
 print("ready", flush=True)
 sys.stdin.readline()
 """
@@ -368,9 +389,7 @@ def test_a_killed_process_s_claims_expire(small_packs, tmp_path):
         other = lk.stream("train", shuffle="none", cache_dir=tmp_path, shard_packs=2, cache_limit=0)
         for s in range(6):
             other.cache.ensure(s)  # each fetch evicts down to the limit, sparing what the child holds
-        behind = _cache._BEHIND.pop(os.getpid(), None)  # reads grown by the child's claim land on side threads:
-        if behind is not None:  # let them land before evicting (a later call starts a new pool)
-            behind.shutdown(wait=True)
+        other.cache.flush()  # its reads grown by the child's claim land behind, on side and writer threads
         other.cache.evict()  # (the child, without a limit, may have fetched them all in one read: hits here)
         assert sorted(int(p.stem[-6:]) for p in _shards(tmp_path)) == [0, 1, 2]
         proc.send_signal(signal.SIGKILL)
