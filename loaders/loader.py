@@ -42,7 +42,7 @@ from . import mixture_epoch as _mixture_epoch
 from . import partition as _partition
 from . import reads as _reads
 from . import split_index as _split_index
-from .batch import PackedBatch, packed_batch
+from .batch import PackedBatch, gathered_batch, packed_batch
 from .packings import PackedSource, resolve
 from .retry import retrying
 from .shuffle import get_shuffle
@@ -348,8 +348,11 @@ class Loader(IterableDataset):
         finally:
             starter.shutdown(wait=True, cancel_futures=True)
 
-    def _batch(self, table: pa.Table, pin: bool) -> PackedBatch:
-        batch = packed_batch(table, self.source.layout)
+    def _batch(self, table: pa.Table | _reads.Gathered, pin: bool) -> PackedBatch:
+        if isinstance(table, _reads.Gathered):  # rows of a group's scan: copied once, into the batch's buffer
+            batch = gathered_batch(table.picks, self.source.layout)
+        else:
+            batch = packed_batch(table, self.source.layout)
         return batch.pin_memory() if pin else batch
 
     def _pin(self) -> bool:
