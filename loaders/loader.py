@@ -28,6 +28,7 @@ whatever the table's size. With ``cache_dir`` the packs come from a per-node sha
 
 from __future__ import annotations
 
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -51,6 +52,7 @@ from .world import World, detect
 STATE_VERSION = 1
 PRIME_BEFORE_END = 4  # batches before a run's end at which the next run's scan is opened
 SCAN_RUN = 4  # ascending batches read with a scan of their own from this many on; fewer go into groups
+MAIN_FIRST = 8  # batches the main process reads itself while its own DataLoader workers start (see ``__iter__``)
 _SKIP = ("split", "n_samples", "n_tokens")  # per-pack bookkeeping the batch does not need
 
 
@@ -413,16 +415,29 @@ class Loader(IterableDataset):
         start, per = self.consumed, self._per_step()
         pin = self._pin()
         if self.num_workers > 0:
+            first = []  # batches this process reads itself while its workers start (see MAIN_FIRST)
             if self._workers is None or not self.persistent_workers:  # workers are about to start
                 if self.cache is not None:
                     # with this rank's shards already coming: fetched here (Lance runs in this process anyway),
                     # each locked before they fork, so none fetches one again through a helper
                     self.cache.prefetch(_cache.shard_order(self.plan(), self.cache.shard_packs))
-                elif _start_method(self._context()) == "fork":  # their helpers start now, beside them
-                    for h in self._helpers:
-                        h.close()
-                    self._helpers = [_forks.LanceHelper().start_for_fork() for _ in range(self.num_workers)]
-            source = iter(self._dataloader(pin))
+                else:
+                    if _start_method(self._context()) == "fork":  # their helpers start now, beside them
+                        for h in self._helpers:
+                            h.close()
+                        self._helpers = [_forks.LanceHelper().start_for_fork() for _ in range(self.num_workers)]
+                    if not _forks.lance_forbidden():
+                        # the workers deal the epoch's order from MAIN_FIRST steps on: what all of them read is
+                        # the rest of this rank's plan, exactly as a resume from there (same batches, same order).
+                        # Not capped at the split's size: a last, short step is skipped too (whole steps are)
+                        first = self.plan()[:MAIN_FIRST]
+                        self.shared.set(self.epoch, start + len(first) * per, self.segment, self.seed, self.world,
+                                        counted=True)
+            source = iter(self._dataloader(pin))  # forks (if fork) before this process reads anything below
+            if first:
+                source = itertools.chain(_mixture_epoch.drawn(
+                    _reads.read_ahead(self._units(first, pin), self.prefetch), self.source.layout, self.split,
+                    self.seed, self.epoch, pin), source)
         else:
             source = _mixture_epoch.drawn(_reads.read_ahead(self._units(self.plan(), pin), self.prefetch),
                                           self.source.layout, self.split, self.seed, self.epoch, pin)
