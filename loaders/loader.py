@@ -29,6 +29,7 @@ whatever the table's size. With ``cache_dir`` the packs come from a per-node sha
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -52,6 +53,7 @@ from .world import World, detect
 STATE_VERSION = 1
 PRIME_BEFORE_END = 4  # batches before a run's end at which the next run's scan is opened
 SCAN_RUN = 4  # ascending batches read with a scan of their own from this many on; fewer go into groups
+GROUPS_AHEAD = 2  # groups read ahead of the one being handed out, concurrently (see ``_grouped``)
 MAIN_FIRST = 8  # batches the main process reads itself while its own DataLoader workers start (see ``__iter__``)
 _SKIP = ("split", "n_samples", "n_tokens")  # per-pack bookkeeping the batch does not need
 
@@ -333,19 +335,35 @@ class Loader(IterableDataset):
                 if run is not None:
                     yield scan(run), len(run)  # opened lazily, on first read
 
-        starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loaders-open")
+        starter = ThreadPoolExecutor(max_workers=GROUPS_AHEAD, thread_name_prefix="loaders-open")
         try:
             it = readers()
-            nxt = next(it, None)
-            while nxt is not None:
-                (reader, n), nxt = nxt, next(it, None)  # the next reader is made (not read) one ahead, to prime it
-                # a group is read whole: started as this reader starts (two groups in memory at most); a scan's
-                # first record batch late in this one (two scans' read-ahead overlap briefly)
-                at = 0 if isinstance(nxt and nxt[0], _reads.Group) else max(0, n - PRIME_BEFORE_END)
+            ahead: deque = deque()  # the next readers, made (not read) ahead of use, to prime them
+            primed: set[int] = set()
+            while True:
+                while len(ahead) < GROUPS_AHEAD + 1 and (nxt := next(it, None)) is not None:
+                    ahead.append(nxt)
+                if not ahead:
+                    break
+                reader, n = ahead.popleft()
+                # groups are read whole: the next GROUPS_AHEAD ones (up to the next scan) started as this reader
+                # starts, each on a thread of its own (one group's scan keeps about one core busy: two overlap),
+                # so GROUPS_AHEAD + 1 groups in memory at most; a scan's first record batch late in this reader
+                # (two scans' read-ahead overlap briefly)
+                soon = []
+                for r, _ in ahead:
+                    if not isinstance(r, _reads.Group) or len(soon) == GROUPS_AHEAD:
+                        break
+                    soon.append(r)
+                at = 0 if soon else max(0, n - PRIME_BEFORE_END)
                 for k in range(n):
-                    if nxt is not None and k == at:
-                        starter.submit(nxt[0].prime)
+                    if k == at:
+                        for r in soon or [r for r, _ in list(ahead)[:1]]:
+                            if id(r) not in primed:
+                                primed.add(id(r))
+                                starter.submit(r.prime)
                     yield lambda k=k, r=reader: self._batch(r.get(k), pin)
+                primed.discard(id(reader))
                 del reader  # the consumer holds what it needs; forget the run
         finally:
             starter.shutdown(wait=True, cancel_futures=True)
