@@ -484,8 +484,9 @@ def stream(lk, split: str, recipe=None, version=None, batch_packs: int = 1, shuf
     its doc); ``rank`` / ``world_size`` default to torch.distributed, then $RANK / $WORLD_SIZE, then 0 / 1.
     ``num_workers`` > 0 reads in DataLoader workers, started once per loader (``persistent_workers``) with
     ``multiprocessing_context`` (default: fork with ``cache_dir``, else forkserver; any start method gives the
-    same stream); ``prefetch`` bounds the batches read ahead (per worker). ``pin_memory`` / ``device`` put
-    batches in page-locked memory / on a device (one copy each).
+    same stream; without ``cache_dir`` the first ``MAIN_FIRST`` batches of an epoch whose workers are starting are
+    read in this process meanwhile); ``prefetch`` bounds the batches read ahead (per worker). ``pin_memory`` /
+    ``device`` put batches in page-locked memory / on a device (one copy each).
     ``cache_dir``: read through a per-node shard cache there (``loaders.cache``: shards of ``shard_packs`` packs,
     zstd, fetched ``cache_window`` shards ahead of use, once per node, the shard least soon needed evicted past
     ``cache_limit`` bytes, e.g. "20GB"; fast for any shuffle; a batch's columns are then decompressed into one
