@@ -254,8 +254,8 @@ class Rows:
         self.lists, self.prims, self.episodes = {}, {}, None
         for name, arr in zip(rb.schema.names, rb.columns):
             if name in _LISTS:
-                offs = _t.list_offsets(arr, name)
-                self.lists[name] = (offs - offs[0], _t.list_values(arr, name))
+                offs, vals = _t.list_parts(arr, name)
+                self.lists[name] = (offs - offs[0] if offs[0] else offs, vals)
             elif name in ("pack_id", "max_seqlen"):
                 self.prims[name] = _t.primitive(arr, name)
             elif name == "origin_episode":
