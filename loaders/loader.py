@@ -18,10 +18,11 @@ configuration. Workers forked from a process that used Lance read without it (``
 when there is one (``cache_dir``), else through a helper process.
 
 Reading (``reads``): a batch's rows are asked for in table order; consecutive batches that ascend through
-the table are read with one lazy Lance scan restricted to their rows, the others with one take each; up to
-``prefetch`` batches are read ahead on threads and retried on transient I/O errors. Every batch is a
-``PackedBatch`` of views over the Arrow buffers Lance returned. Memory is bounded by the read-ahead,
-whatever the table's size. With ``cache_dir`` the packs come from a per-node shard cache instead
+the table are read with one lazy Lance scan restricted to their rows (each batch a ``PackedBatch`` of views
+over the Arrow buffers Lance returned), the others in groups of up to 32 MiB, one allow-list scan each, the
+next ``GROUPS_AHEAD`` scanned concurrently, each batch then copied once out of its group (``gathered_batch``);
+up to ``prefetch`` batches are read ahead on threads and retried on transient I/O errors. Memory is bounded by
+the read-ahead, whatever the table's size. With ``cache_dir`` the packs come from a per-node shard cache instead
 (``cache``): each process fetches the shards its plan reads, ahead of use, shared by the node, bounded by
 ``cache_limit``; a batch is a few file reads and one concatenation, in any order.
 """
