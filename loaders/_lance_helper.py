@@ -46,19 +46,25 @@ def answer(req: dict) -> pa.Table:
     raise ValueError(f"unknown request {req['op']!r}")
 
 
+def _ipc(table: pa.Table, sink) -> None:
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+
+
 def main() -> None:
     out = sys.stdout.buffer
     for line in sys.stdin.buffer:
         try:
             table = answer(json.loads(line))
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, table.schema) as w:
-                w.write_table(table)
-            buf = sink.getvalue()
-            out.write((json.dumps({"nbytes": buf.size}) + "\n").encode())
-            out.write(buf)
+            size = pa.MockOutputStream()  # the stream's size first (nothing copied), then the stream itself
+            _ipc(table, size)             # straight from Lance's buffers into the pipe (no serialized copy)
+            out.write((json.dumps({"nbytes": size.size()}) + "\n").encode())
         except Exception as e:  # noqa: BLE001 - every failure goes back to the asking process, named
             out.write((json.dumps({"error": f"{type(e).__name__}: {e}"}) + "\n").encode())
+            out.flush()
+            continue
+        out.flush()
+        _ipc(table, pa.PythonFile(out, mode="w"))
         out.flush()
 
 

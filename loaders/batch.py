@@ -85,9 +85,17 @@ class PackedBatch:
     def __reduce__(self):
         """Pickle the tensors as one byte buffer: a DataLoader worker then hands a batch to the main process
         as one shared-memory segment and file descriptor, not ~15 (one per tensor; fds run out with many
-        workers and deep prefetch). Either way it is one copy: Arrow memory cannot be shared as is."""
+        workers and deep prefetch). Either way it is one copy: Arrow memory cannot be shared as is. A batch
+        ``gathered_batch`` built (a uniform shuffle's, in a worker: in shared memory) is that buffer already and
+        goes as it is."""
         import torch
 
+        packed = self.__dict__.get("_buffer")  # built in one buffer already (``gathered_batch``): no copy
+        if packed is not None and (packed[0].is_shared() or torch.utils.data.get_worker_info() is None):
+            buf, meta = packed
+            held = self._tensors()
+            rest = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in held}
+            return _from_buffer, (buf, meta, rest)
         tensors = {k: v.contiguous() for k, v in self._tensors().items()}
         meta, offset = [], 0
         for name, t in tensors.items():
@@ -224,3 +232,154 @@ def packed_batch(table: pa.Table | pa.RecordBatch, layout: dict | None = None) -
         pack_ids=T(pack_ids), origin=list(zip(episodes, frames)), **out,
         mixture_slot=view("mixture_slot") if "mixture_slot" in cols else None,
     )
+
+
+# --- gathering a batch from rows scattered over several record batches (``reads.Group``) --------------------------
+
+_LISTS = ("cu_seqlens", "prefix_lens", "origin_frame", "modality", "position_ids", "segment_ids", "loss_mask",
+          "text_ids", "image_patches", "image_embeds", "state", "state_is_pad", "actions", "action_is_pad",
+          "action_bins", "mixture_slot")
+
+
+class Rows:
+    """The pack rows of one record batch as numpy views (list columns: row offsets from 0 and all values;
+    ``pack_id`` / ``max_seqlen``: values; ``origin_episode``: offsets and the strings), made once and shared by
+    every batch ``gathered_batch`` takes rows of (a group's scan hands out record batches of a few rows, each
+    read by several batches)."""
+
+    __slots__ = ("num_rows", "lists", "prims", "episodes", "schema")
+
+    def __init__(self, rb: pa.RecordBatch):
+        self.num_rows, self.schema = rb.num_rows, rb.schema
+        self.lists, self.prims, self.episodes = {}, {}, None
+        for name, arr in zip(rb.schema.names, rb.columns):
+            if name in _LISTS:
+                offs, vals = _t.list_parts(arr, name)
+                self.lists[name] = (offs - offs[0] if offs[0] else offs, vals)
+            elif name in ("pack_id", "max_seqlen"):
+                self.prims[name] = _t.primitive(arr, name)
+            elif name == "origin_episode":
+                offs = _t.list_offsets(arr, name)
+                self.episodes = (offs - offs[0], arr.flatten().to_pylist())
+
+
+def _slices(picks, name: str) -> list[np.ndarray]:
+    """The values of column ``name`` of every picked row, in order (views)."""
+    out = []
+    for rows, start, count in picks:
+        offs, vals = rows.lists[name]
+        out.append(vals[offs[start]:offs[start + count]])
+    return out
+
+
+def _gathered_cu(picks) -> tuple[np.ndarray, int]:
+    """Per-pack cu_seqlens of the picked rows -> one cu_seqlens over them laid end to end (as ``_merged_cu``;
+    a loop over the few packs of a batch: cheaper than vectorizing at this size, measured), and the number of
+    packs."""
+    pieces, base, n = [], 0, 0
+    for rows, start, count in picks:
+        offs, vals = rows.lists["cu_seqlens"]
+        for lo, hi in zip(offs[start:start + count].tolist(), offs[start + 1:start + count + 1].tolist()):
+            if hi <= lo:
+                raise ValueError("cu_seqlens: every pack needs at least [0]")
+            pieces.append(vals[lo:hi - 1] + base if n else vals[lo:hi - 1])
+            base += int(vals[hi - 1])
+            n += 1
+    if n == 1:
+        return np.append(pieces[0], base).astype(pieces[0].dtype), 1
+    pieces.append(np.array([base], np.int32))
+    return np.concatenate(pieces).astype(np.int32, copy=False), n
+
+
+def _buffer(nbytes: int):
+    """(torch uint8 buffer, numpy view of it) for a gathered batch: in shared memory inside a DataLoader worker
+    (the batch is then pickled to the main process as it is, see ``PackedBatch.__reduce__``), else from Arrow's
+    allocator (it reuses freed memory: no page faults per batch, where a fresh torch/numpy buffer of a few MiB
+    faults in every page, measured)."""
+    import torch
+
+    if torch.utils.data.get_worker_info() is not None:
+        buf = torch.empty(max(nbytes, 1), dtype=torch.uint8).share_memory_()
+    else:
+        buf = torch.frombuffer(pa.allocate_buffer(max(nbytes, 1)), dtype=torch.uint8)
+    return buf, buf.numpy()
+
+
+def gathered_batch(picks: list[tuple[Rows, int, int]], layout: dict | None = None) -> PackedBatch:
+    """The PackedBatch of the pack rows ``picks`` (``(rows, first row, row count)``, in batch order), equal to
+    ``packed_batch`` of those rows gathered into one table, built with one copy: every tensor is a view of one
+    new buffer laid out as ``PackedBatch.__reduce__`` lays it out (so a DataLoader worker sends it on without
+    another copy). Raises ValueError where ``packed_batch`` does."""
+    from packers.schema import MODALITIES, layout_of
+
+    if layout is None:
+        layout = layout_of(picks[0][0].schema)
+    have = picks[0][0]
+    missing = [c for c in ("cu_seqlens", "modality", "position_ids", "segment_ids", "loss_mask", "prefix_lens",
+                           "origin_frame") if c not in have.lists]
+    missing += [c for c in ("pack_id", "max_seqlen") if c not in have.prims]
+    missing += ["origin_episode"] if have.episodes is None else []
+    if missing or sum(count for _, _, count in picks) == 0:
+        raise ValueError(f"pack rows lack columns {missing}" if missing else "a PackedBatch needs at least one pack")
+    pack_ids = np.concatenate([rows.prims["pack_id"][start:start + count] for rows, start, count in picks])
+    cu, n_packs = _gathered_cu(picks)
+    n_samples, n_tokens = len(cu) - 1, int(cu[-1])
+    max_seqlen = int(max(int(rows.prims["max_seqlen"][start:start + count].max()) for rows, start, count in picks))
+    episodes = []
+    for rows, start, count in picks:
+        offs, names = rows.episodes
+        episodes += names[offs[start]:offs[start + count]]
+    frames = np.concatenate(_slices(picks, "origin_frame")).tolist()
+    if len(episodes) != n_samples or len(frames) != n_samples:
+        raise ValueError(f"origin has {len(episodes)} samples but cu_seqlens {n_samples} (packs {pack_ids.tolist()})")
+
+    # every tensor's values: gathered slices (copied into the buffer) or small arrays computed here
+    parts: dict[str, list[np.ndarray]] = {}
+    for name in TENSOR_FIELDS:
+        if name == "cu_seqlens":
+            parts[name] = [cu]
+        elif name == "segment_ids" and n_packs > 1:
+            parts[name] = [np.repeat(np.arange(n_samples, dtype=np.int32), cu[1:] - cu[:-1])]
+        elif name == "pack_ids":
+            parts[name] = [pack_ids]
+        elif name in have.lists:
+            parts[name] = _slices(picks, name)
+        elif name == "text_ids":
+            parts[name] = [np.empty(0, np.int32)]
+    for name in ("modality", "position_ids", "loss_mask", "segment_ids"):
+        got = sum(len(p) for p in parts[name])
+        if got != n_tokens:
+            raise ValueError(f"column {name!r} has {got} tokens but cu_seqlens says {n_tokens} "
+                             f"(packs {pack_ids.tolist()})")
+    layout_in, offset = [], 0
+    for name, pieces in parts.items():
+        first = pieces[0]
+        rows = sum(len(p) for p in pieces)
+        offset = -(-offset // 64) * 64  # aligned for every dtype's view, as PackedBatch.__reduce__
+        nbytes = rows * first.itemsize * (first.shape[1] if first.ndim == 2 else 1)
+        layout_in.append((name, offset, nbytes, first.dtype, (rows, *first.shape[1:])))
+        offset += nbytes
+    buf, raw = _buffer(offset)
+    _t.COPIES["count"] += 1
+    _t.COPIES["bytes"] += offset
+    arrays = {}
+    for name, start, nbytes, dtype, shape in layout_in:
+        out = raw[start:start + nbytes].view(dtype).reshape(shape)
+        pieces = parts[name]
+        if len(pieces) == 1:
+            out[...] = pieces[0]
+        elif nbytes:
+            np.concatenate(pieces, out=out)
+        arrays[name] = out
+    modality = arrays["modality"]
+    for name, modality_name in _PAYLOAD_2D.items():
+        if name in arrays:
+            vals = arrays[name]
+            width = _width(name, vals, int(np.count_nonzero(modality == MODALITIES[modality_name])), layout)
+            arrays[name] = vals.reshape(-1, width) if width else vals.reshape(0, 0)
+    T = _t.to_torch
+    tensors = {name: T(a) for name, a in arrays.items()}
+    batch = PackedBatch(max_seqlen=max_seqlen, origin=list(zip(episodes, frames)), **tensors)
+    meta = [(name, start, tensors[name].dtype, tuple(tensors[name].shape)) for name, start, *_ in layout_in]
+    object.__setattr__(batch, "_buffer", (buf, meta))  # for __reduce__: already one buffer
+    return batch

@@ -80,6 +80,17 @@ class ProcessLocal:
         return {"_make": self._make, "_pid": None, "_value": None}
 
 
+def _wide_pipe(f, size: int = 1 << 20) -> None:
+    """Grow a pipe's buffer (Linux, 64 KiB by default) so that an answer of tens of MiB crosses it in fewer
+    writer/reader switches; where that is not allowed, the pipe stays as it is."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(f.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), size)
+    except (ImportError, OSError):
+        pass
+
+
 class HelperError(RuntimeError):
     """The helper process failed a request (its message says why) or died."""
 
@@ -110,6 +121,7 @@ class LanceHelper:
             # -P: no script directory on sys.path (the helper sits among the loaders' modules); -s: no user site
             self._proc = subprocess.Popen([sys.executable, "-P", "-s", str(_HELPER)], stdin=subprocess.PIPE,
                                           stdout=subprocess.PIPE, close_fds=True)
+            _wide_pipe(self._proc.stdout)
             self._pid = os.getpid()
         return self._proc
 
@@ -127,8 +139,14 @@ class LanceHelper:
             head = json.loads(header)
             if "error" in head:
                 raise HelperError(head["error"])
-            data = proc.stdout.read(head["nbytes"])
-        return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+            data = pa.allocate_buffer(head["nbytes"])  # Arrow's allocator reuses it: no fresh pages per answer
+            view, got = memoryview(data), 0
+            while got < len(view):
+                n = proc.stdout.readinto(view[got:])
+                if not n:
+                    raise HelperError(f"Lance helper process exited with {proc.wait()} while answering")
+                got += n
+        return pa.ipc.open_stream(data).read_all()
 
     def take(self, uri: str, version: int | None, storage_options: dict | None, rows, columns: list[str] | None,
              ) -> pa.Table:

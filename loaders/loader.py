@@ -18,16 +18,19 @@ configuration. Workers forked from a process that used Lance read without it (``
 when there is one (``cache_dir``), else through a helper process.
 
 Reading (``reads``): a batch's rows are asked for in table order; consecutive batches that ascend through
-the table are read with one lazy Lance scan restricted to their rows, the others with one take each; up to
-``prefetch`` batches are read ahead on threads and retried on transient I/O errors. Every batch is a
-``PackedBatch`` of views over the Arrow buffers Lance returned. Memory is bounded by the read-ahead,
-whatever the table's size. With ``cache_dir`` the packs come from a per-node shard cache instead
+the table are read with one lazy Lance scan restricted to their rows (each batch a ``PackedBatch`` of views
+over the Arrow buffers Lance returned), the others in groups of up to 32 MiB, one allow-list scan each, the
+next ``GROUPS_AHEAD`` scanned concurrently, each batch then copied once out of its group (``gathered_batch``);
+up to ``prefetch`` batches are read ahead on threads and retried on transient I/O errors. Memory is bounded by
+the read-ahead, whatever the table's size. With ``cache_dir`` the packs come from a per-node shard cache instead
 (``cache``): each process fetches the shards its plan reads, ahead of use, shared by the node, bounded by
 ``cache_limit``; a batch is a few file reads and one concatenation, in any order.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -42,7 +45,7 @@ from . import mixture_epoch as _mixture_epoch
 from . import partition as _partition
 from . import reads as _reads
 from . import split_index as _split_index
-from .batch import PackedBatch, packed_batch
+from .batch import PackedBatch, gathered_batch, packed_batch
 from .packings import PackedSource, resolve
 from .retry import retrying
 from .shuffle import get_shuffle
@@ -51,6 +54,8 @@ from .world import World, detect
 STATE_VERSION = 1
 PRIME_BEFORE_END = 4  # batches before a run's end at which the next run's scan is opened
 SCAN_RUN = 4  # ascending batches read with a scan of their own from this many on; fewer go into groups
+GROUPS_AHEAD = 2  # groups read ahead of the one being handed out, concurrently (see ``_grouped``)
+MAIN_FIRST = 8  # batches the main process reads itself while its own DataLoader workers start (see ``__iter__``)
 _SKIP = ("split", "n_samples", "n_tokens")  # per-pack bookkeeping the batch does not need
 
 
@@ -331,25 +336,44 @@ class Loader(IterableDataset):
                 if run is not None:
                     yield scan(run), len(run)  # opened lazily, on first read
 
-        starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loaders-open")
+        starter = ThreadPoolExecutor(max_workers=GROUPS_AHEAD, thread_name_prefix="loaders-open")
         try:
             it = readers()
-            nxt = next(it, None)
-            while nxt is not None:
-                (reader, n), nxt = nxt, next(it, None)  # the next reader is made (not read) one ahead, to prime it
-                # a group is read whole: started as this reader starts (two groups in memory at most); a scan's
-                # first record batch late in this one (two scans' read-ahead overlap briefly)
-                at = 0 if isinstance(nxt and nxt[0], _reads.Group) else max(0, n - PRIME_BEFORE_END)
+            ahead: deque = deque()  # the next readers, made (not read) ahead of use, to prime them
+            primed: set[int] = set()
+            while True:
+                while len(ahead) < GROUPS_AHEAD + 1 and (nxt := next(it, None)) is not None:
+                    ahead.append(nxt)
+                if not ahead:
+                    break
+                reader, n = ahead.popleft()
+                # groups are read whole: the next GROUPS_AHEAD ones (up to the next scan) started as this reader
+                # starts, each on a thread of its own (one group's scan keeps about one core busy: two overlap),
+                # so GROUPS_AHEAD + 1 groups in memory at most; a scan's first record batch late in this reader
+                # (two scans' read-ahead overlap briefly)
+                soon = []
+                for r, _ in ahead:
+                    if not isinstance(r, _reads.Group) or len(soon) == GROUPS_AHEAD:
+                        break
+                    soon.append(r)
+                at = 0 if soon else max(0, n - PRIME_BEFORE_END)
                 for k in range(n):
-                    if nxt is not None and k == at:
-                        starter.submit(nxt[0].prime)
+                    if k == at:
+                        for r in soon or [r for r, _ in list(ahead)[:1]]:
+                            if id(r) not in primed:
+                                primed.add(id(r))
+                                starter.submit(r.prime)
                     yield lambda k=k, r=reader: self._batch(r.get(k), pin)
+                primed.discard(id(reader))
                 del reader  # the consumer holds what it needs; forget the run
         finally:
             starter.shutdown(wait=True, cancel_futures=True)
 
-    def _batch(self, table: pa.Table, pin: bool) -> PackedBatch:
-        batch = packed_batch(table, self.source.layout)
+    def _batch(self, table: pa.Table | _reads.Gathered, pin: bool) -> PackedBatch:
+        if isinstance(table, _reads.Gathered):  # rows of a group's scan: copied once, into the batch's buffer
+            batch = gathered_batch(table.picks, self.source.layout)
+        else:
+            batch = packed_batch(table, self.source.layout)
         return batch.pin_memory() if pin else batch
 
     def _pin(self) -> bool:
@@ -410,16 +434,29 @@ class Loader(IterableDataset):
         start, per = self.consumed, self._per_step()
         pin = self._pin()
         if self.num_workers > 0:
+            first = []  # batches this process reads itself while its workers start (see MAIN_FIRST)
             if self._workers is None or not self.persistent_workers:  # workers are about to start
                 if self.cache is not None:
                     # with this rank's shards already coming: fetched here (Lance runs in this process anyway),
                     # each locked before they fork, so none fetches one again through a helper
                     self.cache.prefetch(_cache.shard_order(self.plan(), self.cache.shard_packs))
-                elif _start_method(self._context()) == "fork":  # their helpers start now, beside them
-                    for h in self._helpers:
-                        h.close()
-                    self._helpers = [_forks.LanceHelper().start_for_fork() for _ in range(self.num_workers)]
-            source = iter(self._dataloader(pin))
+                else:
+                    if _start_method(self._context()) == "fork":  # their helpers start now, beside them
+                        for h in self._helpers:
+                            h.close()
+                        self._helpers = [_forks.LanceHelper().start_for_fork() for _ in range(self.num_workers)]
+                    if not _forks.lance_forbidden():
+                        # the workers deal the epoch's order from MAIN_FIRST steps on: what all of them read is
+                        # the rest of this rank's plan, exactly as a resume from there (same batches, same order).
+                        # Not capped at the split's size: a last, short step is skipped too (whole steps are)
+                        first = self.plan()[:MAIN_FIRST]
+                        self.shared.set(self.epoch, start + len(first) * per, self.segment, self.seed, self.world,
+                                        counted=True)
+            source = iter(self._dataloader(pin))  # forks (if fork) before this process reads anything below
+            if first:
+                source = itertools.chain(_mixture_epoch.drawn(
+                    _reads.read_ahead(self._units(first, pin), self.prefetch), self.source.layout, self.split,
+                    self.seed, self.epoch, pin), source)
         else:
             source = _mixture_epoch.drawn(_reads.read_ahead(self._units(self.plan(), pin), self.prefetch),
                                           self.source.layout, self.split, self.seed, self.epoch, pin)
@@ -448,8 +485,9 @@ def stream(lk, split: str, recipe=None, version=None, batch_packs: int = 1, shuf
     its doc); ``rank`` / ``world_size`` default to torch.distributed, then $RANK / $WORLD_SIZE, then 0 / 1.
     ``num_workers`` > 0 reads in DataLoader workers, started once per loader (``persistent_workers``) with
     ``multiprocessing_context`` (default: fork with ``cache_dir``, else forkserver; any start method gives the
-    same stream); ``prefetch`` bounds the batches read ahead (per worker). ``pin_memory`` / ``device`` put
-    batches in page-locked memory / on a device (one copy each).
+    same stream; without ``cache_dir`` the first ``MAIN_FIRST`` batches of an epoch whose workers are starting are
+    read in this process meanwhile); ``prefetch`` bounds the batches read ahead (per worker). ``pin_memory`` /
+    ``device`` put batches in page-locked memory / on a device (one copy each).
     ``cache_dir``: read through a per-node shard cache there (``loaders.cache``: shards of ``shard_packs`` packs,
     zstd, fetched ``cache_window`` shards ahead of use, once per node, the shard least soon needed evicted past
     ``cache_limit`` bytes, e.g. "20GB"; fast for any shuffle; a batch's columns are then decompressed into one

@@ -7,9 +7,10 @@ them). Consecutive batches that ascend through the table (``runs``) are read wit
 their rows by a row-address allow-list: Lance plans it like a filtered scan, pipelining reads and decodes
 over its threads, and hands back one record batch per batch. A block shuffle (``shuffle.blocks``) or none
 gives long runs; a uniform one mostly single batches. Those are read in groups (``Group``): one allow-list
-scan of all the rows of up to ``GROUP_BYTES`` of consecutive batches, each batch then gathered from it (one
-copy). A Lance call costs far more than its bytes: a take of one 4-pack batch pays ~1 ms per column
-(measured; 16 columns) where the group's scan pays that once for dozens of batches. A lone batch is one take.
+scan of all the rows of up to ``GROUP_BYTES`` of consecutive batches, each batch then gathered from it
+straight into its tensors' one buffer (``batch.gathered_batch``: one copy). A Lance call costs far more than
+its bytes: a take of one 4-pack batch pays ~1 ms per column (measured; 16 columns) where the group's scan
+pays that once for dozens of batches. A lone batch is one take.
 
 A scan is lazy (memory does not grow with a run's length) and resumable: after a transient I/O error it
 backs off and scans what is left of its run, so nothing is lost or read twice.
@@ -28,7 +29,7 @@ import pyarrow as pa
 from lance.dataset import serialize_row_addrs
 
 from . import retry as _retry
-from . import tensors as _tensors
+from .batch import Rows
 from .retry import Backoff, retrying, transient
 
 T = TypeVar("T")
@@ -118,11 +119,22 @@ def group_sizes(batch_packs: int, pack_bytes: Callable[[], float | None]) -> Ite
         size = min(size * 2, cap * 2)
 
 
+class Gathered:
+    """A batch's rows as they lie in a group's record batches: ``picks``, ``(batch.Rows, first row, count)`` in
+    batch order; ``batch.gathered_batch`` copies them into the batch's one buffer (the only copy)."""
+
+    __slots__ = ("picks",)
+
+    def __init__(self, picks: list[tuple[Rows, int, int]]):
+        self.picks = picks
+
+
 class Group:
     """Consecutive batches (``rows``: table positions, ``addrs``: row addresses, each sorted) read with one
-    allow-list scan of all their rows, in table order, on first use (or ``prime``); ``get(k)`` gathers batch
-    ``k``'s rows from it into one table (a copy: a batch's rows lie apart in the table) and the scan's record
-    batches are dropped once every batch is handed out. A group of one batch is a take (no copy on this side).
+    allow-list scan of all their rows, in table order, on first use (or ``prime``); ``get(k)`` says where batch
+    ``k``'s rows lie in it (a ``Gathered``: they lie apart in the table, so building the batch is one copy; a
+    table view when they are neighbours in one record batch) and the scan's record batches are dropped once
+    every batch is handed out. A group of one batch is a take (no copy on this side).
     Thread-safe; a failed read is retried (``retrying``) and an error is raised again by every later ``get``.
     ``source``: how rows are read, ``(take(rows) -> Table, scan(sorted addresses) -> [RecordBatch with
     _rowaddr])``: ``lance_source`` in a process that may use Lance, a helper process's otherwise (``forks``).
@@ -147,7 +159,7 @@ class Group:
                     n, nbytes = self._read.num_rows, self._read.nbytes
                 else:
                     self._read = retrying(self._scan, f"reading {self.what}", self.backoff)
-                    n, nbytes = len(self._read[1]), sum(rb.nbytes for rb in self._read[0])
+                    n, nbytes = len(self._read[2]), sum(rb.nbytes for rb in self._read[0])
             except BaseException as e:
                 self._error = e
                 raise
@@ -156,14 +168,15 @@ class Group:
         return self._read
 
     def _scan(self):
-        """(record batches of all the group's rows in table order, their addresses, where each batch starts)."""
+        """(record batches of all the group's rows in table order, their ``batch.Rows`` (numpy views, made here
+        on the reading thread), the rows' addresses, where each record batch starts)."""
         want = np.unique(np.concatenate(self.addrs))
         rbs = self._scan_rows(want)
         got = np.concatenate([rb.column("_rowaddr").to_numpy() for rb in rbs]) if rbs else np.empty(0, np.uint64)
         if not np.array_equal(got, want):
             raise RuntimeError(f"scan of {self.what} returned {len(got)} rows, not the {len(want)} asked for")
         rbs = [rb.drop_columns(["_rowaddr"]) for rb in rbs]
-        return rbs, want, np.cumsum([0] + [rb.num_rows for rb in rbs])
+        return rbs, [Rows(rb) for rb in rbs], want, np.cumsum([0] + [rb.num_rows for rb in rbs])
 
     def prime(self) -> None:
         """Read the group now (if nobody has yet); an error is kept for ``get`` to raise."""
@@ -173,7 +186,7 @@ class Group:
             except Exception:  # noqa: BLE001 - kept in self._error, raised by get
                 pass
 
-    def get(self, k: int) -> pa.Table:
+    def get(self, k: int) -> pa.Table | Gathered:
         with self._lock:
             read = self._load()
             self._left -= 1
@@ -181,22 +194,20 @@ class Group:
                 self._read = None  # the caller holds what it needs
         if len(self.rows) == 1:
             return read
-        rbs, addrs, starts = read
+        rbs, parts, addrs, starts = read
         pos = np.searchsorted(addrs, self.addrs[k])
         which = np.searchsorted(starts, pos, side="right") - 1
-        pieces, i = [], 0
+        picks, i = [], 0
         while i < len(pos):  # neighbouring rows of one record batch in one slice
             j = i + 1
             while j < len(pos) and which[j] == which[i] and pos[j] == pos[j - 1] + 1:
                 j += 1
-            pieces.append(rbs[which[i]].slice(int(pos[i] - starts[which[i]]), j - i))
+            picks.append((int(which[i]), int(pos[i] - starts[which[i]]), j - i))
             i = j
-        table = pa.Table.from_batches(pieces)
-        if len(pieces) > 1:  # a single piece stays a view of the scan's record batch
-            table = table.combine_chunks()
-            _tensors.COPIES["count"] += 1
-            _tensors.COPIES["bytes"] += table.nbytes
-        return table
+        if len(picks) == 1:  # a single piece stays a view of the scan's record batch
+            w, start, count = picks[0]
+            return pa.Table.from_batches([rbs[w].slice(start, count)])
+        return Gathered([(parts[w], start, count) for w, start, count in picks])
 
 
 def lance_source(ds, columns: list[str]) -> tuple[Callable, Callable]:

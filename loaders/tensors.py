@@ -73,6 +73,11 @@ def list_values(arr: pa.Array, name: str) -> np.ndarray:
 
     ``list<T>`` gives a 1-D view; ``list<fixed_size_list<T, w>>`` a 2-D ``(items, w)`` view. (Called ~15 times
     per batch: written for few pyarrow calls.)"""
+    return list_parts(arr, name)[1]
+
+
+def list_parts(arr: pa.Array, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(list_offsets(arr), list_values(arr))`` with one reading of the offsets (both views)."""
     if arr.type.id != _LIST_ID:
         raise TypeError(f"column {name!r} is {arr.type}, expected a list")
     if arr.null_count:
@@ -93,7 +98,7 @@ def list_values(arr: pa.Array, name: str) -> np.ndarray:
         raise ValueError(f"column {name!r} holds null values; a packed table has none")
     count = (hi - lo) * width
     flat = np.frombuffer(leaf.buffers()[1], dtype, count, start * dtype.itemsize) if count else np.empty(0, dtype)
-    return flat.reshape(hi - lo, width) if fixed else flat
+    return offsets, (flat.reshape(hi - lo, width) if fixed else flat)
 
 
 def to_torch(a: np.ndarray):

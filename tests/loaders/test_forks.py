@@ -92,6 +92,49 @@ def test_epochs_through_a_persistent_user_dataloader_equal_the_stream_without_wo
 
 
 @pytest.mark.timeout(900)
+def test_this_process_reads_the_first_batches_while_its_own_workers_start(packed, monkeypatch):
+    """The stream's own workers deal the epoch from MAIN_FIRST steps on while this process reads the first
+    batches itself: the same stream as without workers, state_dict exact on either side of the handover; later
+    epochs (workers running) come from the workers alone."""
+    import os
+
+    from loaders import loader as L
+
+    lk, _ = packed
+    monkeypatch.setattr(L, "MAIN_FIRST", 3)
+    here = []  # batches built in this process (a forked worker appends to its own copy)
+    build = L.Loader._batch
+    monkeypatch.setattr(L.Loader, "_batch", lambda self, t, pin: here.append(os.getpid()) or build(self, t, pin))
+    kw = dict(seed=6, batch_packs=1, rank=1, world_size=2)
+    want = [_ids(lk.stream("train", epoch=e, **kw)) for e in range(2)]
+    assert len(want[0]) > 3 + 2
+    here.clear()
+    loader = lk.stream("train", num_workers=2, **kw)
+    got = [_ids(loader)]
+    assert len(here) == 3
+    got.append(_ids(loader))
+    assert len(here) == 3 and got == want
+    for stop in (2, 5):  # inside the first batches / after the workers took over
+        fresh, part = lk.stream("train", num_workers=2, **kw), []
+        for b in fresh:
+            part.append(b)
+            if len(part) == stop:
+                state = fresh.state_dict()
+                break
+        assert state["consumed"] == stop * 2 * 1
+        rest = lk.stream("train", **{**kw, "seed": 0})
+        rest.load_state_dict(state)
+        assert _ids(part) + _ids(rest) == want[0]
+        for h in fresh._helpers:
+            h.close()
+    monkeypatch.setattr(L, "MAIN_FIRST", 100)  # the whole plan read here (its last step short): workers get none
+    whole = lk.stream("train", num_workers=2, **kw)
+    assert _ids(whole) == want[0] and loader.packs % 2 == 1
+    for h in whole._helpers:
+        h.close()
+
+
+@pytest.mark.timeout(900)
 def test_the_streams_own_workers_start_once_and_resume_exactly(packed):
     lk, _ = packed
     want = [_ids(lk.stream("train", seed=2, batch_packs=2, epoch=e)) for e in range(3)]

@@ -31,7 +31,7 @@ def _peak_growth(loader) -> tuple[int, int]:
 def test_peak_memory_does_not_grow_with_the_table(tmp_path, monkeypatch, shuffle):
     from loaders import reads
 
-    # a uniform shuffle reads its batches in groups of up to GROUP_BYTES (two in memory at once): scaled down
+    # a uniform shuffle reads its batches in groups of up to GROUP_BYTES (GROUPS_AHEAD + 1 in memory): scaled down
     # with this small table (the default, 32 MiB, is over a quarter of its 10x copy), the bound it sets is checked
     monkeypatch.setattr(reads, "GROUP_BYTES", 256 << 10)
     base = synthetic_packs(LAYOUT, episodes=24, seed=4)  # ~12 MB of packs
