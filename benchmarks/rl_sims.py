@@ -125,7 +125,8 @@ def load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def config(learner: str, train_steps: int | None, seed: int | None = None, epochs: int | None = None):
+def config(learner: str, train_steps: int | None, seed: int | None = None, epochs: int | None = None,
+           lr: float | None = None):
     from training.rl import load_config
 
     over = dict(LEARNERS[learner])
@@ -133,6 +134,8 @@ def config(learner: str, train_steps: int | None, seed: int | None = None, epoch
         over["algo.train_steps"] = train_steps
     if epochs:  # the learner's cost per version (sim-sized: match the env worker's time per batch)
         over["algo.epochs"] = epochs
+    if lr is not None:  # the learner's step size (the same in every mode)
+        over["algo.lr"] = lr
     if seed is not None:  # run seed: env init states, policy init and sampling
         over["seed"] = seed
     return load_config(CONFIG, over)
@@ -208,7 +211,7 @@ def run_all(args) -> Path:
     from lake._ray import ensure_ray
     from training.rl import run, summary, with_overrides
 
-    cfg = config(args.learner, args.train_steps, args.seed, args.epochs)
+    cfg = config(args.learner, args.train_steps, args.seed, args.epochs, args.lr)
     out = Path(args.out or f"/tmp/bench-rl-sims-{args.learner}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0, before = time.perf_counter(), load()
@@ -238,7 +241,7 @@ def run_all(args) -> Path:
         (out / "runs.partial.json").write_text(json.dumps(runs, indent=1))  # a later failure keeps these
     ray.shutdown()
     meta = {"learner": args.learner, "overrides": LEARNERS[args.learner], "train_steps": cfg.algo.train_steps,
-            "epochs": cfg.algo.epochs,
+            "epochs": cfg.algo.epochs, "lr": cfg.algo.lr,
             "load_before": before, "load_after": load(), "seconds": time.perf_counter() - t0, "split": split,
             "machine": machine(), "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
             "backend": os.environ.get("MUJOCO_GL", ""), "config": _cfg_line(cfg),
@@ -496,7 +499,8 @@ def evaluate_all(d: Path, args) -> None:
     from training.evaluate import evaluate
 
     res = json.loads((d / "runs.json").read_text())
-    cfg = config(res["meta"]["learner"], res["meta"]["train_steps"], epochs=res["meta"].get("epochs"))
+    cfg = config(res["meta"]["learner"], res["meta"]["train_steps"], epochs=res["meta"].get("epochs"),
+                 lr=res["meta"].get("lr"))
     lake_uri = str(d / "eval-lake")
     ckpts = {"untrained": initial_checkpoint(cfg, str(d / "initial.pt"))}
     ckpts.update({m: res["runs"][m]["checkpoint"] for m in args.eval_modes.split(",")})
@@ -542,6 +546,7 @@ def main() -> int:
     ap.add_argument("--train-steps", type=int, default=None, help="versions per run (default: the learner's)")
     ap.add_argument("--seed", type=int, default=None, help="run seed (default: the config's)")
     ap.add_argument("--epochs", type=int, default=None, help="PPO epochs per version (default: the learner's)")
+    ap.add_argument("--lr", type=float, default=None, help="learner step size (default: the config's)")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated, run in this order (ss first)")
     ap.add_argument("--out", default=None, help="folder for the runs' lakes, checkpoints and runs.json")
     ap.add_argument("--from", dest="from_dirs", default=None,
