@@ -13,8 +13,10 @@ the same for all modes and not in it). ``--learner``:
 - ``sim-sized``: RL-VLA3's regime on 2 cores: the simulator holds one core (1 env worker x 2 envs, software
   rendering on one thread), the learner the other (one torch thread), and the learner is sized so that one
   update costs about what the simulator spends on its batch (the same policy 4096 units wide, 10 PPO epochs over
-  a batch of 2 trajectories = 80 env steps): as rendered simulators on CPUs and a VLA learner on GPUs there,
-  two resources of comparable cost. ``ss`` then runs them one after the other, ``aa`` overlaps them.
+  a batch of 2 trajectories = 80 env steps; lr 3e-5, a tenth of the 64-wide config's: Adam's step moves a
+  layer's output in proportion to its width, and at 3e-4 aa's 1-2-version-old data was far off-policy): as
+  rendered simulators on CPUs and a VLA learner on GPUs there, two resources of comparable cost. ``ss`` then
+  runs them one after the other, ``aa`` overlaps them.
 
 Every process of the runs (env workers, rollout, trainer, lake writer, this driver) gets one thread for math and
 for rendering (``OMP_NUM_THREADS=1``, ``LP_NUM_THREADS=1``: Mesa's llvmpipe otherwise starts a rasterizer thread
@@ -58,9 +60,14 @@ LEARNERS = {
     "small": {},
     # learner CPU per version ~ simulator CPU per batch (80 rendered steps, ~9 CPU-s): a 4096-wide actor-critic
     # (34M parameters) costs ~0.7 CPU-s per epoch over the batch on one thread, plus ~1.5 s to publish its weights
-    # (a smoke run with 12 epochs measured 10.6 CPU-s of learner per version against 8.6 of simulator)
-    "sim-sized": {"policy.hidden": 4096, "algo.epochs": 10, "workers.env_workers": 1, "workers.envs_per_worker": 2,
-                  "algo.batch_trajectories": 2, "algo.micro_batch_trajectories": 1, "algo.train_steps": 10},
+    # (a smoke run with 12 epochs measured 10.6 CPU-s of learner per version against 8.6 of simulator).
+    # lr 3e-5, not the 64-wide config's 3e-4: Adam moves each weight ~lr per step, so a layer's output moves ~lr x
+    # its width; at 3e-4 the 4096-wide policy drifted 0.5-3.7 nats per step within 2 versions and aa's stale data
+    # went off-policy (aa's reward per step 0.005 vs ss's 0.037 over versions 9-16); at 3e-5 ss learns no slower and
+    # aa's behaviour gap stays 0.2-0.4 (0.042 vs 0.051; one run each, seed 0). Same compute per version: same regime
+    "sim-sized": {"policy.hidden": 4096, "algo.epochs": 10, "algo.lr": 3e-5, "workers.env_workers": 1,
+                  "workers.envs_per_worker": 2, "algo.batch_trajectories": 2, "algo.micro_batch_trajectories": 1,
+                  "algo.train_steps": 10},
 }
 REGIME = (
     "**The regime, and why it is RL-VLA3's.** RL-VLA3 runs rendered simulators on CPU cores and the VLA (learner "
@@ -293,8 +300,8 @@ def _cfg_line(cfg) -> str:
     return (f"{cfg.env.id} (reward {cfg.env.kwargs.get('reward', 'sparse')}, {cfg.env.max_episode_steps} steps), "
             f"{w.env_workers} env workers x {w.envs_per_worker} envs, policy hidden {p.hidden}"
             f"{' + CNN on agentview ' + str(p.image_size) + 'x' + str(p.image_size) if p.image else ''}, "
-            f"PPO-{a.advantage} ({a.correction}), global batch {a.batch_trajectories} trajectories, micro-batch "
-            f"{a.micro_batch_trajectories}, {a.epochs} epochs, {a.train_steps} versions, max staleness "
+            f"PPO-{a.advantage} ({a.correction}, lr {a.lr:g}), global batch {a.batch_trajectories} trajectories, "
+            f"micro-batch {a.micro_batch_trajectories}, {a.epochs} epochs, {a.train_steps} versions, max staleness "
             f"{a.max_staleness} (ss: 0), seed {cfg.seed}")
 
 
