@@ -61,10 +61,11 @@ LEARNERS = {
     # learner CPU per version ~ simulator CPU per batch (80 rendered steps, ~9 CPU-s): a 4096-wide actor-critic
     # (34M parameters) costs ~0.7 CPU-s per epoch over the batch on one thread, plus ~1.5 s to publish its weights
     # (a smoke run with 12 epochs measured 10.6 CPU-s of learner per version against 8.6 of simulator).
-    # lr 3e-5, not the 64-wide config's 3e-4: Adam moves each weight ~lr per step, so a layer's output moves ~lr x
-    # its width; at 3e-4 the 4096-wide policy drifted 0.5-3.7 nats per step within 2 versions and aa's stale data
+    # lr 3e-5, not the 64-wide config's 3e-4 (Adam moves each weight ~lr per step whatever the gradient's scale, so
+    # one lr is a larger step for a wider layer): at 3e-4 the 4096-wide policy drifted 0.5-3.7 nats per step within 2 versions and aa's stale data
     # went off-policy (aa's reward per step 0.005 vs ss's 0.037 over versions 9-16); at 3e-5 ss learns no slower and
-    # aa's behaviour gap stays 0.2-0.4 (0.042 vs 0.051; one run each, seed 0). Same compute per version: same regime
+    # aa's behaviour gap stays 0.2-0.4 (0.042 vs 0.051, seed 0; seed 1, 12 versions: 0.051 vs 0.052). Same compute
+    # per version: same regime
     "sim-sized": {"policy.hidden": 4096, "algo.epochs": 10, "algo.lr": 3e-5, "workers.env_workers": 1,
                   "workers.envs_per_worker": 2, "algo.batch_trajectories": 2, "algo.micro_batch_trajectories": 1,
                   "algo.train_steps": 10},
