@@ -13,8 +13,10 @@ the same for all modes and not in it). ``--learner``:
 - ``sim-sized``: RL-VLA3's regime on 2 cores: the simulator holds one core (1 env worker x 2 envs, software
   rendering on one thread), the learner the other (one torch thread), and the learner is sized so that one
   update costs about what the simulator spends on its batch (the same policy 4096 units wide, 10 PPO epochs over
-  a batch of 2 trajectories = 80 env steps): as rendered simulators on CPUs and a VLA learner on GPUs there,
-  two resources of comparable cost. ``ss`` then runs them one after the other, ``aa`` overlaps them.
+  a batch of 2 trajectories = 80 env steps; lr 3e-5, a tenth of the 64-wide config's: Adam's step moves a
+  layer's output in proportion to its width, and at 3e-4 aa's 1-2-version-old data was far off-policy): as
+  rendered simulators on CPUs and a VLA learner on GPUs there, two resources of comparable cost. ``ss`` then
+  runs them one after the other, ``aa`` overlaps them.
 
 Every process of the runs (env workers, rollout, trainer, lake writer, this driver) gets one thread for math and
 for rendering (``OMP_NUM_THREADS=1``, ``LP_NUM_THREADS=1``: Mesa's llvmpipe otherwise starts a rasterizer thread
@@ -58,9 +60,15 @@ LEARNERS = {
     "small": {},
     # learner CPU per version ~ simulator CPU per batch (80 rendered steps, ~9 CPU-s): a 4096-wide actor-critic
     # (34M parameters) costs ~0.7 CPU-s per epoch over the batch on one thread, plus ~1.5 s to publish its weights
-    # (a smoke run with 12 epochs measured 10.6 CPU-s of learner per version against 8.6 of simulator)
-    "sim-sized": {"policy.hidden": 4096, "algo.epochs": 10, "workers.env_workers": 1, "workers.envs_per_worker": 2,
-                  "algo.batch_trajectories": 2, "algo.micro_batch_trajectories": 1, "algo.train_steps": 10},
+    # (a smoke run with 12 epochs measured 10.6 CPU-s of learner per version against 8.6 of simulator).
+    # lr 3e-5, not the 64-wide config's 3e-4 (Adam moves each weight ~lr per step whatever the gradient's scale, so
+    # one lr is a larger step for a wider layer): at 3e-4 the 4096-wide policy drifted 0.5-3.7 nats per step within 2 versions and aa's stale data
+    # went off-policy (aa's reward per step 0.005 vs ss's 0.037 over versions 9-16); at 3e-5 ss learns no slower and
+    # aa's behaviour gap stays 0.2-0.4 (0.042 vs 0.051, seed 0; seed 1, 12 versions: 0.051 vs 0.052). Same compute
+    # per version: same regime
+    "sim-sized": {"policy.hidden": 4096, "algo.epochs": 10, "algo.lr": 3e-5, "workers.env_workers": 1,
+                  "workers.envs_per_worker": 2, "algo.batch_trajectories": 2, "algo.micro_batch_trajectories": 1,
+                  "algo.train_steps": 10},
 }
 REGIME = (
     "**The regime, and why it is RL-VLA3's.** RL-VLA3 runs rendered simulators on CPU cores and the VLA (learner "
@@ -125,7 +133,8 @@ def load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def config(learner: str, train_steps: int | None, seed: int | None = None, epochs: int | None = None):
+def config(learner: str, train_steps: int | None, seed: int | None = None, epochs: int | None = None,
+           lr: float | None = None):
     from training.rl import load_config
 
     over = dict(LEARNERS[learner])
@@ -133,6 +142,8 @@ def config(learner: str, train_steps: int | None, seed: int | None = None, epoch
         over["algo.train_steps"] = train_steps
     if epochs:  # the learner's cost per version (sim-sized: match the env worker's time per batch)
         over["algo.epochs"] = epochs
+    if lr is not None:  # the learner's step size (the same in every mode)
+        over["algo.lr"] = lr
     if seed is not None:  # run seed: env init states, policy init and sampling
         over["seed"] = seed
     return load_config(CONFIG, over)
@@ -208,7 +219,7 @@ def run_all(args) -> Path:
     from lake._ray import ensure_ray
     from training.rl import run, summary, with_overrides
 
-    cfg = config(args.learner, args.train_steps, args.seed, args.epochs)
+    cfg = config(args.learner, args.train_steps, args.seed, args.epochs, args.lr)
     out = Path(args.out or f"/tmp/bench-rl-sims-{args.learner}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0, before = time.perf_counter(), load()
@@ -238,7 +249,7 @@ def run_all(args) -> Path:
         (out / "runs.partial.json").write_text(json.dumps(runs, indent=1))  # a later failure keeps these
     ray.shutdown()
     meta = {"learner": args.learner, "overrides": LEARNERS[args.learner], "train_steps": cfg.algo.train_steps,
-            "epochs": cfg.algo.epochs,
+            "epochs": cfg.algo.epochs, "lr": cfg.algo.lr,
             "load_before": before, "load_after": load(), "seconds": time.perf_counter() - t0, "split": split,
             "machine": machine(), "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
             "backend": os.environ.get("MUJOCO_GL", ""), "config": _cfg_line(cfg),
@@ -290,8 +301,8 @@ def _cfg_line(cfg) -> str:
     return (f"{cfg.env.id} (reward {cfg.env.kwargs.get('reward', 'sparse')}, {cfg.env.max_episode_steps} steps), "
             f"{w.env_workers} env workers x {w.envs_per_worker} envs, policy hidden {p.hidden}"
             f"{' + CNN on agentview ' + str(p.image_size) + 'x' + str(p.image_size) if p.image else ''}, "
-            f"PPO-{a.advantage} ({a.correction}), global batch {a.batch_trajectories} trajectories, micro-batch "
-            f"{a.micro_batch_trajectories}, {a.epochs} epochs, {a.train_steps} versions, max staleness "
+            f"PPO-{a.advantage} ({a.correction}, lr {a.lr:g}), global batch {a.batch_trajectories} trajectories, "
+            f"micro-batch {a.micro_batch_trajectories}, {a.epochs} epochs, {a.train_steps} versions, max staleness "
             f"{a.max_staleness} (ss: 0), seed {cfg.seed}")
 
 
@@ -496,7 +507,8 @@ def evaluate_all(d: Path, args) -> None:
     from training.evaluate import evaluate
 
     res = json.loads((d / "runs.json").read_text())
-    cfg = config(res["meta"]["learner"], res["meta"]["train_steps"], epochs=res["meta"].get("epochs"))
+    cfg = config(res["meta"]["learner"], res["meta"]["train_steps"], epochs=res["meta"].get("epochs"),
+                 lr=res["meta"].get("lr"))
     lake_uri = str(d / "eval-lake")
     ckpts = {"untrained": initial_checkpoint(cfg, str(d / "initial.pt"))}
     ckpts.update({m: res["runs"][m]["checkpoint"] for m in args.eval_modes.split(",")})
@@ -542,6 +554,7 @@ def main() -> int:
     ap.add_argument("--train-steps", type=int, default=None, help="versions per run (default: the learner's)")
     ap.add_argument("--seed", type=int, default=None, help="run seed (default: the config's)")
     ap.add_argument("--epochs", type=int, default=None, help="PPO epochs per version (default: the learner's)")
+    ap.add_argument("--lr", type=float, default=None, help="learner step size (default: the config's)")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated, run in this order (ss first)")
     ap.add_argument("--out", default=None, help="folder for the runs' lakes, checkpoints and runs.json")
     ap.add_argument("--from", dest="from_dirs", default=None,

@@ -150,3 +150,43 @@ def test_as_batches_take_the_oldest_units_first_so_a_slower_workers_surplus_is_n
     assert not led.dropped_stale and len(led.consumed) == 6
     assert list(led.consumed[2:4]) == [t.traj_id for t in old] and list(led.staleness) == [0, 0, 1, 1, 1, 1]
     assert [h["stale_step_frac"] for h in rep.history] == [0.0, 1.0, 1.0]  # versions 1, 2 trained on v0, v1 data
+
+
+def _one_version(pcfg, trajs, epochs):
+    cfg = small_config(**{"algo.batch_trajectories": len(trajs), "algo.micro_batch_trajectories": 1,
+                          "algo.epochs": epochs, "algo.lr": 0.01, "algo.train_steps": 1, "algo.max_staleness": 0})
+    tr = Trainer(cfg, pcfg, rollouts=[])
+    th = _start(tr)
+    for t in trajs:
+        tr.submit(t)
+    assert tr.wait_version(1, 30) == 1
+    th.join(10)
+    return tr, tr.finish()
+
+
+def test_update_kl_is_the_kl_from_the_proximal_policy_after_all_but_the_last_optimizer_step(ray_session, pcfg):
+    """``update_kl`` of a version trained with 3 epochs equals KL(initial || policy after 2 optimizer steps) on
+    the batch's actions, computed here from a second trainer that ran exactly 2 epochs over the same batch
+    (same seed: same initial weights, same Adam steps); one epoch gives 0."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    init = Trainer(small_config(), pcfg, rollouts=[]).policy  # the weights every trainer below starts from
+    trajs = []
+    for i in range(2):
+        raw = rng.normal(0, 0.5, (3, 2)).astype(np.float32)
+        obs = _traj(i, 0).obs
+        with torch.no_grad():
+            logp = init.evaluate_actions({k: torch.as_tensor(v) for k, v in obs.items()}, torch.as_tensor(raw))[0]
+        trajs.append(_traj(i, 0, rewards=rng.normal(0, 1, 3).astype(np.float32), raw=raw, logp=logp.numpy()))
+    _, rep3 = _one_version(pcfg, trajs, epochs=3)
+    tr2, _ = _one_version(pcfg, trajs, epochs=2)
+    kls = []
+    for t in trajs:
+        obs, raw = {k: torch.as_tensor(v) for k, v in t.obs.items()}, torch.as_tensor(t.raw_actions)
+        with torch.no_grad():
+            log_r = tr2.policy.evaluate_actions(obs, raw)[0] - init.evaluate_actions(obs, raw)[0]
+        kls.append(float((log_r.exp() - 1 - log_r).mean()))
+    assert np.mean(kls) > 1e-4  # the check below is not 0 == 0
+    assert rep3.history[0]["update_kl"] == pytest.approx(np.mean(kls), rel=1e-4)
+    assert _one_version(pcfg, trajs, epochs=1)[1].history[0]["update_kl"] == 0.0

@@ -220,12 +220,20 @@ class Trainer:
         t = time.perf_counter()
         self._settle(trajs, used=True)  # staleness is measured against the version these gradients start from
         self._step()
+        kls = []
         for _ in range(a.epochs - 1):
             self.opt.zero_grad()
+            kls = []
             for mb in stored:
-                loss, _ = self._loss(mb, first=False)
+                loss, info = self._loss(mb, first=False)
                 (loss * weight).backward()
+                kls.append(info["kl_prox"])
             self._step()
+        # how far this version's update moved the policy on its own batch: KL(proximal || current) after all but
+        # the last optimizer step, read off the last pass's forward (no extra compute); what the next versions'
+        # data will be off-policy by, per version of staleness (0 with one epoch)
+        for m in metrics:
+            m["update_kl"] = float(np.mean(kls)) if kls else 0.0
         with self._cv:
             self.version += 1
             self._record(trajs, metrics)
@@ -269,6 +277,8 @@ class Trainer:
         if first:  # the proximal policy is the one at the start of this batch: these very weights
             mb["logp_prox"] = logp.detach()
         pg, info = self.correction(logp, mb["logp_prox"], mb["logp_behav"], mb["adv"], a.clip_eps, a.is_cap)
+        log_r = (logp - mb["logp_prox"]).detach()  # k3 estimate of KL(proximal || current): >= 0, unbiased
+        info["kl_prox"] = float((log_r.exp() - 1 - log_r).mean())
         loss = pg - a.entropy_coef * entropy.mean()
         vl = value_loss(value, mb["ret"]) if mb["ret"] is not None else None
         if vl is not None:
