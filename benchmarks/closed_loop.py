@@ -257,14 +257,15 @@ def run_rl_vla(name: str, args, root: Path) -> dict:
     if k > 1:  # one RL step = one chunk: k actions, the chain's log-prob covers the chunk
         objective["env.kwargs"] = {**objective["env.kwargs"], "action_chunk": k}
     seg = _rl_segments(name, args, work / tag, uri, start_ckpt, start, lr,
-                       {**objective, "algo.epochs": args.rl_epochs, "batching.max_batch_size": 8},
+                       {**objective, "algo.epochs": args.rl_epochs, "batching.max_batch_size": 8,
+                        "algo.batch_trajectories": args.rl_batch},
                        source=f"rl-vla/{name}", steps_per_row=k)
     head = read_header(init)
     result = {"task": name, "env_id": env_id, "policy": "vla", "init": init, "init_step": head.get("step"),
               "sigma": args.rl_sigma, "sft_lineage": head.get("lineage"), "demo_version": _demo_version(uri),
               "start": start, "reward": args.rl_reward, "command": getattr(args, "command", None), **seg,
               "versions": args.rl_segments * args.rl_versions, "lr": lr, "epochs": args.rl_epochs, "max_steps": ms,
-              "exec_steps": k, "tag": tag}
+              "exec_steps": k, "tag": tag, "batch_trajectories": args.rl_batch}
     (work / f"{tag}_result.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -490,11 +491,11 @@ def vla_report(root: Path, command: str, load: str, out: Path = HERE) -> str | N
         "a successful episode's last chunk stops at the success step); the start checkpoint is evaluated in the "
         "same mode; evaluation uses the noise-free chain (`VLA.act`). No critic: GRPO over 4 rollouts per goal of "
         "the reward in the table (success: 1 on the success step, the episode ends there; dense-grpo: Meta-World's "
-        "shaped reward x 0.01 to the time limit), decoupled PPO clip 0.2, aa mode (2 env workers x 4 envs, 16 "
-        "trajectories per version). Evaluation: the same 50 held-out goals (env seeds from 1000) at start and end, "
+        "shaped reward x 0.01 to the time limit), decoupled PPO clip 0.2, aa mode (2 env workers x 4 envs, "
+        "trajectories per version in the table). Evaluation: the same 50 held-out goals (env seeds from 1000) at start and end, "
         "intermediate curve points on the first 20 of them.",
         "",
-        "| task | act mode | start checkpoint | sigma / lr / epochs / reward | start (SFT, same act mode) | after RL | env steps | "
+        "| task | act mode | start checkpoint | sigma / lr / epochs / reward / trajectories per version | start (SFT, same act mode) | after RL | env steps | "
         "RL wall | lineage: demos lake version / packed table / SFT checkpoint / RL lake versions / eval versions (start, end) |",
         "|---|---|---|---|---|---|---:|---:|---|",
     ]
@@ -504,7 +505,7 @@ def vla_report(root: Path, command: str, load: str, out: Path = HERE) -> str | N
             f"| {r['task']} | {_act_mode(r)} | `{r['task']}/{Path(r['init']).parent.name}/{Path(r['init']).name}` "
             f"(step {r['init_step']}) "
             f"| {r['sigma']} / "
-            f"{r['lr']} / {r['epochs']} / {r.get('reward', 'success')} | {_pct(s)} | **{_pct(e)}** | {r['env_steps']} | {r['rl_seconds'] / 60:.1f} min "
+            f"{r['lr']} / {r['epochs']} / {r.get('reward', 'success')} / {r.get('batch_trajectories', 16)} | {_pct(s)} | **{_pct(e)}** | {r['env_steps']} | {r['rl_seconds'] / 60:.1f} min "
             f"| v{r['demo_version']} / `{lin.get('packed_table')}` / `{Path(r['init']).name}` (trained on "
             f"v{lin.get('lake_version')}) / "
             f"{', '.join(_v(v) for v in r['lake_versions'])} / {_v(s['eval_version'])}, {_v(e['eval_version'])} |")
@@ -650,6 +651,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rl-exec-steps", type=int, default=1,
                     help="vla: actions of each chunk executed per plan in RL and in its evaluations (1: re-plan every "
                          "env step; SFT evaluation executes 4)")
+    ap.add_argument("--rl-batch", type=int, default=16,
+                    help="vla: trajectories per published version (groups of 4 rollouts of one goal)")
     ap.add_argument("--rl-name", default=None,
                     help="vla: a name for this run's folder and result (<task>/rl_vla[_exec<k>]_<name>): a second "
                          "configuration of one act mode keeps the first's row")
