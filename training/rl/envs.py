@@ -125,9 +125,8 @@ def get_family(env_id: str) -> EnvFamily:
 
 def make_env(env_id: str, *, image: bool = False, max_episode_steps: int | None = None, kwargs: dict | None = None,
              render: bool = False):
-    """One Gymnasium env. Raises ValueError if the id is unknown, names a module, or its actions are not a Box."""
-    import gymnasium as gym
-
+    """One Gymnasium env. Raises ValueError if the id is unknown, names a module, or its actions are not a Box.
+    ``kwargs["action_chunk"] = k`` (> 1): wrapped in ``ChunkedActions`` (one step executes k actions)."""
     if not isinstance(env_id, str) or ":" in env_id:
         raise ValueError(f"env id {env_id!r}: 'module:Env' ids are refused (an id never names code to import); "
                          f"register the namespace with training.rl.register_env_namespace")
@@ -138,6 +137,8 @@ def make_env(env_id: str, *, image: bool = False, max_episode_steps: int | None 
 
 
 def _make_env(env_id: str, *, image: bool, max_episode_steps: int | None, kwargs: dict, render: bool):
+    import gymnasium as gym
+
     fam = get_family(env_id)
     if fam.make is not None:
         return fam.make(env_id, image=image, max_episode_steps=max_episode_steps, render=render, **kwargs)
