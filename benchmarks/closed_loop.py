@@ -509,6 +509,7 @@ def vla_report(root: Path, command: str, load: str, out: Path = HERE) -> str | N
             f"| v{r['demo_version']} / `{lin.get('packed_table')}` / `{Path(r['init']).name}` (trained on "
             f"v{lin.get('lake_version')}) / "
             f"{', '.join(_v(v) for v in r['lake_versions'])} / {_v(s['eval_version'])}, {_v(e['eval_version'])} |")
+    for r in rl:  # after the table: a line between rows would end it
         lines += ["", f"RL curve ({_mode(r)}; env steps: successes / episodes): "
                   + ", ".join(f"{p['env_steps']}: {p['k']}/{p['n']}" for p in r["curve"])]
     lines += [f"\nNote ({_mode(r)}): {r['note']}" for r in rl if r.get("note")]
@@ -522,7 +523,9 @@ def _act_mode(r: dict) -> str:
 
 
 def _mode(r: dict) -> str:
-    return f"{r['task']}, {_act_mode(r)}"
+    """A run's name in curves and notes: task, act mode, reward, lr, trajectories per version."""
+    return (f"{r['task']}, {_act_mode(r)}, {r.get('reward', 'success')}, lr {r['lr']}, "
+            f"{r.get('batch_trajectories', 16)}/version")
 
 
 def describe_task(env_id: str) -> str:

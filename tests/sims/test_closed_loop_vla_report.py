@@ -56,4 +56,6 @@ def test_vla_section_renders_start_end_curve_and_lineage(tmp_path):
     text = closed_loop.vla_report(tmp_path, "cmd", "load", out=tmp_path)
     rows = [line for line in text.splitlines() if line.startswith("| reach-v3 |")]
     assert len(rows) == 2 and "| exec 4 of 8 |" in rows[1] and "**45/50 = 90%" in rows[1] and "| 8000 |" in rows[1]
-    assert "Note (reach-v3, exec 4 of 8): chunks" in text
+    assert "Note (reach-v3, exec 4 of 8, success, lr 0.0003, 16/version): chunks" in text
+    table = text[text.index("| task |"):text.index("RL curve")].strip().splitlines()
+    assert len(table) == 4 and all(line.startswith("|") for line in table)  # one table: header, rule, 2 rows
