@@ -248,7 +248,8 @@ def run_rl_vla(name: str, args, root: Path) -> dict:
     else:
         init = str(sft_dir / f"step_{int(args.rl_init):06d}.pt")
     k, tag = args.rl_exec_steps, _vla_tag(args)
-    start_ckpt = from_sft(init, str(work / tag / "start.pt"), env_id=env_id, rl_sigma=args.rl_sigma, exec_steps=k)
+    start_ckpt = from_sft(init, str(work / tag / "start.pt"), env_id=env_id, rl_sigma=args.rl_sigma, exec_steps=k,
+                          x0_zero=args.rl_x0_zero)
     print(f"[{name}] VLA RL from {init} (exec_steps {k}, sigma {args.rl_sigma}): held-out start ...", flush=True)
     start = _eval(start_ckpt, env_id, args.episodes, uri, ms)
     print(f"[{name}]   start: {start['k']}/{start['n']}", flush=True)
@@ -265,7 +266,7 @@ def run_rl_vla(name: str, args, root: Path) -> dict:
               "sigma": args.rl_sigma, "sft_lineage": head.get("lineage"), "demo_version": _demo_version(uri),
               "start": start, "reward": args.rl_reward, "command": getattr(args, "command", None), **seg,
               "versions": args.rl_segments * args.rl_versions, "lr": lr, "epochs": args.rl_epochs, "max_steps": ms,
-              "exec_steps": k, "tag": tag, "batch_trajectories": args.rl_batch}
+              "exec_steps": k, "tag": tag, "batch_trajectories": args.rl_batch, "x0_zero": args.rl_x0_zero}
     (work / f"{tag}_result.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -519,7 +520,7 @@ def vla_report(root: Path, command: str, load: str, out: Path = HERE) -> str | N
 
 def _act_mode(r: dict) -> str:
     k = r.get("exec_steps", 1)
-    return "re-plan every step" if k == 1 else f"exec {k} of {HORIZON}"
+    return ("re-plan every step" if k == 1 else f"exec {k} of {HORIZON}") + (", x_0 = 0" if r.get("x0_zero") else "")
 
 
 def _mode(r: dict) -> str:
@@ -656,6 +657,8 @@ def main(argv=None) -> int:
                          "env step; SFT evaluation executes 4)")
     ap.add_argument("--rl-batch", type=int, default=16,
                     help="vla: trajectories per published version (groups of 4 rollouts of one goal)")
+    ap.add_argument("--rl-x0-zero", action="store_true",
+                    help="vla: the chain starts at x_0 = 0 in RL and its evaluations (all randomness is step noise)")
     ap.add_argument("--rl-name", default=None,
                     help="vla: a name for this run's folder and result (<task>/rl_vla[_exec<k>]_<name>): a second "
                          "configuration of one act mode keeps the first's row")

@@ -139,3 +139,20 @@ def test_grpo_ppo_steps_move_the_first_action_towards_the_reward():
             opt.step()
     after = mean_first_action()
     assert after > before + 0.2, (before, after)
+
+
+def test_x0_zero_starts_every_chain_at_zero_in_rl_and_in_act():
+    """``x0_zero``: RL's chains start at 0 (the log-prob is unchanged: it never held x_0), and ``act`` is then
+    deterministic: the noise-free chain from 0."""
+    p = _policy(x0_zero=True)
+    obs = _obs(3)
+    s = p.act_with_logprob(obs, np.array([1, 2, 3]))
+    assert np.all(s.raw[:, 0] == 0)
+    logp, _, _ = p.evaluate_actions({k: torch.from_numpy(v) for k, v in obs.items()}, torch.from_numpy(s.raw))
+    np.testing.assert_allclose(logp.detach().numpy(), s.logprob, rtol=1e-5, atol=1e-3)
+    prefix, cu, cond = p._inputs(obs)
+    ref = p.sample(prefix, cu, cond=cond, noise=torch.zeros(3, p.denoise_steps + 1, p.horizon, 2))
+    a1 = p.act(obs, ["reach"] * 3)
+    p.reset(3)
+    np.testing.assert_array_equal(a1, p.act(obs, ["reach"] * 3))
+    np.testing.assert_allclose(a1, p.unnormalize(ref[:, 0].numpy()), rtol=1e-6)

@@ -49,11 +49,21 @@ class FlowPolicy(VLA):
     noise std (normalized action units); ``task``: the instruction the policy is given (RL observations carry
     no text)."""
 
-    def __init__(self, *, rl_sigma: float = 0.1, task: str = "", **vla_config):
+    def __init__(self, *, rl_sigma: float = 0.1, task: str = "", x0_zero: bool = False, **vla_config):
         super().__init__(**vla_config)
         if not rl_sigma > 0:
             raise ValueError(f"rl_sigma must be > 0 (the chain's log-prob needs noise), got {rl_sigma!r}")
-        self.rl_sigma, self.task = float(rl_sigma), str(task)
+        self.rl_sigma, self.task, self.x0_zero = float(rl_sigma), str(task), bool(x0_zero)
+
+    def sample(self, prefix, cu_prefix, generator=None, cond=None, noise=None, sigma: float = 0.0,
+               chain: bool = False):
+        """``VLA.sample``; with ``x0_zero`` the chain starts at x_0 = 0 (the prior's mean) when no noise is given
+        (``act``, evaluation), as RL samples it: x_0's randomness is outside the log-prob (it does not depend on
+        the weights), so with it the only randomness is the step noise the policy gradient is built on."""
+        if noise is None and self.x0_zero:
+            b = cu_prefix.numel() - 1
+            noise = torch.zeros(b, self.denoise_steps + 1, self.horizon, self.layout["action_dim"])
+        return super().sample(prefix, cu_prefix, generator, cond, noise=noise, sigma=sigma, chain=chain)
 
     # --- shared: prefix and state condition from batched numpy observations --------------------------------
 
@@ -69,8 +79,11 @@ class FlowPolicy(VLA):
     def _noise(self, seeds: np.ndarray) -> torch.Tensor:
         """(B, N + 1, horizon, action_dim): row i's x_0 and step noises, from ``seeds[i]`` alone."""
         shape = (self.denoise_steps + 1, self.horizon, self.layout["action_dim"])
-        return torch.from_numpy(np.stack([np.random.default_rng(int(s)).standard_normal(shape)
-                                          for s in np.asarray(seeds)]).astype(np.float32))
+        noise = torch.from_numpy(np.stack([np.random.default_rng(int(s)).standard_normal(shape)
+                                           for s in np.asarray(seeds)]).astype(np.float32))
+        if self.x0_zero:
+            noise[:, 0] = 0.0
+        return noise
 
     # --- sampling (rollouts) -------------------------------------------------------------------------------
 
@@ -160,7 +173,7 @@ register_factory(FACTORY, make_flow_policy)
 
 
 def from_sft(sft_checkpoint: str, out: str, *, env_id: str, rl_sigma: float = 0.1, exec_steps: int = 1,
-             task: str | None = None) -> str:
+             task: str | None = None, x0_zero: bool = False) -> str:
     """An RL start checkpoint (factory ``vla_flow``) holding an SFT ``vla`` checkpoint's weights unchanged, acting
     with ``exec_steps``; ``task``: default the env family's. Its lineage is the SFT checkpoint's, plus where it
     came from. Returns ``out``. Raises ValueError for a checkpoint that is not a VLA."""
@@ -171,8 +184,10 @@ def from_sft(sft_checkpoint: str, out: str, *, env_id: str, rl_sigma: float = 0.
     ckpt = load(sft_checkpoint)
     if ckpt["factory"] not in ("vla", FACTORY):
         raise ValueError(f"{sft_checkpoint}: factory {ckpt['factory']!r} is not the reference VLA")
-    config = {k: v for k, v in ckpt["config"].items() if k not in ("rl_sigma", "task")}
+    config = {k: v for k, v in ckpt["config"].items() if k not in ("rl_sigma", "task", "x0_zero")}
     config.update(exec_steps=exec_steps, rl_sigma=rl_sigma, task=task or get_family(env_id).default_task)
+    if x0_zero:
+        config["x0_zero"] = True
     policy = make_flow_policy(**config)
     policy.load_state_dict(ckpt["state_dict"])
     lin = dict(ckpt.get("lineage") or {})
