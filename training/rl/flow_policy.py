@@ -24,7 +24,8 @@ the mode RL trains. ``from_sft`` sets ``exec_steps``. Either way the chain's log
 the executed entries depend on every chunk entry through attention.
 
 Sampling is a pure function of (weights, observation row, seed row): row i's x_0 and eps come from
-``numpy.random.default_rng(seeds[i])``. ``act`` (evaluation) is ``VLA.act``: the noise-free chain.
+``numpy.random.default_rng(seeds[i])``. ``act`` (evaluation) is ``VLA.act``: the noise-free chain. ``x0_zero``:
+every chain (RL and ``act``) starts at x_0 = 0, so the only randomness is the step noise the log-prob holds.
 """
 
 from __future__ import annotations
