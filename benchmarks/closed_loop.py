@@ -224,8 +224,9 @@ def run_rl(name: str, args, root: Path) -> dict:
 
 def run_rl_vla(name: str, args, root: Path) -> dict:
     """RL of the reference VLA itself (``training.rl.flow_policy``) from the task's SFT checkpoint (``--rl-init``:
-    the validation-chosen one, or a kept step), in the act mode RL uses (re-plan every step), segments as
-    ``run_rl``; writes ``rl_vla_result.json``."""
+    the validation-chosen one, or a kept step), acting as it will be evaluated: ``--rl-exec-steps`` actions of
+    each chunk per plan (1: re-plan every env step; k > 1: one RL step executes k actions, the env option
+    ``action_chunk``), segments as ``run_rl``; writes ``rl_vla_result.json`` (``rl_vla_exec<k>_result.json``)."""
     from training.checkpoint import read_header
     from training.rl.flow_policy import from_sft
 
@@ -246,20 +247,36 @@ def run_rl_vla(name: str, args, root: Path) -> dict:
         init = json.loads((work / "result.json").read_text())["checkpoint"]["path"]
     else:
         init = str(sft_dir / f"step_{int(args.rl_init):06d}.pt")
-    start_ckpt = from_sft(init, str(work / "rl_vla" / "start.pt"), env_id=env_id, rl_sigma=args.rl_sigma)
-    print(f"[{name}] VLA RL from {init} (exec_steps 1, sigma {args.rl_sigma}): held-out start ...", flush=True)
+    k, tag = args.rl_exec_steps, _vla_tag(args)
+    start_ckpt = from_sft(init, str(work / tag / "start.pt"), env_id=env_id, rl_sigma=args.rl_sigma, exec_steps=k,
+                          x0_zero=args.rl_x0_zero)
+    print(f"[{name}] VLA RL from {init} (exec_steps {k}, sigma {args.rl_sigma}): held-out start ...", flush=True)
     start = _eval(start_ckpt, env_id, args.episodes, uri, ms)
     print(f"[{name}]   start: {start['k']}/{start['n']}", flush=True)
     lr = args.rl_lr or 3e-4
-    seg = _rl_segments(name, args, work / "rl_vla", uri, start_ckpt, start, lr,
-                       {"algo.epochs": args.rl_epochs, "batching.max_batch_size": 8}, source=f"rl-vla/{name}")
+    objective = _rl_objective(args.rl_reward)
+    if k > 1:  # one RL step = one chunk: k actions, the chain's log-prob covers the chunk
+        objective["env.kwargs"] = {**objective["env.kwargs"], "action_chunk": k}
+    seg = _rl_segments(name, args, work / tag, uri, start_ckpt, start, lr,
+                       {**objective, "algo.epochs": args.rl_epochs, "batching.max_batch_size": 8,
+                        "algo.batch_trajectories": args.rl_batch},
+                       source=f"rl-vla/{name}", steps_per_row=k)
     head = read_header(init)
     result = {"task": name, "env_id": env_id, "policy": "vla", "init": init, "init_step": head.get("step"),
               "sigma": args.rl_sigma, "sft_lineage": head.get("lineage"), "demo_version": _demo_version(uri),
               "start": start, "reward": args.rl_reward, "command": getattr(args, "command", None), **seg,
-              "versions": args.rl_segments * args.rl_versions, "lr": lr, "epochs": args.rl_epochs, "max_steps": ms}
-    (work / "rl_vla_result.json").write_text(json.dumps(result, indent=1))
+              "versions": args.rl_segments * args.rl_versions, "lr": lr, "epochs": args.rl_epochs, "max_steps": ms,
+              "exec_steps": k, "tag": tag, "batch_trajectories": args.rl_batch, "x0_zero": args.rl_x0_zero}
+    (work / f"{tag}_result.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def _vla_tag(args) -> str:
+    """The folder (and ``<tag>_result.json``) of one VLA-RL configuration: rl_vla (re-plan every step),
+    rl_vla_exec<k> (chunks), plus ``_<--rl-name>`` when given (another run of the same act mode)."""
+    k = getattr(args, "rl_exec_steps", 1)
+    tag = "rl_vla" if k == 1 else f"rl_vla_exec{k}"
+    return f"{tag}_{args.rl_name}" if getattr(args, "rl_name", None) else tag
 
 
 def _demo_version(uri: str) -> int | None:
@@ -270,9 +287,11 @@ def _demo_version(uri: str) -> int | None:
 
 
 def _rl_segments(name: str, args, out: Path, uri: str, start_ckpt: str, start: dict, lr: float, extra: dict,
-                 source: str | None = None) -> dict:
+                 source: str | None = None, steps_per_row: int = 1) -> dict:
     """``args.rl_segments`` aa runs, each resuming from the last checkpoint, an evaluation after each (the last on
-    ``args.episodes``, the others on ``args.curve_episodes``); trajectories into the lake at ``uri``."""
+    ``args.episodes``, the others on ``args.curve_episodes``); trajectories into the lake at ``uri``.
+    ``steps_per_row``: env steps per trajectory row (an action chunk's k): env steps are counted as rows x k, an
+    upper bound (an episode's last chunk stops early at success)."""
     import lake
     from training.rl import RLConfig, run, with_overrides
 
@@ -303,7 +322,7 @@ def _rl_segments(name: str, args, out: Path, uri: str, start_ckpt: str, start: d
         rep = run(cfg)
         seg_s = time.perf_counter() - t
         t_rl += seg_s
-        env_steps += rep.consumed_steps
+        env_steps += rep.consumed_steps * steps_per_row
         lake_versions.append(rep.lake.lake_version if rep.lake else None)
         prev = rep.checkpoint
         last = seg + 1 == args.rl_segments
@@ -311,19 +330,29 @@ def _rl_segments(name: str, args, out: Path, uri: str, start_ckpt: str, start: d
         curve.append({"env_steps": env_steps, "version": (seg + 1) * args.rl_versions,
                       "lake_version": lake_versions[-1], "produced": rep.produced, **ev})
         done.write_text(json.dumps({"point": curve[-1], "checkpoint": prev, "rl_seconds": seg_s,
-                                    "run_id": rep.run_id}, indent=1))
+                                    "run_id": rep.run_id, "history": _jsonable(rep.history)}, indent=1))
         print(f"[{name}]   RL segment {seg + 1}: {env_steps} env steps, {ev['k']}/{ev['n']}", flush=True)
     return {"end": curve[-1], "curve": curve, "env_steps": env_steps, "rl_seconds": t_rl,
             "lake_versions": lake_versions, "lake_latest": lake.open(uri).version}
+
+
+def _jsonable(rows) -> list[dict]:
+    """The trainer's per-version rows (success, ratio, clip fraction ...) with plain numbers only."""
+    return [{k: (float(v) if isinstance(v, float) else v) for k, v in r.items()
+             if isinstance(v, (int, float, str, bool))} for r in rows]
 
 
 def _rl_objective(reward: str) -> dict:
     """RL config overrides for the reward. ``success``: Meta-World's success as a sparse reward (1 on the success
     step, the episode ends there, as in evaluation), group-relative advantages over 4 rollouts from one goal
     (GRPO, as VLA RL recipes use). ``dense``: Meta-World's shaped reward, to the time limit (ending on success
-    would forfeit the reward of staying at the goal), scaled to O(1) returns, GAE with the cloned critic."""
+    would forfeit the reward of staying at the goal), scaled to O(1) returns, GAE with the cloned critic.
+    ``dense-grpo``: the same shaped reward and time limit, group-relative advantages (GRPO) of the returns."""
     if reward == "success":
         return {"env.kwargs": {"success_reward": True}, "algo.advantage": "grpo", "algo.group_size": 4}
+    if reward == "dense-grpo":  # the shaped return, ranked within a goal's 4 rollouts (no critic: the VLA's RL)
+        return {"env.kwargs": {"terminate_on_success": False, "reward_scale": RL_REWARD_SCALE},
+                "algo.advantage": "grpo", "algo.group_size": 4}
     return {"env.kwargs": {"terminate_on_success": False, "reward_scale": RL_REWARD_SCALE}, "algo.advantage": "gae"}
 
 
@@ -425,9 +454,10 @@ def libero_report(root: Path, command: str, load: str) -> str | None:
 
 
 def vla_report(root: Path, command: str, load: str, out: Path = HERE) -> str | None:
-    """The VLA-RL section from the ``rl_vla_result.json`` files under ``root`` (None when there are none); its plot
-    goes to ``out``."""
-    rl = [json.loads(p.read_text()) for n in METAWORLD_TASKS if (p := root / n / "rl_vla_result.json").exists()]
+    """The VLA-RL section from the ``rl_vla*_result.json`` files under ``root`` (one row per file: re-plan every
+    step, chunks; None when there are none); its plot goes to ``out``."""
+    rl = [r for n in METAWORLD_TASKS for r in sorted((json.loads(p.read_text()) for p in (root / n).glob(
+        "rl_vla*_result.json")), key=lambda r: (r.get("exec_steps", 1), r.get("tag", "")))]
     if not rl:
         return None
     import matplotlib
@@ -438,7 +468,7 @@ def vla_report(root: Path, command: str, load: str, out: Path = HERE) -> str | N
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for r in rl:
         c = r["curve"]
-        ax.errorbar([p["env_steps"] for p in c], [p["rate"] for p in c], marker="o", capsize=3, label=r["task"],
+        ax.errorbar([p["env_steps"] for p in c], [p["rate"] for p in c], marker="o", capsize=3, label=_mode(r),
                     yerr=[[p["rate"] - p["lo"] for p in c], [p["hi"] - p["rate"] for p in c]])
     ax.set_xlabel("RL env steps (consumed by the learner)")
     ax.set_ylabel("success on held-out goals")
@@ -456,31 +486,47 @@ def vla_report(root: Path, command: str, load: str, out: Path = HERE) -> str | N
         "for RL each Euler denoising step adds Gaussian noise, x_{k+1} = x_k - v(x_k, t_k)/N + sigma eps_k, so the "
         "chain is a Markov chain of Gaussians with an exact log-probability (the sum of the steps' Gaussian "
         "log-densities; ReinFlow / Flow-GRPO style); the trainer re-scores the stored chain under the current "
-        "weights. RL re-plans every env step (only the first action of each chunk is executed; the pipeline keeps "
-        "no per-env chunk queue) and the start checkpoint is evaluated in that same mode; evaluation uses the "
-        "noise-free chain (`VLA.act`). No critic: the success reward (1 on the success step, the episode ends "
-        "there), GRPO over 4 rollouts per goal, decoupled PPO clip 0.2, aa mode (2 env workers x 4 envs, 16 "
-        "trajectories per version). Evaluation: the same 50 held-out goals (env seeds from 1000) at start and end, "
+        "weights. Act mode (column): re-plan every env step (only the chunk's first action is executed), or exec "
+        "k of 8 as SFT evaluation does (one RL step executes the chunk's first k actions in turn, the env option "
+        "`action_chunk`; the chain's log-prob covers the chunk; env steps counted as RL steps x k, an upper bound: "
+        "a successful episode's last chunk stops at the success step); the start checkpoint is evaluated in the "
+        "same mode; evaluation uses the noise-free chain (`VLA.act`). No critic: GRPO over 4 rollouts per goal of "
+        "the reward in the table (success: 1 on the success step, the episode ends there; dense-grpo: Meta-World's "
+        "shaped reward x 0.01 to the time limit), decoupled PPO clip 0.2, aa mode (2 env workers x 4 envs, "
+        "trajectories per version in the table). Evaluation: the same 50 held-out goals (env seeds from 1000) at start and end, "
         "intermediate curve points on the first 20 of them.",
         "",
-        "| task | start checkpoint | sigma / lr / epochs | start (SFT, re-plan every step) | after RL | env steps | "
+        "| task | act mode | start checkpoint | sigma / lr / epochs / reward / trajectories per version | start (SFT, same act mode) | after RL | env steps | "
         "RL wall | lineage: demos lake version / packed table / SFT checkpoint / RL lake versions / eval versions (start, end) |",
-        "|---|---|---|---|---|---:|---:|---|",
+        "|---|---|---|---|---|---|---:|---:|---|",
     ]
     for r in rl:
         s, e, lin = r["start"], r["end"], r["sft_lineage"] or {}
         lines.append(
-            f"| {r['task']} | `{r['task']}/{Path(r['init']).parent.name}/{Path(r['init']).name}` (step {r['init_step']}) "
+            f"| {r['task']} | {_act_mode(r)} | `{r['task']}/{Path(r['init']).parent.name}/{Path(r['init']).name}` "
+            f"(step {r['init_step']}) "
             f"| {r['sigma']} / "
-            f"{r['lr']} / {r['epochs']} | {_pct(s)} | **{_pct(e)}** | {r['env_steps']} | {r['rl_seconds'] / 60:.1f} min "
+            f"{r['lr']} / {r['epochs']} / {r.get('reward', 'success')} / {r.get('batch_trajectories', 16)} | {_pct(s)} | **{_pct(e)}** | {r['env_steps']} | {r['rl_seconds'] / 60:.1f} min "
             f"| v{r['demo_version']} / `{lin.get('packed_table')}` / `{Path(r['init']).name}` (trained on "
             f"v{lin.get('lake_version')}) / "
             f"{', '.join(_v(v) for v in r['lake_versions'])} / {_v(s['eval_version'])}, {_v(e['eval_version'])} |")
-        lines += ["", f"RL curve ({r['task']}; env steps: successes / episodes): "
+    for r in rl:  # after the table: a line between rows would end it
+        lines += ["", f"RL curve ({_mode(r)}; env steps: successes / episodes): "
                   + ", ".join(f"{p['env_steps']}: {p['k']}/{p['n']}" for p in r["curve"])]
-    lines += [f"\nNote ({r['task']}): {r['note']}" for r in rl if r.get("note")]
+    lines += [f"\nNote ({_mode(r)}): {r['note']}" for r in rl if r.get("note")]
     lines += ["", "![closed_loop_rl_vla.png](closed_loop_rl_vla.png)"]
     return "\n".join(lines)
+
+
+def _act_mode(r: dict) -> str:
+    k = r.get("exec_steps", 1)
+    return ("re-plan every step" if k == 1 else f"exec {k} of {HORIZON}") + (", x_0 = 0" if r.get("x0_zero") else "")
+
+
+def _mode(r: dict) -> str:
+    """A run's name in curves and notes: task, act mode, reward, lr, trajectories per version."""
+    return (f"{r['task']}, {_act_mode(r)}, {r.get('reward', 'success')}, lr {r['lr']}, "
+            f"{r.get('batch_trajectories', 16)}/version")
 
 
 def describe_task(env_id: str) -> str:
@@ -606,9 +652,19 @@ def main(argv=None) -> int:
     ap.add_argument("--rl-sft-steps", type=int, default=None,
                     help="vla: start from a short SFT run of this many steps (same lake, pack, recipe; cosine over "
                          "them; kept every quarter, in <task>/sft_<N>/) instead of <task>/sft/")
+    ap.add_argument("--rl-exec-steps", type=int, default=1,
+                    help="vla: actions of each chunk executed per plan in RL and in its evaluations (1: re-plan every "
+                         "env step; SFT evaluation executes 4)")
+    ap.add_argument("--rl-batch", type=int, default=16,
+                    help="vla: trajectories per published version (groups of 4 rollouts of one goal)")
+    ap.add_argument("--rl-x0-zero", action="store_true",
+                    help="vla: the chain starts at x_0 = 0 in RL and its evaluations (all randomness is step noise)")
+    ap.add_argument("--rl-name", default=None,
+                    help="vla: a name for this run's folder and result (<task>/rl_vla[_exec<k>]_<name>): a second "
+                         "configuration of one act mode keeps the first's row")
     ap.add_argument("--rl-sigma", type=float, default=0.1, help="vla: noise std per denoising step (normalized units)")
     ap.add_argument("--rl-epochs", type=int, default=2, help="vla: optimizer steps per global batch")
-    ap.add_argument("--rl-reward", default="success", choices=["success", "dense"])
+    ap.add_argument("--rl-reward", default="success", choices=["success", "dense", "dense-grpo"])
     ap.add_argument("--workdir", default="closed_loop_work")
     ap.add_argument("--report-only", action="store_true", help="rebuild RESULTS.md / plots from the results present")
     ap.add_argument("--record", action="store_true", help=f'replace the "{SECTION}" section of RESULTS.md')
@@ -663,7 +719,7 @@ def main(argv=None) -> int:
             run_task(name, args, root)
         save_report()
     if args.rl_task != "none":
-        done = root / args.rl_task / ("rl_vla_result.json" if args.rl_policy == "vla" else "rl_result.json")
+        done = root / args.rl_task / (f"{_vla_tag(args)}_result.json" if args.rl_policy == "vla" else "rl_result.json")
         if done.exists():
             print(f"[{args.rl_task}] RL done before: {done}", flush=True)
         else:

@@ -116,11 +116,21 @@ class VLA(nn.Module):
 
     @torch.no_grad()
     def sample(self, prefix, cu_prefix, generator: torch.Generator | None = None,
-               cond: torch.Tensor | None = None) -> torch.Tensor:
-        """Normalized action chunks (B, horizon, action_dim); prefix K/V computed once for all steps.
-        ``cond``: ``condition``'s state embedding (models with ``state_in_suffix``)."""
+               cond: torch.Tensor | None = None, noise: torch.Tensor | None = None, sigma: float = 0.0,
+               chain: bool = False) -> torch.Tensor:
+        """Normalized action chunks (B, horizon, action_dim) by Euler steps x_{k+1} = x_k - v(x_k, t_k) / N from
+        Gaussian x_0; prefix K/V computed once for all steps. ``cond``: ``condition``'s state embedding (models
+        with ``state_in_suffix``). ``noise`` (B, N + 1, horizon, action_dim): x_0 = noise[:, 0] (else drawn from
+        ``generator``) and, with ``sigma`` > 0, step k adds ``sigma * noise[:, k + 1]`` (the stochastic chain RL
+        samples, ``training.rl.flow_policy``); ``chain``: return every x_k (B, N + 1, horizon, action_dim)."""
         b = cu_prefix.numel() - 1
-        x = torch.randn(b, self.horizon, self.layout["action_dim"], generator=generator)
+        if noise is None:
+            x = torch.randn(b, self.horizon, self.layout["action_dim"], generator=generator)
+        else:
+            x = noise[:, 0]
+        if sigma and noise is None:
+            raise ValueError("sigma > 0 needs the step noise: pass noise (B, N + 1, horizon, action_dim)")
+        xs = [x]
         cache = self.backbone.prefill(prefix, cu_prefix, self.horizon)
         for step in range(self.denoise_steps):
             t = torch.full((b,), 1.0 - step / self.denoise_steps)
@@ -128,7 +138,10 @@ class VLA(nn.Module):
             suffix = self.action_in[self.embodiment](x) + te[:, None]
             out = self.backbone.forward_suffix(suffix if cond is None else suffix + cond[:, None], cache)
             x = x - self.action_out[self.embodiment](out) / self.denoise_steps
-        return x
+            if sigma:
+                x = x + sigma * noise[:, step + 1]
+            xs.append(x)
+        return torch.stack(xs, 1) if chain else x
 
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray], tasks: list[str]) -> np.ndarray:

@@ -31,44 +31,56 @@ def _obs(n: int, seed: int = 1) -> dict:
     return {"observation.state": np.random.default_rng(seed).standard_normal((n, 3)).astype(np.float32)}
 
 
-def test_sampled_logprob_equals_rescore_and_a_per_row_reference():
-    p = _policy()
+def _reference_logp(p: FlowPolicy, state: np.ndarray, chain: np.ndarray, sigma: float) -> float:
+    """One row's chain log-prob, independently: torch's Normal around x_k - v(x_k, t_k) / N, step by step."""
+    prefix, cu, cond = p._inputs({"observation.state": state[None]})
+    n, ref = p.denoise_steps, 0.0
+    with torch.no_grad():
+        for k in range(n):
+            x = torch.from_numpy(chain[None, k])
+            v = p.velocity(prefix, cu, x, torch.tensor([1.0 - k / n]), cond=cond)
+            ref += float(torch.distributions.Normal(x - v / n, sigma).log_prob(torch.from_numpy(chain[None, k + 1])).sum())
+    return ref
+
+
+@pytest.mark.parametrize("exec_steps", [1, 2])
+def test_sampled_logprob_equals_rescore_and_a_per_row_reference(exec_steps):
+    """The executed actions are the final chunk's first ``exec_steps`` entries (flattened, un-normalized); the
+    log-prob covers the whole chain of the whole chunk, whatever is executed."""
+    p = _policy(exec_steps=exec_steps)
     obs, seeds = _obs(5), np.arange(5) * 7919 + 3
     s = p.act_with_logprob(obs, seeds)
     n, h, a = p.denoise_steps, p.horizon, 2
-    assert s.raw.shape == (5, n + 1, h, a) and s.actions.shape == (5, a) and s.logprob.shape == (5,)
-    # x_0 is row i's own noise; the executed action is the final chunk's first entry, un-normalized
+    assert s.raw.shape == (5, n + 1, h, a) and s.actions.shape == (5, exec_steps * a) and s.logprob.shape == (5,)
+    # x_0 is row i's own noise; the executed actions are the final chunk's first entries, un-normalized
     np.testing.assert_array_equal(s.raw[2, 0], np.random.default_rng(int(seeds[2])).standard_normal((n + 1, h, a))[0]
                                   .astype(np.float32))
-    np.testing.assert_allclose(s.actions, s.raw[:, -1, 0] * [2.0, 0.5] + [0.5, -0.2], rtol=1e-6)
+    want = (s.raw[:, -1, :exec_steps] * [2.0, 0.5] + [0.5, -0.2]).reshape(5, exec_steps * a)
+    np.testing.assert_allclose(s.actions, want, rtol=1e-6)
     logp, ent, value = p.evaluate_actions({k: torch.from_numpy(v) for k, v in obs.items()}, torch.from_numpy(s.raw))
     assert logp.requires_grad and torch.equal(value, torch.zeros(5))
     np.testing.assert_allclose(logp.detach().numpy(), s.logprob, rtol=1e-5, atol=1e-3)
-    # independent: one row at a time, torch's Normal, the mean x_k - v(x_k, t_k) / N
-    for i in range(5):
-        prefix, cu, cond = p._inputs({"observation.state": obs["observation.state"][i:i + 1]})
-        ref = 0.0
-        with torch.no_grad():
-            for k in range(n):
-                x = torch.from_numpy(s.raw[i:i + 1, k])
-                v = p.velocity(prefix, cu, x, torch.tensor([1.0 - k / n]), cond=cond)
-                dist = torch.distributions.Normal(x - v / n, 0.2)
-                ref += float(dist.log_prob(torch.from_numpy(s.raw[i:i + 1, k + 1])).sum())
+    for i in range(5):  # independent: one row at a time
+        ref = _reference_logp(p, obs["observation.state"][i], s.raw[i], 0.2)
         assert s.logprob[i] == pytest.approx(ref, rel=1e-5, abs=1e-3)
     # the chain's entropy: N * horizon * A Gaussian dims of std sigma
     assert float(ent[0]) == pytest.approx(n * h * a * (0.5 * math.log(2 * math.pi * math.e) + math.log(0.2)))
 
 
 def test_zero_noise_chain_is_exactly_vla_sample():
+    """One denoising loop: ``VLA.sample`` from the same x_0 is the zero-noise chain's end, bit for bit."""
     p = _policy()
     prefix, cu, cond = p._inputs(_obs(4))
     ref = p.sample(prefix, cu, generator=torch.Generator().manual_seed(11), cond=cond)
     x0 = torch.randn(4, p.horizon, 2, generator=torch.Generator().manual_seed(11))
     noise = torch.cat([x0[:, None], torch.randn(4, p.denoise_steps, p.horizon, 2)], 1)  # step noise ignored at 0
-    chain, _ = p.sample_chain(prefix, cu, noise, 0.0, cond)
-    assert torch.equal(chain[:, -1], ref)
+    chain, logp = p.sample_chain(prefix, cu, noise, 0.0, cond)
+    assert torch.equal(chain[:, -1], ref) and torch.equal(chain[:, 0], x0) and torch.equal(logp, torch.zeros(4))
+    assert torch.equal(p.sample(prefix, cu, cond=cond, noise=noise), ref)
     noisy, _ = p.sample_chain(prefix, cu, noise, 0.2, cond)
     assert not torch.allclose(noisy[:, -1], ref, atol=1e-3)
+    with pytest.raises(ValueError, match="step noise"):
+        p.sample(prefix, cu, cond=cond, sigma=0.2)
 
 
 def test_same_seed_same_sample_whatever_the_batch():
@@ -127,3 +139,20 @@ def test_grpo_ppo_steps_move_the_first_action_towards_the_reward():
             opt.step()
     after = mean_first_action()
     assert after > before + 0.2, (before, after)
+
+
+def test_x0_zero_starts_every_chain_at_zero_in_rl_and_in_act():
+    """``x0_zero``: RL's chains start at 0 (the log-prob is unchanged: it never held x_0), and ``act`` is then
+    deterministic: the noise-free chain from 0."""
+    p = _policy(x0_zero=True)
+    obs = _obs(3)
+    s = p.act_with_logprob(obs, np.array([1, 2, 3]))
+    assert np.all(s.raw[:, 0] == 0)
+    logp, _, _ = p.evaluate_actions({k: torch.from_numpy(v) for k, v in obs.items()}, torch.from_numpy(s.raw))
+    np.testing.assert_allclose(logp.detach().numpy(), s.logprob, rtol=1e-5, atol=1e-3)
+    prefix, cu, cond = p._inputs(obs)
+    ref = p.sample(prefix, cu, cond=cond, noise=torch.zeros(3, p.denoise_steps + 1, p.horizon, 2))
+    a1 = p.act(obs, ["reach"] * 3)
+    p.reset(3)
+    np.testing.assert_array_equal(a1, p.act(obs, ["reach"] * 3))
+    np.testing.assert_allclose(a1, p.unnormalize(ref[:, 0].numpy()), rtol=1e-6)

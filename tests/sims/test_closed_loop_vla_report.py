@@ -48,4 +48,14 @@ def test_vla_section_renders_start_end_curve_and_lineage(tmp_path):
     assert "25/50 = 50%" in row and "**40/50 = 80%" in row and "| 2000 |" in row
     assert "v1 / `packed_abc` / `step_000020.pt` (trained on v2) / v21, v23 / v20, v24" in row
     assert "0: 25/50, 900: 12/20, 2000: 40/50" in text and "`the command`" in text
+    assert "| re-plan every step |" in row
     assert (tmp_path / "closed_loop_rl_vla.png").exists()
+    # a chunked run (exec 4 of 8) is a second row beside it, its curve and note named by act mode
+    chunked = {**result, "exec_steps": 4, "env_steps": 8000, "end": _point(45, 50, 8000, 30), "note": "chunks"}
+    (tmp_path / "reach-v3" / "rl_vla_exec4_result.json").write_text(json.dumps(chunked))
+    text = closed_loop.vla_report(tmp_path, "cmd", "load", out=tmp_path)
+    rows = [line for line in text.splitlines() if line.startswith("| reach-v3 |")]
+    assert len(rows) == 2 and "| exec 4 of 8 |" in rows[1] and "**45/50 = 90%" in rows[1] and "| 8000 |" in rows[1]
+    assert "Note (reach-v3, exec 4 of 8, success, lr 0.0003, 16/version): chunks" in text
+    table = text[text.index("| task |"):text.index("RL curve")].strip().splitlines()
+    assert len(table) == 4 and all(line.startswith("|") for line in table)  # one table: header, rule, 2 rows

@@ -94,3 +94,29 @@ def test_vector_env_as_rl_workers_use_it_resets_only_the_masked_envs_with_their_
     finally:
         vec.close()
         single.close()
+
+
+def test_action_chunk_env_executes_the_chunk_in_turn_and_stops_at_the_time_limit():
+    """``action_chunk = 3``: one step = three steps of the plain env (same observation, summed reward); the time
+    limit counts inner steps, so the second chunk of a 4-step episode stops after one."""
+    from training.rl.envs import make_env
+
+    chunked = make_env("metaworld/reach-v3", max_episode_steps=4, kwargs={"action_chunk": 3})
+    single = make_env("metaworld/reach-v3", max_episode_steps=4)
+    try:
+        assert chunked.action_space.shape == (12,)
+        acts = np.random.default_rng(0).uniform(-1, 1, (6, 4)).astype(np.float32)
+        np.testing.assert_array_equal(chunked.reset(seed=5)[0], single.reset(seed=5)[0])
+        obs, reward, term, trunc, info = chunked.step(acts[:3].reshape(-1))
+        want = [single.step(a) for a in acts[:3]]
+        np.testing.assert_array_equal(obs, want[-1][0])
+        assert reward == pytest.approx(sum(w[1] for w in want)) and reward > 0
+        assert info["chunk_steps"] == 3 and not term and not trunc
+        obs, reward, term, trunc, info = chunked.step(acts[3:].reshape(-1))
+        o4, r4, _, t4, _ = single.step(acts[3])
+        assert info["chunk_steps"] == 1 and trunc and t4
+        np.testing.assert_array_equal(obs, o4)
+        assert reward == pytest.approx(r4)
+    finally:
+        chunked.close()
+        single.close()

@@ -125,22 +125,30 @@ def get_family(env_id: str) -> EnvFamily:
 
 def make_env(env_id: str, *, image: bool = False, max_episode_steps: int | None = None, kwargs: dict | None = None,
              render: bool = False):
-    """One Gymnasium env. Raises ValueError if the id is unknown, names a module, or its actions are not a Box."""
-    import gymnasium as gym
-
+    """One Gymnasium env. Raises ValueError if the id is unknown, names a module, or its actions are not a Box.
+    ``kwargs["action_chunk"] = k`` (> 1): wrapped in ``ChunkedActions`` (one step executes k actions)."""
     if not isinstance(env_id, str) or ":" in env_id:
         raise ValueError(f"env id {env_id!r}: 'module:Env' ids are refused (an id never names code to import); "
                          f"register the namespace with training.rl.register_env_namespace")
+    kwargs = dict(kwargs or {})
+    chunk = int(kwargs.pop("action_chunk", 1))
+    env = _make_env(env_id, image=image, max_episode_steps=max_episode_steps, kwargs=kwargs, render=render)
+    return ChunkedActions(env, chunk) if chunk > 1 else env
+
+
+def _make_env(env_id: str, *, image: bool, max_episode_steps: int | None, kwargs: dict, render: bool):
+    import gymnasium as gym
+
     fam = get_family(env_id)
     if fam.make is not None:
-        return fam.make(env_id, image=image, max_episode_steps=max_episode_steps, render=render, **(kwargs or {}))
+        return fam.make(env_id, image=image, max_episode_steps=max_episode_steps, render=render, **kwargs)
     ns = env_id.split("/")[0] if "/" in env_id else None
     if ns in ENV_NAMESPACES:  # namespaced ids register on import (gym_pusht/PushT-v0 needs ``import gym_pusht``)
         try:
             ENV_NAMESPACES[ns]()
         except ImportError as e:
             raise ValueError(f"env {env_id!r}: its package is not installed ({e})") from None
-    kw = {**fam.make_kwargs(image), **(kwargs or {})}
+    kw = {**fam.make_kwargs(image), **kwargs}
     if render:
         kw.setdefault("render_mode", "rgb_array")
     try:
@@ -152,6 +160,46 @@ def make_env(env_id: str, *, image: bool = False, max_episode_steps: int | None 
     if not isinstance(env.action_space, gym.spaces.Box):
         raise ValueError(f"env {env_id!r}: actions are {env.action_space}; the Gaussian policies need a Box")
     return env
+
+
+class ChunkedActions:
+    """An env whose one step executes ``k`` actions in turn (an action chunk as a macro-action, as a VLA executes
+    its chunks): action ``(k * A,)`` = k actions of the inner env, flattened. Stops early when the inner episode
+    ends; the reward is the sum over the executed actions, ``info["is_success"]`` true if any executed step
+    succeeded, ``info["chunk_steps"]`` the inner steps taken. Time limits count inner steps (the inner env's).
+    Env option ``action_chunk = k`` (``make_env``); RL with ``FlowPolicy`` at ``exec_steps = k``."""
+
+    def __init__(self, env, k: int):
+        import gymnasium as gym
+
+        space = env.action_space
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+            raise ValueError(f"action_chunk needs flat Box actions, got {space}")
+        self.env, self.k, self._a = env, int(k), space.shape[0]
+        self.action_space = gym.spaces.Box(np.tile(space.low, self.k), np.tile(space.high, self.k),
+                                           (self.k * self._a,), space.dtype)
+        self.observation_space = env.observation_space
+        self.metadata = getattr(env, "metadata", {})
+
+    def __getattr__(self, name):  # everything else (render, np_random, spec ...) is the inner env's
+        return getattr(self.env, name)
+
+    def reset(self, *, seed=None, options=None):
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action):
+        acts = np.asarray(action).reshape(self.k, self._a)
+        total, success = 0.0, False
+        for j in range(self.k):
+            obs, reward, term, trunc, info = self.env.step(acts[j])
+            total += float(reward)
+            success = success or bool(info.get("is_success", False))
+            if term or trunc:
+                break
+        return obs, total, term, trunc, {**info, "is_success": success, "chunk_steps": j + 1}
+
+    def close(self):
+        self.env.close()
 
 
 def make_vector_env(env_id: str, num_envs: int, *, image: bool = False, max_episode_steps: int | None = None,

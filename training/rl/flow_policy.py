@@ -15,13 +15,17 @@ action_dim) per row, normalized units; ``evaluate_actions`` re-scores a stored c
 (the means depend on them, the x's are data), differentiably. The entropy is the Gaussian steps' (a constant:
 ``sigma`` is fixed, set by ``rl_sigma``); the value is 0 (no critic: use GRPO).
 
-Acting mode: the RL pipeline asks for one action per env step and keeps no per-env state, so RL re-plans every
-step (``exec_steps = 1``, only the chunk's first action is executed) and ``from_sft`` sets the same for the
-checkpoint, so ``lake eval`` measures the policy in the mode RL trains (the start point included). The chain
-still covers the whole chunk: the first action depends on every chunk entry through attention.
+Acting mode: ``exec_steps`` (the checkpoint's, as SFT evaluation executes chunks). With ``exec_steps = 1`` RL
+re-plans every env step (only the chunk's first action is executed). With ``exec_steps = k > 1`` one RL step is a
+chunk: the policy returns the first k actions of the chunk flattened (B, k * A) and the env executes them in
+turn (``training.rl.envs.ChunkedActions``, env option ``action_chunk = k``), so RL samples k times fewer chains
+per env step and ``lake eval`` of the same checkpoint (``VLA.act``, k actions per chunk) measures the policy in
+the mode RL trains. ``from_sft`` sets ``exec_steps``. Either way the chain's log-prob covers the whole chunk:
+the executed entries depend on every chunk entry through attention.
 
 Sampling is a pure function of (weights, observation row, seed row): row i's x_0 and eps come from
-``numpy.random.default_rng(seeds[i])``. ``act`` (evaluation) is ``VLA.act``: the noise-free chain.
+``numpy.random.default_rng(seeds[i])``. ``act`` (evaluation) is ``VLA.act``: the noise-free chain. ``x0_zero``:
+every chain (RL and ``act``) starts at x_0 = 0, so the only randomness is the step noise the log-prob holds.
 """
 
 from __future__ import annotations
@@ -46,11 +50,21 @@ class FlowPolicy(VLA):
     noise std (normalized action units); ``task``: the instruction the policy is given (RL observations carry
     no text)."""
 
-    def __init__(self, *, rl_sigma: float = 0.1, task: str = "", **vla_config):
+    def __init__(self, *, rl_sigma: float = 0.1, task: str = "", x0_zero: bool = False, **vla_config):
         super().__init__(**vla_config)
         if not rl_sigma > 0:
             raise ValueError(f"rl_sigma must be > 0 (the chain's log-prob needs noise), got {rl_sigma!r}")
-        self.rl_sigma, self.task = float(rl_sigma), str(task)
+        self.rl_sigma, self.task, self.x0_zero = float(rl_sigma), str(task), bool(x0_zero)
+
+    def sample(self, prefix, cu_prefix, generator=None, cond=None, noise=None, sigma: float = 0.0,
+               chain: bool = False):
+        """``VLA.sample``; with ``x0_zero`` the chain starts at x_0 = 0 (the prior's mean) when no noise is given
+        (``act``, evaluation), as RL samples it: x_0's randomness is outside the log-prob (it does not depend on
+        the weights), so with it the only randomness is the step noise the policy gradient is built on."""
+        if noise is None and self.x0_zero:
+            b = cu_prefix.numel() - 1
+            noise = torch.zeros(b, self.denoise_steps + 1, self.horizon, self.layout["action_dim"])
+        return super().sample(prefix, cu_prefix, generator, cond, noise=noise, sigma=sigma, chain=chain)
 
     # --- shared: prefix and state condition from batched numpy observations --------------------------------
 
@@ -66,39 +80,34 @@ class FlowPolicy(VLA):
     def _noise(self, seeds: np.ndarray) -> torch.Tensor:
         """(B, N + 1, horizon, action_dim): row i's x_0 and step noises, from ``seeds[i]`` alone."""
         shape = (self.denoise_steps + 1, self.horizon, self.layout["action_dim"])
-        return torch.from_numpy(np.stack([np.random.default_rng(int(s)).standard_normal(shape)
-                                          for s in np.asarray(seeds)]).astype(np.float32))
+        noise = torch.from_numpy(np.stack([np.random.default_rng(int(s)).standard_normal(shape)
+                                           for s in np.asarray(seeds)]).astype(np.float32))
+        if self.x0_zero:
+            noise[:, 0] = 0.0
+        return noise
 
     # --- sampling (rollouts) -------------------------------------------------------------------------------
 
     @torch.no_grad()
     def sample_chain(self, prefix, cu_prefix, noise: torch.Tensor, sigma: float,
                      cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(chain (B, N + 1, horizon, A), log-prob (B,)) from ``noise`` (B, N + 1, horizon, A): x_0 = noise[:, 0],
-        step k adds ``sigma * noise[:, k + 1]``. ``sigma = 0`` is ``VLA.sample`` from the same x_0 (the same
-        operations in the same order; the log-prob is then meaningless and returned as 0)."""
-        b, n = cu_prefix.numel() - 1, self.denoise_steps
-        x = noise[:, 0]
-        xs, logp = [x], torch.zeros(b)
-        cache = self.backbone.prefill(prefix, cu_prefix, self.horizon)
-        for step in range(n):  # VLA.sample's loop, plus the noise
-            t = torch.full((b,), 1.0 - step / n)
-            te = self.time_mlp(sincos_embedding(t, self.backbone.cfg.width))
-            suffix = self.action_in[self.embodiment](x) + te[:, None]
-            out = self.backbone.forward_suffix(suffix if cond is None else suffix + cond[:, None], cache)
-            mean = x - self.action_out[self.embodiment](out) / n
-            x = mean + sigma * noise[:, step + 1] if sigma else mean
-            if sigma:
-                logp = logp + _gaussian_logp(x, mean, sigma)
-            xs.append(x)
-        return torch.stack(xs, 1), logp
+        """(chain (B, N + 1, horizon, A), log-prob (B,)) from ``noise`` (B, N + 1, horizon, A): ``VLA.sample``'s
+        loop (x_0 = noise[:, 0], step k adds ``sigma * noise[:, k + 1]``). Step k's residual x_{k+1} - mu_k is
+        ``sigma * noise[:, k + 1]``, so the log-prob is that noise's Gaussian density (0 when ``sigma`` = 0)."""
+        chain = self.sample(prefix, cu_prefix, cond=cond, noise=noise, sigma=sigma, chain=True)
+        if not sigma:
+            return chain, torch.zeros(len(chain))
+        return chain, _gaussian_logp(sigma * noise[:, 1:], torch.zeros(()), sigma)
 
     @torch.no_grad()
     def act_with_logprob(self, obs: dict[str, np.ndarray], seeds: np.ndarray) -> ActionSample:
+        """The executed actions are the final chunk's first ``exec_steps`` entries, flattened (B, exec_steps * A):
+        with ``exec_steps`` > 1 the env must execute that many actions per step (``training.rl.envs``'
+        ``action_chunk``); the chain's log-prob covers the whole chunk, executed or not."""
         prefix, cu, cond = self._inputs(obs)
         chain, logp = self.sample_chain(prefix, cu, self._noise(seeds), self.rl_sigma, cond)
-        actions = self.unnormalize(chain[:, -1, 0].numpy()).astype(np.float32)  # the chunk's first action
-        b = len(actions)
+        b, k = len(chain), self.exec_steps
+        actions = self.unnormalize(chain[:, -1, :k].numpy()).reshape(b, -1).astype(np.float32)
         return ActionSample(actions, chain.numpy(), logp.numpy().astype(np.float32), np.zeros(b, np.float32))
 
     # --- re-scoring (the loss) -----------------------------------------------------------------------------
@@ -153,9 +162,7 @@ class FlowPolicy(VLA):
 
 def _gaussian_logp(x: torch.Tensor, mean: torch.Tensor, sigma: float) -> torch.Tensor:
     """Sum over all but the batch dim of log N(x; mean, sigma^2)."""
-    z = (x - mean) / sigma
-    per = -0.5 * z.pow(2) - math.log(sigma) - 0.5 * math.log(2 * math.pi)
-    return per.flatten(1).sum(1)
+    return torch.distributions.Normal(mean, sigma).log_prob(x).flatten(1).sum(1)
 
 
 def make_flow_policy(**config) -> FlowPolicy:
@@ -167,7 +174,7 @@ register_factory(FACTORY, make_flow_policy)
 
 
 def from_sft(sft_checkpoint: str, out: str, *, env_id: str, rl_sigma: float = 0.1, exec_steps: int = 1,
-             task: str | None = None) -> str:
+             task: str | None = None, x0_zero: bool = False) -> str:
     """An RL start checkpoint (factory ``vla_flow``) holding an SFT ``vla`` checkpoint's weights unchanged, acting
     with ``exec_steps``; ``task``: default the env family's. Its lineage is the SFT checkpoint's, plus where it
     came from. Returns ``out``. Raises ValueError for a checkpoint that is not a VLA."""
@@ -178,8 +185,10 @@ def from_sft(sft_checkpoint: str, out: str, *, env_id: str, rl_sigma: float = 0.
     ckpt = load(sft_checkpoint)
     if ckpt["factory"] not in ("vla", FACTORY):
         raise ValueError(f"{sft_checkpoint}: factory {ckpt['factory']!r} is not the reference VLA")
-    config = {k: v for k, v in ckpt["config"].items() if k not in ("rl_sigma", "task")}
+    config = {k: v for k, v in ckpt["config"].items() if k not in ("rl_sigma", "task", "x0_zero")}
     config.update(exec_steps=exec_steps, rl_sigma=rl_sigma, task=task or get_family(env_id).default_task)
+    if x0_zero:
+        config["x0_zero"] = True
     policy = make_flow_policy(**config)
     policy.load_state_dict(ckpt["state_dict"])
     lin = dict(ckpt.get("lineage") or {})
