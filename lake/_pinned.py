@@ -27,6 +27,11 @@ def _manifest_key(ds) -> list:
     return [{k: v for k, v in fr.metadata.to_json().items() if k in keep} for fr in ds.get_fragments()]
 
 
+def _lost_race(e: Exception) -> bool:
+    """Whether a Lance commit failed only because a concurrent commit came first."""
+    return "conflict" in str(e).lower() or "preempted" in str(e).lower()
+
+
 def on_pinned(store: Store, table: str, pinned: int, apply: Callable | None, attempts: int = 20) -> int:
     """Run ``apply(ds)``, with ``ds`` the newest Lance version of ``table`` holding exactly the pinned version's
     content; ``apply`` commits one Lance operation on ``ds.version`` and returns the new dataset (or version).
@@ -40,7 +45,7 @@ def on_pinned(store: Store, table: str, pinned: int, apply: Callable | None, att
             if new == pinned + 1:
                 return new
         except (OSError, ValueError) as e:  # a newer version conflicts: the general path below
-            if "conflict" not in str(e).lower() and "preempted" not in str(e).lower():
+            if not _lost_race(e):
                 raise
     for attempt in range(attempts):
         ds = store.dataset(table)
@@ -60,7 +65,13 @@ def on_pinned(store: Store, table: str, pinned: int, apply: Callable | None, att
         base = ds.version
         if apply is None:  # only make the pinned content the newest version
             return base
-        out = apply(ds)
+        try:
+            out = apply(ds)
+        except (OSError, ValueError) as e:  # another writer's restore or edit landed first (Lance refuses to
+            if not _lost_race(e):  # rebase an Append over a Restore): put the pinned content back and retry
+                raise
+            time.sleep(0.02 * (attempt + 1))
+            continue
         new = out if isinstance(out, int) else out.version
         if new == base + 1:
             return new
