@@ -15,24 +15,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-import torch
 
 from loaders import cache as _cache
 from loaders import shardfile
+from test_cache import _same, _shards  # the same batch and shard-file checks as the warm-cache tests
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _same(got, want) -> None:
-    assert [b.pack_ids.tolist() for b in got] == [b.pack_ids.tolist() for b in want]
-    for a, b in zip(got, want):
-        assert a.origin == b.origin and a.max_seqlen == b.max_seqlen
-        for name, t in b._tensors().items():
-            assert torch.equal(getattr(a, name), t), name
-
-
-def _shards(d: Path) -> list[Path]:
-    return sorted(d.glob("*/shard-*.lks"))
 
 
 @pytest.mark.parametrize("shuffle,batch_packs,world_size", [("random", 3, 1), ("blocks:8", 2, 2)])
