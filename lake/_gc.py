@@ -2,9 +2,9 @@
 
 Kept: every tagged version, the newest ``keep_last`` versions (the head always), and every version newer
 than ``keep_within``. Deleted, for every other version: the Lance versions (manifests) of each table that no
-kept version pins, the data files only they reference (Lance ``cleanup_old_versions`` with an explicit list
-of versions, so a version a writer is building above the head's pins is never touched), and whole tables
-that no kept version pins any more (old ``packed_*`` / ``decoded_*`` tables, frames tables of deleted
+kept version pins with their side files (``lake._sidefiles``), the data files only they reference (Lance
+``cleanup_old_versions`` with an explicit list of versions, so a version a writer is building above the head's
+pins is never touched), and whole tables that no kept version pins any more (old ``packed_*`` / ``decoded_*`` tables, frames tables of deleted
 sources). Old Lance versions of ``_log`` and ``_refs`` go too (their rows stay: every log entry, with its
 message and pins, survives gc, marked ``data_deleted``, so checkpoint lineage still names its version).
 
@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from . import _versions
+from . import _sidefiles, _versions
 from ._store import Store, filesystem
 
 
@@ -119,8 +119,11 @@ def gc(store: Store, keep_last: int = 10, keep_within=None, dry_run: bool = Fals
         elif name in pins:
             ds = store.dataset(name)
             # versions above the head's pin may be a writer's work in progress: never touched
-            doomed_lance = _lance_versions_to_delete(ds, pins[name], head.get(name, max(pins[name])))
+            below = head.get(name, max(pins[name]))
+            doomed_lance = _lance_versions_to_delete(ds, pins[name], below)
             freed += _cleanup(ds, doomed_lance, dry_run)
+            for side in _sidefiles.stale(fs, path, pins[name], below):  # derived from versions just deleted
+                freed += _remove(fs, side, dry_run)
         elif name in ever:  # pinned once, by versions gc deleted: the whole table goes
             removed.append(name)
             if dry_run:

@@ -68,8 +68,11 @@ class ProcessLocal:
     """A value made lazily by ``make()`` in each process that asks for it (a fork's child makes its own, and
     pickling drops it)."""
 
-    def __init__(self, make):
+    def __init__(self, make, value=None):
+        """``value``: this process's value, already made (None: made on first use)."""
         self._make, self._pid, self._value = make, None, None
+        if value is not None:
+            self._value, self._pid = value, os.getpid()
 
     def get(self):
         if self._pid != os.getpid():

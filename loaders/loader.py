@@ -46,7 +46,7 @@ from . import partition as _partition
 from . import reads as _reads
 from . import split_index as _split_index
 from .batch import PackedBatch, gathered_batch, packed_batch
-from .packings import PackedSource, resolve
+from .packings import PackedSource, resolve, resolve_open
 from .retry import retrying
 from .shuffle import get_shuffle
 from .world import World, detect
@@ -135,7 +135,7 @@ class Loader(IterableDataset):
                  pin_memory: bool = False, device=None, partition: str = "balanced", cache_dir=None,
                  progress: bool = True, persistent_workers: bool = True, multiprocessing_context=None,
                  cache_limit=None, shard_packs: int = 16, cache_window: int = 4, cache_level: int | None = None,
-                 index: _split_index.SplitIndex | None = None):
+                 index: _split_index.SplitIndex | None = None, dataset=None):
         if batch_packs < 1:
             raise ValueError(f"batch_packs must be >= 1, got {batch_packs}")
         if num_workers < 0 or prefetch < 0:
@@ -150,7 +150,8 @@ class Loader(IterableDataset):
         self.multiprocessing_context = multiprocessing_context
         self.persistent_workers = bool(persistent_workers)
         self.shared = Position(self.epoch, 0, 0, self.seed, world)  # what workers start from (see Position)
-        self._ds = _forks.ProcessLocal(source.open)  # each process opens the table itself, after any fork
+        # each process opens the table itself, after any fork (``dataset``: this process's, opened by resolve)
+        self._ds = _forks.ProcessLocal(source.open, dataset)
         self._workers = None  # this loader's own DataLoader (num_workers > 0), made on first iteration
         self._helpers: list = []  # Lance helpers started for its forked workers, one each (see _context)
         if index is None:  # read the split's pack index (``index``: kept from an earlier start, see split_index)
@@ -168,16 +169,29 @@ class Loader(IterableDataset):
                                           long_reads="://" in source.uri)
 
     def _read_index(self, source: PackedSource, split: str) -> _split_index.SplitIndex:
+        from packers import pack_index as _pack_index  # here: ``lake`` is imported only where a stream starts
+
         ds = self._dataset()
-        meta = retrying(lambda: ds.to_table(columns=["split", "n_tokens"], with_row_address=True),
-                        f"reading {source.table} index", source.backoff)
-        splits = np.asarray(meta["split"].to_numpy(zero_copy_only=False))
+        # the packer's side file (one small object, verified against this version's manifest), else the table
+        # itself (two columns of every pack: a footer and pages per data file)
+        got = None
+        try:
+            got = _pack_index.read(ds, source.table_uri, source.table, source.storage_options)
+        except _pack_index.Unusable as e:
+            import warnings
+
+            warnings.warn(f"{e}: reading the pack index from the table", RuntimeWarning, stacklevel=3)
+        if got is None:
+            meta = retrying(lambda: ds.to_table(columns=["split", "n_tokens"], with_row_address=True),
+                            f"reading {source.table} index", source.backoff)
+            got = (np.asarray(meta["split"].to_numpy(zero_copy_only=False)), meta["_rowaddr"].to_numpy(),
+                   np.asarray(meta["n_tokens"].to_numpy()))
+        splits, addrs, tokens = got
         rows = np.flatnonzero(splits == split).astype(np.int64)
         if len(rows) == 0:
             raise ValueError(f"packed table {source.table} has no packs in split {split!r} "
                              f"(splits: {sorted(set(splits.tolist()))})")
-        return _split_index.SplitIndex(source, rows, meta["_rowaddr"].to_numpy()[rows],
-                                       np.asarray(meta["n_tokens"].to_numpy())[rows].astype(np.int64),
+        return _split_index.SplitIndex(source, rows, np.asarray(addrs)[rows], np.asarray(tokens)[rows].astype(np.int64),
                                        tuple(n for n in ds.schema.names if n not in _SKIP))
 
     def split_index(self) -> _split_index.SplitIndex:
@@ -509,13 +523,13 @@ def stream(lk, split: str, recipe=None, version=None, batch_packs: int = 1, shuf
     if cache_dir is not None:  # the resolved start of this lake version, kept beside the shards (split_index)
         kept = _split_index.key(lk, recipe, split)
         index = _split_index.load(cache_dir, kept, split, lk.storage_options)
-    source = index.source if index is not None else resolve(lk, recipe)
+    source, dataset = (index.source, None) if index is not None else resolve_open(lk, recipe)
     loader = Loader(source, split, batch_packs=batch_packs, shuffle=name, seed=seed, epoch=epoch,
                     world=detect(rank, world_size), num_workers=num_workers, prefetch=prefetch,
                     pin_memory=pin_memory, device=device, partition=partition, cache_dir=cache_dir, progress=progress,
                     persistent_workers=persistent_workers, multiprocessing_context=multiprocessing_context,
                     cache_limit=cache_limit, shard_packs=shard_packs, cache_window=cache_window,
-                    cache_level=cache_level, index=index)
+                    cache_level=cache_level, index=index, dataset=dataset)
     if kept is not None and index is None:
         _split_index.save(cache_dir, kept, split, loader.split_index())
     return loader

@@ -59,6 +59,12 @@ def resolve(lk, recipe=None, version=None, backoff: Backoff = Backoff()) -> Pack
 
     Raises PackedTableNotFound when the lake version has no packed table, or none for that recipe.
     """
+    return resolve_open(lk, recipe, version, backoff)[0]
+
+
+def resolve_open(lk, recipe=None, version=None, backoff: Backoff = Backoff()):
+    """``resolve``, and the Lance dataset it opened to pin the version (a stream reads through it rather than
+    opening the table again: on an object store each open reads the manifest)."""
     if version is not None:
         lk = lk.checkout(version)
     want = _recipe_hash(recipe)
@@ -89,4 +95,4 @@ def resolve(lk, recipe=None, version=None, backoff: Backoff = Backoff()) -> Pack
 
     return PackedSource(uri=lk.uri, table=row["table"], lance_version=ds.version, lake_version=lk.version,
                         recipe_hash=row["recipe_hash"], layout=layout_of(ds.schema),
-                        storage_options=lk.storage_options, backoff=backoff)
+                        storage_options=lk.storage_options, backoff=backoff), ds

@@ -194,6 +194,7 @@ def pack(lk, recipe=None, *, mixture=None, repack: bool = False, progress: bool 
         eps, lineage = plan_mixture(lk, recipe, eps)
         if prior and not repack:
             if json.loads(prior[-1].get("mixture_json") or "{}").get("selection") == lineage["selection"]:
+                _side_index(lk, table)
                 return PackReport(None, table, recipe.hash, 0, 0, 0.0, 0, False, time.perf_counter() - t0, lineage)
             repack = True  # another selection: another draw, the whole table
     current = set(eps["episode_id"].to_pylist()) if isinstance(eps, pa.Table) else {e["episode_id"] for e in eps}
@@ -227,6 +228,7 @@ def pack(lk, recipe=None, *, mixture=None, repack: bool = False, progress: bool 
     rows = eps.to_pylist() if isinstance(eps, pa.Table) else eps
     todo = [r for r in rows if r["episode_id"] not in done]
     if not todo:
+        _side_index(lk, table)
         return PackReport(None, table, recipe.hash, 0, 0, 0.0, 0, False, time.perf_counter() - t0)
     from ._embodiments import camera_of
 
@@ -273,8 +275,23 @@ def pack(lk, recipe=None, *, mixture=None, repack: bool = False, progress: bool 
                              {"recipe_hash": recipe.hash, "packs": packs_n, "samples": samples_n, "fill": round(fill, 5),
                               "source_version": lk.version,
                               **({"mixture": {m["name"]: m["weight"] for m in lineage["sources"]}} if lineage else {})})
+    _side_index(lk.checkout(entry.version), table)
     return PackReport(entry.version, table, recipe.hash, packs_n, samples_n, fill, n_eps, bool(repack and prior),
                       time.perf_counter() - t0, lineage)
+
+
+def _side_index(lk, table: str) -> None:
+    """The packed table's pack index as a side file (``pack_index``). Derived data, written after the commit: a
+    failure leaves the lake as committed (readers then read the index from the table), so it only warns."""
+    from . import pack_index
+
+    try:
+        pack_index.ensure(lk, table)
+    except Exception as e:  # noqa: BLE001 - any failure: the table is committed and readable without it
+        import warnings
+
+        warnings.warn(f"pack index side file of {table} not written ({e!r}); streams read it from the table",
+                      RuntimeWarning, stacklevel=3)
 
 
 def _features(lk) -> dict:
