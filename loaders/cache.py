@@ -55,7 +55,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import retry as _retry
-from . import shardfile
+from . import fragfiles, shardfile
 from .retry import retrying
 
 STATS = {"hits": 0, "fetches": 0, "takes": 0, "fetched_bytes": 0, "written_bytes": 0, "evictions": 0}
@@ -98,8 +98,9 @@ class ShardSource:
     store in one batch of the whole read: see ``pieces``)."""
 
     def __init__(self, source, rows: np.ndarray, columns: list[str], shard_packs: int, addrs=None, filter=None,
-                 dataset=None):
+                 dataset=None, spool=None):
         self.source, self.rows, self.columns, self.shard_packs = source, rows, columns, int(shard_packs)
+        self.spool = spool  # a local folder for whole data files on their way (``fragfiles``; None: the temp dir)
         self.addrs, self.filter = addrs, filter
         self.dataset = dataset  # a forks.ProcessLocal of the table shared with the loader (its metadata read once)
         self._ds = None
@@ -158,9 +159,13 @@ class ShardSource:
                 # From an object store the allow-list alone selects the rows: the filter (there for speed
                 # locally: late materialization) reads its column too, 3 more GETs of the PushT split (42 vs 39).
                 store = "://" in src.uri
-                batches = ds.scanner(columns=self.columns, filter=None if store else self.filter,
-                                     scan_in_order=True, row_addr_allowlist=serialize_row_addrs(addrs.tolist()),
-                                     batch_size=len(addrs) if store else sp).to_batches()
+                # from an object store, whole data files when the read needs most of their rows (``fragfiles``)
+                batches = fragfiles.fetch(ds, addrs, self.columns, src.table_uri, src.storage_options,
+                                          self.spool) if store else None
+                if batches is None:
+                    batches = ds.scanner(columns=self.columns, filter=None if store else self.filter,
+                                         scan_in_order=True, row_addr_allowlist=serialize_row_addrs(addrs.tolist()),
+                                         batch_size=len(addrs) if store else sp).to_batches()
                 pieces, have = [], 0
                 for rb in batches:
                     pieces.append(rb)

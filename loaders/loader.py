@@ -163,7 +163,8 @@ class Loader(IterableDataset):
             key = _cache.cache_key(source.table_uri, source.lance_version, split, self.columns, shard_packs)
             self.cache = _cache.NodeCache(cache_dir, key, len(self.rows), shard_packs,
                                           _cache.ShardSource(source, self.rows, self.columns, shard_packs,
-                                                             self.addrs, _split_filter(split), self._ds),
+                                                             self.addrs, _split_filter(split), self._ds,
+                                                             spool=cache_dir),
                                           limit=cache_limit, window=cache_window,
                                           level=_shardfile.LEVEL if cache_level is None else int(cache_level),
                                           long_reads="://" in source.uri)

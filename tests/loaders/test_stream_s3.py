@@ -158,3 +158,68 @@ def test_an_endpoint_restart_mid_epoch_loses_and_repeats_nothing(s3_packed, prox
     assert got == want  # every pack once, in order, same bytes
     assert retry.STATS["retries"] > retries  # the loader's retry, not luck, bridged the outage
     assert len(want) > 4 and "at" in outage
+
+
+@pytest.fixture(scope="module")
+def counted():
+    """(endpoint, log) of a moto S3 server whose WSGI app is wrapped to log each request it answers:
+    (method, path, Range header)."""
+    import boto3
+    from moto.moto_server.threaded_moto_server import MotoRequestHandler
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    app, log = DomainDispatcherApplication(create_backend_app), []
+
+    def logged(environ, start_response):
+        log.append((environ["REQUEST_METHOD"], environ["PATH_INFO"], environ.get("HTTP_RANGE")))
+        return app(environ, start_response)
+
+    server = make_server("127.0.0.1", 0, logged, True, request_handler=MotoRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_port}"
+    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=KEY, aws_secret_access_key=SECRET,
+                 region_name=REGION).create_bucket(Bucket=BUCKET)
+    yield endpoint, log
+    server.shutdown()
+
+
+def test_a_cold_start_reads_the_pack_index_side_file_and_each_data_file_once(counted, tmp_path):
+    """A stream's cold start on S3 reads no data file of the packed table (the packer's pack index side file
+    instead) and opens the table once; the cold fill then GETs each data file once, whole. Before the side file
+    and whole-file fills (session 9's code) the same start and epoch made 4 manifest requests of the packed
+    table, GETs on every data file before the first batch, and several range GETs per data file in the fill."""
+    from packers import pack_index
+
+    from loaders import fragfiles
+
+    endpoint, log = counted
+    options = {"aws_access_key_id": KEY, "aws_secret_access_key": SECRET, "aws_region": REGION,
+               "aws_endpoint": endpoint, "allow_http": "true"}
+    table = synthetic_packs(LAYOUT, episodes=16, seed=5, splits={"train": 1.0})
+    s3 = lake.open(f"s3://{BUCKET}/counted", storage_options=options)
+    local = lake.open(tmp_path / "local")
+    for lk in (s3, local):
+        write_packed_table(lk, table, rows_per_file=8)
+    pack_index.ensure(s3, "packed_test")  # what the packer does after its commit
+    files = {f.metadata.files[0].path for f in s3.table("packed_test").get_fragments()}
+    assert len(files) >= 3
+    want = _run(local.stream("train", batch_packs=2, seed=3))
+
+    def data(entries):  # requests on the packed table's data files
+        return [e for e in entries if "/counted/packed_test.lance/data/" in e[1]]
+
+    start = len(log)
+    loader = lake.open(f"s3://{BUCKET}/counted", storage_options=options).stream(
+        "train", batch_packs=2, seed=3, cache_dir=tmp_path / "cache", progress=False)
+    opened = log[start:]
+    assert data(opened) == []  # the plan came from the side file
+    assert sum("/counted/packed_test.lance/_versions/" in e[1] for e in opened) <= 2  # one open (HEAD + GET)
+    assert sum("/_lake/pack-index-v" in e[1] for e in opened if e[0] == "GET") == 1
+    fetched = fragfiles.STATS["files"]
+    assert _run(loader) == want
+    epoch = data(log[start:])
+    assert sorted(p.rsplit("/", 1)[-1] for _, p, _ in epoch) == sorted(files)  # each data file once
+    assert all(m == "GET" and r is None for m, _, r in epoch)  # whole objects, no ranges
+    assert fragfiles.STATS["files"] - fetched == len(files)

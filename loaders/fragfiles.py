@@ -1,0 +1,108 @@
+"""Whole data files of a packed table fetched with one GET each, for a cache fill that needs most of their rows.
+
+A cold node cache fills from an object store with one allow-list scan of the shards it reads (``cache``). Lance
+plans that scan as many range reads per data file: the footer, then each column's pages, the big columns cut
+into ranges of at most 16 MiB (``LANCE_MAX_IOP_SIZE``, process-wide): 13 GETs per 72-83 MiB data file of the
+PushT table. When the read needs most of a data file's rows anyway (a cold fill of a whole split), one GET of
+the whole file costs about the same bytes and a thirteenth of the requests; the file is spooled to local disk
+(the cache's folder) and its rows read with Lance's own file reader, then the spool file is removed.
+
+Used only when it reads exactly what the scan would: every fragment the read touches has one data file (no
+columns added since: those live in further files) written with the dataset's schema as it is (names, types,
+order: checked against the file's own footer after the download), and the read needs at least ``MOST`` of the
+fragment's rows. Otherwise ``fetch`` returns None and the caller scans. Rows come out in the order of the given
+row addresses (table order), as record batches of the requested columns: equal to the scan's (tested).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+
+MOST = 0.5  # share of a data file's rows a read must need for the whole file to be fetched (bytes: at most ~2x)
+PARALLEL = 4  # files downloaded at once
+STATS = {"files": 0, "bytes": 0}  # whole data files fetched by this process, and their bytes
+
+
+def plan(ds, addrs: np.ndarray) -> list[tuple[str, int, np.ndarray]] | None:
+    """[(data file path relative to the table, size in bytes, row offsets in it)] per fragment, in the order of
+    ``addrs`` (ascending row addresses), or None when the whole files would not read exactly / mostly what the
+    addresses ask for. Reads only the manifest ``ds`` already holds."""
+    addrs = np.asarray(addrs, dtype=np.uint64)
+    if len(addrs) == 0 or np.any(np.diff(addrs.astype(np.int64)) <= 0):
+        return None
+    fid = (addrs >> np.uint64(32)).astype(np.int64)
+    off = (addrs & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    frags = {f.fragment_id: f.metadata for f in ds.get_fragments()}
+    cut = np.flatnonzero(np.diff(fid)) + 1
+    out = []
+    for ids, offs in zip(np.split(fid, cut), np.split(off, cut)):
+        m = frags.get(int(ids[0]))
+        if m is None or len(m.files) != 1 or m.files[0].file_major_version < 2 or not m.files[0].file_size_bytes:
+            return None
+        if len(offs) < MOST * m.physical_rows:
+            return None
+        out.append((f"data/{m.files[0].path}", int(m.files[0].file_size_bytes), offs))
+    if len({p for p, _, _ in out}) != len(out):  # a fragment twice: addresses not in table order
+        return None
+    return out
+
+
+def fetch(ds, addrs, columns: list[str], table_uri: str, storage_options=None, spool=None):
+    """Record batches of ``columns`` for the rows at ``addrs`` (ascending), read from whole data files fetched
+    with one GET each; None when ``plan`` says no or a file does not hold the dataset's schema as it is."""
+    files = plan(ds, addrs)
+    if files is None:
+        return None
+    from lake._store import filesystem
+
+    fs, root = filesystem(table_uri, storage_options)
+    if spool is not None:
+        os.makedirs(spool, exist_ok=True)
+        _sweep(spool)
+    folder = tempfile.mkdtemp(prefix=f".spool-{os.getpid()}-", dir=os.fspath(spool) if spool is not None else None)
+    try:
+        def get(path: str) -> str:
+            local = os.path.join(folder, uuid.uuid4().hex + ".lance")
+            fs.get_file(f"{root}/{path}", local, max_concurrency=1)  # one GET of the whole object
+            return local
+
+        with ThreadPoolExecutor(min(PARALLEL, len(files))) as pool:
+            locals_ = list(pool.map(get, [p for p, _, _ in files]))
+        STATS["files"] += len(files)
+        STATS["bytes"] += sum(os.path.getsize(p) for p in locals_)
+        from lance.file import LanceFileReader
+
+        want = pa.schema([ds.schema.field(c) for c in columns])
+        out = []
+        for local, (_, _, offs) in zip(locals_, files):
+            if not LanceFileReader(local).metadata().schema.equals(ds.schema, check_metadata=False):
+                return None  # written with another schema (evolved since): only the dataset maps it right
+            t = LanceFileReader(local, columns=list(columns)).take_rows(offs.tolist()).to_table()
+            if not t.schema.equals(want, check_metadata=False) or t.num_rows != len(offs):
+                return None
+            out += t.to_batches()
+        return out
+    finally:
+        for name in os.listdir(folder):
+            os.unlink(os.path.join(folder, name))
+        os.rmdir(folder)
+
+
+def _sweep(spool) -> None:
+    """Remove spool folders left by processes of this node that died mid-fetch (``kill -9``)."""
+    import shutil
+
+    for name in os.listdir(spool):
+        if name.startswith(".spool-"):
+            try:
+                os.kill(int(name.split("-")[1]), 0)
+            except ProcessLookupError:
+                shutil.rmtree(os.path.join(spool, name), ignore_errors=True)
+            except (ValueError, IndexError, PermissionError):
+                pass
