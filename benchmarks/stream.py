@@ -117,6 +117,12 @@ def real_lake(episodes: int) -> tuple[Path, str]:
         rep = lk.pack()
         print(f"packed {rep.samples} samples into {rep.packs} packs (fill {rep.fill:.3f}) in "
               f"{time.perf_counter() - t:.1f} s", flush=True)
+    else:  # packed before the packer wrote its pack index side file: a re-run of `lk.pack()` would write it
+        from packers import pack_index
+        from loaders.packings import resolve
+
+        lk = lake.open(path, create=False)
+        pack_index.ensure(lk, resolve(lk).table)
     return path, f"PushT v3.0, {episodes} episodes (min_len 20, max_len 80), ingested and packed by `lk.pack()` (default recipe)"
 
 

@@ -25,7 +25,8 @@ import numpy as np
 import pyarrow as pa
 
 MOST = 0.5  # share of a data file's rows a read must need for the whole file to be fetched (bytes: at most ~2x)
-PARALLEL = 4  # files downloaded at once
+PARALLEL = 2  # files downloading at once (the next ones while one is read)
+BATCH_ROWS = 16  # rows per record batch read from a file: small buffers the allocator reuses (less CPU than big)
 STATS = {"files": 0, "bytes": 0}  # whole data files fetched by this process, and their bytes
 
 
@@ -55,10 +56,17 @@ def plan(ds, addrs: np.ndarray) -> list[tuple[str, int, np.ndarray]] | None:
 
 def fetch(ds, addrs, columns: list[str], table_uri: str, storage_options=None, spool=None):
     """Record batches of ``columns`` for the rows at ``addrs`` (ascending), read from whole data files fetched
-    with one GET each; None when ``plan`` says no or a file does not hold the dataset's schema as it is."""
+    with one GET each (the next files downloading while one is read), or None when ``plan`` says no. A file
+    that turns out not to hold the dataset's schema as it is (checked after its download) ends the whole-file
+    reading: its rows and the rest come from an allow-list scan, so the batches are the scan's either way."""
     files = plan(ds, addrs)
-    if files is None:
-        return None
+    return None if files is None else _read(ds, files, list(columns), table_uri, storage_options, spool)
+
+
+def _read(ds, files, columns, table_uri, storage_options, spool):
+    from lance.dataset import serialize_row_addrs
+    from lance.file import LanceFileReader
+
     from lake._store import filesystem
 
     fs, root = filesystem(table_uri, storage_options)
@@ -66,32 +74,43 @@ def fetch(ds, addrs, columns: list[str], table_uri: str, storage_options=None, s
         os.makedirs(spool, exist_ok=True)
         _sweep(spool)
     folder = tempfile.mkdtemp(prefix=f".spool-{os.getpid()}-", dir=os.fspath(spool) if spool is not None else None)
+
+    def get(path: str) -> str:
+        local = os.path.join(folder, uuid.uuid4().hex + ".lance")
+        fs.get_file(f"{root}/{path}", local, max_concurrency=1)  # one GET of the whole object
+        return local
+
+    want = pa.schema([ds.schema.field(c) for c in columns])
+    pool = ThreadPoolExecutor(PARALLEL)
     try:
-        def get(path: str) -> str:
-            local = os.path.join(folder, uuid.uuid4().hex + ".lance")
-            fs.get_file(f"{root}/{path}", local, max_concurrency=1)  # one GET of the whole object
-            return local
-
-        with ThreadPoolExecutor(min(PARALLEL, len(files))) as pool:
-            locals_ = list(pool.map(get, [p for p, _, _ in files]))
-        STATS["files"] += len(files)
-        STATS["bytes"] += sum(os.path.getsize(p) for p in locals_)
-        from lance.file import LanceFileReader
-
-        want = pa.schema([ds.schema.field(c) for c in columns])
-        out = []
-        for local, (_, _, offs) in zip(locals_, files):
-            if not LanceFileReader(local).metadata().schema.equals(ds.schema, check_metadata=False):
-                return None  # written with another schema (evolved since): only the dataset maps it right
-            t = LanceFileReader(local, columns=list(columns)).take_rows(offs.tolist()).to_table()
-            if not t.schema.equals(want, check_metadata=False) or t.num_rows != len(offs):
-                return None
-            out += t.to_batches()
-        return out
+        coming = [pool.submit(get, path) for path, _, _ in files]
+        for i, (future, (_, _, offs)) in enumerate(zip(coming, files)):
+            local = future.result()
+            STATS["files"] += 1
+            STATS["bytes"] += os.path.getsize(local)
+            t = None
+            if LanceFileReader(local).metadata().schema.equals(ds.schema, check_metadata=False):
+                t = LanceFileReader(local, columns=columns).take_rows(offs.tolist(), batch_size=BATCH_ROWS).to_table()
+            os.unlink(local)
+            if t is None or not t.schema.equals(want, check_metadata=False) or t.num_rows != len(offs):
+                # written with another schema (evolved since): only the dataset maps it right; scan the rest
+                rest = np.concatenate([(np.uint64(fid) << np.uint64(32)) | o.astype(np.uint64)
+                                       for fid, (_, _, o) in zip(_ids(ds, files[i:]), files[i:])])
+                yield from ds.scanner(columns=columns, scan_in_order=True, batch_size=len(rest),
+                                      row_addr_allowlist=serialize_row_addrs(rest.tolist())).to_batches()
+                return
+            yield from t.to_batches()
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         for name in os.listdir(folder):
             os.unlink(os.path.join(folder, name))
         os.rmdir(folder)
+
+
+def _ids(ds, files) -> list[int]:
+    """Fragment ids of ``files`` (as ``plan`` lists them)."""
+    by_path = {f"data/{f.metadata.files[0].path}": f.fragment_id for f in ds.get_fragments()}
+    return [by_path[p] for p, _, _ in files]
 
 
 def _sweep(spool) -> None:
