@@ -67,23 +67,28 @@ def _read(ds, files, columns, table_uri, storage_options, spool):
     from lance.dataset import serialize_row_addrs
     from lance.file import LanceFileReader
 
-    from lake._store import filesystem
+    from lake._store import arrow_filesystem, filesystem
 
-    fs, root = filesystem(table_uri, storage_options)
+    arrow = arrow_filesystem(table_uri, storage_options)
+    fs, root = arrow or filesystem(table_uri, storage_options)
     if spool is not None:
         os.makedirs(spool, exist_ok=True)
         _sweep(spool)
     folder = tempfile.mkdtemp(prefix=f".spool-{os.getpid()}-", dir=os.fspath(spool) if spool is not None else None)
 
-    def get(path: str) -> str:
+    def get(path: str, size: int) -> str:
         local = os.path.join(folder, uuid.uuid4().hex + ".lance")
-        fs.get_file(f"{root}/{path}", local, max_concurrency=1)  # one GET of the whole object
+        if arrow is None:  # fsspec: local files, other object stores
+            fs.get_file(f"{root}/{path}", local, max_concurrency=1)  # one GET of the whole object
+            return local
+        with fs.open_input_file(f"{root}/{path}") as remote, open(local, "wb") as out:  # a HEAD, then:
+            out.write(remote.read_at(size, 0))  # one GET of the whole object
         return local
 
     want = pa.schema([ds.schema.field(c) for c in columns])
     pool = ThreadPoolExecutor(PARALLEL)
     try:
-        coming = [pool.submit(get, path) for path, _, _ in files]
+        coming = [pool.submit(get, path, size) for path, size, _ in files]
         for i, (future, (_, _, offs)) in enumerate(zip(coming, files)):
             local = future.result()
             STATS["files"] += 1
