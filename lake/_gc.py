@@ -4,9 +4,10 @@ Kept: every tagged version, the newest ``keep_last`` versions (the head always),
 than ``keep_within``. Deleted, for every other version: the Lance versions (manifests) of each table that no
 kept version pins with their side files (``lake._sidefiles``), the data files only they reference (Lance
 ``cleanup_old_versions`` with an explicit list of versions, so a version a writer is building above the head's
-pins is never touched), and whole tables that no kept version pins any more (old ``packed_*`` / ``decoded_*`` tables, frames tables of deleted
-sources). Old Lance versions of ``_log`` and ``_refs`` go too (their rows stay: every log entry, with its
-message and pins, survives gc, marked ``data_deleted``, so checkpoint lineage still names its version).
+pins is never touched), and whole tables that no kept version pins any more (old ``packed_*`` / ``decoded_*``
+tables, frames tables of deleted sources). Old Lance versions of ``_log`` and ``_refs`` go too (their rows stay:
+every log entry, with its message and pins, survives gc, marked ``data_deleted``, so checkpoint lineage still names
+its version).
 
 Crash safety: the deleted versions are recorded in ``_refs`` *first* (checkouts refuse them from then on),
 then data goes table by table. Lance only ever deletes files no kept manifest references, and a table is

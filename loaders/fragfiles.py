@@ -71,10 +71,11 @@ def _read(ds, files, columns, table_uri, storage_options, spool):
 
     arrow = arrow_filesystem(table_uri, storage_options)
     fs, root = arrow or filesystem(table_uri, storage_options)
-    if spool is not None:
+    if spool is not None:  # the cache folder (as given to stream: "~" allowed)
+        spool = os.path.expanduser(os.fspath(spool))
         os.makedirs(spool, exist_ok=True)
         _sweep(spool)
-    folder = tempfile.mkdtemp(prefix=f".spool-{os.getpid()}-", dir=os.fspath(spool) if spool is not None else None)
+    folder = tempfile.mkdtemp(prefix=f".spool-{os.getpid()}-", dir=spool)
 
     def get(path: str, size: int) -> str:
         local = os.path.join(folder, uuid.uuid4().hex + ".lance")

@@ -46,7 +46,7 @@ from . import partition as _partition
 from . import reads as _reads
 from . import split_index as _split_index
 from .batch import PackedBatch, gathered_batch, packed_batch
-from .packings import PackedSource, resolve, resolve_open
+from .packings import PackedSource, resolve_open
 from .retry import retrying
 from .shuffle import get_shuffle
 from .world import World, detect
