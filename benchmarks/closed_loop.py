@@ -258,18 +258,24 @@ def run_rl_vla(name: str, args, root: Path) -> dict:
     objective = _rl_objective(args.rl_reward)
     if k > 1:  # one RL step = one chunk: k actions, the chain's log-prob covers the chunk
         objective["env.kwargs"] = {**objective["env.kwargs"], "action_chunk": k}
+    head = read_header(init)
+    demos = {}
+    if args.rl_demo_coef:  # the SFT loss on the demos' packs, at the lake version the SFT run read
+        demos = {"algo.demo_coef": args.rl_demo_coef, "algo.demo_lake": uri,
+                 "algo.demo_recipe": metaworld_recipe("closed_loop").hash,
+                 "algo.demo_version": (head.get("lineage") or {}).get("lake_version")}
     seg = _rl_segments(name, args, work / tag, uri, start_ckpt, start, lr,
                        {**objective, "algo.epochs": args.rl_epochs, "batching.max_batch_size": 8,
-                        "algo.batch_trajectories": args.rl_batch, **_rl_loss(args)},
+                        "algo.batch_trajectories": args.rl_batch, **_rl_loss(args), **demos},
                        source=f"rl-vla/{name}", steps_per_row=k)
-    head = read_header(init)
     result = {"task": name, "env_id": env_id, "policy": "vla", "init": init, "init_step": head.get("step"),
               "sigma": args.rl_sigma, "sft_lineage": head.get("lineage"), "demo_version": _demo_version(uri),
               "start": start, "reward": args.rl_reward, "command": getattr(args, "command", None), **seg,
               "versions": args.rl_segments * args.rl_versions, "lr": lr, "epochs": args.rl_epochs, "max_steps": ms,
               "exec_steps": k, "tag": tag, "batch_trajectories": args.rl_batch, "x0_zero": args.rl_x0_zero,
-              "loss": args.rl_loss, **({"rwr_weight": args.rl_rwr_weight, "rwr_beta": args.rl_rwr_beta}
-                                       if args.rl_loss == "flow_rwr" else {})}
+              "loss": args.rl_loss, **({"rwr_weight": args.rl_rwr_weight, "rwr_beta": args.rl_rwr_beta,
+                                           "rwr_min_return": args.rl_rwr_min_return}
+                                       if args.rl_loss == "flow_rwr" else {}), "demo_coef": args.rl_demo_coef}
     (work / f"{tag}_result.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -280,7 +286,8 @@ def _rl_loss(args) -> dict:
     loss = getattr(args, "rl_loss", "pg")
     if loss != "flow_rwr":
         return {"algo.loss": loss}
-    return {"algo.loss": loss, "algo.rwr_weight": args.rl_rwr_weight, "algo.rwr_beta": args.rl_rwr_beta}
+    return {"algo.loss": loss, "algo.rwr_weight": args.rl_rwr_weight, "algo.rwr_beta": args.rl_rwr_beta,
+            "algo.rwr_min_return": args.rl_rwr_min_return}
 
 
 def paired(start: str | None, end: str | None) -> dict | None:
@@ -527,7 +534,8 @@ def vla_report(root: Path, command: str, load: str, out: Path = HERE) -> str | N
         "flow matching (`training.rl.losses.flow_rwr`): the SFT flow-matching loss on the action chunks the rollouts "
         "executed, each weighted by exp(A/beta), or kept only where the group advantage A > 0, or only where its "
         "episode's return > 0 (success reward: the successful episodes, ReST-style); no likelihood, so x_0's "
-        "randomness is credited too. Paired: the same goals at start and end, solved by both / "
+        "randomness is credited too; \"+ demos x c\": each optimizer step also fits the SFT loss on one pack of the "
+        "demos, times c. Paired: the same goals at start and end, solved by both / "
         "lost / gained, exact McNemar p.",
         "",
         "| task | act mode | start checkpoint | objective / sigma / lr / epochs / reward / trajectories per version | start (SFT, same act mode) | after RL | "
@@ -559,7 +567,9 @@ def _objective(r: dict) -> str:
     if loss != "flow_rwr":
         return loss
     w = r["rwr_weight"]
-    return "flow_rwr (" + {"exp": f"exp(A/{r['rwr_beta']})", "positive": "A > 0", "return": "return > 0"}[w] + ")"
+    demos = f" + demos x {r['demo_coef']}" if r.get("demo_coef") else ""
+    return "flow_rwr (" + {"exp": f"exp(A/{r['rwr_beta']})", "positive": "A > 0",
+                         "return": f"return > {r.get('rwr_min_return', 0.0):g}"}[w] + ")" + demos
 
 
 def _paired(s: dict, e: dict) -> str:
@@ -722,6 +732,12 @@ def main(argv=None) -> int:
                     help="vla, flow_rwr: a chunk's weight: exp(A / beta) capped; 1 where the group advantage > 0; or "
                          "1 where its episode's return > 0 (the success reward: successful episodes, ReST-style)")
     ap.add_argument("--rl-rwr-beta", type=float, default=1.0, help="vla, flow_rwr with exp weights: the temperature")
+    ap.add_argument("--rl-rwr-min-return", type=float, default=0.0,
+                    help="vla, flow_rwr with return weights: episodes with a larger return are kept (a value above "
+                         "every return keeps none: the demos-only control of --rl-demo-coef)")
+    ap.add_argument("--rl-demo-coef", type=float, default=0.0,
+                    help="vla: > 0 adds the SFT loss on one pack of the task's demos (same lake, pack and version as "
+                         "the SFT run) to every RL optimizer step, times this")
     ap.add_argument("--workdir", default="closed_loop_work")
     ap.add_argument("--report-only", action="store_true", help="rebuild RESULTS.md / plots from the results present")
     ap.add_argument("--record", action="store_true", help=f'replace the "{SECTION}" section of RESULTS.md')

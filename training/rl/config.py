@@ -65,6 +65,10 @@ class AlgoConfig:
     rwr_beta: float = 1.0  # flow_rwr, exp: the temperature (GRPO advantages are standardized within a group)
     rwr_max_weight: float = 20.0  # flow_rwr, exp: the cap on a row's weight
     rwr_min_return: float = 0.0  # flow_rwr, return: rows of trajectories with a return above this are kept
+    demo_coef: float = 0.0  # > 0: each optimizer step also fits the SFT loss on one pack of demos, times this
+    demo_lake: str | None = None  # demo_coef: the lake holding the demos' packed table ...
+    demo_recipe: str | None = None  # ... the packing recipe's hash (the SFT run's) ...
+    demo_version: int | None = None  # ... and the lake version it is read at (pinned; None: the newest)
     clip_eps: float = 0.2
     is_cap: float = 2.0  # decoupled: the behaviour weight pi_prox / pi_behaviour is truncated here
     lr: float = 3e-4
@@ -173,6 +177,10 @@ def validate(cfg: RLConfig, where: str = "config") -> RLConfig:
         bad("algo.rwr_beta", f"must be > 0, got {a.rwr_beta}")
     if not a.rwr_max_weight > 0:
         bad("algo.rwr_max_weight", f"must be > 0, got {a.rwr_max_weight}")
+    if a.demo_coef < 0:
+        bad("algo.demo_coef", f"must be >= 0, got {a.demo_coef}")
+    if a.demo_coef > 0 and not (a.demo_lake and a.demo_recipe):
+        bad("algo.demo_coef", "mixing the demos' loss needs algo.demo_lake and algo.demo_recipe")
     if cfg.latency.dist not in LATENCIES:
         bad("latency.dist", f"{cfg.latency.dist!r} is not one of {sorted(LATENCIES)}")
     for key, v in (("workers.env_workers", w.env_workers), ("workers.envs_per_worker", w.envs_per_worker),

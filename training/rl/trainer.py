@@ -13,7 +13,8 @@ group until the group is complete. ``run`` is the training loop:
   published to every rollout worker.
 
 The loss of a micro-batch is the configured objective (``algo.loss``, ``training.rl.losses.OBJECTIVES``): the
-corrected policy gradient, or advantage-weighted flow matching for flow policies.
+corrected policy gradient, or advantage-weighted flow matching for flow policies. With ``demo_coef`` > 0 every
+optimizer step also fits the SFT loss on one pack of demos (``training.rl.demos``).
 
 Every trajectory is also forwarded to the lake writer, so the lake holds exactly what the trainer received.
 """
@@ -83,6 +84,14 @@ class Trainer:
             raise ValueError(f"algo.loss {cfg.algo.loss!r} needs the policy's {self.objective.requires}: policy "
                              f"factory {spec.factory!r} has none")
         self._gen = torch.Generator().manual_seed(cfg.seed)  # the flow objectives' noise and times
+        self._demos = None
+        if cfg.algo.demo_coef > 0:
+            from .demos import DemoStream
+
+            if not hasattr(self.policy, "loss"):
+                raise ValueError(f"algo.demo_coef needs the policy's SFT loss: policy factory {spec.factory!r} has none")
+            a = cfg.algo
+            self._demos = DemoStream(a.demo_lake, a.demo_recipe, a.demo_version, cfg.seed)
         self.version = self._published = 0
         self._cv = threading.Condition()
         self._units: deque[list[Trajectory]] = deque()
@@ -227,6 +236,7 @@ class Trainer:
             self._busy += time.perf_counter() - t
         t = time.perf_counter()
         self._settle(trajs, used=True)  # staleness is measured against the version these gradients start from
+        demo = [self._demo_backward()]
         self._step()
         kls = []
         for _ in range(a.epochs - 1):
@@ -237,6 +247,7 @@ class Trainer:
                 (loss * weight).backward()
                 if self.objective.kl:
                     kls.append(info["kl_prox"])
+            demo.append(self._demo_backward())
             self._step()
         # how far this version's update moved the policy on its own batch: KL(proximal || current) after all but
         # the last optimizer step, read off the last pass's forward (no extra compute); what the next versions'
@@ -245,11 +256,23 @@ class Trainer:
         if self.objective.kl:
             for m in metrics:
                 m["update_kl"] = float(np.mean(kls)) if kls else 0.0
+        if self._demos is not None:
+            for m in metrics:
+                m["demo_loss"] = float(np.mean(demo))
         with self._cv:
             self.version += 1
             self._record(trajs, metrics)
         self._busy += time.perf_counter() - t
         return True
+
+    def _demo_backward(self) -> float | None:
+        """With ``demo_coef`` > 0: add the SFT loss of the next demo pack (times the coefficient) to this optimizer
+        step's gradient; returns that loss (None without demos)."""
+        if self._demos is None:
+            return None
+        loss = self.policy.loss(self._demos.next(), self._gen)
+        (self.algo.demo_coef * loss).backward()
+        return float(loss.detach())
 
     def _step(self) -> None:
         import torch
