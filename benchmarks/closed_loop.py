@@ -538,8 +538,8 @@ def vla_report(root: Path, command: str, load: str, out: Path = HERE) -> str | N
         "demos, times c. Paired: the same goals at start and end, solved by both / "
         "lost / gained, exact McNemar p.",
         "",
-        "| task | act mode | start checkpoint | objective / sigma / lr / epochs / reward / trajectories per version | start (SFT, same act mode) | after RL | "
-        "paired (both / lost / gained, p) | env steps | "
+        "| task | act mode | start checkpoint | objective / sigma / lr / epochs / reward / trajectories per version "
+        "| start (SFT, same act mode) | after RL | paired (both / lost / gained, p) | env steps | "
         "RL wall | lineage: demos lake version / packed table / SFT checkpoint / RL lake versions / eval versions (start, end) |",
         "|---|---|---|---|---|---|---|---:|---:|---|",
     ]
@@ -549,7 +549,8 @@ def vla_report(root: Path, command: str, load: str, out: Path = HERE) -> str | N
             f"| {r['task']} | {_act_mode(r)} | `{r['task']}/{Path(r['init']).parent.name}/{Path(r['init']).name}` "
             f"(step {r['init_step']}) "
             f"| {_objective(r)} / {r['sigma']} / "
-            f"{r['lr']} / {r['epochs']} / {r.get('reward', 'success')} / {r.get('batch_trajectories', 16)} | {_pct(s)} | **{_pct(e)}** "
+            f"{r['lr']} / {r['epochs']} / {r.get('reward', 'success')} / {r.get('batch_trajectories', 16)} "
+            f"| {_pct(s)} | **{_pct(e)}** "
             f"| {_paired(s, e)} | {r['env_steps']} | {r['rl_seconds'] / 60:.1f} min "
             f"| v{r['demo_version']} / `{lin.get('packed_table')}` / `{Path(r['init']).name}` (trained on "
             f"v{lin.get('lake_version')}) / "

@@ -116,7 +116,8 @@ def test_positive_weights_exclude_zero_and_negative_advantages_exactly():
                                t=t[kept]).sum() / 6
     loss_r, _ = flow_rwr(p, mb, _algo(rwr_weight="return"), generator=torch.Generator().manual_seed(9))
     assert float(loss_r.detach()) == pytest.approx(float(ref.detach()), rel=1e-5)
-    _, info = flow_rwr(p, mb, _algo(rwr_weight="return", rwr_min_return=-2.0), generator=torch.Generator().manual_seed(9))
+    _, info = flow_rwr(p, mb, _algo(rwr_weight="return", rwr_min_return=-2.0),
+                       generator=torch.Generator().manual_seed(9))
     assert info["rwr_kept"] == 1.0
     # exp weights: exp(A / beta) capped
     _, info = flow_rwr(p, mb, _algo(rwr_weight="exp", rwr_beta=0.5, rwr_max_weight=4.0),

@@ -24,7 +24,8 @@ from .trajectory import Trajectory, staleness, to_new_episode
 
 __all__ = [
     "ADVANTAGES", "CORRECTIONS", "ENV_NAMESPACES", "LATENCIES", "ActReply", "ActRequest", "ActionSample", "AlgoConfig", "BatchingConfig",
-    "DynamicBatcher", "EnvConfig", "OBJECTIVES", "get_objective", "GaussianActorCritic", "LakeConfig", "LatencyConfig", "Ledger", "PlacementConfig",
+    "DynamicBatcher", "EnvConfig", "OBJECTIVES", "get_objective", "GaussianActorCritic", "LakeConfig",
+    "LatencyConfig", "Ledger", "PlacementConfig",
     "PolicyConfig", "PolicySpec", "RLConfig", "RLPolicy", "RunReport", "Trajectory", "WorkersConfig", "build_policy", "from_dict",
     "gae", "get_advantage", "get_correction", "get_family", "get_latency", "group_relative", "load_config",
     "make_env", "make_vector_env", "policy_config", "policy_spec", "register_env_namespace", "required_cpus", "run", "staleness", "summary", "to_features",
