@@ -66,6 +66,7 @@ TASKS = {
 }
 LIBERO_SECTION = "LIBERO closed loop: SFT on scripted-expert demos learns"
 VLA_SECTION = "Closed loop (Meta-World): RL fine-tunes the VLA itself"
+CONTROL_MIN_RETURN = 1e9  # --rl-rwr-min-return at or above this (returns here are <= 1.5) keeps no RL row: a control
 METAWORLD_TASKS = [n for n, spec in TASKS.items() if "env_id" not in spec]
 
 
@@ -569,6 +570,8 @@ def _objective(r: dict) -> str:
         return loss
     w = r["rwr_weight"]
     demos = f" + demos x {r['demo_coef']}" if r.get("demo_coef") else ""
+    if w == "return" and r.get("rwr_min_return", 0.0) >= CONTROL_MIN_RETURN:  # the control keeps no RL row
+        return f"control: demos x {r.get('demo_coef')} only (flow_rwr keeps no RL row: return > {r['rwr_min_return']:g})"
     return "flow_rwr (" + {"exp": f"exp(A/{r['rwr_beta']})", "positive": "A > 0",
                          "return": f"return > {r.get('rwr_min_return', 0.0):g}"}[w] + ")" + demos
 
