@@ -66,6 +66,7 @@ TASKS = {
 }
 LIBERO_SECTION = "LIBERO closed loop: SFT on scripted-expert demos learns"
 VLA_SECTION = "Closed loop (Meta-World): RL fine-tunes the VLA itself"
+CONTROL_MIN_RETURN = 1e9  # --rl-rwr-min-return at or above this (returns here are <= 1.5) keeps no RL row: a control
 METAWORLD_TASKS = [n for n, spec in TASKS.items() if "env_id" not in spec]
 
 
@@ -86,7 +87,8 @@ def _eval(ckpt, env_id: str, episodes: int, uri: str, max_steps: int, spec: dict
     k = sum(r.success for r in ev.rows)
     lo, hi = wilson_interval(k, ev.episodes)
     return {"k": k, "n": ev.episodes, "rate": ev.success_rate, "lo": lo, "hi": hi, "mean_length": ev.mean_length,
-            "eval_version": ev.lake_version, "checkpoint": os.fspath(ckpt), "seconds": ev.seconds, "seed": seed}
+            "eval_version": ev.lake_version, "checkpoint": os.fspath(ckpt), "seconds": ev.seconds, "seed": seed,
+            "successes": "".join("1" if r.success else "0" for r in ev.rows)}  # per goal, in goal order: pairing
 
 
 def _demos(work: Path, env_id: str, n: int, noise: float, batch_size: int = 10, env_kwargs: dict | None = None):
@@ -257,18 +259,51 @@ def run_rl_vla(name: str, args, root: Path) -> dict:
     objective = _rl_objective(args.rl_reward)
     if k > 1:  # one RL step = one chunk: k actions, the chain's log-prob covers the chunk
         objective["env.kwargs"] = {**objective["env.kwargs"], "action_chunk": k}
+    head = read_header(init)
+    demos = {}
+    if args.rl_demo_coef:  # the SFT loss on the demos' packs, at the lake version the SFT run read
+        demos = {"algo.demo_coef": args.rl_demo_coef, "algo.demo_lake": uri,
+                 "algo.demo_recipe": metaworld_recipe("closed_loop").hash,
+                 "algo.demo_version": (head.get("lineage") or {}).get("lake_version")}
     seg = _rl_segments(name, args, work / tag, uri, start_ckpt, start, lr,
                        {**objective, "algo.epochs": args.rl_epochs, "batching.max_batch_size": 8,
-                        "algo.batch_trajectories": args.rl_batch},
+                        "algo.batch_trajectories": args.rl_batch, **_rl_loss(args), **demos},
                        source=f"rl-vla/{name}", steps_per_row=k)
-    head = read_header(init)
     result = {"task": name, "env_id": env_id, "policy": "vla", "init": init, "init_step": head.get("step"),
               "sigma": args.rl_sigma, "sft_lineage": head.get("lineage"), "demo_version": _demo_version(uri),
               "start": start, "reward": args.rl_reward, "command": getattr(args, "command", None), **seg,
               "versions": args.rl_segments * args.rl_versions, "lr": lr, "epochs": args.rl_epochs, "max_steps": ms,
-              "exec_steps": k, "tag": tag, "batch_trajectories": args.rl_batch, "x0_zero": args.rl_x0_zero}
+              "exec_steps": k, "tag": tag, "batch_trajectories": args.rl_batch, "x0_zero": args.rl_x0_zero,
+              "loss": args.rl_loss, **({"rwr_weight": args.rl_rwr_weight, "rwr_beta": args.rl_rwr_beta,
+                                           "rwr_min_return": args.rl_rwr_min_return}
+                                       if args.rl_loss == "flow_rwr" else {}), "demo_coef": args.rl_demo_coef}
     (work / f"{tag}_result.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def _rl_loss(args) -> dict:
+    """The trainer's objective for VLA RL: ``pg`` (PPO/GRPO on the chain's log-prob) or ``flow_rwr``
+    (advantage-weighted flow matching on the executed chunks, ``training.rl.losses.flow_rwr``)."""
+    loss = getattr(args, "rl_loss", "pg")
+    if loss != "flow_rwr":
+        return {"algo.loss": loss}
+    return {"algo.loss": loss, "algo.rwr_weight": args.rl_rwr_weight, "algo.rwr_beta": args.rl_rwr_beta,
+            "algo.rwr_min_return": args.rl_rwr_min_return}
+
+
+def paired(start: str | None, end: str | None) -> dict | None:
+    """Paired by goal (per-goal success strings of the same goals): both, lost (start only), gained (end only),
+    and the exact McNemar p (two-sided binomial test of the discordant pairs at 1/2); None without both."""
+    from math import comb
+
+    if not start or not end or len(start) != len(end):
+        return None
+    both = sum(a == b == "1" for a, b in zip(start, end))
+    lost = sum(a == "1" and b == "0" for a, b in zip(start, end))
+    gained = sum(a == "0" and b == "1" for a, b in zip(start, end))
+    n = lost + gained
+    p = min(1.0, 2 * sum(comb(n, i) for i in range(min(lost, gained) + 1)) / 2 ** n) if n else 1.0
+    return {"both": both, "lost": lost, "gained": gained, "p": p}
 
 
 def _vla_tag(args) -> str:
@@ -496,17 +531,28 @@ def vla_report(root: Path, command: str, load: str, out: Path = HERE) -> str | N
         "trajectories per version in the table). Evaluation: the same 50 held-out goals (env seeds from 1000) at start and end, "
         "intermediate curve points on the first 20 of them.",
         "",
-        "| task | act mode | start checkpoint | sigma / lr / epochs / reward / trajectories per version | start (SFT, same act mode) | after RL | env steps | "
+        "Objective (column): pg = that PPO/GRPO policy gradient on the chain's log-prob; flow_rwr = advantage-weighted "
+        "flow matching (`training.rl.losses.flow_rwr`): the SFT flow-matching loss on the action chunks the rollouts "
+        "executed, each weighted by exp(A/beta), or kept only where the group advantage A > 0, or only where its "
+        "episode's return > 0 (success reward: the successful episodes, ReST-style); no likelihood, so x_0's "
+        "randomness is credited too; \"+ demos x c\": each optimizer step also fits the SFT loss on one pack of the "
+        "demos, times c. Paired: the same goals at start and end, solved by both / "
+        "lost / gained, exact McNemar p.",
+        "",
+        "| task | act mode | start checkpoint | objective / sigma / lr / epochs / reward / trajectories per version "
+        "| start (SFT, same act mode) | after RL | paired (both / lost / gained, p) | env steps | "
         "RL wall | lineage: demos lake version / packed table / SFT checkpoint / RL lake versions / eval versions (start, end) |",
-        "|---|---|---|---|---|---|---:|---:|---|",
+        "|---|---|---|---|---|---|---|---:|---:|---|",
     ]
     for r in rl:
         s, e, lin = r["start"], r["end"], r["sft_lineage"] or {}
         lines.append(
             f"| {r['task']} | {_act_mode(r)} | `{r['task']}/{Path(r['init']).parent.name}/{Path(r['init']).name}` "
             f"(step {r['init_step']}) "
-            f"| {r['sigma']} / "
-            f"{r['lr']} / {r['epochs']} / {r.get('reward', 'success')} / {r.get('batch_trajectories', 16)} | {_pct(s)} | **{_pct(e)}** | {r['env_steps']} | {r['rl_seconds'] / 60:.1f} min "
+            f"| {_objective(r)} / {r['sigma']} / "
+            f"{r['lr']} / {r['epochs']} / {r.get('reward', 'success')} / {r.get('batch_trajectories', 16)} "
+            f"| {_pct(s)} | **{_pct(e)}** "
+            f"| {_paired(s, e)} | {r['env_steps']} | {r['rl_seconds'] / 60:.1f} min "
             f"| v{r['demo_version']} / `{lin.get('packed_table')}` / `{Path(r['init']).name}` (trained on "
             f"v{lin.get('lake_version')}) / "
             f"{', '.join(_v(v) for v in r['lake_versions'])} / {_v(s['eval_version'])}, {_v(e['eval_version'])} |")
@@ -518,6 +564,23 @@ def vla_report(root: Path, command: str, load: str, out: Path = HERE) -> str | N
     return "\n".join(lines)
 
 
+def _objective(r: dict) -> str:
+    loss = r.get("loss", "pg")
+    if loss != "flow_rwr":
+        return loss
+    w = r["rwr_weight"]
+    demos = f" + demos x {r['demo_coef']}" if r.get("demo_coef") else ""
+    if w == "return" and r.get("rwr_min_return", 0.0) >= CONTROL_MIN_RETURN:  # the control keeps no RL row
+        return f"control: demos x {r.get('demo_coef')} only (flow_rwr keeps no RL row: return > {r['rwr_min_return']:g})"
+    return "flow_rwr (" + {"exp": f"exp(A/{r['rwr_beta']})", "positive": "A > 0",
+                         "return": f"return > {r.get('rwr_min_return', 0.0):g}"}[w] + ")" + demos
+
+
+def _paired(s: dict, e: dict) -> str:
+    p = paired(s.get("successes"), e.get("successes"))
+    return "—" if p is None else f"{p['both']} / {p['lost']} / {p['gained']}, p = {p['p']:.2g}"
+
+
 def _act_mode(r: dict) -> str:
     k = r.get("exec_steps", 1)
     return ("re-plan every step" if k == 1 else f"exec {k} of {HORIZON}") + (", x_0 = 0" if r.get("x0_zero") else "")
@@ -525,7 +588,8 @@ def _act_mode(r: dict) -> str:
 
 def _mode(r: dict) -> str:
     """A run's name in curves and notes: task, act mode, reward, lr, trajectories per version."""
-    return (f"{r['task']}, {_act_mode(r)}, {r.get('reward', 'success')}, lr {r['lr']}, "
+    loss = "" if r.get("loss", "pg") == "pg" else f"{_objective(r)}, "
+    return (f"{r['task']}, {_act_mode(r)}, {loss}{r.get('reward', 'success')}, lr {r['lr']}, "
             f"{r.get('batch_trajectories', 16)}/version")
 
 
@@ -665,6 +729,19 @@ def main(argv=None) -> int:
     ap.add_argument("--rl-sigma", type=float, default=0.1, help="vla: noise std per denoising step (normalized units)")
     ap.add_argument("--rl-epochs", type=int, default=2, help="vla: optimizer steps per global batch")
     ap.add_argument("--rl-reward", default="success", choices=["success", "dense", "dense-grpo"])
+    ap.add_argument("--rl-loss", default="pg", choices=["pg", "flow_rwr"],
+                    help="vla: the trainer's objective (algo.loss): pg (PPO/GRPO on the chain's log-prob) or flow_rwr "
+                         "(advantage-weighted flow matching on the executed chunks, no likelihood)")
+    ap.add_argument("--rl-rwr-weight", default="return", choices=["exp", "positive", "return"],
+                    help="vla, flow_rwr: a chunk's weight: exp(A / beta) capped; 1 where the group advantage > 0; or "
+                         "1 where its episode's return > 0 (the success reward: successful episodes, ReST-style)")
+    ap.add_argument("--rl-rwr-beta", type=float, default=1.0, help="vla, flow_rwr with exp weights: the temperature")
+    ap.add_argument("--rl-rwr-min-return", type=float, default=0.0,
+                    help="vla, flow_rwr with return weights: episodes with a larger return are kept (a value above "
+                         "every return keeps none: the demos-only control of --rl-demo-coef)")
+    ap.add_argument("--rl-demo-coef", type=float, default=0.0,
+                    help="vla: > 0 adds the SFT loss on one pack of the task's demos (same lake, pack and version as "
+                         "the SFT run) to every RL optimizer step, times this")
     ap.add_argument("--workdir", default="closed_loop_work")
     ap.add_argument("--report-only", action="store_true", help="rebuild RESULTS.md / plots from the results present")
     ap.add_argument("--record", action="store_true", help=f'replace the "{SECTION}" section of RESULTS.md')

@@ -59,3 +59,37 @@ def test_vla_section_renders_start_end_curve_and_lineage(tmp_path):
     assert "Note (reach-v3, exec 4 of 8, success, lr 0.0003, 16/version): chunks" in text
     table = text[text.index("| task |"):text.index("RL curve")].strip().splitlines()
     assert len(table) == 4 and all(line.startswith("|") for line in table)  # one table: header, rule, 2 rows
+
+
+def test_paired_by_goal_counts_and_exact_mcnemar_p():
+    assert closed_loop.paired("1100", "1010") == {"both": 1, "lost": 1, "gained": 1, "p": 1.0}
+    # 7 lost, 1 gained: p = 2 * (C(8,0) + C(8,1)) / 2^8 (session 9's run 1)
+    p = closed_loop.paired("1" * 25 + "0" * 25, "1" * 18 + "0" * 7 + "1" + "0" * 24)
+    assert (p["both"], p["lost"], p["gained"]) == (18, 7, 1) and p["p"] == 18 / 256
+    assert closed_loop.paired("0000", "0000") == {"both": 0, "lost": 0, "gained": 0, "p": 1.0}
+    assert closed_loop.paired(None, "1") is None and closed_loop.paired("10", "1") is None
+
+
+def test_a_flow_rwr_row_names_its_objective_and_pairs_start_and_end(tmp_path):
+    curve = [{**_point(2, 4, 0, 20), "successes": "1100"}, {**_point(3, 4, 500, 24), "successes": "1011"}]
+    base = {"task": "reach-v3", "init": "/w/reach-v3/sft_80/step_000020.pt", "init_step": 20, "sigma": 0.1,
+            "lr": 3e-4, "epochs": 2, "start": curve[0], "end": curve[-1], "curve": curve, "env_steps": 500,
+            "rl_seconds": 60.0, "lake_versions": [21, 23], "demo_version": 1, "command": "c", "exec_steps": 4,
+            "sft_lineage": {"lake_version": 2, "packed_table": "packed_abc"}}
+    (tmp_path / "reach-v3").mkdir()
+    (tmp_path / "reach-v3" / "rl_vla_exec4_result.json").write_text(json.dumps({**base, "end": _point(1, 4, 9, 9)}))
+    (tmp_path / "reach-v3" / "rl_vla_exec4_rwr_result.json").write_text(json.dumps(
+        {**base, "tag": "rl_vla_exec4_rwr", "loss": "flow_rwr", "rwr_weight": "return", "rwr_beta": 1.0,
+         "note": "rwr"}))
+    text = closed_loop.vla_report(tmp_path, "cmd", "load", out=tmp_path)
+    rows = [line for line in text.splitlines() if line.startswith("| reach-v3 |")]
+    assert len(rows) == 2
+    assert "| pg / 0.1 / " in rows[0] and "| — |" in rows[0]  # an old result: no per-goal strings, no pairing
+    assert "| flow_rwr (return > 0) / 0.1 / 0.0003 / 2 / success / 16 |" in rows[1]
+    assert "| 1 / 1 / 2, p = 1 |" in rows[1]
+    assert "Note (reach-v3, exec 4 of 8, flow_rwr (return > 0), success, lr 0.0003, 16/version): rwr" in text
+    control = {**base, "tag": "rl_vla_exec4_c", "loss": "flow_rwr", "rwr_weight": "return", "rwr_beta": 1.0,
+               "rwr_min_return": 1e9, "demo_coef": 1.0}
+    (tmp_path / "reach-v3" / "rl_vla_exec4_c_result.json").write_text(json.dumps(control))
+    text = closed_loop.vla_report(tmp_path, "cmd", "load", out=tmp_path)
+    assert "| control: demos x 1.0 only (flow_rwr keeps no RL row: return > 1e+09) / 0.1 /" in text

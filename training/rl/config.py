@@ -58,7 +58,17 @@ class AlgoConfig:
     group_size: int = 1  # trajectories per env seed; grpo needs >= 2
     gamma: float = 0.99
     lam: float = 0.95
-    correction: str = "decoupled"  # importance correction vs the behaviour policy: decoupled | clip | none
+    loss: str = "pg"  # the objective (training.rl.losses.OBJECTIVES): pg (policy gradient) | flow_rwr (flow policies)
+    correction: str = "decoupled"  # pg: importance correction vs the behaviour policy: decoupled | clip | none
+    rwr_weight: str = "exp"  # flow_rwr: a row's weight: exp (exp(A / beta), capped) | positive (A > 0) | return
+    #                          (its trajectory's return > rwr_min_return: ReST-style filtering)
+    rwr_beta: float = 1.0  # flow_rwr, exp: the temperature (GRPO advantages are standardized within a group)
+    rwr_max_weight: float = 20.0  # flow_rwr, exp: the cap on a row's weight
+    rwr_min_return: float = 0.0  # flow_rwr, return: rows of trajectories with a return above this are kept
+    demo_coef: float = 0.0  # > 0: each optimizer step also fits the SFT loss on one pack of demos, times this
+    demo_lake: str | None = None  # demo_coef: the lake holding the demos' packed table ...
+    demo_recipe: str | None = None  # ... the packing recipe's hash (the SFT run's) ...
+    demo_version: int | None = None  # ... and the lake version it is read at (pinned; None: the newest)
     clip_eps: float = 0.2
     is_cap: float = 2.0  # decoupled: the behaviour weight pi_prox / pi_behaviour is truncated here
     lr: float = 3e-4
@@ -146,7 +156,7 @@ def validate(cfg: RLConfig, where: str = "config") -> RLConfig:
     """Raise ValueError naming the field for settings that cannot run; returns ``cfg``."""
     from .advantages import ADVANTAGES
     from .latency import LATENCIES
-    from .losses import CORRECTIONS
+    from .losses import CORRECTIONS, OBJECTIVES, RWR_WEIGHTS
 
     a, w = cfg.algo, cfg.workers
 
@@ -159,6 +169,18 @@ def validate(cfg: RLConfig, where: str = "config") -> RLConfig:
         bad("algo.advantage", f"{a.advantage!r} is not one of {sorted(ADVANTAGES)}")
     if a.correction not in CORRECTIONS:
         bad("algo.correction", f"{a.correction!r} is not one of {sorted(CORRECTIONS)}")
+    if a.loss not in OBJECTIVES:
+        bad("algo.loss", f"{a.loss!r} is not one of {sorted(OBJECTIVES)}")
+    if a.rwr_weight not in RWR_WEIGHTS:
+        bad("algo.rwr_weight", f"{a.rwr_weight!r} is not one of {sorted(RWR_WEIGHTS)}")
+    if not a.rwr_beta > 0:
+        bad("algo.rwr_beta", f"must be > 0, got {a.rwr_beta}")
+    if not a.rwr_max_weight > 0:
+        bad("algo.rwr_max_weight", f"must be > 0, got {a.rwr_max_weight}")
+    if a.demo_coef < 0:
+        bad("algo.demo_coef", f"must be >= 0, got {a.demo_coef}")
+    if a.demo_coef > 0 and not (a.demo_lake and a.demo_recipe):
+        bad("algo.demo_coef", "mixing the demos' loss needs algo.demo_lake and algo.demo_recipe")
     if cfg.latency.dist not in LATENCIES:
         bad("latency.dist", f"{cfg.latency.dist!r} is not one of {sorted(LATENCIES)}")
     for key, v in (("workers.env_workers", w.env_workers), ("workers.envs_per_worker", w.envs_per_worker),

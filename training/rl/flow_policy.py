@@ -138,6 +138,24 @@ class FlowPolicy(VLA):
         _, out = self.backbone.forward_dense(pre, torch.ones(pre.shape[:2], dtype=torch.bool), suffix)
         return self.action_out[self.embodiment](out)
 
+    def flow_matching_loss(self, obs, raw, generator: torch.Generator | None = None,
+                           noise: torch.Tensor | None = None, t: torch.Tensor | None = None) -> torch.Tensor:
+        """The SFT flow-matching loss (``VLA.loss``'s: x_t = t noise + (1 - t) a, target noise - a, openpi's
+        convention) of stored chains' final chunks, per row (B,), differentiable: ``raw[:, -1]`` is the chunk the
+        env executed (its first ``exec_steps`` entries) in normalized units, the whole horizon is fitted as SFT
+        fits a demo chunk. No likelihood of the chain is involved (``training.rl.losses.flow_rwr`` weights these
+        rows by advantage). ``noise`` / ``t`` default to draws from ``generator`` in ``VLA.loss``'s order (noise,
+        then t with its Beta(1.5, 1)-like emphasis on noisy times)."""
+        prefix, cu, cond = self._inputs(obs)
+        a = torch.as_tensor(raw)[:, -1].float()
+        if noise is None:
+            noise = torch.randn(a.shape, generator=generator, dtype=a.dtype)
+        if t is None:
+            t = torch.rand(len(a), generator=generator).pow(1 / 1.5) * 0.999 + 0.001
+        tt = t[:, None, None]
+        pred = self._velocities(prefix, cu, tt * noise + (1 - tt) * a, t, 1, cond)
+        return (pred - (noise - a)).pow(2).mean((1, 2))
+
     def evaluate_actions(self, obs, raw):
         prefix, cu, cond = self._inputs(obs)
         logp = self.chain_logprob(prefix, cu, torch.as_tensor(raw), cond)

@@ -12,6 +12,10 @@ group until the group is complete. ``run`` is the training loop:
 - after the batch (``epochs`` optimizer steps over it) the version goes up by one and the weights are
   published to every rollout worker.
 
+The loss of a micro-batch is the configured objective (``algo.loss``, ``training.rl.losses.OBJECTIVES``): the
+corrected policy gradient, or advantage-weighted flow matching for flow policies. With ``demo_coef`` > 0 every
+optimizer step also fits the SFT loss on one pack of demos (``training.rl.demos``).
+
 Every trajectory is also forwarded to the lake writer, so the lake holds exactly what the trainer received.
 """
 
@@ -65,7 +69,7 @@ class Trainer:
         import torch
 
         from .advantages import get_advantage
-        from .losses import get_correction
+        from .losses import get_correction, get_objective
 
         torch.manual_seed(cfg.seed)
         torch.set_num_threads(1)
@@ -75,6 +79,19 @@ class Trainer:
         self.policy.train()
         self.opt = torch.optim.Adam(self.policy.parameters(), lr=cfg.algo.lr, eps=1e-5)
         self.estimator, self.correction = get_advantage(cfg.algo.advantage), get_correction(cfg.algo.correction)
+        self.objective = get_objective(cfg.algo.loss)
+        if self.objective.requires and not hasattr(self.policy, self.objective.requires):
+            raise ValueError(f"algo.loss {cfg.algo.loss!r} needs the policy's {self.objective.requires}: policy "
+                             f"factory {spec.factory!r} has none")
+        self._gen = torch.Generator().manual_seed(cfg.seed)  # the flow objectives' noise and times
+        self._demos = None
+        if cfg.algo.demo_coef > 0:
+            from .demos import DemoStream
+
+            if not hasattr(self.policy, "loss"):
+                raise ValueError(f"algo.demo_coef needs the policy's SFT loss: policy factory {spec.factory!r} has none")
+            a = cfg.algo
+            self._demos = DemoStream(a.demo_lake, a.demo_recipe, a.demo_version, cfg.seed)
         self.version = self._published = 0
         self._cv = threading.Condition()
         self._units: deque[list[Trajectory]] = deque()
@@ -219,6 +236,7 @@ class Trainer:
             self._busy += time.perf_counter() - t
         t = time.perf_counter()
         self._settle(trajs, used=True)  # staleness is measured against the version these gradients start from
+        demo = [self._demo_backward()]
         self._step()
         kls = []
         for _ in range(a.epochs - 1):
@@ -227,18 +245,34 @@ class Trainer:
             for mb in stored:
                 loss, info = self._loss(mb, first=False)
                 (loss * weight).backward()
-                kls.append(info["kl_prox"])
+                if self.objective.kl:
+                    kls.append(info["kl_prox"])
+            demo.append(self._demo_backward())
             self._step()
         # how far this version's update moved the policy on its own batch: KL(proximal || current) after all but
         # the last optimizer step, read off the last pass's forward (no extra compute); what the next versions'
-        # data will be off-policy by, per version of staleness (0 with one epoch)
-        for m in metrics:
-            m["update_kl"] = float(np.mean(kls)) if kls else 0.0
+        # data will be off-policy by, per version of staleness (0 with one epoch). Objectives without log-probs
+        # (flow_rwr) do not measure it.
+        if self.objective.kl:
+            for m in metrics:
+                m["update_kl"] = float(np.mean(kls)) if kls else 0.0
+        if self._demos is not None:
+            for m in metrics:
+                m["demo_loss"] = float(np.mean(demo))
         with self._cv:
             self.version += 1
             self._record(trajs, metrics)
         self._busy += time.perf_counter() - t
         return True
+
+    def _demo_backward(self) -> float | None:
+        """With ``demo_coef`` > 0: add the SFT loss of the next demo pack (times the coefficient) to this optimizer
+        step's gradient; returns that loss (None without demos)."""
+        if self._demos is None:
+            return None
+        loss = self.policy.loss(self._demos.next(), self._gen)
+        (self.algo.demo_coef * loss).backward()
+        return float(loss.detach())
 
     def _step(self) -> None:
         import torch
@@ -267,24 +301,14 @@ class Trainer:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
         mb["adv"] = torch.as_tensor(adv, dtype=torch.float32)
         mb["ret"] = torch.as_tensor(np.concatenate(ret), dtype=torch.float32) if ret is not None else None
+        mb["episode_return"] = torch.as_tensor(np.concatenate([np.full(t.length, t.episode_return) for t in trajs]),
+                                               dtype=torch.float32)  # per row: its whole trajectory's return
         return mb
 
     def _loss(self, mb: dict, first: bool):
-        from .losses import value_loss
-
-        a = self.algo
-        logp, entropy, value = self.policy.evaluate_actions(mb["obs"], mb["raw"])
-        if first:  # the proximal policy is the one at the start of this batch: these very weights
-            mb["logp_prox"] = logp.detach()
-        pg, info = self.correction(logp, mb["logp_prox"], mb["logp_behav"], mb["adv"], a.clip_eps, a.is_cap)
-        log_r = (logp - mb["logp_prox"]).detach()  # k3 estimate of KL(proximal || current): >= 0, unbiased
-        info["kl_prox"] = float((log_r.exp() - 1 - log_r).mean())
-        loss = pg - a.entropy_coef * entropy.mean()
-        vl = value_loss(value, mb["ret"]) if mb["ret"] is not None else None
-        if vl is not None:
-            loss = loss + a.value_coef * vl
-        return loss, {**info, "policy_loss": float(pg.detach()), "entropy": float(entropy.detach().mean()),
-                      "value_loss": float(vl.detach()) if vl is not None else 0.0}
+        """The configured objective (``algo.loss``) on one micro-batch."""
+        return self.objective.fn(self.policy, mb, self.algo, correction=self.correction, first=first,
+                                 generator=self._gen)
 
     def _record(self, trajs: list[Trajectory], metrics: list[dict]) -> None:
         steps = sum(t.length for t in trajs)
