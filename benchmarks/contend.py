@@ -8,6 +8,8 @@ other load causes, with scheduling excluded (each has a core to itself). The hos
 is read over every pair: time the hypervisor ran something else on our vCPUs.
 
 Loads (core 0 / core 1):
+- ``simroll``: ``sim`` plus the rollout worker's inference (the 4096-wide policy on the 2 observations) before
+  every step, in the same process: what the core does that holds the simulator and the inference serving it.
 - ``sim``: the env worker's work: a SyncVectorEnv of 2 LIBERO ``libero_object/3`` envs, both cameras rendered,
   random actions, reset every 40 steps; a unit = one vector step.
 - ``wide``: the sim-sized learner's update loop: the 4096-wide actor-critic (CNN on agentview) on a 40-step
@@ -48,19 +50,39 @@ def steal() -> float:
         return int(f.readline().split()[8]) / 100.0
 
 
-def _sim():
-    from training.rl.envs import make_vector_env
+PARTS: dict = {}  # CPU-s of a unit's parts (simroll: "sim", "infer")
+
+
+def _sim(pcfg: dict | None = None):
+    """``pcfg``: also the rollout's inference (the 4096-wide policy on the 2 envs' observations) after every
+    step, in this process: what the core holding the simulator and the inference does."""
+    from training.rl.envs import make_vector_env, to_features, get_family
 
     env = make_vector_env(ENV_ID, 2, image=True, max_episode_steps=40, kwargs={"reward": "dense"})
-    env.reset(seed=[0, 1])
+    obs, _ = env.reset(seed=[0, 1])
     rng = np.random.default_rng(0)
-    state = {"n": 0}
+    state = {"n": 0, "obs": obs}
+    policy = None
+    if pcfg is not None:
+        import torch
+
+        from training.rl.policy import GaussianActorCritic
+
+        torch.manual_seed(0)
+        policy = GaussianActorCritic(**pcfg).eval()
 
     def unit():
-        env.step(rng.uniform(-1, 1, (2, 7)).astype(np.float32))
+        c = time.process_time()
+        if policy is not None:
+            policy.act_with_logprob(to_features(state["obs"], get_family(ENV_ID)), np.arange(2) + state["n"])
+            c1 = time.process_time()
+            PARTS["infer"] = PARTS.get("infer", 0.0) + c1 - c
+            c = c1
+        state["obs"] = env.step(rng.uniform(-1, 1, (2, 7)).astype(np.float32))[0]
         state["n"] += 1
         if state["n"] % 40 == 0:
-            env.reset(seed=[state["n"], state["n"] + 1])
+            state["obs"] = env.reset(seed=[state["n"], state["n"] + 1])[0]
+        PARTS["sim"] = PARTS.get("sim", 0.0) + time.process_time() - c
     return unit
 
 
@@ -123,6 +145,8 @@ def _spin():
 def build(name: str, pcfg: dict):
     if name == "sim":
         return _sim()
+    if name == "simroll":
+        return _sim(pcfg)
     if name == "wide":
         return _learner(pcfg, 4096, 40)
     if name == "narrow":
@@ -146,6 +170,7 @@ def worker(cpu: int, conn, pcfg: dict) -> None:
             loads[name]()  # warm: first render makes the GL context, first step allocates Adam's state
         conn.send("ready")
         conn.recv()
+        PARTS.clear()
         t, c, n = time.perf_counter(), time.process_time(), 0
         if name == "idle":
             time.sleep(seconds)
@@ -153,7 +178,7 @@ def worker(cpu: int, conn, pcfg: dict) -> None:
             while time.perf_counter() - t < seconds:
                 loads[name]()
                 n += 1
-        conn.send({"units": n, "wall": time.perf_counter() - t, "cpu": time.process_time() - c})
+        conn.send({"units": n, "wall": time.perf_counter() - t, "cpu": time.process_time() - c, "parts": dict(PARTS)})
 
 
 PAIRS = [("sim", "idle"), ("sim", "spin"), ("sim", "l2"), ("sim", "stream"), ("sim", "wide"), ("sim", "narrow"),
@@ -198,7 +223,8 @@ def main() -> int:
             rows.append({"round": r, "pair": pair, "res": res, "steal_s": steal() - s0, "load": os.getloadavg()[0]})
             print(f"round {r} {pair[0]:>6} | {pair[1]:<6}: " + " | ".join(
                 f"{1000 * x['cpu'] / max(x['units'], 1):8.2f} CPU-ms {1000 * x['wall'] / max(x['units'], 1):8.2f} "
-                f"wall-ms/unit ({x['units']})" for x in res) + f"; steal {rows[-1]['steal_s']:.2f} s", flush=True)
+                f"wall-ms/unit ({x['units']})" + "".join(f" {k} {1000 * v / max(x['units'], 1):.1f}"
+                                                         for k, v in x["parts"].items()) for x in res) + f"; steal {rows[-1]['steal_s']:.2f} s", flush=True)
     for conn, p in ends:
         conn.send(None)
         p.join(10)

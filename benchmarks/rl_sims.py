@@ -18,6 +18,29 @@ the same for all modes and not in it). ``--learner``:
   rendered simulators on CPUs and a VLA learner on GPUs there, two resources of comparable cost. ``ss`` then
   runs them one after the other, ``aa`` overlaps them.
 
+**Why each side slows down beside the other (session 10, issue 16).** In aa the simulator (8.8 -> 10.0 s) and the
+learner (9.0 -> 10.1 s busy per version, run 7) each slow 11-13% against ss. Measured: (1) ``benchmarks/contend.py``
+pins two processes to their own cores and compares CPU-ms per unit of work alone and side by side: two rendered
+LIBERO envs beside the sim-sized learner's update loop (4096 wide, weights + Adam state 4x the 32 MiB L3) cost the
+same CPU per step as alone (0.92-1.12x over rounds, median 0.97x), the learner beside them 1.01-1.04x; a 256 MiB
+memory copy, L2-resident matmuls or a pure-Python loop beside the simulator: medians 1.00-1.08x, round-to-round
+noise +-10%: no measurable shared-core (SMT) or memory-bandwidth effect on the simulator alone. But the simulator plus the rollout's 4096-wide inference
+in one process (what a core does when both sit on it) costs 5-9% more CPU per step beside the learner (both parts
+slow: the inference evicts the simulator's L2, whose refill then comes from an L3 the learner keeps flushing). (2)
+In the pipeline, aa must also fit the small stages on the two busy cores: per version the rollout's inference
+~1.1 CPU-s, the lake writer 0.15-0.2, this driver 0.1-0.2 and Ray's own processes 0.3-0.5 (columns "driver" and
+"Ray's own" of the cores-used table), ~1.7 CPU-s that ss runs on its idle core for free; in aa the stage they
+preempt waits (busy wall > its CPU) and their wake-ups move the simulator between cores (run 7: simulator CPU
+9.3 -> 10.0 s, busy wall 8.8 -> 10.0 s). The work per version in aa (simulator + learner + these ~20.5 CPU-s on 2
+cores) bounds aa at ~1.9x at steady state here. (3) Pinning (``--pin``, ``placement.<actor>.cpus``, the same in
+every mode) does not help on this machine: 8-version locked runs under other engineers' nice-19 load (5-11):
+unpinned 1.69x whole / 1.91x steady; simulator + inference on core 0 with learner + lake writer + driver on core
+1: 1.57x / 1.75x (the simulator's CPU per version rises 9.1 -> 10.7 s in aa: the inference's cache effect above);
+simulator + lake writer + driver on core 0 with learner + inference on core 1: 1.31x / 1.54x (the env worker
+waits 2.6 s per version for actions computed on the learner's busy core). Unpinned, the scheduler puts the
+inference on whichever core is free. A cache-friendlier learner (narrower, more rows per weight read) was not
+needed: the learner's memory traffic does not slow the simulator by itself (and would need its own lr check).
+
 Every process of the runs (env workers, rollout, trainer, lake writer, this driver) gets one thread for math and
 for rendering (``OMP_NUM_THREADS=1``, ``LP_NUM_THREADS=1``: Mesa's llvmpipe otherwise starts a rasterizer thread
 per core), in all modes; the trainer and rollout workers also call ``torch.set_num_threads(1)``. Each actor
@@ -56,9 +79,9 @@ SECTION = "Async RL on LIBERO (rendered)"
 EVAL_SECTION = "LIBERO in the loop"
 GOAL = 1.8
 MODES = ("ss", "as", "aa")
-# sim-sized placement, the same in every mode: the simulator and the inference serving it on core 0 (they take
-# turns: the env worker waits while its actions are computed), the learner and the lake writer on core 1; this
-# driver and the Ray processes it starts (raylet, GCS) with the learner (see the module doc for the measurements)
+# --pin (sim-sized, the same in every mode; off by default, see the module doc): the simulator and the inference
+# serving it on core 0 (they take turns: the env worker waits while its actions are computed), the learner and the
+# lake writer on core 1, with this driver and the Ray processes it starts (they inherit its CPUs)
 PIN = {"placement.env_worker.cpus": [0], "placement.rollout.cpus": [0], "placement.trainer.cpus": [1],
        "placement.lake_writer.cpus": [1]}
 DRIVER_CPUS = [1]
@@ -74,7 +97,7 @@ LEARNERS = {
     # per version: same regime
     "sim-sized": {"policy.hidden": 4096, "algo.epochs": 10, "algo.lr": 3e-5, "workers.env_workers": 1,
                   "workers.envs_per_worker": 2, "algo.batch_trajectories": 2, "algo.micro_batch_trajectories": 1,
-                  "algo.train_steps": 10, **PIN},
+                  "algo.train_steps": 10},
 }
 REGIME = (
     "**The regime, and why it is RL-VLA3's.** RL-VLA3 runs rendered simulators on CPU cores and the VLA (learner "
@@ -158,12 +181,12 @@ def load() -> str:
 
 
 def config(learner: str, train_steps: int | None, seed: int | None = None, epochs: int | None = None,
-           lr: float | None = None, pin: bool = True):
+           lr: float | None = None, pin: bool = False):
     from training.rl import load_config
 
     over = dict(LEARNERS[learner])
-    if not pin:  # every process where the OS puts it (the runs before session 10)
-        over = {k: v for k, v in over.items() if not k.endswith(".cpus")}
+    if pin:  # every actor on a fixed core (PIN), in every mode
+        over.update(PIN)
     if train_steps:
         over["algo.train_steps"] = train_steps
     if epochs:  # the learner's cost per version (sim-sized: match the env worker's time per batch)
@@ -245,10 +268,12 @@ def run_all(args) -> Path:
     from lake._ray import ensure_ray
     from training.rl import run, summary, with_overrides
 
-    cfg = config(args.learner, args.train_steps, args.seed, args.epochs, args.lr, pin=not args.no_pin)
+    cfg = config(args.learner, args.train_steps, args.seed, args.epochs, args.lr, pin=args.pin)
     pinned = any(getattr(cfg.placement, a).cpus for a in ("env_worker", "rollout", "trainer", "lake_writer"))
     if pinned:  # before Ray starts: its raylet and GCS inherit this process's CPUs
-        os.sched_setaffinity(0, DRIVER_CPUS)
+        from training.rl.affinity import pin
+
+        pin(DRIVER_CPUS)
     out = Path(args.out or f"/tmp/bench-rl-sims-{args.learner}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0, before = time.perf_counter(), load()
@@ -590,8 +615,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=None, help="PPO epochs per version (default: the learner's)")
     ap.add_argument("--lr", type=float, default=None, help="learner step size (default: the config's)")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated, run in this order (ss first)")
-    ap.add_argument("--no-pin", action="store_true",
-                    help="leave every process where the OS puts it (all modes; the runs before session 10)")
+    ap.add_argument("--pin", action="store_true",
+                    help="pin the actors and this driver to cores (PIN; all modes); default: where the OS puts them")
     ap.add_argument("--out", default=None, help="folder for the runs' lakes, checkpoints and runs.json")
     ap.add_argument("--from", dest="from_dirs", default=None,
                     help="comma-separated run folders: only write the table / plot from their runs.json")

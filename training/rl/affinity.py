@@ -4,8 +4,9 @@ Why: on a small machine whose stages each hold a core (a simulator on one, the l
 the scheduler move them, and the small helpers (rollout inference, the lake writer) land on either core,
 costs each stage cache warmth and time slices whenever both cores are busy; the same placement applies in every
 mode, so ss and aa run on the same cores. ``os.sched_setaffinity`` acts on one thread, so every thread the
-process already has is pinned (Ray starts its own before the actor's ``__init__``); threads started later
-inherit the set from the thread that starts them.
+process already has is pinned (Ray starts its own before the actor's ``__init__``), and again after it (Mesa
+starts its shader-cache thread with every CPU set, not the creator's); threads started later inherit the set
+from the thread that starts them.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def pinned(cls, cpus):
             if cpus:
                 pin(cpus)
             super().__init__(*args, **kwargs)
+            if cpus:  # again: a library may start a thread with every CPU set (Mesa's shader-cache writer does)
+                pin(cpus)
 
         def cpu_affinity(self) -> list[int]:
             return affinity()
