@@ -19,27 +19,31 @@ the same for all modes and not in it). ``--learner``:
   runs them one after the other, ``aa`` overlaps them.
 
 **Why each side slows down beside the other (session 10, issue 16).** In aa the simulator (8.8 -> 10.0 s) and the
-learner (9.0 -> 10.1 s busy per version, run 7) each slow 11-13% against ss. Measured: (1) ``benchmarks/contend.py``
-pins two processes to their own cores and compares CPU-ms per unit of work alone and side by side: two rendered
-LIBERO envs beside the sim-sized learner's update loop (4096 wide, weights + Adam state 4x the 32 MiB L3) cost the
-same CPU per step as alone (0.92-1.12x over rounds, median 0.97x), the learner beside them 1.01-1.04x; a 256 MiB
-memory copy, L2-resident matmuls or a pure-Python loop beside the simulator: medians 1.00-1.08x, round-to-round
-noise +-10%: no measurable shared-core (SMT) or memory-bandwidth effect on the simulator alone. But the simulator plus the rollout's 4096-wide inference
-in one process (what a core does when both sit on it) costs 5-9% more CPU per step beside the learner (both parts
-slow: the inference evicts the simulator's L2, whose refill then comes from an L3 the learner keeps flushing). (2)
-In the pipeline, aa must also fit the small stages on the two busy cores: per version the rollout's inference
+learner (9.0 -> 10.1 s busy per version, run 7) each slow 11-13% against ss. Measured:
+(1) ``benchmarks/contend.py`` pins two processes to their own cores and compares CPU-ms per unit of work alone and
+side by side: two rendered LIBERO envs beside the sim-sized learner's update loop (4096 wide, weights + Adam state
+4x the 32 MiB L3) cost the same CPU per step as alone (0.92-1.12x over rounds, median 0.97x), the learner beside
+them 1.01-1.04x; a 256 MiB memory copy, L2-resident matmuls or a pure-Python loop beside the simulator: medians
+1.00-1.08x, round-to-round noise +-10%: no measurable shared-core (SMT) or memory-bandwidth effect on the simulator
+alone. But the simulator plus the rollout's 4096-wide inference in one process (what a core does when both sit on
+it) costs 5-9% more CPU per step beside the learner, both parts (presumably the inference evicts the simulator's
+L2, whose refill then comes from an L3 the learner keeps flushing).
+(2) In the pipeline, aa must also fit the small stages on the two busy cores: per version the rollout's inference
 ~1.1 CPU-s, the lake writer 0.15-0.2, this driver 0.1-0.2 and Ray's own processes 0.3-0.5 (columns "driver" and
-"Ray's own" of the cores-used table), ~1.7 CPU-s that ss runs on its idle core for free; in aa the stage they
-preempt waits (busy wall > its CPU) and their wake-ups move the simulator between cores (run 7: simulator CPU
-9.3 -> 10.0 s, busy wall 8.8 -> 10.0 s). The work per version in aa (simulator + learner + these ~20.5 CPU-s on 2
-cores) bounds aa at ~1.9x at steady state here. (3) Pinning (``--pin``, ``placement.<actor>.cpus``, the same in
-every mode) does not help on this machine: 8-version locked runs under other engineers' nice-19 load (5-11):
-unpinned 1.69x whole / 1.91x steady; simulator + inference on core 0 with learner + lake writer + driver on core
-1: 1.57x / 1.75x (the simulator's CPU per version rises 9.1 -> 10.7 s in aa: the inference's cache effect above);
-simulator + lake writer + driver on core 0 with learner + inference on core 1: 1.31x / 1.54x (the env worker
-waits 2.6 s per version for actions computed on the learner's busy core). Unpinned, the scheduler puts the
-inference on whichever core is free. A cache-friendlier learner (narrower, more rows per weight read) was not
-needed: the learner's memory traffic does not slow the simulator by itself (and would need its own lr check).
+"Ray's own" of the cores-used table): ~1.7 CPU-s that ss runs on its idle core for free. In aa the stage they
+preempt waits (its busy wall exceeds its CPU), and the simulator's CPU per step rises too (run 7: simulator CPU
+9.3 -> 10.0 s, busy wall 8.8 -> 10.0 s per version: the inference on its core, above; migrations between cores
+not measured separately). Simulator + learner + these, ~20.5 CPU-s per version on 2 cores, bound aa at ~1.9x
+at steady state here.
+(3) Pinning (``--pin`` / ``placement.<actor>.cpus``, the same in every mode) did not help in the runs made
+(8-version locked runs under other engineers' nice-19 load 5-11): unpinned 1.69x whole / 1.91x steady; simulator
++ inference on core 0 with learner + lake writer + driver on core 1: 1.57x / 1.75x (the simulator's CPU per
+version 9.1 -> 10.7 s in aa: the effect in (1)); simulator + lake writer + driver on core 0 with learner +
+inference on core 1: 1.31x / 1.54x (the env worker waits 2.6 s per version, not 1.2, for actions computed on the
+learner's busy core). One run each, and a second unpinned run under heavier load gave 1.99x / 2.23x (its ss slowed
+more than its aa): loaded runs differ by +-0.3x, so only the last layout's loss is clear. The benchmark keeps the
+OS placement. A cache-friendlier learner (narrower, more rows per weight read) was not tried: the learner's memory
+traffic does not slow the simulator by itself, and a new shape would need its own lr / equal-learning check.
 
 Every process of the runs (env workers, rollout, trainer, lake writer, this driver) gets one thread for math and
 for rendering (``OMP_NUM_THREADS=1``, ``LP_NUM_THREADS=1``: Mesa's llvmpipe otherwise starts a rasterizer thread
