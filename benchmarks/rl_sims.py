@@ -18,6 +18,33 @@ the same for all modes and not in it). ``--learner``:
   rendered simulators on CPUs and a VLA learner on GPUs there, two resources of comparable cost. ``ss`` then
   runs them one after the other, ``aa`` overlaps them.
 
+**Why each side slows down beside the other (session 10, issue 16).** In aa the simulator (8.8 -> 10.0 s) and the
+learner (9.0 -> 10.1 s busy per version, run 7) each slow 11-13% against ss. Measured:
+(1) ``benchmarks/contend.py`` pins two processes to their own cores and compares CPU-ms per unit of work alone and
+side by side: two rendered LIBERO envs beside the sim-sized learner's update loop (4096 wide, weights + Adam state
+4x the 32 MiB L3) cost the same CPU per step as alone (0.92-1.12x over rounds, median 0.97x), the learner beside
+them 1.01-1.04x; a 256 MiB memory copy, L2-resident matmuls or a pure-Python loop beside the simulator: medians
+1.00-1.08x, round-to-round noise +-10%: no measurable shared-core (SMT) or memory-bandwidth effect on the simulator
+alone. But the simulator plus the rollout's 4096-wide inference in one process (what a core does when both sit on
+it) costs 5-9% more CPU per step beside the learner, both parts (presumably the inference evicts the simulator's
+L2, whose refill then comes from an L3 the learner keeps flushing).
+(2) In the pipeline, aa must also fit the small stages on the two busy cores: per version the rollout's inference
+~1.1 CPU-s, the lake writer 0.15-0.2, this driver 0.1-0.2 and Ray's own processes 0.3-0.5 (columns "driver" and
+"Ray's own" of the cores-used table): ~1.7 CPU-s that ss runs on its idle core for free. In aa the stage they
+preempt waits (its busy wall exceeds its CPU), and the simulator's CPU per step rises too (run 7: simulator CPU
+9.3 -> 10.0 s, busy wall 8.8 -> 10.0 s per version: the inference on its core, above; migrations between cores
+not measured separately). Simulator + learner + these, ~20.5 CPU-s per version on 2 cores, bound aa at ~1.9x
+at steady state here.
+(3) Pinning (``--pin`` / ``placement.<actor>.cpus``, the same in every mode) did not help in the runs made
+(8-version locked runs under other engineers' nice-19 load 5-11): unpinned 1.69x whole / 1.91x steady; simulator
++ inference on core 0 with learner + lake writer + driver on core 1: 1.57x / 1.75x (the simulator's CPU per
+version 9.1 -> 10.7 s in aa: the effect in (1)); simulator + lake writer + driver on core 0 with learner +
+inference on core 1: 1.31x / 1.54x (the env worker waits 2.6 s per version, not 1.2, for actions computed on the
+learner's busy core). One run each, and a second unpinned run under heavier load gave 1.99x / 2.23x (its ss slowed
+more than its aa): loaded runs differ by +-0.3x, so only the last layout's loss is clear. The benchmark keeps the
+OS placement. A cache-friendlier learner (narrower, more rows per weight read) was not tried: the learner's memory
+traffic does not slow the simulator by itself, and a new shape would need its own lr / equal-learning check.
+
 Every process of the runs (env workers, rollout, trainer, lake writer, this driver) gets one thread for math and
 for rendering (``OMP_NUM_THREADS=1``, ``LP_NUM_THREADS=1``: Mesa's llvmpipe otherwise starts a rasterizer thread
 per core), in all modes; the trainer and rollout workers also call ``torch.set_num_threads(1)``. Each actor
@@ -56,6 +83,12 @@ SECTION = "Async RL on LIBERO (rendered)"
 EVAL_SECTION = "LIBERO in the loop"
 GOAL = 1.8
 MODES = ("ss", "as", "aa")
+# --pin (sim-sized, the same in every mode; off by default, see the module doc): the simulator and the inference
+# serving it on core 0 (they take turns: the env worker waits while its actions are computed), the learner and the
+# lake writer on core 1, with this driver and the Ray processes it starts (they inherit its CPUs)
+PIN = {"placement.env_worker.cpus": [0], "placement.rollout.cpus": [0], "placement.trainer.cpus": [1],
+       "placement.lake_writer.cpus": [1]}
+DRIVER_CPUS = [1]
 LEARNERS = {
     "small": {},
     # learner CPU per version ~ simulator CPU per batch (80 rendered steps, ~9 CPU-s): a 4096-wide actor-critic
@@ -85,16 +118,36 @@ REGIME = (
     "only remove the per-step barrier.")
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "LP_NUM_THREADS": "1"}
 STAGES = ("EnvWorker", "RolloutWorker", "Trainer", "LakeWriter")
+OTHERS = ("Driver", "Ray")  # this process; the rest of what Ray started (raylet, GCS, dashboard, idle workers)
 
 
 class StageCPU(Sampler):
-    """Samples the CPU time (user + system, all threads) and thread count of every Ray actor process, by
-    actor class (``ray::EnvWorker...``), every ``interval`` s; ``window(t0, t1)`` gives each stage's
-    CPU-seconds per wall second over [t0, t1] (1.0 = one core busy all the time)."""
+    """Samples the CPU time (user + system, all threads) and thread count of every process of this run, every
+    ``interval`` s: the Ray actors by class (``ray::EnvWorker...``), this driver (``Driver``: the run loop and
+    this sampler) and everything else Ray started for it (``Ray``: raylet, GCS, dashboard, idle workers);
+    ``window(t0, t1)`` gives each stage's CPU-seconds per wall second over [t0, t1] (1.0 = one core busy all the
+    time). A process is classified once (its command line and ancestry are the costly reads)."""
 
     def __init__(self, interval: float = 0.5):
         super().__init__(interval)
         self.series, self.threads, self.nice = {}, {}, {}
+        self._stage: dict = {}  # pid -> stage, or None for a process that is not this run's
+
+    def _classify(self, p, me: int) -> str | None:
+        import psutil
+
+        if p.pid == me:
+            return "Driver"
+        try:
+            # only this run's processes (descendants of the Ray node this process started), not another Ray
+            # session's on the same machine (a test suite running beside the timing); checked once per process
+            if p.pid not in self._stage and me not in {q.pid for q in p.parents()}:
+                return None
+            cmd = " ".join(p.cmdline() or [])
+        except psutil.Error:
+            return None
+        stage = cmd[5:].split(".")[0].split(" ")[0] if cmd.startswith("ray::") else None
+        return stage if stage in STAGES else "Ray"
 
     def _sample(self):
         import psutil
@@ -102,26 +155,24 @@ class StageCPU(Sampler):
         me = os.getpid()
         while not self._stop.is_set():
             now = time.time()
-            for p in psutil.process_iter(["cmdline"]):
-                cmd = " ".join(p.info["cmdline"] or [])
-                stage = cmd[5:].split(".")[0].split(" ")[0] if cmd.startswith("ray::") else None
-                if stage not in STAGES:
+            for p in psutil.process_iter():
+                if p.pid not in self._stage or self._stage[p.pid] == "Ray":  # an idle worker may become an actor
+                    self._stage[p.pid] = self._classify(p, me)
+                stage = self._stage[p.pid]
+                if stage is None:
                     continue
                 try:
-                    # only this run's actors (children of the Ray node this process started), not another
-                    # Ray session's on the same machine (a test suite running beside the timing)
-                    if me not in {q.pid for q in p.parents()}:
-                        continue
                     c, n, nice = p.cpu_times(), p.num_threads(), p.nice()
                 except psutil.Error:
                     continue
-                self.series.setdefault(p.pid, (stage, []))[1].append((now, c.user + c.system))
+                key = (p.pid, stage)
+                self.series.setdefault(key, (stage, []))[1].append((now, c.user + c.system))
                 self.threads[stage] = max(self.threads.get(stage, 0), n)
                 self.nice[stage] = max(self.nice.get(stage, -20), nice)
             self._stop.wait(self.interval)
 
     def window(self, t0: float, t1: float) -> dict:
-        out = {s: 0.0 for s in STAGES}
+        out = {s: 0.0 for s in STAGES + OTHERS}
         for stage, pts in self.series.values():
             ts, cs = np.array([t for t, _ in pts]), np.array([c for _, c in pts])
             if len(ts) > 1 and ts[0] <= t1 and ts[-1] >= t0:
@@ -134,10 +185,12 @@ def load() -> str:
 
 
 def config(learner: str, train_steps: int | None, seed: int | None = None, epochs: int | None = None,
-           lr: float | None = None):
+           lr: float | None = None, pin: bool = False):
     from training.rl import load_config
 
     over = dict(LEARNERS[learner])
+    if pin:  # every actor on a fixed core (PIN), in every mode
+        over.update(PIN)
     if train_steps:
         over["algo.train_steps"] = train_steps
     if epochs:  # the learner's cost per version (sim-sized: match the env worker's time per batch)
@@ -219,7 +272,12 @@ def run_all(args) -> Path:
     from lake._ray import ensure_ray
     from training.rl import run, summary, with_overrides
 
-    cfg = config(args.learner, args.train_steps, args.seed, args.epochs, args.lr)
+    cfg = config(args.learner, args.train_steps, args.seed, args.epochs, args.lr, pin=args.pin)
+    pinned = any(getattr(cfg.placement, a).cpus for a in ("env_worker", "rollout", "trainer", "lake_writer"))
+    if pinned:  # before Ray starts: its raylet and GCS inherit this process's CPUs
+        from training.rl.affinity import pin
+
+        pin(DRIVER_CPUS)
     out = Path(args.out or f"/tmp/bench-rl-sims-{args.learner}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0, before = time.perf_counter(), load()
@@ -244,12 +302,15 @@ def run_all(args) -> Path:
             rep = run(c)
         rep.ledger.check()
         print(summary(rep), flush=True)
-        runs[mode] = {**summarize(rep, c, cpu), "load": f"{before_mode} -> {load()}"}
+        runs[mode] = {**summarize(rep, c, cpu), "load": f"{before_mode} -> {load()}", "affinity": rep.affinity}
         print(breakdown(runs[mode]), flush=True)
         (out / "runs.partial.json").write_text(json.dumps(runs, indent=1))  # a later failure keeps these
     ray.shutdown()
     meta = {"learner": args.learner, "overrides": LEARNERS[args.learner], "train_steps": cfg.algo.train_steps,
             "epochs": cfg.algo.epochs, "lr": cfg.algo.lr,
+            "pinned": ({a: list(getattr(cfg.placement, a).cpus) for a in ("env_worker", "rollout", "trainer",
+                                                                          "lake_writer")} | {"driver": DRIVER_CPUS}
+                       if pinned else None),
             "load_before": before, "load_after": load(), "seconds": time.perf_counter() - t0, "split": split,
             "machine": machine(), "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
             "backend": os.environ.get("MUJOCO_GL", ""), "config": _cfg_line(cfg),
@@ -338,14 +399,14 @@ def table(res: dict) -> list[str]:
             + "wall s | steps | dropped stale / unused | staleness mean / max | "
             "env worker ms per vector step: sim+render / waiting for actions | trainer s per version | "
             "CPU-s of work per wall s | " + ("cores used (process CPU-s per wall s): env worker / rollout / trainer / "
-                                             "lake writer | " if has_cpu else "")
+                                             "lake writer / driver / Ray's own | " if has_cpu else "")
             + "idle env / trainer | reward/step, first / last batch | load average before -> after |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     sss = runs["ss"].get("steady_steps_per_s") or 1e-9
     for mode, r in runs.items():
         h = r["history"]
         extra = (f"{r['steady_steps_per_s']:.2f}, {r['steady_steps_per_s'] / sss:.2f}x | " if has_cpu else "")
-        cores = (" / ".join(f"{r['cpu'][k]:.2f}" for k in STAGES) + " | " if has_cpu else "")
+        cores = (" / ".join(f"{r['cpu'].get(k, 0):.2f}" for k in STAGES + OTHERS) + " | " if has_cpu else "")
         rows.append(f"| {mode} | {r['steps_per_s']:.2f} | {r['steps_per_s'] / ss:.2f}x | {extra}{r['wall_s']:.0f} | "
                     f"{r['consumed_steps']} | {r['dropped_stale']} / {r['dropped_unused']} | "
                     f"{r['staleness_mean']:.2f} / {r['staleness_max']} | {r['env_ms_per_vector_step']:.0f} / "
@@ -460,11 +521,13 @@ def sim_sized_text(res: dict) -> str:
         f"Where the time goes (ss): per version the simulator is busy {sim:.1f} s (one core) and the learner "
         f"{learn:.1f} s (one core), learner / simulator = {learn / max(sim, 1e-9):.2f} (in process CPU: simulator "
         f"{cpu_v.get('EnvWorker', 0):.1f} CPU-s, learner {cpu_v.get('Trainer', 0):.1f}, inference "
-        f"{cpu_v.get('RolloutWorker', 0):.1f}, lake writer {cpu_v.get('LakeWriter', 0):.1f} per version); ss runs them one after the "
+        f"{cpu_v.get('RolloutWorker', 0):.1f}, lake writer {cpu_v.get('LakeWriter', 0):.1f}, driver "
+        f"{cpu_v.get('Driver', 0):.1f}, Ray's own processes {cpu_v.get('Ray', 0):.1f} per version); ss runs them one after the "
         f"other, aa overlaps them, so perfect overlap gives {ideal_steady:.2f}x at steady state and "
         f"{ideal_all:.2f}x over {n} versions (aa's first batch has nothing to overlap with). Cores each stage really "
-        "used during the timed window (process CPU-s per wall s; env worker / rollout / trainer / lake writer): "
-        + "; ".join(f"{m} " + " / ".join(f"{c.get(k, 0):.2f}" for k in STAGES) for m, c in cores.items())
+        "used during the timed window (process CPU-s per wall s; env worker / rollout / trainer / lake writer / "
+        "driver / Ray's own): "
+        + "; ".join(f"{m} " + " / ".join(f"{c.get(k, 0):.2f}" for k in STAGES + OTHERS) for m, c in cores.items())
         + " — the simulator never used more than one core (rendering on one llvmpipe thread; threads per "
         f"process, Ray's own I/O threads included: {ss.get('threads', {})}; actors' nice: {ss.get('nice', {})}). Learning: the same env seeds and learner in every mode; dense "
         f"reward per env step of each consumed batch vs consumed env steps — {curve} (ss has staleness 0, aa "
@@ -556,6 +619,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=None, help="PPO epochs per version (default: the learner's)")
     ap.add_argument("--lr", type=float, default=None, help="learner step size (default: the config's)")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated, run in this order (ss first)")
+    ap.add_argument("--pin", action="store_true",
+                    help="pin the actors and this driver to cores (PIN; all modes); default: where the OS puts them")
     ap.add_argument("--out", default=None, help="folder for the runs' lakes, checkpoints and runs.json")
     ap.add_argument("--from", dest="from_dirs", default=None,
                     help="comma-separated run folders: only write the table / plot from their runs.json")

@@ -43,6 +43,9 @@ def test_unknown_key_names_the_file_and_the_key(tmp_path):
     ({"algo.micro_batch_trajectories": 32}, "larger than the global batch"),
     ({"latency.dist": "gamma"}, "latency.dist"),
     ({"algo.max_staleness": -1}, "max_staleness"),
+    ({"placement.trainer.cpus": [-1]}, "placement.trainer.cpus: CPU ids"),
+    ({"placement.rollout.cpus": "0"}, "placement.rollout.cpus: expected a list of integers"),
+    ({"placement.rollout.cpus": [0.5]}, "placement.rollout.cpus: expected a list of integers"),
 ])
 def test_settings_that_cannot_run_are_rejected(overrides, match):
     with pytest.raises(ValueError, match=match):
@@ -59,3 +62,7 @@ def test_overrides_replace_nested_fields_and_reject_wrong_types(tmp_path):
     p.write_text("workers:\n  env_workers: two\n")
     with pytest.raises(ValueError, match="workers.env_workers: expected a number"):
         load_config(p)
+    p.write_text("placement:\n  env_worker: {cpus: [0]}\n  trainer: {num_cpus: 0.5, cpus: [1]}\n")
+    cfg = load_config(p)
+    assert cfg.placement.env_worker.cpus == (0,) and cfg.placement.trainer.cpus == (1,)
+    assert cfg.placement.rollout.cpus == () and cfg.placement.trainer.num_cpus == 0.5

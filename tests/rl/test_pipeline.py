@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from rl_configs import small_config
+from rl_configs import PINS, small_config
 
 import lake
 
@@ -31,6 +31,14 @@ def test_every_step_carries_its_policy_version_and_staleness_stays_bounded(aa_ru
         assert row["policy_version"] == v.min() == rep.trajectories[tid][2]
         seen.update(v.tolist())
     assert len(seen) >= 3  # rollouts picked up new versions mid-run
+
+
+def test_every_actor_process_runs_only_on_its_placement_cpus(aa_run):
+    # every thread of each actor (Ray's own included), read at the end of the run: a pin of the calling thread
+    # only would leave Ray's threads on every CPU
+    rep, cfg = aa_run
+    assert rep.affinity == {"trainer": PINS["trainer"], "rollout.0": PINS["rollout"], "lake_writer": PINS["lake_writer"],
+                            **{f"env_worker.{i}": PINS["env_worker"] for i in range(cfg.workers.env_workers)}}
 
 
 def test_every_trajectory_is_consumed_or_counted_as_dropped(aa_run):

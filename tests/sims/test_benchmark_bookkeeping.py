@@ -53,6 +53,36 @@ def test_stage_cpu_window_interpolates_each_process_and_sums_a_stage():
     assert got["LakeWriter"] == 0.0
 
 
+def test_stage_cpu_names_actors_the_driver_and_ray_and_skips_other_sessions():
+    import os
+    import subprocess
+    import time
+
+    import ray  # noqa: F401 - puts Ray's vendored psutil on the path
+    import psutil
+
+    cpu = rl_sims.StageCPU()
+    me = os.getpid()
+    actor = subprocess.Popen(["bash", "-c", "exec -a ray::EnvWorker.run sleep 30"])
+    idle = subprocess.Popen(["bash", "-c", "exec -a ray::IDLE sleep 30"])
+    raylet = subprocess.Popen(["sleep", "30"])
+    try:
+        for _ in range(100):  # until bash has exec'd the new name
+            if psutil.Process(actor.pid).cmdline()[0] == "ray::EnvWorker.run" and \
+                    psutil.Process(idle.pid).cmdline()[0] == "ray::IDLE":
+                break
+            time.sleep(0.05)
+        assert cpu._classify(psutil.Process(actor.pid), me) == "EnvWorker"
+        assert cpu._classify(psutil.Process(idle.pid), me) == "Ray"  # an idle worker: Ray's own until it is an actor
+        assert cpu._classify(psutil.Process(raylet.pid), me) == "Ray"
+        assert cpu._classify(psutil.Process(me), me) == "Driver"
+        assert cpu._classify(psutil.Process(os.getppid()), me) is None  # not started by this run
+    finally:
+        for p in (actor, idle, raylet):
+            p.kill()
+            p.wait()
+
+
 def test_recording_one_learner_keeps_the_other_learners_subsection(tmp_path, monkeypatch):
     import _report
 

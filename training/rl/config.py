@@ -103,6 +103,7 @@ class ActorResources:
     num_cpus: float = 0.25
     num_gpus: float = 0.0
     resources: dict = field(default_factory=dict)  # custom Ray resources, e.g. {"sim_node": 0.1}
+    cpus: tuple = ()  # pin the actor's process to these CPU ids (os.sched_setaffinity); () = the OS places it
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,9 @@ def validate(cfg: RLConfig, where: str = "config") -> RLConfig:
                                        f"({a.batch_trajectories}) must be a multiple of the envs ({envs})")
     if cfg.mode == "ss" and a.group_size > 1 and w.envs_per_worker % a.group_size:
         bad("algo.group_size", "ss rounds group within a worker's envs: envs_per_worker must be a multiple")
+    for name in ("env_worker", "rollout", "trainer", "lake_writer"):
+        if any(c < 0 for c in getattr(cfg.placement, name).cpus):
+            bad(f"placement.{name}.cpus", f"CPU ids are >= 0, got {list(getattr(cfg.placement, name).cpus)}")
     if cfg.fault.worker is not None and not 0 <= cfg.fault.worker < w.env_workers:
         bad("fault.worker", f"no env worker {cfg.fault.worker}")
     return cfg
@@ -286,6 +290,10 @@ def _coerce(default, value, where: str, key: str):
         if isinstance(default, int) and not float(value).is_integer():
             raise ValueError(f"{where}: {key}: expected an integer, got {value!r}")
         return type(default)(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+            raise ValueError(f"{where}: {key}: expected a list of integers, got {value!r}")
+        return tuple(value)
     if isinstance(default, dict) and not isinstance(value, dict):
         raise ValueError(f"{where}: {key}: expected a mapping, got {value!r}")
     if isinstance(default, str) and not isinstance(value, str):

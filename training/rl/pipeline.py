@@ -50,6 +50,7 @@ class RunReport:
     rollouts: tuple[RolloutStats, ...]
     lake: WriterReport | None
     checkpoint: str | None
+    affinity: dict | None = None  # actor ("env_worker.0", "rollout.0", "trainer", "lake_writer") -> CPUs its threads may use
 
 
 @dataclass
@@ -92,6 +93,7 @@ def _check_resources(cfg: RLConfig, wait_s: float = 15.0) -> None:
 def _create(cfg: RLConfig, spec, run_id: str, fps: float, robot_type: str, storage_options) -> _Actors:
     import ray
 
+    from .affinity import pinned
     from .env_worker import EnvWorker
     from .lake_writer import LakeWriter
     from .rollout import RolloutWorker
@@ -101,6 +103,9 @@ def _create(cfg: RLConfig, spec, run_id: str, fps: float, robot_type: str, stora
         return {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus, "resources": dict(r.resources) or None}
 
     p = cfg.placement
+    # each actor pins its process to placement.<actor>.cpus first thing (nothing pinned when empty)
+    LakeWriter, RolloutWorker = pinned(LakeWriter, p.lake_writer.cpus), pinned(RolloutWorker, p.rollout.cpus)
+    Trainer, EnvWorker = pinned(Trainer, p.trainer.cpus), pinned(EnvWorker, p.env_worker.cpus)
     writer = None
     if cfg.lake.uri:
         writer = ray.remote(LakeWriter).options(**opts(p.lake_writer), max_concurrency=1).remote(
@@ -253,6 +258,7 @@ def run(cfg: RLConfig, *, storage_options: dict | None = None) -> RunReport:
         ray.get(a.trainer.publish.remote())  # version 0 everywhere before the first request
         t_start = time.time()
         workers, deaths = (_run_ss if cfg.mode == "ss" else _run_async)(cfg, a, deadline)
+        affinity = _affinity(a)
         rollout_stats = tuple(ray.get([r.stats.remote() for r in a.rollouts]))
         tr = ray.get(a.trainer.finish.remote())
         lake_rep = ray.get(a.writer.flush.remote()) if a.writer is not None else None
@@ -268,10 +274,26 @@ def run(cfg: RLConfig, *, storage_options: dict | None = None) -> RunReport:
         for x in a.all():
             ray.kill(x, no_restart=True)
     tr.ledger.check()
-    return _report(cfg, run_id, t_start, tr, workers, rollout_stats, lake_rep, deaths, ckpt)
+    return _report(cfg, run_id, t_start, tr, workers, rollout_stats, lake_rep, deaths, ckpt, affinity)
 
 
-def _report(cfg, run_id, t_start, tr, workers, rollout_stats, lake_rep, deaths, ckpt) -> RunReport:
+def _affinity(a: _Actors) -> dict:
+    """Each live actor's CPUs, read at the end of the run (every thread it started by then counted)."""
+    import ray
+
+    named = {"trainer": a.trainer, **{f"rollout.{i}": r for i, r in enumerate(a.rollouts)},
+             **{f"env_worker.{i}": w for i, w in enumerate(a.workers)},
+             **({"lake_writer": a.writer} if a.writer is not None else {})}
+    out = {}
+    for name, actor in named.items():
+        try:
+            out[name] = ray.get(actor.cpu_affinity.remote(), timeout=30)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):  # a worker killed by a fault test
+            pass
+    return out
+
+
+def _report(cfg, run_id, t_start, tr, workers, rollout_stats, lake_rep, deaths, ckpt, affinity=None) -> RunReport:
     wall = max(tr.history[-1]["time"] - t_start, 1e-9) if tr.history else 0.0
     steps = tr.history[-1]["consumed_steps"] if tr.history else 0
     st, n = tr.ledger.staleness, cfg.workers.env_workers
@@ -292,7 +314,7 @@ def _report(cfg, run_id, t_start, tr, workers, rollout_stats, lake_rep, deaths, 
         dropped_stale=len(led.dropped_stale), dropped_unused=len(led.dropped_unused),
         staleness_mean=float(sum(st) / len(st)) if st else 0.0, staleness_max=max(st) if st else 0, idle=idle,
         restarts=deaths, weights_sha256=tr.weights_sha256, history=tr.history, ledger=led, trajectories=tr.received,
-        workers=tuple(workers), rollouts=rollout_stats, lake=lake_rep, checkpoint=ckpt)
+        workers=tuple(workers), rollouts=rollout_stats, lake=lake_rep, checkpoint=ckpt, affinity=affinity or {})
 
 
 def summary(rep: RunReport) -> str:
