@@ -129,7 +129,7 @@ def read(ds, table_uri: str, table: str, storage_options=None):
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:  # noqa: BLE001 - a damaged file can raise anything, a Rust panic included
-        if _missing(e):
+        if _missing(e) and not _exists(uri, storage_options):  # a damaged file's error can read "not found" too
             return None
         raise Unusable(f"{uri}: unreadable ({type(e).__name__}: {e})") from e
     try:
@@ -166,6 +166,18 @@ def _consistent(frags: list, codes, tokens, addrs, n_splits: int) -> bool:
     pos = by_id[at]  # each row's fragment's position in table order
     return bool(np.all(ids[pos] == fid) and np.all(off < physical[pos]) and np.all(codes >= 0)
                 and np.all(codes < n_splits) and np.all(np.diff(pos * 2**32 + off) > 0))
+
+
+def _exists(uri: str, storage_options=None) -> bool:
+    from lake import _store
+
+    a = _store.arrow_filesystem(uri, storage_options)
+    if a is not None:
+        from pyarrow import fs as pafs
+
+        return a[0].get_file_info(a[1]).type != pafs.FileType.NotFound
+    fs, p = _store.filesystem(uri, storage_options)
+    return fs.exists(p)
 
 
 def _missing(e: Exception) -> bool:
