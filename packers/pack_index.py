@@ -129,7 +129,7 @@ def read(ds, table_uri: str, table: str, storage_options=None):
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:  # noqa: BLE001 - a damaged file can raise anything, a Rust panic included
-        if _missing(e) and not _exists(uri, storage_options):  # a damaged file's error can read "not found" too
+        if not _exists(uri, storage_options):  # asked, not read off the error: a damaged file's can say "not found"
             return None
         raise Unusable(f"{uri}: unreadable ({type(e).__name__}: {e})") from e
     try:
@@ -178,8 +178,3 @@ def _exists(uri: str, storage_options=None) -> bool:
         return a[0].get_file_info(a[1]).type != pafs.FileType.NotFound
     fs, p = _store.filesystem(uri, storage_options)
     return fs.exists(p)
-
-
-def _missing(e: Exception) -> bool:
-    text = str(e).lower()
-    return isinstance(e, FileNotFoundError) or "not found" in text or "no such file" in text or "404" in text
