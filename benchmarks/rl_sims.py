@@ -128,7 +128,7 @@ class StageCPU(Sampler):
     ``window(t0, t1)`` gives each stage's CPU-seconds per wall second over [t0, t1] (1.0 = one core busy all the
     time). A process is classified once (its command line and ancestry are the costly reads)."""
 
-    def __init__(self, interval: float = 0.5):
+    def __init__(self, interval: float = 1.0):
         super().__init__(interval)
         self.series, self.threads, self.nice = {}, {}, {}
         self._stage: dict = {}  # pid -> stage, or None for a process that is not this run's
