@@ -53,7 +53,8 @@ inference 1.1 -> 0.6 CPU-s, waiting for actions 25 / 30 -> 16 / 17 ms per vector
 0.04-0.08, Ray's own 0.3-0.5 -> 0.18-0.27; both modes ran ~10% faster (ss 4.26 -> 4.70, aa 7.27 -> 7.92 env
 steps/s against the base commit locked right after it, same load) but the ratio did not move: aa / ss 1.69x whole,
 1.74x steady vs the base's 1.70x / 1.74x (the learner shrank with its publish, 8.8 -> 7.8 s per version, which ss
-pays in full). Mesa's ``LP_NUM_THREADS=0``
+pays in full); a second run of this branch (08:19 UTC, load 2-4) gave 1.78x / 1.85x, its paired base run was
+disturbed by other jobs (aa got 1.52 cores: 1.45x), so the spread, not a gain, is what is shown. Mesa's ``LP_NUM_THREADS=0``
 (rasterize in the calling thread) gave the same pixels (bitwise) and the same CPU per step as 1, alone and beside a
 busy core, so it stays 1. What is left in aa: each side still slows beside the other (simulator 204 -> 225 ms per
 vector step, learner 7.8 -> 9.3 s busy per version at +7% CPU: the rest is time preempted by the small stages).
