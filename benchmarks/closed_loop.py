@@ -321,6 +321,12 @@ def _rl_segments(name: str, args, out: Path, uri: str, start_ckpt: str, start: d
         done.write_text(json.dumps({"point": curve[-1], "checkpoint": prev, "rl_seconds": seg_s,
                                     "run_id": rep.run_id, "history": _jsonable(rep.history)}, indent=1))
         print(f"[{name}]   RL segment {seg + 1}: {env_steps} env steps, {ev['k']}/{ev['n']}", flush=True)
+    if curve[-1]["n"] != args.episodes:  # the last segment was a run's intermediate point (a run cut short, resumed
+        # with fewer segments): the end is its checkpoint on the full held-out goals, as every end is
+        ev = evaluate_ckpt(prev, env_id, args.episodes, uri, ms)
+        keep = {k: curve[-1][k] for k in ("env_steps", "version", "lake_version", "produced") if k in curve[-1]}
+        curve[-1] = {**curve[-1], **ev, **keep, "intermediate": {k: curve[-1][k] for k in ("k", "n")}}
+        print(f"[{name}]   end re-evaluated on {ev['n']} held-out goals: {ev['k']}/{ev['n']}", flush=True)
     return {"end": curve[-1], "curve": curve, "env_steps": env_steps, "rl_seconds": t_rl,
             "lake_versions": lake_versions, "lake_latest": lake.open(uri).version}
 

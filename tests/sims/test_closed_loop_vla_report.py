@@ -136,3 +136,32 @@ def test_rl_group_sets_grpo_group_and_whole_group_micro_batches():
         closed_loop._rl_group(Namespace(rl_group=8, rl_batch=12), grpo)
     with pytest.raises(SystemExit, match="no GRPO groups"):
         closed_loop._rl_group(Namespace(rl_group=8, rl_batch=16, rl_reward="dense"), {"algo.advantage": "gae"})
+
+
+def test_a_run_resumed_with_fewer_segments_ends_on_the_full_held_out_goals(tmp_path, monkeypatch):
+    import lake
+
+    lake.open(str(tmp_path / "lake"))
+    out = tmp_path / "rl"
+    out.mkdir()
+    point = {**_point(1, 20, 4000, 30), "version": 8, "lake_version": 29}
+    (out / "segment_1.json").write_text(json.dumps({"point": point, "checkpoint": "rl_1.pt", "rl_seconds": 60.0}))
+    calls = []
+
+    def evaluate(ckpt, env_id, episodes, uri, ms, *a, **kw):
+        calls.append((ckpt, episodes))
+        return _point(7, episodes, 0, 31)
+
+    monkeypatch.setattr(closed_loop, "evaluate_ckpt", evaluate)
+    args = Namespace(rl_segments=1, rl_versions=8, rl_reward="success", episodes=50, curve_episodes=20)
+    seg = closed_loop._rl_segments("push-v3", args, out, str(tmp_path / "lake"), "start.pt", _point(5, 50, 0, 1),
+                                   1e-4, {})
+    assert calls == [("rl_1.pt", 50)]  # nothing re-run: only the end re-evaluated on all 50 goals
+    assert seg["end"]["k"] == 7 and seg["end"]["n"] == 50 and seg["end"]["env_steps"] == 4000
+    assert seg["end"]["intermediate"] == {"k": 1, "n": 20} and seg["env_steps"] == 4000
+    # a finished run's end (already on all the goals) is not evaluated again
+    (out / "segment_1.json").write_text(json.dumps({"point": {**point, **_point(9, 50, 4000, 30)},
+                                                    "checkpoint": "rl_1.pt", "rl_seconds": 60.0}))
+    calls.clear()
+    assert closed_loop._rl_segments("push-v3", args, out, str(tmp_path / "lake"), "start.pt", _point(5, 50, 0, 1),
+                                    1e-4, {})["end"]["k"] == 9 and calls == []
