@@ -565,8 +565,10 @@ def _mode(r: dict) -> str:
     """A run's name in curves and notes: task, act mode, reward, lr, trajectories per version."""
     loss = "" if r.get("loss", "pg") == "pg" else f"{_objective(r)}, "
     sigma = f", sigma {r['sigma']}" if r.get("sigma", 0.1) != 0.1 else ""
+    base = "rl_vla" if r.get("exec_steps", 1) == 1 else f"rl_vla_exec{r['exec_steps']}"
+    name = r.get("tag", base)[len(base) + 1:] if r.get("tag", base).startswith(base + "_") else ""
     return (f"{r['task']}, {_act_mode(r)}, {loss}{r.get('reward', 'success')}, lr {r['lr']}{sigma}, "
-            f"{_per_version(r)}/version")
+            f"{_per_version(r)}/version" + (f", run {name}" if name else ""))  # two runs of one setting differ
 
 
 def describe_task(env_id: str) -> str:

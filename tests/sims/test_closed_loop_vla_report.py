@@ -91,7 +91,7 @@ def test_a_flow_rwr_row_names_its_objective_and_pairs_start_and_end(tmp_path):
     assert "| pg / 0.1 / " in rows[0] and "| — |" in rows[0]  # an old result: no per-goal strings, no pairing
     assert "| flow_rwr (return > 0) / 0.1 / 0.0003 / 2 / success / 16 |" in rows[1]
     assert "| 1 / 1 / 2, p = 1 |" in rows[1]
-    assert "Note (reach-v3, exec 4 of 8, flow_rwr (return > 0), success, lr 0.0003, 16/version): rwr" in text
+    assert "Note (reach-v3, exec 4 of 8, flow_rwr (return > 0), success, lr 0.0003, 16/version, run rwr): rwr" in text
     control = {**base, "tag": "rl_vla_exec4_c", "loss": "flow_rwr", "rwr_weight": "return", "rwr_beta": 1.0,
                "rwr_min_return": 1e9, "demo_coef": 1.0}
     (tmp_path / "reach-v3" / "rl_vla_exec4_c_result.json").write_text(json.dumps(control))
