@@ -213,7 +213,7 @@ def run_rl_vla(name: str, args, root: Path) -> dict:
               "start": start, "reward": args.rl_reward, "command": getattr(args, "command", None), **seg,
               "versions": args.rl_segments * args.rl_versions, "lr": lr, "epochs": args.rl_epochs, "max_steps": ms,
               "exec_steps": k, "tag": tag, "batch_trajectories": args.rl_batch, "x0_zero": args.rl_x0_zero,
-              "group_size": group.get("algo.group_size"),
+              "group_size": group.get("algo.group_size"), "rl_seed": getattr(args, "rl_seed", 1),
               "loss": args.rl_loss, **({"rwr_weight": args.rl_rwr_weight, "rwr_beta": args.rl_rwr_beta,
                                            "rwr_min_return": args.rl_rwr_min_return}
                                        if args.rl_loss == "flow_rwr" else {}), "demo_coef": args.rl_demo_coef}
@@ -297,7 +297,7 @@ def _rl_segments(name: str, args, out: Path, uri: str, start_ckpt: str, start: d
             print(f"[{name}]   RL segment {seg + 1} done before: {done}", flush=True)
             continue
         cfg = with_overrides(RLConfig(), {
-            "mode": "aa", "seed": 1 + seg, "env.id": env_id, "env.max_episode_steps": ms,
+            "mode": "aa", "seed": getattr(args, "rl_seed", 1) + seg, "env.id": env_id, "env.max_episode_steps": ms,
             **rl_objective(args.rl_reward),
             "workers.env_workers": 2, "workers.envs_per_worker": 4, "algo.batch_trajectories": 16,
             "algo.micro_batch_trajectories": 4, "algo.train_steps": args.rl_versions, "algo.lr": lr,
@@ -702,6 +702,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rl-group", type=int, default=None,
                     help="vla, GRPO rewards: rollouts per goal (a group; default the reward's 4): more rollouts per "
                          "goal leave fewer groups all-success or all-fail (no signal)")
+    ap.add_argument("--rl-seed", type=int, default=1,
+                    help="RL run seed of segment 1 (segment k: + k - 1): its env workers' goals and noise; another "
+                         "value replicates a run on other goals")
     ap.add_argument("--rl-x0-zero", action="store_true",
                     help="vla: the chain starts at x_0 = 0 in RL and its evaluations (all randomness is step noise)")
     ap.add_argument("--rl-name", default=None,

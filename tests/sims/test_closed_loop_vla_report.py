@@ -165,3 +165,25 @@ def test_a_run_resumed_with_fewer_segments_ends_on_the_full_held_out_goals(tmp_p
     calls.clear()
     assert closed_loop._rl_segments("push-v3", args, out, str(tmp_path / "lake"), "start.pt", _point(5, 50, 0, 1),
                                     1e-4, {})["end"]["k"] == 9 and calls == []
+
+
+def test_rl_seed_sets_the_first_segments_run_seed(tmp_path, monkeypatch):
+    import training.rl
+
+    seeds = []
+
+    class Stop(Exception):
+        pass
+
+    def run(cfg):
+        seeds.append(cfg.seed)
+        raise Stop
+
+    monkeypatch.setattr(training.rl, "run", run)
+    for rl_seed, want in ((None, 1), (11, 11)):
+        args = Namespace(rl_segments=2, rl_versions=8, rl_reward="success", episodes=50, curve_episodes=20,
+                         **({"rl_seed": rl_seed} if rl_seed else {}))
+        with pytest.raises(Stop):
+            closed_loop._rl_segments("push-v3", args, tmp_path, str(tmp_path / "lake"), "s.pt", _point(5, 50, 0, 1),
+                                     1e-4, {})
+        assert seeds[-1] == want
