@@ -45,6 +45,7 @@ LIBERO_SECTION = "LIBERO closed loop: SFT on scripted-expert demos learns"
 VLA_SECTION = "Closed loop (Meta-World): RL fine-tunes the VLA itself"
 CONTROL_MIN_RETURN = 1e9  # --rl-rwr-min-return at or above this (returns here are <= 1.5) keeps no RL row: a control
 METAWORLD_TASKS = [n for n, spec in TASKS.items() if "env_id" not in spec]
+VLA_EARLIER = HERE / "closed_loop_rl_vla_earlier.md"  # the VLA-RL section's earlier rows, kept as rendered
 
 
 def _held_out(n_demos: int, n_eval: int, n_val: int = 0) -> None:
@@ -196,6 +197,7 @@ def run_rl_vla(name: str, args, root: Path) -> dict:
     objective = rl_objective(args.rl_reward)
     if k > 1:  # one RL step = one chunk: k actions, the chain's log-prob covers the chunk
         objective["env.kwargs"] = {**objective["env.kwargs"], "action_chunk": k}
+    group = _rl_group(args, objective)
     head = read_header(init)
     demos = {}
     if args.rl_demo_coef:  # the SFT loss on the demos' packs, at the lake version the SFT run read
@@ -204,18 +206,33 @@ def run_rl_vla(name: str, args, root: Path) -> dict:
                  "algo.demo_version": (head.get("lineage") or {}).get("lake_version")}
     seg = _rl_segments(name, args, work / tag, uri, start_ckpt, start, lr,
                        {**objective, "algo.epochs": args.rl_epochs, "batching.max_batch_size": 8,
-                        "algo.batch_trajectories": args.rl_batch, **_rl_loss(args), **demos},
+                        "algo.batch_trajectories": args.rl_batch, **group, **_rl_loss(args), **demos},
                        source=f"rl-vla/{name}", steps_per_row=k)
     result = {"task": name, "env_id": env_id, "policy": "vla", "init": init, "init_step": head.get("step"),
               "sigma": args.rl_sigma, "sft_lineage": head.get("lineage"), "demo_version": _demo_version(uri),
               "start": start, "reward": args.rl_reward, "command": getattr(args, "command", None), **seg,
               "versions": args.rl_segments * args.rl_versions, "lr": lr, "epochs": args.rl_epochs, "max_steps": ms,
               "exec_steps": k, "tag": tag, "batch_trajectories": args.rl_batch, "x0_zero": args.rl_x0_zero,
+              "group_size": group.get("algo.group_size"), "rl_seed": getattr(args, "rl_seed", 1),
               "loss": args.rl_loss, **({"rwr_weight": args.rl_rwr_weight, "rwr_beta": args.rl_rwr_beta,
                                            "rwr_min_return": args.rl_rwr_min_return}
                                        if args.rl_loss == "flow_rwr" else {}), "demo_coef": args.rl_demo_coef}
     (work / f"{tag}_result.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def _rl_group(args, objective: dict) -> dict:
+    """GRPO group size overrides (``--rl-group``: rollouts per goal; the objective's 4 by default): the group
+    size, and micro-batches of whole groups (the trainer consumes trajectories in micro-batches that must be
+    multiples of it). Refuses a size the global batch is not a multiple of, or a reward without groups."""
+    g = getattr(args, "rl_group", None)
+    if not g:
+        return {}
+    if objective.get("algo.advantage") != "grpo":
+        raise SystemExit(f"--rl-group {g}: the reward {args.rl_reward!r} has no GRPO groups")
+    if g < 2 or args.rl_batch % g:
+        raise SystemExit(f"--rl-group {g}: needs >= 2 and to divide --rl-batch ({args.rl_batch})")
+    return {"algo.group_size": g, "algo.micro_batch_trajectories": max(4, g) if max(4, g) % g == 0 else g}
 
 
 def _rl_loss(args) -> dict:
@@ -280,7 +297,7 @@ def _rl_segments(name: str, args, out: Path, uri: str, start_ckpt: str, start: d
             print(f"[{name}]   RL segment {seg + 1} done before: {done}", flush=True)
             continue
         cfg = with_overrides(RLConfig(), {
-            "mode": "aa", "seed": 1 + seg, "env.id": env_id, "env.max_episode_steps": ms,
+            "mode": "aa", "seed": getattr(args, "rl_seed", 1) + seg, "env.id": env_id, "env.max_episode_steps": ms,
             **rl_objective(args.rl_reward),
             "workers.env_workers": 2, "workers.envs_per_worker": 4, "algo.batch_trajectories": 16,
             "algo.micro_batch_trajectories": 4, "algo.train_steps": args.rl_versions, "algo.lr": lr,
@@ -304,6 +321,12 @@ def _rl_segments(name: str, args, out: Path, uri: str, start_ckpt: str, start: d
         done.write_text(json.dumps({"point": curve[-1], "checkpoint": prev, "rl_seconds": seg_s,
                                     "run_id": rep.run_id, "history": _jsonable(rep.history)}, indent=1))
         print(f"[{name}]   RL segment {seg + 1}: {env_steps} env steps, {ev['k']}/{ev['n']}", flush=True)
+    if curve[-1]["n"] != args.episodes:  # the last segment was a run's intermediate point (a run cut short, resumed
+        # with fewer segments): the end is its checkpoint on the full held-out goals, as every end is
+        ev = evaluate_ckpt(prev, env_id, args.episodes, uri, ms)
+        keep = {k: curve[-1][k] for k in ("env_steps", "version", "lake_version", "produced") if k in curve[-1]}
+        curve[-1] = {**curve[-1], **ev, **keep, "intermediate": {k: curve[-1][k] for k in ("k", "n")}}
+        print(f"[{name}]   end re-evaluated on {ev['n']} held-out goals: {ev['k']}/{ev['n']}", flush=True)
     return {"end": curve[-1], "curve": curve, "env_steps": env_steps, "rl_seconds": t_rl,
             "lake_versions": lake_versions, "lake_latest": lake.open(uri).version}
 
@@ -407,13 +430,35 @@ def libero_report(root: Path, command: str, load: str) -> str | None:
     return "\n".join(lines)
 
 
-def vla_report(root: Path, command: str, load: str, out: Path = HERE) -> str | None:
+def earlier_vla_rows(path: Path = VLA_EARLIER) -> dict[str, list[str]]:
+    """The earlier runs' rendered parts (``## commands`` / ``## rows`` / ``## text`` blocks; ``#`` lines outside
+    them are comments) of the VLA-RL section, whose result files are gone: {} when the file is absent. Raises
+    ValueError for a row that is not a table row (it would end the table)."""
+    if not path.exists():
+        return {}
+    parts: dict[str, list[str]] = {}
+    block = None
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            block = parts.setdefault(line[3:].strip(), [])
+        elif block is not None:
+            block.append(line)
+    rows = [r for r in parts.get("rows", []) if r.strip()]
+    if bad := [r for r in rows if not r.startswith("| ")]:
+        raise ValueError(f"{path}: not a table row: {bad[0][:60]!r}")
+    return {"commands": [c for c in parts.get("commands", []) if c.strip()], "rows": rows,
+            "text": parts.get("text", [])}
+
+
+def vla_report(root: Path, command: str, load: str, out: Path = HERE, earlier: Path = VLA_EARLIER) -> str | None:
     """The VLA-RL section from the ``rl_vla*_result.json`` files under ``root`` (one row per file: re-plan every
-    step, chunks; None when there are none); its plot goes to ``out``."""
+    step, chunks; None when there are none), followed in its table, curves and notes by the earlier runs kept
+    as rendered in ``earlier`` (``earlier_vla_rows``); its plot (the runs under ``root`` only) goes to ``out``."""
     rl = [r for n in METAWORLD_TASKS for r in sorted((json.loads(p.read_text()) for p in (root / n).glob(
         "rl_vla*_result.json")), key=lambda r: (r.get("exec_steps", 1), r.get("tag", "")))]
     if not rl:
         return None
+    old = earlier_vla_rows(earlier)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -433,7 +478,8 @@ def vla_report(root: Path, command: str, load: str, out: Path = HERE) -> str | N
     fig.savefig(out / "closed_loop_rl_vla.png", dpi=110)
     plt.close(fig)
     lines = [
-        "Commands: " + "; ".join(f"`{c}`" for c in dict.fromkeys(r.get("command") or command for r in rl)),
+        "Commands: " + "; ".join([*(f"`{c}`" for c in dict.fromkeys(r.get("command") or command for r in rl)),
+                                  *old.get("commands", [])]),
         f"Machine: {machine()}; {load} (shared with other engineers' jobs: wall times are inflated, not timings)",
         "",
         "Policy: the SFT'd reference VLA itself (`training.rl.flow_policy.FlowPolicy`, same weights and state dict): "
@@ -444,7 +490,7 @@ def vla_report(root: Path, command: str, load: str, out: Path = HERE) -> str | N
         "k of 8 as SFT evaluation does (one RL step executes the chunk's first k actions in turn, the env option "
         "`action_chunk`; the chain's log-prob covers the chunk; env steps counted as RL steps x k, an upper bound: "
         "a successful episode's last chunk stops at the success step); the start checkpoint is evaluated in the "
-        "same mode; evaluation uses the noise-free chain (`VLA.act`). No critic: GRPO over 4 rollouts per goal of "
+        "same mode; evaluation uses the noise-free chain (`VLA.act`). No critic: GRPO over 4 rollouts per goal (or as many as the row says) of "
         "the reward in the table (success: 1 on the success step, the episode ends there; dense-grpo: Meta-World's "
         "shaped reward x 0.01 to the time limit), decoupled PPO clip 0.2, aa mode (2 env workers x 4 envs, "
         "trajectories per version in the table). Evaluation: the same 50 held-out goals (env seeds from 1000) at start and end, "
@@ -469,17 +515,21 @@ def vla_report(root: Path, command: str, load: str, out: Path = HERE) -> str | N
             f"| {r['task']} | {_act_mode(r)} | `{r['task']}/{Path(r['init']).parent.name}/{Path(r['init']).name}` "
             f"(step {r['init_step']}) "
             f"| {_objective(r)} / {r['sigma']} / "
-            f"{r['lr']} / {r['epochs']} / {r.get('reward', 'success')} / {r.get('batch_trajectories', 16)} "
+            f"{r['lr']} / {r['epochs']} / {r.get('reward', 'success')} / {_per_version(r)} "
             f"| {pct(s)} | **{pct(e)}** "
             f"| {_paired(s, e)} | {r['env_steps']} | {r['rl_seconds'] / 60:.1f} min "
             f"| v{r['demo_version']} / `{lin.get('packed_table')}` / `{Path(r['init']).name}` (trained on "
             f"v{lin.get('lake_version')}) / "
             f"{', '.join(_v(v) for v in r['lake_versions'])} / {_v(s['eval_version'])}, {_v(e['eval_version'])} |")
+    lines += old.get("rows", [])
     for r in rl:  # after the table: a line between rows would end it
         lines += ["", f"RL curve ({_mode(r)}; env steps: successes / episodes): "
                   + ", ".join(f"{p['env_steps']}: {p['k']}/{p['n']}" for p in r["curve"])]
     lines += [f"\nNote ({_mode(r)}): {r['note']}" for r in rl if r.get("note")]
-    lines += ["", "![closed_loop_rl_vla.png](closed_loop_rl_vla.png)"]
+    lines += old.get("text", [])
+    lines += ["", "![closed_loop_rl_vla.png](closed_loop_rl_vla.png)" + (
+        " (the plot holds the runs whose result files are present; the earlier rows' curves are in the text)"
+        if old.get("rows") else "")]
     return "\n".join(lines)
 
 
@@ -495,6 +545,12 @@ def _objective(r: dict) -> str:
                          "return": f"return > {r.get('rwr_min_return', 0.0):g}"}[w] + ")" + demos
 
 
+def _per_version(r: dict) -> str:
+    """Trajectories per version, and the GRPO group size where it is not the default 4."""
+    g = r.get("group_size")
+    return f"{r.get('batch_trajectories', 16)}" + (f" ({g} per goal)" if g and g != 4 else "")
+
+
 def _paired(s: dict, e: dict) -> str:
     p = paired(s.get("successes"), e.get("successes"))
     return "—" if p is None else f"{p['both']} / {p['lost']} / {p['gained']}, p = {p['p']:.2g}"
@@ -508,8 +564,11 @@ def _act_mode(r: dict) -> str:
 def _mode(r: dict) -> str:
     """A run's name in curves and notes: task, act mode, reward, lr, trajectories per version."""
     loss = "" if r.get("loss", "pg") == "pg" else f"{_objective(r)}, "
-    return (f"{r['task']}, {_act_mode(r)}, {loss}{r.get('reward', 'success')}, lr {r['lr']}, "
-            f"{r.get('batch_trajectories', 16)}/version")
+    sigma = f", sigma {r['sigma']}" if r.get("sigma", 0.1) != 0.1 else ""
+    base = "rl_vla" if r.get("exec_steps", 1) == 1 else f"rl_vla_exec{r['exec_steps']}"
+    name = r.get("tag", base)[len(base) + 1:] if r.get("tag", base).startswith(base + "_") else ""
+    return (f"{r['task']}, {_act_mode(r)}, {loss}{r.get('reward', 'success')}, lr {r['lr']}{sigma}, "
+            f"{_per_version(r)}/version" + (f", run {name}" if name else ""))  # two runs of one setting differ
 
 
 def describe_task(env_id: str) -> str:
@@ -640,6 +699,12 @@ def main(argv=None) -> int:
                          "env step; SFT evaluation executes 4)")
     ap.add_argument("--rl-batch", type=int, default=16,
                     help="vla: trajectories per published version (groups of 4 rollouts of one goal)")
+    ap.add_argument("--rl-group", type=int, default=None,
+                    help="vla, GRPO rewards: rollouts per goal (a group; default the reward's 4): more rollouts per "
+                         "goal leave fewer groups all-success or all-fail (no signal)")
+    ap.add_argument("--rl-seed", type=int, default=1,
+                    help="RL run seed of segment 1 (segment k: + k - 1): its env workers' goals and noise; another "
+                         "value replicates a run on other goals")
     ap.add_argument("--rl-x0-zero", action="store_true",
                     help="vla: the chain starts at x_0 = 0 in RL and its evaluations (all randomness is step noise)")
     ap.add_argument("--rl-name", default=None,

@@ -9,10 +9,14 @@ import sys
 from argparse import Namespace
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import closed_loop  # noqa: E402
+
+NONE = Path("/nonexistent/earlier.md")  # no earlier rows: the tables hold only the results written here
 
 
 def _args(**kw):
@@ -35,7 +39,7 @@ def test_vla_rl_only_run_leaves_the_sft_section_alone(tmp_path):
 
 
 def test_vla_section_renders_start_end_curve_and_lineage(tmp_path):
-    assert closed_loop.vla_report(tmp_path, "cmd", "load", out=tmp_path) is None
+    assert closed_loop.vla_report(tmp_path, "cmd", "load", out=tmp_path, earlier=NONE) is None
     curve = [_point(25, 50, 0, 20), _point(12, 20, 900, 22), _point(40, 50, 2000, 24)]
     result = {"task": "reach-v3", "init": "/w/reach-v3/sft_80/step_000020.pt", "init_step": 20, "sigma": 0.1,
               "lr": 3e-4, "epochs": 2, "start": curve[0], "end": curve[-1], "curve": curve, "env_steps": 2000,
@@ -43,7 +47,7 @@ def test_vla_section_renders_start_end_curve_and_lineage(tmp_path):
               "sft_lineage": {"lake_version": 2, "packed_table": "packed_abc"}}
     (tmp_path / "reach-v3").mkdir()
     (tmp_path / "reach-v3" / "rl_vla_result.json").write_text(json.dumps(result))
-    text = closed_loop.vla_report(tmp_path, "cmd", "load", out=tmp_path)
+    text = closed_loop.vla_report(tmp_path, "cmd", "load", out=tmp_path, earlier=NONE)
     row = next(line for line in text.splitlines() if line.startswith("| reach-v3 |"))
     assert "25/50 = 50%" in row and "**40/50 = 80%" in row and "| 2000 |" in row
     assert "v1 / `packed_abc` / `step_000020.pt` (trained on v2) / v21, v23 / v20, v24" in row
@@ -53,7 +57,7 @@ def test_vla_section_renders_start_end_curve_and_lineage(tmp_path):
     # a chunked run (exec 4 of 8) is a second row beside it, its curve and note named by act mode
     chunked = {**result, "exec_steps": 4, "env_steps": 8000, "end": _point(45, 50, 8000, 30), "note": "chunks"}
     (tmp_path / "reach-v3" / "rl_vla_exec4_result.json").write_text(json.dumps(chunked))
-    text = closed_loop.vla_report(tmp_path, "cmd", "load", out=tmp_path)
+    text = closed_loop.vla_report(tmp_path, "cmd", "load", out=tmp_path, earlier=NONE)
     rows = [line for line in text.splitlines() if line.startswith("| reach-v3 |")]
     assert len(rows) == 2 and "| exec 4 of 8 |" in rows[1] and "**45/50 = 90%" in rows[1] and "| 8000 |" in rows[1]
     assert "Note (reach-v3, exec 4 of 8, success, lr 0.0003, 16/version): chunks" in text
@@ -81,15 +85,105 @@ def test_a_flow_rwr_row_names_its_objective_and_pairs_start_and_end(tmp_path):
     (tmp_path / "reach-v3" / "rl_vla_exec4_rwr_result.json").write_text(json.dumps(
         {**base, "tag": "rl_vla_exec4_rwr", "loss": "flow_rwr", "rwr_weight": "return", "rwr_beta": 1.0,
          "note": "rwr"}))
-    text = closed_loop.vla_report(tmp_path, "cmd", "load", out=tmp_path)
+    text = closed_loop.vla_report(tmp_path, "cmd", "load", out=tmp_path, earlier=NONE)
     rows = [line for line in text.splitlines() if line.startswith("| reach-v3 |")]
     assert len(rows) == 2
     assert "| pg / 0.1 / " in rows[0] and "| — |" in rows[0]  # an old result: no per-goal strings, no pairing
     assert "| flow_rwr (return > 0) / 0.1 / 0.0003 / 2 / success / 16 |" in rows[1]
     assert "| 1 / 1 / 2, p = 1 |" in rows[1]
-    assert "Note (reach-v3, exec 4 of 8, flow_rwr (return > 0), success, lr 0.0003, 16/version): rwr" in text
+    assert "Note (reach-v3, exec 4 of 8, flow_rwr (return > 0), success, lr 0.0003, 16/version, run rwr): rwr" in text
     control = {**base, "tag": "rl_vla_exec4_c", "loss": "flow_rwr", "rwr_weight": "return", "rwr_beta": 1.0,
                "rwr_min_return": 1e9, "demo_coef": 1.0}
     (tmp_path / "reach-v3" / "rl_vla_exec4_c_result.json").write_text(json.dumps(control))
-    text = closed_loop.vla_report(tmp_path, "cmd", "load", out=tmp_path)
+    text = closed_loop.vla_report(tmp_path, "cmd", "load", out=tmp_path, earlier=NONE)
     assert "| control: demos x 1.0 only (flow_rwr keeps no RL row: return > 1e+09) / 0.1 /" in text
+
+
+def test_earlier_rows_join_the_table_and_their_text_follows_the_notes(tmp_path):
+    curve = [_point(10, 50, 0, 20), _point(20, 50, 900, 22)]
+    result = {"task": "push-v3", "init": "/w/push-v3/sft/step_000200.pt", "init_step": 200, "sigma": 0.3,
+              "lr": 1e-4, "epochs": 2, "start": curve[0], "end": curve[-1], "curve": curve, "env_steps": 900,
+              "rl_seconds": 60.0, "lake_versions": [21], "demo_version": 1, "command": "new", "exec_steps": 4,
+              "batch_trajectories": 16, "group_size": 8, "note": "the new run",
+              "sft_lineage": {"lake_version": 2, "packed_table": "packed_abc"}}
+    (tmp_path / "push-v3").mkdir()
+    (tmp_path / "push-v3" / "rl_vla_exec4_result.json").write_text(json.dumps(result))
+    earlier = tmp_path / "earlier.md"
+    earlier.write_text("# a comment\n## commands\n`old`\n## rows\n| reach-v3 | old row |\n## text\n\nNote (old): x\n")
+    text = closed_loop.vla_report(tmp_path, "cmd", "load", out=tmp_path, earlier=earlier)
+    table = text[text.index("| task |"):text.index("RL curve")].strip().splitlines()
+    assert len(table) == 4 and table[2].startswith("| push-v3 |") and table[3] == "| reach-v3 | old row |"
+    assert "| pg / 0.3 / 0.0001 / 2 / success / 16 (8 per goal) |" in table[2] and "Commands: `new`; `old`" in text and "a comment" not in text
+    assert text.index("Note (push-v3, exec 4 of 8, success, lr 0.0001, sigma 0.3, 16 (8 per goal)/version)") \
+        < text.index("Note (old): x")
+    earlier.write_text("## rows\nnot a row\n")
+    with pytest.raises(ValueError, match="not a table row"):
+        closed_loop.vla_report(tmp_path, "cmd", "load", out=tmp_path, earlier=earlier)
+
+
+def test_the_committed_earlier_rows_parse_as_table_rows():
+    old = closed_loop.earlier_vla_rows()
+    assert old["rows"] and all(r.startswith("| reach-v3 |") for r in old["rows"]) and old["commands"]
+
+
+def test_rl_group_sets_grpo_group_and_whole_group_micro_batches():
+    grpo = {"algo.advantage": "grpo", "algo.group_size": 4}
+    assert closed_loop._rl_group(Namespace(rl_group=None, rl_batch=16), grpo) == {}
+    assert closed_loop._rl_group(Namespace(rl_group=8, rl_batch=16), grpo) == {
+        "algo.group_size": 8, "algo.micro_batch_trajectories": 8}
+    assert closed_loop._rl_group(Namespace(rl_group=2, rl_batch=16), grpo)["algo.micro_batch_trajectories"] == 4
+    with pytest.raises(SystemExit, match="divide"):
+        closed_loop._rl_group(Namespace(rl_group=8, rl_batch=12), grpo)
+    with pytest.raises(SystemExit, match="no GRPO groups"):
+        closed_loop._rl_group(Namespace(rl_group=8, rl_batch=16, rl_reward="dense"), {"algo.advantage": "gae"})
+
+
+def test_a_run_resumed_with_fewer_segments_ends_on_the_full_held_out_goals(tmp_path, monkeypatch):
+    import lake
+
+    lake.open(str(tmp_path / "lake"))
+    out = tmp_path / "rl"
+    out.mkdir()
+    point = {**_point(1, 20, 4000, 30), "version": 8, "lake_version": 29}
+    (out / "segment_1.json").write_text(json.dumps({"point": point, "checkpoint": "rl_1.pt", "rl_seconds": 60.0}))
+    calls = []
+
+    def evaluate(ckpt, env_id, episodes, uri, ms, *a, **kw):
+        calls.append((ckpt, episodes))
+        return _point(7, episodes, 0, 31)
+
+    monkeypatch.setattr(closed_loop, "evaluate_ckpt", evaluate)
+    args = Namespace(rl_segments=1, rl_versions=8, rl_reward="success", episodes=50, curve_episodes=20)
+    seg = closed_loop._rl_segments("push-v3", args, out, str(tmp_path / "lake"), "start.pt", _point(5, 50, 0, 1),
+                                   1e-4, {})
+    assert calls == [("rl_1.pt", 50)]  # nothing re-run: only the end re-evaluated on all 50 goals
+    assert seg["end"]["k"] == 7 and seg["end"]["n"] == 50 and seg["end"]["env_steps"] == 4000
+    assert seg["end"]["intermediate"] == {"k": 1, "n": 20} and seg["env_steps"] == 4000
+    # a finished run's end (already on all the goals) is not evaluated again
+    (out / "segment_1.json").write_text(json.dumps({"point": {**point, **_point(9, 50, 4000, 30)},
+                                                    "checkpoint": "rl_1.pt", "rl_seconds": 60.0}))
+    calls.clear()
+    assert closed_loop._rl_segments("push-v3", args, out, str(tmp_path / "lake"), "start.pt", _point(5, 50, 0, 1),
+                                    1e-4, {})["end"]["k"] == 9 and calls == []
+
+
+def test_rl_seed_sets_the_first_segments_run_seed(tmp_path, monkeypatch):
+    import training.rl
+
+    seeds = []
+
+    class Stop(Exception):
+        pass
+
+    def run(cfg):
+        seeds.append(cfg.seed)
+        raise Stop
+
+    monkeypatch.setattr(training.rl, "run", run)
+    for rl_seed, want in ((None, 1), (11, 11)):
+        args = Namespace(rl_segments=2, rl_versions=8, rl_reward="success", episodes=50, curve_episodes=20,
+                         **({"rl_seed": rl_seed} if rl_seed else {}))
+        with pytest.raises(Stop):
+            closed_loop._rl_segments("push-v3", args, tmp_path, str(tmp_path / "lake"), "s.pt", _point(5, 50, 0, 1),
+                                     1e-4, {})
+        assert seeds[-1] == want
