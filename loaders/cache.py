@@ -10,7 +10,8 @@ reads this epoch, a window of ``cache_window`` shards ahead of use, into ``DIR/<
   killed mid-download (even ``kill -9``) leaves a ``.tmp`` file, never a torn shard (stale ``.tmp`` files of
   dead processes are removed when a cache opens). The fetching process itself does not wait for the file: it
   serves its own first reads of the shard from the rows it just read (``shardfile.Frames``: the same frames,
-  so the same batches) while a writer thread writes, fsyncs and renames it, then releases the lock. An
+  so the same batches) while a writer thread writes and renames it, then releases the lock (no fsync: a shard
+  torn by a crash is caught by its checksums after the reboot, see ``shardfile``). An
   iteration ends once the shards it fetched have landed, and a write still under way when a process exits is
   finished on its way out (a lock released with no file would make another process fetch the shard again);
 - a bounded size, evicting the shard least soon *needed* by any process of the node: every process (rank or
@@ -29,11 +30,19 @@ reads this epoch, a window of ``cache_window`` shards ahead of use, into ``DIR/<
   another pid namespace that stopped). An evicted shard that is still needed is fetched again; a reader that
   has the file open keeps reading it.
 
+Without ``cache_limit`` nothing fetched is evicted, so an iteration starts fetching every missing shard its plan
+reads at once, as one read of the table (``prefetch``): on a node reading the whole split, about one read per
+epoch, an allow-list scan in table order. From a local table, a cold iteration (most of its shards missing) does
+not wait for that read at all: it reads its batches from the table as a loader without a cache does, while the
+shards land behind (``fill_behind``). With a limit, a cold start's first batch from a local table is one
+``take`` of exactly its packs (``ShardSource.packs``), read while its shards are fetched.
+
 The sample order is untouched (a pure function of seed, epoch and layout, see ``loader``): the cache only
 changes where bytes come from, so resume and world-size changes keep exactly-once with any cache state.
 ``STATS`` counts, per process: hits, fetches (shards read from the table), takes (reads of the table:
-neighbouring missing shards a process needs soon are fetched with one read, see ``NodeCache._obtain``), bytes
-fetched (Arrow bytes read from the table), bytes written (compressed, on disk), evictions.
+neighbouring missing shards a process needs soon are fetched with one read, see ``NodeCache._obtain``), direct
+(batches read from the table itself: a cold start's first), bytes fetched (Arrow bytes read from the table),
+bytes written (compressed, on disk), evictions.
 """
 
 from __future__ import annotations
@@ -58,14 +67,14 @@ from . import retry as _retry
 from . import fragfiles, shardfile
 from .retry import retrying
 
-STATS = {"hits": 0, "fetches": 0, "takes": 0, "fetched_bytes": 0, "written_bytes": 0, "evictions": 0}
+STATS = {"hits": 0, "fetches": 0, "takes": 0, "direct": 0, "fetched_bytes": 0, "written_bytes": 0, "evictions": 0}
 _STATS_LOCK = threading.Lock()
 CLAIMS = ".claims"  # folder of the claim files, under cache_dir
 CLAIM_TTL = 300.0  # s: a claim not refreshed for this long is dead, whatever its pid (refreshed every batch)
 CLAIM_HORIZON = 1024  # shards a claim announces ahead: enough to order evictions, small to rewrite per batch
 _CLAIM_IDS = itertools.count()
 FRESH_BYTES = 512 * 2**20  # shards read and not yet written that a process holds in memory; past it, reads wait
-WRITERS = 4  # threads per process writing shards (each file ends with an fsync: several overlap the disk's waits)
+WRITERS = 4  # threads per process writing shards (copies into the page cache and checksums, both without the GIL)
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
           "GIB": 2**30, "TIB": 2**40}
 
@@ -117,6 +126,23 @@ class ShardSource:
 
     def __getstate__(self):
         return {**self.__dict__, "_ds": None}
+
+    def direct(self) -> bool:
+        """Whether this process reads a local table itself (``packs`` is then a cheap take)."""
+        from . import forks
+
+        return "://" not in self.source.uri and not forks.lance_forbidden()
+
+    def packs(self, packs: np.ndarray) -> pa.Table:
+        """The packs (split-local numbers) as one table, in that order: one take of exactly their rows."""
+        rows = self.rows[np.asarray(packs, dtype=np.int64)]
+        order = np.argsort(rows, kind="stable")
+        ds = self._open()
+        table = retrying(lambda: ds.take(rows[order], columns=self.columns), f"fetching packs of {self.source.table}",
+                         self.source.backoff)
+        if np.any(order != np.arange(len(order))):
+            table = table.take(np.argsort(order))
+        return table.combine_chunks()
 
     def __call__(self, s: int, count: int = 1) -> pa.Table:
         from . import forks
@@ -196,8 +222,7 @@ class NodeCache:
     least recently used, sparing only this process's own window (the behaviour before claims; a baseline)."""
 
     def __init__(self, root, key: str, packs: int, shard_packs: int, fetch: Callable[[int], pa.Table],
-                 limit: int | None = None, window: int = 4, level: int = shardfile.LEVEL, plans: bool = True,
-                 long_reads: bool = False):
+                 limit: int | None = None, window: int = 4, level: int = shardfile.LEVEL, plans: bool = True):
         if shard_packs < 1 or window < 0:
             raise ValueError(f"shard_packs must be >= 1 and cache_window >= 0, got {shard_packs}, {window}")
         self.root = Path(os.fspath(root)).expanduser()
@@ -206,7 +231,6 @@ class NodeCache:
         self.packs, self.shard_packs, self.fetch = int(packs), int(shard_packs), fetch
         self.limit, self.window, self.level = parse_size(limit), int(window), int(level)
         self.plans = bool(plans)
-        self.long_reads = bool(long_reads)  # an object store: see _run_cap
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.root / CLAIMS).mkdir(exist_ok=True)
         self._init_local()
@@ -264,7 +288,7 @@ class NodeCache:
         ``extend``: shards this process needs soon (with ``plans``, so do those the node's live claims need
         soon). The consecutive ones next to ``s`` among them that are missing and that no other process is
         fetching (their lock is free) are fetched with ``s`` in one read of the table, up to ``window + 1``
-        shards (from an object store without a limit, all of them: see ``_run_cap``): an object store serves
+        shards (without a limit, all of them: see ``_run_cap``): an object store serves
         whole pages around the rows a read asks for, so one read of k neighbouring shards costs fewer requests
         and bytes than k reads (benchmarks/RESULTS.md, Node shard cache). The read streams shard by shard
         (``ShardSource.pieces``): this returns once ``s`` is read; each shard is written on a writer thread,
@@ -366,17 +390,30 @@ class NodeCache:
             started += 1
         return started
 
+    def fill_behind(self, batches: list[np.ndarray]) -> bool:
+        """Whether an iteration over ``batches`` should read the table itself while this cache fills behind it:
+        without a limit, from a table this process reads itself (local: a second read costs CPU, no transfer),
+        when at least half of the shards it needs are missing. If so, their fetch is started (``prefetch``)."""
+        direct = getattr(self.fetch, "direct", None)
+        if not self._whole() or direct is None or not direct():
+            return False
+        seq = shard_order(batches, self.shard_packs)
+        if 2 * sum(not self.path(s).exists() for s in seq) < max(1, len(seq)):
+            return False
+        self.prefetch(seq)
+        return True
+
     def _run_cap(self) -> int:
-        """Most shards one read takes: ``window + 1``; from an object store (``long_reads``) without a limit,
-        every missing shard in a row that is needed (nothing fetched is evicted; on a node reading all of the
-        split about one read per epoch: there a request costs more than its bytes, while local reads are
-        faster as several smaller ones in parallel, measured)."""
+        """Most shards one read takes: ``window + 1``; without a limit, every missing shard in a row that is
+        needed (nothing fetched is evicted; on a node reading all of the split, about one read per epoch: from
+        an object store a request costs more than its bytes, and from local files one scan in table order
+        costs less than many reads, measured in benchmarks/RESULTS.md, issue 15)."""
         if self.window == 0:
             return 1
         return self.shards if self._whole() else self.window + 1
 
     def _whole(self) -> bool:
-        return self.long_reads and self.limit is None
+        return self.limit is None and self.window > 0
 
     def horizon(self) -> int:
         """How many shards after the next one a fetch may take along (see ``_run_cap``)."""
@@ -398,8 +435,7 @@ class NodeCache:
         """Shards ``run[first:last]`` from ``pieces`` (the run's shards, in order): each is prepared as frames
         and held in memory, where this process's readers take it at once, then written on a writer thread,
         which releases its lock (moved out of ``held``) when it lands and then drops the frames. So a cold
-        epoch serves a shard's first reads from the rows just read, while the file (and its fsync) lands
-        behind; other processes wait for the file. Past ``FRESH_BYTES`` held, reading waits for writes."""
+        epoch serves a shard's first reads from the rows just read, while the file lands behind; other processes wait for the file. Past ``FRESH_BYTES`` held, reading waits for writes."""
         here = _landing()
         for i in range(first, last):
             table = next(pieces, None)
@@ -563,7 +599,11 @@ class NodeCache:
         ``plans``, the process's claim (see the module doc) is rewritten as batches are handed out and read,
         and removed at the end. The iteration ends once the shards it fetched have landed (``flush``)."""
         seq, need = _shard_sequence(batches, self.shard_packs)
-        if self._whole():  # from an object store without a limit: every missing shard now, in one read or few
+        # a cold start from a local table: the first batch is one take of its packs, not a wait for its shards
+        direct = getattr(self.fetch, "direct", None)
+        first = len(batches) > 0 and direct is not None and direct() and not any(
+            self.path(s).exists() for s in dict.fromkeys((np.asarray(batches[0]) // self.shard_packs).tolist()))
+        if self._whole():  # without a limit: every missing shard now, in one read or few
             self.prefetch(seq)
         claim = _Claim(self, batches) if self.plans else None
         ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loaders-cache")
@@ -579,7 +619,9 @@ class NodeCache:
                     ahead.submit(self._obtain, seq[submitted],
                                  frozenset(seq[submitted + 1:submitted + 1 + self.horizon()]))
                     submitted += 1
-                yield lambda b=b, packs=packs, pins=seq[lo:hi]: self._read_unpin(b, packs, pins, make, claim)
+                read = self._direct if b == 0 and first else self.read
+                yield lambda b=b, packs=packs, pins=seq[lo:hi], read=read: self._read_unpin(b, packs, pins, make,
+                                                                                            claim, read)
         finally:
             ahead.shutdown(wait=True, cancel_futures=True)
             # the shards this process fetched land before the iteration ends: a process that ends right after
@@ -588,9 +630,15 @@ class NodeCache:
             if claim is not None:
                 claim.remove()
 
-    def _read_unpin(self, b, packs, pins, make, claim):
+    def _direct(self, packs: np.ndarray) -> pa.Table:
+        """The packs read from the table itself (``ShardSource.packs``), not from shards."""
+        table = self.fetch.packs(packs)
+        _count(direct=1)
+        return table
+
+    def _read_unpin(self, b, packs, pins, make, claim, read):
         try:
-            return make(self.read(packs))
+            return make(read(packs))
         finally:
             self._unpin(pins)
             if claim is not None:
@@ -651,7 +699,7 @@ class _Claim:
 
     def _write(self, start: int, cur: int) -> None:
         """Publish the position; the file I/O outside ``lock``, so readers finishing batches never wait for it
-        (a rename can wait for the file system's journal while shards are fsync'ed: several ms, measured)."""
+        (a rename can wait for the file system's journal while it writes: several ms, measured)."""
         with self.cache._lock:
             pinned = list(self.cache._pinned)
         doc = {"host": socket.gethostname(), "pid": os.getpid(), "key": self.cache.key, "start": start,
