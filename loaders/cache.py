@@ -33,8 +33,8 @@ reads this epoch, a window of ``cache_window`` shards ahead of use, into ``DIR/<
 Without ``cache_limit`` nothing fetched is evicted, so an iteration starts fetching every missing shard its plan
 reads at once, as one read of the table (``prefetch``): on a node reading the whole split, about one read per
 epoch, an allow-list scan in table order. From a local table, a cold iteration (most of its shards missing) does
-not wait for that read at all: it reads its batches from the table as a loader without a cache does, while the
-shards land behind (``fill_behind``). With a limit, a cold start's first batch from a local table is one
+not wait for that read: it reads its batches from the table as a loader without a cache does until the scan has
+read every shard, then from the shards (``fill_behind``). With a limit, a cold start's first batch from a local table is one
 ``take`` of exactly its packs (``ShardSource.packs``), read while its shards are fetched.
 
 The sample order is untouched (a pure function of seed, epoch and layout, see ``loader``): the cache only
@@ -403,6 +403,13 @@ class NodeCache:
         self.prefetch(seq)
         return True
 
+    def all_read(self) -> bool:
+        """Whether every shard this process is fetching for this cache has been read (it may still be being
+        written: it is then served from memory)."""
+        here = _landing()
+        with here.cv:
+            return all(k in here.fresh for k in here.coming if k[0] == self.dir)
+
     def _run_cap(self) -> int:
         """Most shards one read takes: ``window + 1``; without a limit, every missing shard in a row that is
         needed (nothing fetched is evicted; on a node reading all of the split, about one read per epoch: from
@@ -600,9 +607,12 @@ class NodeCache:
         and removed at the end. The iteration ends once the shards it fetched have landed (``flush``)."""
         seq, need = _shard_sequence(batches, self.shard_packs)
         # a cold start from a local table: the first batch is one take of its packs, not a wait for its shards
-        direct = getattr(self.fetch, "direct", None)
+        direct, here = getattr(self.fetch, "direct", None), _landing()
+        with here.cv:
+            coming = set(here.coming)
         first = len(batches) > 0 and direct is not None and direct() and not any(
-            self.path(s).exists() for s in dict.fromkeys((np.asarray(batches[0]) // self.shard_packs).tolist()))
+            self.path(s).exists() or (self.dir, s) in coming
+            for s in dict.fromkeys((np.asarray(batches[0]) // self.shard_packs).tolist()))
         if self._whole():  # without a limit: every missing shard now, in one read or few
             self.prefetch(seq)
         claim = _Claim(self, batches) if self.plans else None

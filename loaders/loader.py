@@ -26,8 +26,9 @@ the read-ahead, whatever the table's size. With ``cache_dir`` the packs come fro
 (``cache``): each process fetches the shards its plan reads, ahead of use, shared by the node, bounded by
 ``cache_limit``; a batch is a few file reads and one concatenation, in any order. A cold cache without a limit
 over a local table is filled by one scan behind, while the iteration reads the table as it does without a
-cache (``NodeCache.fill_behind``): in a shuffled order nearly every batch needs a shard near the end of that
-scan, so waiting for the shards would put the whole fill before the epoch's second batch.
+cache (``NodeCache.fill_behind``) until that scan has read every shard, then reads the rest from the shards: in a
+shuffled order nearly every batch needs a shard near the end of the scan, so waiting for the shards would put
+the whole fill before the epoch's second batch.
 """
 
 from __future__ import annotations
@@ -304,15 +305,24 @@ class Loader(IterableDataset):
         group is read on a side thread as one starts, the next run's scan opened near a run's end: a scan's
         first batch takes ~4x a later one (Lance fills its pipeline), which would otherwise stall every start."""
         if self.cache is not None:
-            if self.cache.fill_behind(batches):  # cold: read as without a cache while the shards land behind
+            make = lambda table: self._batch(table, pin)  # noqa: E731
+            if self.cache.fill_behind(batches):  # cold: read as without a cache until the fill has read it all
+                done = 0
                 try:
                     ds = self._dataset()
-                    yield from self._grouped(batches, pin, _reads.lance_source(ds, self.columns), ds)
+                    grouped = self._grouped(batches, pin, _reads.lance_source(ds, self.columns), ds)
+                    for unit in grouped:
+                        if self.cache.all_read():  # the rest from the shards, a few file reads a batch
+                            break
+                        yield unit
+                        done += 1
+                    grouped.close()
+                    yield from self.cache.units(batches[done:], make)
                 finally:
                     self.cache.flush()  # as ``units``: the iteration ends once its shards have landed
                 return
             # any batch is a few file reads: no runs, no Lance
-            yield from self.cache.units(batches, lambda table: self._batch(table, pin))
+            yield from self.cache.units(batches, make)
             return
         if _forks.lance_forbidden():  # forked from a process that used Lance: its helper process reads, in groups
             info = get_worker_info()

@@ -122,16 +122,18 @@ class Frames:
     level = 0
 
     def __init__(self, table: pa.Table, path="<memory>"):
-        table = table.combine_chunks()
         self.path, self.schema, self.big = path, table.schema, tuple(_big(table))
         small = [i for i in range(table.num_columns) if i not in self.big]
         self.raw = []  # per pack: its frames
-        for r in range(table.num_rows):
-            row = table.slice(r, 1)
-            frames = [memoryview(_ipc(row.select(small).to_batches()[0]))]
-            frames += [memoryview(np.ascontiguousarray(list_values(row.column(i).chunk(0), table.schema[i].name)))
-                       .cast("B") for i in self.big]
-            self.raw.append(frames)
+        # row by row through the record batches as they are: a shard cut from a scan's batches spans several,
+        # and joining them first (combine_chunks) copied every byte (~0.1-0.2 CPU-s per cold fill of PushT)
+        for rb in table.to_batches():
+            for r in range(rb.num_rows):
+                row = rb.slice(r, 1)
+                frames = [memoryview(_ipc(row.select(small)))]
+                frames += [memoryview(np.ascontiguousarray(list_values(row.column(i), table.schema[i].name)))
+                           .cast("B") for i in self.big]
+                self.raw.append(frames)
         self.sizes = [[len(m) for m in frames] for frames in self.raw]
         self.frames = 1 + len(self.big)
         self.nbytes = sum(map(sum, self.sizes))

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -69,17 +70,48 @@ def test_a_cold_epoch_is_served_from_the_rows_just_read_before_any_shard_lands(p
     assert sorted(ids) == sorted(p for b in lk.stream("train", shuffle="none") for p in b.pack_ids.tolist())
 
 
-def test_a_cold_iteration_without_a_limit_reads_the_table_while_one_scan_fills_the_cache(packed, tmp_path):
+def test_a_cold_iteration_without_a_limit_reads_the_table_while_one_scan_fills_the_cache(packed, tmp_path,
+                                                                                         monkeypatch):
     lk, _ = packed
     kw = dict(batch_packs=2, seed=6)
     want = list(lk.stream("train", **kw))
+    gate = threading.Event()  # holds the fill's read until the iteration ends: every batch must come from the table
+    pieces = _cache.ShardSource.pieces
+
+    def held(self, s, count):
+        gate.wait(timeout=120)
+        yield from pieces(self, s, count)
+
+    flush = _cache.NodeCache.flush
+
+    def flushing(self):
+        gate.set()
+        flush(self)
+
+    monkeypatch.setattr(_cache.ShardSource, "pieces", held)
+    monkeypatch.setattr(_cache.NodeCache, "flush", flushing)
     before = dict(_cache.STATS)
-    cold = lk.stream("train", cache_dir=tmp_path, shard_packs=3, **kw)
-    _same(list(cold), want)
+    cold = lk.stream("train", cache_dir=tmp_path, shard_packs=3, prefetch=0, **kw)
+    got = []
+    for b in cold:
+        assert not gate.is_set()  # not one batch waited for the fill
+        got.append(b)
+    _same(got, want)
     took = {k: _cache.STATS[k] - before[k] for k in before}
     assert took["takes"] == 1 and took["fetches"] == cold.cache.shards  # the whole split: one read, each shard once
     assert took["hits"] == 0  # no batch came from the cache
     assert len(_shards(tmp_path)) == cold.cache.shards and not list(tmp_path.rglob("*.tmp"))  # landed by its end
+    monkeypatch.undo()
+    # unheld: once the fill has read every shard, the rest of the iteration comes from the shards, the same batches
+    again = lk.stream("train", cache_dir=tmp_path / "again", shard_packs=3, prefetch=0, **kw)
+    it = iter(again)
+    got = [next(it)]
+    while not again.cache.all_read():
+        time.sleep(0.01)
+    hits = _cache.STATS["hits"]
+    got += list(it)
+    _same(got, want)
+    assert _cache.STATS["hits"] > hits
     before = dict(_cache.STATS)
     _same(list(lk.stream("train", cache_dir=tmp_path, shard_packs=3, **kw)), want)  # warm: from the files
     assert _cache.STATS["fetches"] == before["fetches"] and _cache.STATS["hits"] > before["hits"]
