@@ -65,6 +65,7 @@ import pyarrow as pa
 
 from . import retry as _retry
 from . import fragfiles, shardfile
+from .reads import GROUP_ROWS
 from .retry import retrying
 
 STATS = {"hits": 0, "fetches": 0, "takes": 0, "direct": 0, "fetched_bytes": 0, "written_bytes": 0, "evictions": 0}
@@ -180,8 +181,9 @@ class ShardSource:
                 # small batches cost several requests each (a 16-pack batch size read the same rows with 6x the
                 # GETs; measured). From local files a request costs nothing, and one batch of the whole read
                 # costs ~2.5x the CPU of shard-sized ones (Lance assembles it in fresh buffers: page faults and
-                # copies; the PushT split: 1.0-1.5 vs 0.36-0.58 CPU-s, measured in session 8): there,
-                # shard-sized batches, which also hand out each shard as soon as it is read.
+                # copies; the PushT split: 1.0-1.5 vs 0.36-0.58 CPU-s, measured in session 8): there, batches of
+                # at most GROUP_ROWS rows (small buffers the allocator reuses: 8 rows took 0.15-0.19 CPU-s on the
+                # PushT split vs 0.29-0.31 for 16 and 0.37-0.51 for 32), each shard handed out once read.
                 # From an object store the allow-list alone selects the rows: the filter (there for speed
                 # locally: late materialization) reads its column too, 3 more GETs of the PushT split (42 vs 39).
                 store = "://" in src.uri
@@ -191,7 +193,7 @@ class ShardSource:
                 if batches is None:
                     batches = ds.scanner(columns=self.columns, filter=None if store else self.filter,
                                          scan_in_order=True, row_addr_allowlist=serialize_row_addrs(addrs.tolist()),
-                                         batch_size=len(addrs) if store else sp).to_batches()
+                                         batch_size=len(addrs) if store else min(sp, GROUP_ROWS)).to_batches()
                 pieces, have = [], 0
                 for rb in batches:
                     pieces.append(rb)

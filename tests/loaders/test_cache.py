@@ -86,10 +86,14 @@ def test_neighbouring_shards_needed_soon_are_fetched_with_one_read(packed, tmp_p
             assert f.packs == min(2, loader.packs - 2 * int(p.stem[-6:]))  # a run is cut back into shards
 
 
+@pytest.mark.parametrize("group_rows", [8, 2])
 @pytest.mark.parametrize("shard_packs", [1, 3, 5])
-def test_a_run_of_shards_read_with_one_scan_is_cut_into_the_shards_a_take_gives(packed, shard_packs):
-    # local scans read in shard-sized batches, which a fragment's end cuts short (3 fragments here): every
-    # shard must still come out whole, in order, row for row what a take of its rows gives
+def test_a_run_of_shards_read_with_one_scan_is_cut_into_the_shards_a_take_gives(packed, shard_packs, group_rows,
+                                                                                 monkeypatch):
+    # local scans read in batches of up to GROUP_ROWS rows, which a fragment's end cuts short (3 fragments here)
+    # and a shard larger than GROUP_ROWS spans: every shard must still come out whole, in order, row for row
+    # what a take of its rows gives
+    monkeypatch.setattr(_cache, "GROUP_ROWS", group_rows)
     lk, _ = packed
     loader = lk.stream("train", shuffle="none")
     fetch = _cache.ShardSource(loader.source, loader.rows, loader.columns, shard_packs, loader.addrs,
