@@ -395,6 +395,23 @@ def test_a_process_never_evicts_a_shard_another_announced_and_has_not_read(small
     assert not list((root / _cache.CLAIMS).iterdir())  # every claim removed at the end of its iteration
 
 
+def test_a_process_without_a_limit_announces_its_position_once_an_evicting_cache_shares_the_folder(packed, tmp_path):
+    lk, _ = packed
+    kw = dict(cache_dir=tmp_path, shard_packs=4, prefetch=0)
+    list(lk.stream("train", **kw))  # filled: the next iteration reads through the shards, with a claim
+    loader = lk.stream("train", **kw)
+    it = iter(loader)
+    got = [next(it)]
+    claims = tmp_path / _cache.CLAIMS
+    assert len(list(claims.glob("*.plan"))) == 1 and not list(claims.glob("*.json"))  # nobody evicts here yet
+    lk.stream("train", cache_dir=tmp_path, shard_packs=4, cache_limit="1GB")  # a cache with a limit opens it
+    got.append(next(it))
+    assert [c["pid"] for c in _cache.live_claims(tmp_path)] == [os.getpid()]  # from the next batch on
+    got += list(it)
+    _same(got, list(lk.stream("train", shard_packs=4, prefetch=0)))
+    assert not list(claims.iterdir())  # removed at the end of the iteration
+
+
 _HOLDING = """
 import json, sys, lake
 lk = lake.open(sys.argv[1])
