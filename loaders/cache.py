@@ -591,6 +591,9 @@ class NodeCache:
         opened: dict = {}  # shard -> an open ShardFile, or its frames while this process writes it
         try:
             for s in dict.fromkeys((packs // self.shard_packs).tolist()):
+                f = self._open_landed(s)  # a hit opens the file once (``_obtain`` would check it, then open it)
+                if f is not None:
+                    opened[s] = f
                 while s not in opened:
                     frames = self._obtain(s)
                     if frames is not None:
@@ -606,6 +609,24 @@ class NodeCache:
             for f in opened.values():
                 f.close()
         return pa.Table.from_batches([batch])
+
+    def _open_landed(self, s: int) -> shardfile.ShardFile | None:
+        """Shard ``s``'s file, open, if it is on disk and whole (a hit: its last use recorded, for eviction), else
+        None (a damaged one is removed, as ``_valid`` does)."""
+        path = self.path(s)
+        try:
+            f = shardfile.ShardFile(path)
+        except FileNotFoundError:
+            return None
+        except shardfile.TornShard:
+            path.unlink(missing_ok=True)
+            return None
+        try:
+            os.utime(f.fd if os.utime in os.supports_fd else path)
+        except OSError:
+            pass
+        _count(hits=1)
+        return f
 
     def units(self, batches: list[np.ndarray], make: Callable[[pa.Table], object]):
         """One callable per batch (in order) reading it from the cache; shards are fetched ``window`` shards
