@@ -33,7 +33,7 @@ reads this epoch, a window of ``cache_window`` shards ahead of use, into ``DIR/<
   rename per batch, ~0.25 ms on ext4, ~15% of a warm epoch of PushT; measured).
 
 Without ``cache_limit`` nothing fetched is evicted, so an iteration starts fetching every missing shard its plan
-reads at once, as one read of the table (``prefetch``): on a node reading the whole split, about one read per
+reads at once, as one read of the table (``prefetch``; up to ``LOCKS`` shards at a time, each lock an open file): on a node reading the whole split, about one read per
 epoch, an allow-list scan in table order. From a local table, a cold iteration (most of its shards missing) does
 not wait for that read: it reads its batches from the table as a loader without a cache does until the scan has
 read every shard, then from the shards (``fill_behind``). With a limit, a cold start's first batch from a local table is one
@@ -78,6 +78,8 @@ CLAIM_TTL = 300.0  # s: a claim not refreshed for this long is dead, whatever it
 CLAIM_HORIZON = 1024  # shards a claim announces ahead: enough to order evictions, small to rewrite per batch
 _CLAIM_IDS = itertools.count()
 FRESH_BYTES = 512 * 2**20  # shards read and not yet written that a process holds in memory; past it, reads wait
+LOCKS = 256  # shards one process takes the locks of for reads started ahead (each lock an open file until its
+#              shard lands; a whole split's could pass the open-file limit), and most shards in one read
 WRITERS = 4  # threads per process writing shards (copies into the page cache and checksums, both without the GIL)
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
           "GIB": 2**30, "TIB": 2**40}
@@ -381,13 +383,17 @@ class NodeCache:
         """Start fetching the missing ones of ``shards`` (in order of need) on side threads (up to 4 at once),
         in runs (``_run_cap``); their locks are taken before this returns, so a process that needs one meanwhile
         (a DataLoader worker forked just after) waits for it instead of fetching it too. Only without a limit
-        (with one, shards fetched far ahead would be evicted before their use). Returns the reads started."""
+        (with one, shards fetched far ahead would be evicted before their use), and up to ``LOCKS`` shards being
+        fetched by this process. Returns the reads started."""
         if self.limit is not None or self.window == 0:
             return 0
-        want, started = {int(s) for s in shards}, 0
+        want, started, here = {int(s) for s in shards}, 0, _landing()
         for s in dict.fromkeys(int(s) for s in shards):
+            with here.cv:
+                if len(here.coming) >= LOCKS:  # the rest is fetched as it is needed (or by a later call)
+                    break
             held: dict = {}
-            if s not in want or not self._lock_missing(s, held):
+            if s not in want or self.path(s).exists() or not self._lock_missing(s, held):
                 continue
             run = self._grow([s], held, want)
             want.difference_update(run)
@@ -397,18 +403,19 @@ class NodeCache:
             started += 1
         return started
 
-    def fill_behind(self, batches: list[np.ndarray]) -> bool:
+    def fill_behind(self, batches: list[np.ndarray]) -> "_Fill | None":
         """Whether an iteration over ``batches`` should read the table itself while this cache fills behind it:
         without a limit, from a table this process reads itself (local: a second read costs CPU, no transfer),
-        when at least half of the shards it needs are missing. If so, their fetch is started (``prefetch``)."""
+        when at least half of the shards it needs are missing. If so, their fetch is started (``prefetch``) and
+        the returned ``_Fill`` says when the iteration may go over to the shards; else None."""
         direct = getattr(self.fetch, "direct", None)
         if not self._whole() or direct is None or not direct():
-            return False
+            return None
         seq = shard_order(batches, self.shard_packs)
         if 2 * sum(not self.path(s).exists() for s in seq) < max(1, len(seq)):
-            return False
+            return None
         self.prefetch(seq)
-        return True
+        return _Fill(self, seq)
 
     def all_read(self) -> bool:
         """Whether every shard this process is fetching for this cache has been read (it may still be being
@@ -419,19 +426,19 @@ class NodeCache:
 
     def _run_cap(self) -> int:
         """Most shards one read takes: ``window + 1``; without a limit, every missing shard in a row that is
-        needed (nothing fetched is evicted; on a node reading all of the split, about one read per epoch: from
+        needed, up to ``LOCKS`` (nothing fetched is evicted; on a node reading all of the split, about one read per epoch: from
         an object store a request costs more than its bytes, and from local files one scan in table order
         costs less than many reads, measured in benchmarks/RESULTS.md, issue 15)."""
         if self.window == 0:
             return 1
-        return self.shards if self._whole() else self.window + 1
+        return min(self.shards, LOCKS) if self._whole() else self.window + 1
 
     def _whole(self) -> bool:
         return self.limit is None and self.window > 0
 
     def horizon(self) -> int:
         """How many shards after the next one a fetch may take along (see ``_run_cap``)."""
-        return self.shards if self._whole() else 4 * (self.window + 1)
+        return min(self.shards, LOCKS) if self._whole() else 4 * (self.window + 1)
 
     def _drop(self, held: dict) -> None:
         """Give up the shards of ``held`` (their locks) that were not read: whoever needs one fetches it."""
@@ -695,6 +702,49 @@ class NodeCache:
                     self._pinned[int(s)] = n
                 else:
                     self._pinned.pop(int(s), None)
+
+
+class _Fill:
+    """A fill behind an iteration that reads the table (``NodeCache.fill_behind``): ``read()`` is True once every
+    shard of ``seq`` is on disk or read by this process; until then, whenever this process's fetches have all
+    been read, it starts the next missing ones (``prefetch`` locks at most ``LOCKS`` at a time). ``at``: every
+    shard before it is known to be on disk or on its way (so each call looks at each shard about once)."""
+
+    AGAIN = 0.05  # s between two tries to start the next fetches (a try opens the lock files of missing shards)
+
+    def __init__(self, cache: NodeCache, seq: list[int]):
+        self.cache, self.seq, self.at, self.tried = cache, seq, 0, time.monotonic()
+
+    def read(self) -> bool:
+        cache = self.cache
+        if not cache.all_read():
+            return False
+        here = _landing()
+        with here.cv:
+            coming = {s for d, s in here.coming if d == cache.dir}
+        while self.at < len(self.seq) and (self.seq[self.at] in coming or cache.path(self.seq[self.at]).exists()):
+            self.at += 1
+        if self.at == len(self.seq):
+            return True
+        # missing shards that this process could not lock yet (its LOCKS are taken by shards read and being
+        # written) or that another process is fetching: the iteration goes on reading the table meanwhile
+        if time.monotonic() - self.tried >= self.AGAIN:
+            self.tried = time.monotonic()
+            cache.prefetch(self.seq[self.at:])
+        return False
+
+    def finish(self) -> None:
+        """The rest of the fill, run to its end (the iteration read every batch from the table first); stops early
+        only where other processes are fetching what is missing."""
+        here = _landing()
+        while True:
+            self.cache.flush()  # what this process fetches has landed: its locks are free again
+            self.tried = -self.AGAIN
+            if self.read():
+                return
+            with here.cv:
+                if not any(d == self.cache.dir for d, _ in here.coming):  # nothing started: others fetch the rest
+                    return
 
 
 class _Claim:

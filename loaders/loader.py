@@ -306,18 +306,22 @@ class Loader(IterableDataset):
         first batch takes ~4x a later one (Lance fills its pipeline), which would otherwise stall every start."""
         if self.cache is not None:
             make = lambda table: self._batch(table, pin)  # noqa: E731
-            if self.cache.fill_behind(batches):  # cold: read as without a cache until the fill has read it all
+            fill = self.cache.fill_behind(batches)
+            if fill is not None:  # cold: read as without a cache until the fill has read it all
                 done = 0
                 try:
                     ds = self._dataset()
                     grouped = self._grouped(batches, pin, _reads.lance_source(ds, self.columns), ds)
                     for unit in grouped:
-                        if self.cache.all_read():  # the rest from the shards, a few file reads a batch
+                        if fill.read():  # the rest from the shards, a few file reads a batch
                             break
                         yield unit
                         done += 1
+                    else:  # every batch came from the table first (a fill of more than LOCKS shards): finish it
+                        fill.finish()
                     grouped.close()
-                    yield from self.cache.units(batches[done:], make)
+                    if done < len(batches):
+                        yield from self.cache.units(batches[done:], make)
                 finally:
                     self.cache.flush()  # as ``units``: the iteration ends once its shards have landed
                 return

@@ -122,6 +122,30 @@ def test_a_cold_iteration_without_a_limit_reads_the_table_while_one_scan_fills_t
     assert _cache.STATS["fetches"] - before["fetches"] == 1 and _cache.STATS["hits"] > before["hits"]
 
 
+def test_a_fill_without_a_limit_locks_a_bounded_number_of_shards_at_once(packed, tmp_path, monkeypatch):
+    # each shard being fetched holds its lock file open: a whole split's at once could pass the open-file limit
+    lk, _ = packed
+    monkeypatch.setattr(_cache, "LOCKS", 2)
+    most = [0]
+    lock_missing = _cache.NodeCache._lock_missing
+
+    def counted(self, t, held):
+        got = lock_missing(self, t, held)
+        here = _cache._landing()
+        with here.cv:
+            most[0] = max(most[0], len(here.coming))
+        return got
+
+    monkeypatch.setattr(_cache.NodeCache, "_lock_missing", counted)
+    kw = dict(batch_packs=2, seed=3, prefetch=0)
+    before = dict(_cache.STATS)
+    loader = lk.stream("train", cache_dir=tmp_path, shard_packs=1, **kw)
+    needed = len({int(p) for b in loader.plan(position=(0, 0, 0)) for p in b})  # one pack a shard
+    _same(list(loader), list(lk.stream("train", **kw)))
+    assert _cache.STATS["fetches"] - before["fetches"] == needed == len(_shards(tmp_path))  # each once, all
+    assert 0 < most[0] <= 4 * _cache.LOCKS < needed  # prefetch, the read-ahead and a read: bounded
+
+
 def test_with_a_limit_a_cold_start_s_first_batch_is_one_take_of_its_packs(packed, tmp_path):
     lk, _ = packed
     kw = dict(batch_packs=3, seed=2, shard_packs=4, cache_limit="1GB")
