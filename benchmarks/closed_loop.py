@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,78 +35,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
+from _loop import (DEMO_SEED, EVAL_SEED, RL_REWARD_SCALE, TASKS, VAL_SEED, evaluate_ckpt, pct,  # noqa: E402
+                   rl_objective, task_env_id, write_demos)
 from _report import RESULTS, machine, record  # noqa: E402
 from training.sims.metaworld_sft import HORIZON, INPUTS, METAWORLD_VLA as MODEL, SFT_LR, metaworld_recipe  # noqa: E402
 
 SECTION = "Closed loop (Meta-World): SFT and RL learn"
-EVAL_SEED, DEMO_SEED, VAL_SEED = 1000, 0, 2000
-RL_REWARD_SCALE = 0.01
-# per task: expert demos, SFT steps, evaluation time limit (Meta-World's own is 500; the expert needs ~50 on
-# reach, ~80-150 on push / pick-place)
-TASKS = {
-    "reach-v3": {"demos": 50, "sft_steps": 1200, "max_steps": 150},
-    # 100 demos / 2400 steps: 24%, 300 / 1500: 36%, 600 / 1200: 28% (width 64, last checkpoint); 600 demos, width 128,
-    # 3000 steps, checkpoint chosen on validation goals: 46%
-    "push-v3": {"demos": 600, "sft_steps": 3000, "max_steps": 200, "model": {"width": 128}, "ckpt_points": 8},
-    "pick-place-v3": {"demos": 100, "sft_steps": 2400, "max_steps": 200},
-    # LIBERO (section LIBERO_SECTION): the scripted pick-place expert (training.sims.libero_expert) on freshly
-    # sampled scenes; evaluation on LIBERO's 50 recorded init states, each once (never a demo scene); the state
-    # carries the objects' positions (env option objects=True); a LIBERO env is ~1.5 GB, so 2 at a time
-    "libero_goal-6": {"env_id": "libero/libero_goal/6", "demos": 100, "sft_steps": 1500, "max_steps": 180,
-                      "env_kwargs": {"objects": True}, "eval_init_states": True, "batch_size": 2,
-                      "inputs": "14-d state (end effector, gripper, cream cheese and bowl positions) + task text, "
-                                "no camera"},
-    # the same with each object's position relative to the gripper as well (the run above misses grasps by 1-3 cm)
-    "libero_goal-6-rel": {"env_id": "libero/libero_goal/6", "demos": 100, "sft_steps": 1500, "max_steps": 180,
-                          "env_kwargs": {"objects": True, "relative": True}, "eval_init_states": True, "batch_size": 2,
-                          "demo_env_kwargs": {"objects": True, "relative": True, "init": "sampled"},
-                          "inputs": "20-d state (end effector, gripper, cream cheese and bowl positions, absolute and "
-                                    "relative to the gripper) + task text, no camera"},
-}
 LIBERO_SECTION = "LIBERO closed loop: SFT on scripted-expert demos learns"
 VLA_SECTION = "Closed loop (Meta-World): RL fine-tunes the VLA itself"
 CONTROL_MIN_RETURN = 1e9  # --rl-rwr-min-return at or above this (returns here are <= 1.5) keeps no RL row: a control
 METAWORLD_TASKS = [n for n, spec in TASKS.items() if "env_id" not in spec]
-
-
-def _env_id(name: str) -> str:
-    return TASKS[name].get("env_id", f"metaworld/{name}")
-
-
-def _eval(ckpt, env_id: str, episodes: int, uri: str, max_steps: int, spec: dict | None = None,
-          seed: int = EVAL_SEED) -> dict:
-    from training.evaluate import evaluate, wilson_interval
-
-    spec = spec or {}
-    # LIBERO: episode i starts from recorded init state i (seed i % 50), each of the 50 once
-    seeds = list(range(episodes)) if spec.get("eval_init_states") else None
-    ev = evaluate(ckpt, env_id, episodes, lake_uri=uri, seed=seed, record_video=False, max_steps=max_steps,
-                  batch_size=min(spec.get("batch_size", 25), episodes), env_kwargs=spec.get("env_kwargs"),
-                  env_seeds=seeds)
-    k = sum(r.success for r in ev.rows)
-    lo, hi = wilson_interval(k, ev.episodes)
-    return {"k": k, "n": ev.episodes, "rate": ev.success_rate, "lo": lo, "hi": hi, "mean_length": ev.mean_length,
-            "eval_version": ev.lake_version, "checkpoint": os.fspath(ckpt), "seconds": ev.seconds, "seed": seed,
-            "successes": "".join("1" if r.success else "0" for r in ev.rows)}  # per goal, in goal order: pairing
-
-
-def _demos(work: Path, env_id: str, n: int, noise: float, batch_size: int = 10, env_kwargs: dict | None = None):
-    import lake
-    from training.sims.demos import record_expert_demos
-
-    uri = str(work / "lake")
-    if (work / "demos" / "meta" / "info.json").exists():  # a rerun: the lake already holds them (ingest is a no-op)
-        info = json.loads((work / "demos" / "meta" / "info.json").read_text())
-        lk = lake.open(uri, create=True)
-        ing = lk.ingest(str(work / "demos"), split_ratios={"train": 1.0}, message=f"expert demos: {env_id}")
-        version = ing.version or max(e.version for e in lk.log() if "expert demos" in (e.message or ""))
-        return {"kept": info["total_episodes"], "frames": info["total_frames"], "lake_version": version,
-                "rolled_out": None, "expert_success": None}
-    shutil.rmtree(work / "demos", ignore_errors=True)
-    rep = record_expert_demos(uri, env_id, out=work / "demos", episodes=n, noise=noise, seed=DEMO_SEED, camera=False,
-                              batch_size=batch_size, env_kwargs=env_kwargs)
-    return {"kept": rep.kept, "frames": rep.frames, "lake_version": rep.ingest.version, "rolled_out": rep.rolled_out,
-            "expert_success": rep.success_rate}
 
 
 def _held_out(n_demos: int, n_eval: int, n_val: int = 0) -> None:
@@ -135,12 +72,12 @@ def run_task(name: str, args, root: Path) -> dict:
 
     spec = {**TASKS[name], **{k: v for k, v in (("demos", args.demos), ("sft_steps", args.sft_steps)) if v}}
     model = {**MODEL, **spec.get("model", {}), **{k: v for k, v in (("width", args.width), ("depth", args.depth)) if v}}
-    env_id, work = _env_id(name), root / name
+    env_id, work = task_env_id(name), root / name
     work.mkdir(parents=True, exist_ok=True)
     _held_out(spec["demos"], args.episodes, args.val_episodes)
     t0 = time.perf_counter()
     print(f"[{name}] demos ...", flush=True)
-    demo = _demos(work, env_id, spec["demos"], args.noise, spec.get("batch_size", 10), spec.get("demo_env_kwargs"))
+    demo = write_demos(work, env_id, spec["demos"], args.noise, spec.get("batch_size", 10), spec.get("demo_env_kwargs"))
     uri = str(work / "lake")
     recipe = metaworld_recipe("closed_loop")
     packed = lake.open(uri).pack(recipe)
@@ -162,26 +99,26 @@ def run_task(name: str, args, root: Path) -> dict:
         curve = []
         for s in range(every, steps, every):  # the final checkpoint is evaluated with the full count below
             ckpt = work / "sft" / f"step_{s:06d}.pt"
-            curve.append({"step": s, **_eval(ckpt, env_id, args.curve_episodes, uri, ms, spec)})
+            curve.append({"step": s, **evaluate_ckpt(ckpt, env_id, args.curve_episodes, uri, ms, spec)})
             print(f"[{name}]   step {s}: {curve[-1]['k']}/{curve[-1]['n']}", flush=True)
-        rows = {"untrained": _eval(untrained, env_id, args.episodes, uri, ms, spec),
-                "sft": _eval(sft["checkpoint"], env_id, args.episodes, uri, ms, spec),
-                "expert": _eval(expert, env_id, args.episodes, uri, ms, spec)}
+        rows = {"untrained": evaluate_ckpt(untrained, env_id, args.episodes, uri, ms, spec),
+                "sft": evaluate_ckpt(sft["checkpoint"], env_id, args.episodes, uri, ms, spec),
+                "expert": evaluate_ckpt(expert, env_id, args.episodes, uri, ms, spec)}
         curve = [{"step": 0, **rows["untrained"]}, *curve, {"step": steps, **rows["sft"]}]
         chosen, selection = {"checkpoint": sft["checkpoint"]}, None
     else:
         print(f"[{name}] validation (env seed {VAL_SEED}) of every kept checkpoint ...", flush=True)
-        curve = [{"step": 0, **_eval(untrained, env_id, args.val_episodes, uri, ms, spec, seed=VAL_SEED)}]
+        curve = [{"step": 0, **evaluate_ckpt(untrained, env_id, args.val_episodes, uri, ms, spec, seed=VAL_SEED)}]
         for s in [*range(every, steps, every), steps]:
             ckpt = work / "sft" / f"step_{s:06d}.pt" if s < steps else sft["checkpoint"]
-            curve.append({"step": s, **_eval(ckpt, env_id, args.val_episodes, uri, ms, spec, seed=VAL_SEED)})
+            curve.append({"step": s, **evaluate_ckpt(ckpt, env_id, args.val_episodes, uri, ms, spec, seed=VAL_SEED)})
             print(f"[{name}]   step {s}: {curve[-1]['k']}/{curve[-1]['n']}", flush=True)
         chosen = _select(curve[1:])
         selection = {"seed": VAL_SEED, "episodes": args.val_episodes, "step": chosen["step"]}
         print(f"[{name}] held-out evaluation (env seed {EVAL_SEED}) of step {chosen['step']} ...", flush=True)
-        rows = {"untrained": _eval(untrained, env_id, args.episodes, uri, ms, spec),
-                "sft": _eval(chosen["checkpoint"], env_id, args.episodes, uri, ms, spec),
-                "expert": _eval(expert, env_id, args.episodes, uri, ms, spec)}
+        rows = {"untrained": evaluate_ckpt(untrained, env_id, args.episodes, uri, ms, spec),
+                "sft": evaluate_ckpt(chosen["checkpoint"], env_id, args.episodes, uri, ms, spec),
+                "expert": evaluate_ckpt(expert, env_id, args.episodes, uri, ms, spec)}
     losses = sft["losses"]
     result = {
         "task": name, "env_id": env_id, "inputs": spec.get("inputs", INPUTS), "demos": spec["demos"],
@@ -209,11 +146,11 @@ def run_rl(name: str, args, root: Path) -> dict:
     uri = str(work / "lake")
     ms = TASKS[name]["max_steps"]
     if not (work / "lake").exists():
-        _demos(work, env_id, TASKS[name]["demos"], args.noise)
+        write_demos(work, env_id, TASKS[name]["demos"], args.noise)
     print(f"[{name}] RL: behaviour cloning on {args.rl_demos} demos ...", flush=True)
     bc = behaviour_clone(uri, env_id, out=str(work / "rl" / "bc.pt"), steps=args.bc_steps,
                          episodes=args.rl_demos, reward_scale=RL_REWARD_SCALE)
-    start = _eval(bc["checkpoint"], env_id, args.episodes, uri, ms)
+    start = evaluate_ckpt(bc["checkpoint"], env_id, args.episodes, uri, ms)
     print(f"[{name}]   BC: {start['k']}/{start['n']}", flush=True)
     lr = args.rl_lr or 5e-4
     seg = _rl_segments(name, args, work / "rl", uri, bc["checkpoint"], start, lr, {"algo.epochs": 2})
@@ -253,10 +190,10 @@ def run_rl_vla(name: str, args, root: Path) -> dict:
     start_ckpt = from_sft(init, str(work / tag / "start.pt"), env_id=env_id, rl_sigma=args.rl_sigma, exec_steps=k,
                           x0_zero=args.rl_x0_zero)
     print(f"[{name}] VLA RL from {init} (exec_steps {k}, sigma {args.rl_sigma}): held-out start ...", flush=True)
-    start = _eval(start_ckpt, env_id, args.episodes, uri, ms)
+    start = evaluate_ckpt(start_ckpt, env_id, args.episodes, uri, ms)
     print(f"[{name}]   start: {start['k']}/{start['n']}", flush=True)
     lr = args.rl_lr or 3e-4
-    objective = _rl_objective(args.rl_reward)
+    objective = rl_objective(args.rl_reward)
     if k > 1:  # one RL step = one chunk: k actions, the chain's log-prob covers the chunk
         objective["env.kwargs"] = {**objective["env.kwargs"], "action_chunk": k}
     head = read_header(init)
@@ -344,7 +281,7 @@ def _rl_segments(name: str, args, out: Path, uri: str, start_ckpt: str, start: d
             continue
         cfg = with_overrides(RLConfig(), {
             "mode": "aa", "seed": 1 + seg, "env.id": env_id, "env.max_episode_steps": ms,
-            **_rl_objective(args.rl_reward),
+            **rl_objective(args.rl_reward),
             "workers.env_workers": 2, "workers.envs_per_worker": 4, "algo.batch_trajectories": 16,
             "algo.micro_batch_trajectories": 4, "algo.train_steps": args.rl_versions, "algo.lr": lr,
             "algo.entropy_coef": 0.0, "batching.max_batch_size": 8,
@@ -361,7 +298,7 @@ def _rl_segments(name: str, args, out: Path, uri: str, start_ckpt: str, start: d
         lake_versions.append(rep.lake.lake_version if rep.lake else None)
         prev = rep.checkpoint
         last = seg + 1 == args.rl_segments
-        ev = _eval(prev, env_id, args.episodes if last else args.curve_episodes, uri, ms)
+        ev = evaluate_ckpt(prev, env_id, args.episodes if last else args.curve_episodes, uri, ms)
         curve.append({"env_steps": env_steps, "version": (seg + 1) * args.rl_versions,
                       "lake_version": lake_versions[-1], "produced": rep.produced, **ev})
         done.write_text(json.dumps({"point": curve[-1], "checkpoint": prev, "rl_seconds": seg_s,
@@ -377,27 +314,9 @@ def _jsonable(rows) -> list[dict]:
              if isinstance(v, (int, float, str, bool))} for r in rows]
 
 
-def _rl_objective(reward: str) -> dict:
-    """RL config overrides for the reward. ``success``: Meta-World's success as a sparse reward (1 on the success
-    step, the episode ends there, as in evaluation), group-relative advantages over 4 rollouts from one goal
-    (GRPO, as VLA RL recipes use). ``dense``: Meta-World's shaped reward, to the time limit (ending on success
-    would forfeit the reward of staying at the goal), scaled to O(1) returns, GAE with the cloned critic.
-    ``dense-grpo``: the same shaped reward and time limit, group-relative advantages (GRPO) of the returns."""
-    if reward == "success":
-        return {"env.kwargs": {"success_reward": True}, "algo.advantage": "grpo", "algo.group_size": 4}
-    if reward == "dense-grpo":  # the shaped return, ranked within a goal's 4 rollouts (no critic: the VLA's RL)
-        return {"env.kwargs": {"terminate_on_success": False, "reward_scale": RL_REWARD_SCALE},
-                "algo.advantage": "grpo", "algo.group_size": 4}
-    return {"env.kwargs": {"terminate_on_success": False, "reward_scale": RL_REWARD_SCALE}, "algo.advantage": "gae"}
-
-
 def _v(version) -> str:
     """An eval's lake version; None = these exact episodes were recorded by an earlier identical run."""
     return f"v{version}" if version is not None else "(recorded earlier)"
-
-
-def _pct(r: dict) -> str:
-    return f"{r['k']}/{r['n']} = {r['rate']:.0%} [{r['lo']:.0%}, {r['hi']:.0%}]"
 
 
 def _plots(results: list[dict], rl: list[dict], out: Path, libero: list[dict] = ()) -> list[str]:
@@ -475,8 +394,8 @@ def libero_report(root: Path, command: str, load: str) -> str | None:
             "rolled_out") else ""
         lines.append(
             f"| `{r['env_id']}` ({describe_task(r['env_id'])}) | {r['inputs']} | {r['kept']} ({r['frames']}){rolled} "
-            f"| {r['sft_steps']} ({r['sft_seconds'] / 60:.1f} min) | {_pct(rows['untrained'])} | **{_pct(rows['sft'])}** "
-            f"| {_pct(rows['expert'])} | v{r['lake_version']} / `{r['pack']['table']}` (v{r['pack']['version']}) / "
+            f"| {r['sft_steps']} ({r['sft_seconds'] / 60:.1f} min) | {pct(rows['untrained'])} | **{pct(rows['sft'])}** "
+            f"| {pct(rows['expert'])} | v{r['lake_version']} / `{r['pack']['table']}` (v{r['pack']['version']}) / "
             f"`{r['task']}/sft/last.pt` (trained on v{r['checkpoint']['lake_version']}) / "
             f"{_v(rows['untrained']['eval_version'])}, {_v(rows['sft']['eval_version'])}, "
             f"{_v(rows['expert']['eval_version'])} |")
@@ -551,7 +470,7 @@ def vla_report(root: Path, command: str, load: str, out: Path = HERE) -> str | N
             f"(step {r['init_step']}) "
             f"| {_objective(r)} / {r['sigma']} / "
             f"{r['lr']} / {r['epochs']} / {r.get('reward', 'success')} / {r.get('batch_trajectories', 16)} "
-            f"| {_pct(s)} | **{_pct(e)}** "
+            f"| {pct(s)} | **{pct(e)}** "
             f"| {_paired(s, e)} | {r['env_steps']} | {r['rl_seconds'] / 60:.1f} min "
             f"| v{r['demo_version']} / `{lin.get('packed_table')}` / `{Path(r['init']).name}` (trained on "
             f"v{lin.get('lake_version')}) / "
@@ -639,7 +558,7 @@ def report(root: Path, command: str, load: str) -> str:
                 + (f" (step {sel['step']}, chosen on {sel['episodes']} validation goals)" if sel else " (last)"))
         lines.append(
             f"| {r['task']}{tag} | state + text | {r['kept']} ({r['frames']}) | {r['sft_steps']} ({r['sft_seconds'] / 60:.1f} min) "
-            f"| {_pct(rows['untrained'])} | **{_pct(rows['sft'])}** | {_pct(rows['expert'])} | v{r['lake_version']} / "
+            f"| {pct(rows['untrained'])} | **{pct(rows['sft'])}** | {pct(rows['expert'])} | v{r['lake_version']} / "
             f"`{r['pack']['table']}` (v{r['pack']['version']}) / {ckpt} (trained on "
             f"v{r['checkpoint']['lake_version']}) / {_v(rows['untrained']['eval_version'])}, "
             f"{_v(rows['sft']['eval_version'])}, {_v(rows['expert']['eval_version'])} |")
@@ -671,7 +590,7 @@ def report(root: Path, command: str, load: str) -> str:
                   "| task | start (BC) | after RL | env steps | RL wall | lake versions holding the RL trajectories | "
                   "eval versions (start, end) |",
                   "|---|---|---|---:|---:|---|---|",
-                  f"| {r['task']} | {_pct(s)} | **{_pct(e)}** | {r['env_steps']} | {r['rl_seconds'] / 60:.1f} min | "
+                  f"| {r['task']} | {pct(s)} | **{pct(e)}** | {r['env_steps']} | {r['rl_seconds'] / 60:.1f} min | "
                   f"{', '.join(_v(v) for v in r['lake_versions'])} | {_v(s['eval_version'])}, {_v(e['eval_version'])} |",
                   "",
                   "RL curve (env steps: success): " + ", ".join(f"{p['env_steps']}: {p['rate']:.0%}" for p in r["curve"])]

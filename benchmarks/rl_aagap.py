@@ -44,7 +44,7 @@ def _split(rep) -> dict:
 
 
 def main(argv=None) -> int:
-    from closed_loop import _eval
+    from _loop import evaluate_ckpt
     from rl_equal import _rl_cfg
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
         rep = run(cfg)
         wall = time.perf_counter() - t
         steps, prev = steps + rep.consumed_steps, rep.checkpoint
-        ev = _eval(prev, args.env, args.episodes, None, args.max_steps)
+        ev = evaluate_ckpt(prev, args.env, args.episodes, None, args.max_steps)
         row = {"segment": seg + 1, "env_steps": steps, "k": ev["k"], "n": ev["n"], "wall_s": wall,
                "staleness_mean": rep.staleness_mean, "staleness_max": rep.staleness_max,
                "dropped_stale": rep.dropped_stale, "dropped_unused": rep.dropped_unused,

@@ -39,12 +39,12 @@ READING = HERE / "rl_equal_reading.md"
 
 
 def _rl_cfg(mode: str, seed: int, seg: int, env_id: str, ms: int, init: str, uri: str, ckpt: str, args):
-    from closed_loop import _rl_objective
+    from _loop import rl_objective
     from training.rl import RLConfig, with_overrides
 
     return with_overrides(RLConfig(), {
         "mode": mode, "seed": 100 * seed + seg + 1, "env.id": env_id, "env.max_episode_steps": ms,
-        **_rl_objective("success"),
+        **rl_objective("success"),
         "workers.env_workers": 2, "workers.envs_per_worker": 4, "algo.batch_trajectories": 16,
         "algo.micro_batch_trajectories": 4, "algo.train_steps": args.versions, "algo.lr": args.lr,
         "algo.epochs": 2, "algo.entropy_coef": 0.0, "algo.max_staleness": 2, "batching.max_batch_size": 8,
@@ -57,7 +57,7 @@ def _rl_cfg(mode: str, seed: int, seg: int, env_id: str, ms: int, init: str, uri
 
 def warm_start(root: Path, args) -> dict:
     """Expert demos -> lake, BC of the actor-critic on the first ``--bc-demos``, its held-out evaluation."""
-    from closed_loop import RL_REWARD_SCALE, TASKS, _demos, _eval
+    from _loop import RL_REWARD_SCALE, TASKS, evaluate_ckpt, write_demos
     from training.rl.bc import behaviour_clone
 
     out = root / "bc.json"
@@ -65,17 +65,17 @@ def warm_start(root: Path, args) -> dict:
         return json.loads(out.read_text())
     env_id, ms = f"metaworld/{args.task}", TASKS[args.task]["max_steps"]
     uri = str(root / "lake")
-    _demos(root, env_id, args.bc_demos, 0.1)
+    write_demos(root, env_id, args.bc_demos, 0.1)
     bc = behaviour_clone(uri, env_id, out=str(root / "bc.pt"), steps=1500, episodes=args.bc_demos,
                          reward_scale=RL_REWARD_SCALE)
-    res = {"bc": bc, "eval": _eval(bc["checkpoint"], env_id, args.episodes, uri, ms), "env_id": env_id, "max_steps": ms}
+    res = {"bc": bc, "eval": evaluate_ckpt(bc["checkpoint"], env_id, args.episodes, uri, ms), "env_id": env_id, "max_steps": ms}
     out.write_text(json.dumps(res, indent=1))
     return res
 
 
 def run_one(mode: str, seed: int, ws: dict, root: Path, args) -> dict:
     """One mode x seed: segments of RL, an evaluation after each; returns (and writes) its curve."""
-    from closed_loop import _eval
+    from _loop import evaluate_ckpt
     from training.rl import run
 
     out = root / f"{mode}-s{seed}.json"
@@ -92,7 +92,7 @@ def run_one(mode: str, seed: int, ws: dict, root: Path, args) -> dict:
         history += [{**h, "consumed_steps": h["consumed_steps"] + steps, "version": h["version"] + seg * args.versions}
                     for h in rep.history]
         steps, prev = steps + rep.consumed_steps, rep.checkpoint
-        ev = _eval(prev, env_id, args.episodes, uri, ms)
+        ev = evaluate_ckpt(prev, env_id, args.episodes, uri, ms)
         curve.append({"version": (seg + 1) * args.versions, "env_steps": steps, "staleness_mean": rep.staleness_mean,
                       "staleness_max": rep.staleness_max, "dropped_stale": rep.dropped_stale, **ev})
         print(f"[{mode} s{seed}] segment {seg + 1}: {steps} env steps, {ev['k']}/{ev['n']}, staleness "
@@ -159,7 +159,7 @@ def plot(runs: dict, path: Path) -> None:
 
 
 def report(root: Path, args, command: str, load: str) -> str | None:
-    from closed_loop import _pct
+    from _loop import pct
 
     ws_path = root / "bc.json"
     if not ws_path.exists():
@@ -179,7 +179,7 @@ def report(root: Path, args, command: str, load: str) -> str | None:
              "",
              f"Protocol: {args.task}; BC warm start of the RL actor-critic (2x64 MLP, `training.rl.bc`, 1500 steps) on "
              f"{ws['bc']['episodes']} scripted-expert demos ({ws['bc']['frames']} frames), held-out success "
-             f"{_pct(ws['eval'])}. Then, for each run seed and mode, the same RL config (2 env workers x 4 envs, 16 "
+             f"{pct(ws['eval'])}. Then, for each run seed and mode, the same RL config (2 env workers x 4 envs, 16 "
              f"trajectories per version, micro-batch 4, 2 epochs, lr {lr}, success reward ending the episode, "
              f"GRPO over 4 rollouts per goal, decoupled PPO with is_cap 2, max staleness 2) in {segments} segments of "
              f"{versions} versions (each resumes from the previous checkpoint; run seed 100*seed+segment+1, the "

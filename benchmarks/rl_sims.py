@@ -44,6 +44,20 @@ learner's busy core). One run each, and a second unpinned run under heavier load
 more than its aa): loaded runs differ by +-0.3x, so only the last layout's loss is clear. The benchmark keeps the
 OS placement. A cache-friendlier learner (narrower, more rows per weight read) was not tried: the learner's memory
 traffic does not slow the simulator by itself, and a new shape would need its own lr / equal-learning check.
+(4) Session 11 (branch aaquiet) cut the small stages, in every mode: the rollout acts without the critic (the
+behaviour critic's values were never used: the trainer recomputes them) and gets only the acting weights (68 MB per
+publish, not 136; one ``ray.put`` for all rollout workers); a rollout batch is capped at the rows its env workers can
+send (aa waited out the 2 ms batch timeout every step for a second request that could never come); Ray's log
+monitor re-globs every 5 s, not 0.1 s; this driver samples every 1 s. Per version (run of 07:30 UTC, load 1.3-4.2):
+inference 1.1 -> 0.6 CPU-s, waiting for actions 25 / 30 -> 16 / 17 ms per vector step (ss / aa), driver 0.1-0.2 ->
+0.04-0.08, Ray's own 0.3-0.5 -> 0.18-0.27; both modes ran ~10% faster (ss 4.26 -> 4.70, aa 7.27 -> 7.92 env
+steps/s against the base commit locked right after it, same load) but the ratio did not move: aa / ss 1.69x whole,
+1.74x steady vs the base's 1.70x / 1.74x (the learner shrank with its publish, 8.8 -> 7.8 s per version, which ss
+pays in full); a second run of this branch (08:19 UTC, load 2-4) gave 1.78x / 1.85x, its paired base run was
+disturbed by other jobs (aa got 1.52 cores: 1.45x), so the spread, not a gain, is what is shown. Mesa's ``LP_NUM_THREADS=0``
+(rasterize in the calling thread) gave the same pixels (bitwise) and the same CPU per step as 1, alone and beside a
+busy core, so it stays 1. What is left in aa: each side still slows beside the other (simulator 204 -> 225 ms per
+vector step, learner 7.8 -> 9.3 s busy per version at +7% CPU: the rest is time preempted by the small stages).
 
 Every process of the runs (env workers, rollout, trainer, lake writer, this driver) gets one thread for math and
 for rendering (``OMP_NUM_THREADS=1``, ``LP_NUM_THREADS=1``: Mesa's llvmpipe otherwise starts a rasterizer thread
@@ -128,7 +142,7 @@ class StageCPU(Sampler):
     ``window(t0, t1)`` gives each stage's CPU-seconds per wall second over [t0, t1] (1.0 = one core busy all the
     time). A process is classified once (its command line and ancestry are the costly reads)."""
 
-    def __init__(self, interval: float = 0.5):
+    def __init__(self, interval: float = 1.0):
         super().__init__(interval)
         self.series, self.threads, self.nice = {}, {}, {}
         self._stage: dict = {}  # pid -> stage, or None for a process that is not this run's

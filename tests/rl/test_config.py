@@ -9,6 +9,8 @@ import pytest
 from training.rl import load_config, required_cpus, with_overrides
 from training.rl.config import RLConfig
 
+from rl_configs import small_config
+
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "rl").glob("*.yaml"))
 
 
@@ -66,3 +68,16 @@ def test_overrides_replace_nested_fields_and_reject_wrong_types(tmp_path):
     cfg = load_config(p)
     assert cfg.placement.env_worker.cpus == (0,) and cfg.placement.trainer.cpus == (1,)
     assert cfg.placement.rollout.cpus == () and cfg.placement.trainer.num_cpus == 0.5
+
+
+def test_a_rollout_batch_is_capped_at_the_rows_its_env_workers_can_send():
+    """A batch that can never fill would wait out the timeout every step: rollout r serves env workers i with
+    i % rollout_workers == r, each sending at most envs_per_worker rows."""
+    from training.rl.pipeline import batch_rows
+
+    cfg = small_config(**{"workers.env_workers": 3, "workers.envs_per_worker": 2, "workers.rollout_workers": 2,
+                          "batching.max_batch_size": 16})
+    assert [batch_rows(cfg, r) for r in range(2)] == [4, 2]  # workers 0, 2 -> rollout 0; worker 1 -> rollout 1
+    capped = small_config(**{"workers.env_workers": 3, "workers.envs_per_worker": 2, "workers.rollout_workers": 2,
+                             "batching.max_batch_size": 3})
+    assert [batch_rows(capped, r) for r in range(2)] == [3, 2]

@@ -104,3 +104,31 @@ def test_rl_can_start_from_any_checkpointed_rl_policy_and_rejects_modules_that_c
             policy_spec(with_overrides(RLConfig(), linear)).build()
     finally:
         FACTORIES.pop("linear", None)
+
+
+def test_acting_without_the_critic_gives_the_same_actions_and_reads_only_the_acting_weights(state_config):
+    from training.rl.policy import acting_keys
+
+    p = build_policy(**state_config)
+    obs, seeds = _obs(4), np.arange(10, 14)
+    full, lean = p.act_with_logprob(obs, seeds), p.act_with_logprob(obs, seeds, value=False)
+    for name in ("actions", "raw", "logprob"):
+        assert np.array_equal(getattr(full, name), getattr(lean, name)), name
+    assert np.isnan(lean.value).all() and np.isfinite(full.value).all()
+    keys = acting_keys(p)
+    assert keys and not any(k.startswith("critic.") for k in keys)
+    assert set(p.state_dict()) - set(keys) == {k for k in p.state_dict() if k.startswith("critic.")}
+    # a policy given only another's acting weights acts exactly like it; its own critic is untouched
+    q = build_policy(**state_config)
+    with torch.no_grad():
+        for prm in p.parameters():
+            prm.add_(0.25)
+    critic_before = {k: v.clone() for k, v in q.state_dict().items() if k.startswith("critic.")}
+    q.set_weights(p.get_weights(keys))
+    a, b = p.act_with_logprob(obs, seeds, value=False), q.act_with_logprob(obs, seeds, value=False)
+    assert np.array_equal(a.raw, b.raw) and np.array_equal(a.logprob, b.logprob)
+    assert all(torch.equal(v, q.state_dict()[k]) for k, v in critic_before.items())
+    with pytest.raises(KeyError, match="acting"):
+        q.set_weights({k: v for k, v in p.get_weights().items() if k.startswith("critic.")})
+    with pytest.raises(KeyError, match="acting"):
+        q.set_weights(p.get_weights(keys[1:]))

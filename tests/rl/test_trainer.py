@@ -190,3 +190,32 @@ def test_update_kl_is_the_kl_from_the_proximal_policy_after_all_but_the_last_opt
     assert np.mean(kls) > 1e-4  # the check below is not 0 == 0
     assert rep3.history[0]["update_kl"] == pytest.approx(np.mean(kls), rel=1e-4)
     assert _one_version(pcfg, trajs, epochs=1)[1].history[0]["update_kl"] == 0.0
+
+
+def test_publish_delivers_exactly_the_learners_acting_weights_to_the_rollout_workers(ray_session, pcfg):
+    """What a rollout worker acts with after a publish is the trainer's policy, bit for bit (same actions and
+    log-probs for the same rows and seeds), though only the acting weights travel; the critic is not run there."""
+    import ray
+    import torch
+
+    from training.rl.batcher import ActRequest
+    from training.rl.rollout import RolloutWorker
+
+    cfg = small_config(**{"algo.train_steps": 1})
+    rollout = ray.remote(RolloutWorker).remote(pcfg, 4, 2.0)
+    tr = Trainer(cfg, pcfg, rollouts=[rollout])
+    tr.publish()  # version 0
+    with torch.no_grad():  # a later version whose weights differ from version 0's everywhere
+        for prm in tr.policy.parameters():
+            prm.add_(torch.randn(prm.shape, generator=torch.Generator().manual_seed(1)) * 0.1)
+    tr.version = 1
+    tr.publish()
+    obs = {k: v[:2] for k, v in _traj(0, 0, T=2).obs.items()}
+    obs["observation.state"] = np.array([[100.0, 300.0], [400.0, 50.0]], np.float32)
+    seeds = np.array([5, 6])
+    reply = ray.get(rollout.act.remote(ActRequest(0, obs, seeds)))
+    want = tr.policy.act_with_logprob(obs, seeds)
+    assert reply.version == 1
+    assert np.array_equal(reply.raw, want.raw) and np.array_equal(reply.logprob, want.logprob)
+    assert np.array_equal(reply.actions, want.actions) and np.isnan(reply.value).all()
+    ray.kill(rollout)

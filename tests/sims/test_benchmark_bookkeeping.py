@@ -63,11 +63,11 @@ def test_stage_cpu_names_actors_the_driver_and_ray_and_skips_other_sessions():
 
     cpu = rl_sims.StageCPU()
     me = os.getpid()
-    actor = subprocess.Popen(["bash", "-c", "exec -a ray::EnvWorker.run sleep 30"])
-    idle = subprocess.Popen(["bash", "-c", "exec -a ray::IDLE sleep 30"])
-    raylet = subprocess.Popen(["sleep", "30"])
+    actor = subprocess.Popen(["bash", "-c", "exec -a ray::EnvWorker.run sleep 120"])
+    idle = subprocess.Popen(["bash", "-c", "exec -a ray::IDLE sleep 120"])
+    raylet = subprocess.Popen(["sleep", "120"])
     try:
-        for _ in range(100):  # until bash has exec'd the new name
+        for _ in range(1200):  # until bash has exec'd the new name (up to a minute: seconds on a loaded machine)
             if psutil.Process(actor.pid).cmdline()[0] == "ray::EnvWorker.run" and \
                     psutil.Process(idle.pid).cmdline()[0] == "ray::IDLE":
                 break

@@ -6,7 +6,7 @@ step executes two actions, env option ``action_chunk``), and its checkpoint eval
 import json
 
 import numpy as np
-from sims_marks import needs_metaworld
+from sims_marks import needs_metaworld, packed_reach_demos
 
 import lake
 
@@ -20,14 +20,9 @@ def test_vla_rl_from_an_sft_checkpoint_lands_trajectories_as_a_lake_version(tmp_
     from training.rl import RLConfig, run, with_overrides
     from training.rl.flow_policy import FACTORY, FlowPolicy, from_sft
     from training.sft import SFTConfig, train
-    from training.sims.demos import record_expert_demos
-    from training.sims.metaworld_sft import METAWORLD_VLA, metaworld_recipe
+    from training.sims.metaworld_sft import METAWORLD_VLA
 
-    uri = str(tmp_path / "lake")
-    record_expert_demos(uri, ENV, out=tmp_path / "demos", episodes=2, noise=0.1, seed=0, camera=False, batch_size=2)
-    recipe = metaworld_recipe("test")
-    lake.open(uri).pack(recipe)
-    sft_version = lake.open(uri).version
+    uri, recipe, sft_version = packed_reach_demos(tmp_path)
     sft = train(SFTConfig(lake=uri, recipe=recipe.hash, out_dir=str(tmp_path / "sft"), steps=3, warmup=1,
                           model={**METAWORLD_VLA, "denoise_steps": 3}), progress=False)
     start = from_sft(sft["checkpoint"], str(tmp_path / "start.pt"), env_id=ENV, rl_sigma=0.1, exec_steps=2)

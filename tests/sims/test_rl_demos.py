@@ -4,7 +4,7 @@ equals plain Adam steps on those packs), and the stream goes on across epochs.""
 
 import numpy as np
 import torch
-from sims_marks import needs_metaworld
+from sims_marks import needs_metaworld, packed_reach_demos
 
 import lake
 
@@ -17,14 +17,9 @@ def test_demo_loss_is_added_to_every_optimizer_step_exactly(tmp_path, ray_sessio
     from training.rl.demos import DemoStream
     from training.rl.flow_policy import FACTORY
     from training.rl.trainer import Trainer
-    from training.sims.demos import record_expert_demos
-    from training.sims.metaworld_sft import METAWORLD_VLA, metaworld_recipe
+    from training.sims.metaworld_sft import METAWORLD_VLA
 
-    uri = str(tmp_path / "lake")
-    record_expert_demos(uri, ENV, out=tmp_path / "demos", episodes=2, noise=0.1, seed=0, camera=False, batch_size=2)
-    recipe = metaworld_recipe("test")
-    lake.open(uri).pack(recipe)
-    version = lake.open(uri).version
+    uri, recipe, version = packed_reach_demos(tmp_path)
     layout = lake.open(uri).stream("train", recipe=recipe.hash).source.layout
     config = {"layout": layout, **METAWORLD_VLA, "denoise_steps": 3, "rl_sigma": 0.1, "task": "reach"}
     cfg = with_overrides(RLConfig(), {

@@ -46,7 +46,8 @@ class WorkersConfig:
 
 @dataclass(frozen=True)
 class BatchingConfig:
-    """The rollout workers' dynamic batcher: a forward pass per ``max_batch_size`` rows or ``batch_timeout_ms``."""
+    """The rollout workers' dynamic batcher: a forward pass per ``max_batch_size`` rows or ``batch_timeout_ms``
+    (``max_batch_size`` is capped at the rows a rollout worker's env workers can send at once)."""
 
     max_batch_size: int = 16
     batch_timeout_ms: float = 2.0

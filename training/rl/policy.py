@@ -58,6 +58,17 @@ class RLPolicy(Policy, Protocol):
         """Load published weights."""
 
 
+def acting_keys(policy) -> list[str] | None:
+    """The weights a rollout worker needs, for a policy that can act without its critic; None otherwise.
+
+    Optional part of ``RLPolicy``: a policy with an ``acting_keys()`` method also takes ``get_weights(keys)``,
+    ``set_weights`` of just those keys, and ``act_with_logprob(..., value=False)``, which reads only them and
+    returns NaN values. The trainer then publishes only those weights and the rollout workers skip the critic:
+    the trainer recomputes values under its own weights, so the behaviour critic's were never used."""
+    fn = getattr(policy, "acting_keys", None)
+    return list(fn()) if fn is not None else None
+
+
 def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
                          nn.Linear(hidden, n_out))
@@ -113,8 +124,11 @@ class GaussianActorCritic(nn.Module):
 
     def distribution(self, obs: dict[str, torch.Tensor]) -> tuple[torch.distributions.Normal, torch.Tensor]:
         h = self._features(obs)
+        return self._actor_dist(h), self.critic(h).squeeze(-1)
+
+    def _actor_dist(self, h: torch.Tensor) -> torch.distributions.Normal:
         mean = torch.tanh(self.actor(h))
-        return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean)), self.critic(h).squeeze(-1)
+        return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean))
 
     def evaluate_actions(self, obs, raw):
         dist, value = self.distribution(obs)
@@ -143,20 +157,39 @@ class GaussianActorCritic(nn.Module):
         dist, _ = self.distribution(self.tensors(obs))
         return self.to_env(dist.mean).numpy().astype(np.float32)
 
-    @torch.no_grad()
-    def act_with_logprob(self, obs: dict[str, np.ndarray], seeds: np.ndarray) -> ActionSample:
-        dist, value = self.distribution(self.tensors(obs))
+    @torch.inference_mode()
+    def act_with_logprob(self, obs: dict[str, np.ndarray], seeds: np.ndarray, value: bool = True) -> ActionSample:
+        """``value=False``: the critic is not run (half the forward's weights at any width) and ``value`` is NaN;
+        the actions and log-probs are the same."""
+        h = self._features(self.tensors(obs))
+        dist = self._actor_dist(h)
         n_act = dist.mean.shape[1]
         noise = np.stack([np.random.default_rng(int(s)).standard_normal(n_act) for s in np.asarray(seeds)])
         raw = dist.mean + dist.stddev * torch.as_tensor(noise, dtype=torch.float32)
+        v = self.critic(h).squeeze(-1).numpy().astype(np.float32) if value else np.full(len(raw), np.nan, np.float32)
         return ActionSample(self.to_env(raw).numpy().astype(np.float32), raw.numpy().astype(np.float32),
-                            dist.log_prob(raw).sum(-1).numpy().astype(np.float32), value.numpy().astype(np.float32))
+                            dist.log_prob(raw).sum(-1).numpy().astype(np.float32), v)
 
-    def get_weights(self) -> dict[str, np.ndarray]:
-        return {k: v.detach().cpu().numpy().copy() for k, v in self.state_dict().items()}
+    def acting_keys(self) -> list[str]:
+        """Every weight but the critic's: what ``act_with_logprob(..., value=False)`` reads (see ``acting_keys``
+        in this module)."""
+        return [k for k in self.state_dict() if not k.startswith("critic.")]
+
+    def get_weights(self, keys: list[str] | None = None) -> dict[str, np.ndarray]:
+        """A copy of the weights, or of ``keys`` only."""
+        sd = self.state_dict()
+        return {k: sd[k].detach().cpu().numpy().copy() for k in (sd if keys is None else keys)}
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
-        self.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
+        """Load all the weights, or exactly the acting ones (the critic then keeps its own); anything else is a
+        KeyError, so a partial or misnamed publish cannot pass silently."""
+        if set(weights) != set(self.state_dict()):
+            keys = set(self.acting_keys())
+            if set(weights) != keys:
+                extra = sorted(set(weights) - set(self.state_dict()))
+                raise KeyError(f"weights are neither all of the policy's nor its acting ones: missing "
+                               f"{sorted(keys - set(weights))}, unexpected {extra}")
+        self.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()}, strict=False)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 Weights arrive as ``set_weights(version, weights)`` at any time and are swapped in *between* batches, so
 episodes in flight continue under the new version (each step is tagged with the version that chose it) and
-nothing is drained. Every reply carries the behaviour log-probs the trainer's importance correction needs.
+nothing is drained. Every reply carries the behaviour log-probs the trainer's importance correction needs; the
+behaviour critic's values only where the policy cannot act without its critic (``policy.acting_keys``; the
+trainer recomputes values under its own weights, so they are NaN otherwise).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .batcher import ActReply, ActRequest, BatcherStats, DynamicBatcher
+from .policy import acting_keys
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,8 @@ class RolloutWorker:
 
         torch.set_num_threads(1)
         self.policy = spec.build().eval()  # its weights come from the trainer (version 0 first)
+        # a policy that can act without its critic gets only its acting weights, and is asked for no values
+        self._acting = acting_keys(self.policy) is not None
         self.version, self.swaps = -1, 0
         self._pending: tuple[int, dict] | None = None
         self._lockstep = lockstep
@@ -92,7 +97,8 @@ class RolloutWorker:
         names = list(reqs[0].obs)
         obs = {n: np.concatenate([r.obs[n] for r in reqs]) for n in names}
         seeds = np.concatenate([r.seeds for r in reqs])
-        s = self.policy.act_with_logprob(obs, seeds)
+        act = self.policy.act_with_logprob
+        s = act(obs, seeds, value=False) if self._acting else act(obs, seeds)
         out, start = [], 0
         for r in reqs:
             sl = slice(start, start + r.rows)

@@ -178,11 +178,16 @@ class Trainer:
     # --- training -----------------------------------------------------------------------------------------
 
     def publish(self) -> int:
-        """Send the current weights and version to every rollout worker (they swap between batches)."""
+        """Send the current weights and version to every rollout worker (they swap between batches): only the
+        acting weights when the policy can act without its critic (``policy.acting_keys``), put in Ray's object
+        store once for all the rollout workers."""
         import ray
 
-        weights = self.policy.get_weights()
-        ray.get([r.set_weights.remote(self.version, weights) for r in self.rollouts])
+        from .policy import acting_keys
+
+        keys = acting_keys(self.policy)
+        ref = ray.put(self.policy.get_weights() if keys is None else self.policy.get_weights(keys))
+        ray.get([r.set_weights.remote(self.version, ref) for r in self.rollouts])
         return self.version
 
     def run(self) -> int:
