@@ -5,6 +5,7 @@ shard, and keeps exactly-once coverage through resume and world-size changes wha
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -138,6 +139,36 @@ def test_a_limit_smaller_than_the_split_is_honoured_by_eviction(packed, tmp_path
         assert loader.cache.usage() <= limit + 2 * max(sizes)
     assert loader.cache.usage() <= limit
     assert _cache.STATS["evictions"] > before["evictions"]
+    _same(got, list(lk.stream("train", seed=3, batch_packs=2)))
+
+
+@pytest.mark.parametrize("ends_first", [True, False])
+def test_shards_still_pinned_when_the_last_ones_land_are_evicted_once_their_batches_are_read(packed, tmp_path,
+                                                                                              ends_first):
+    # the loader's read-ahead hands batches out (pinning their shards) before it reads them: the last shards can
+    # land while more are pinned than the limit holds, and the iteration can end (read_ahead) before or after
+    # its last batches are read. Here every fetch lands while every batch is handed out and none is read: the
+    # folder must be back under its limit once the last batch is read and the iteration has ended
+    lk, _ = packed
+    probe = lk.stream("train", cache_dir=tmp_path / "probe", shard_packs=2)
+    list(probe)
+    limit = 5 * max(p.stat().st_size for p in _shards(tmp_path / "probe"))
+    loader = lk.stream("train", seed=3, batch_packs=2, cache_dir=tmp_path / "c", cache_limit=limit, shard_packs=2,
+                       cache_window=1)
+    plan = loader.plan()
+    units = loader.cache.units(plan, lambda table: loader._batch(table, False))
+    held = list(itertools.islice(units, len(plan)))
+    needed = _cache.shard_order(plan, 2)
+    for s in needed:
+        loader.cache.ensure(s)
+    assert len(_shards(tmp_path / "c")) == len(needed)  # all landed, none evicted: all pinned
+    assert loader.cache.usage() > limit
+    if ends_first:
+        assert next(units, None) is None
+    got = [unit() for unit in held]
+    if not ends_first:
+        assert next(units, None) is None
+    assert loader.cache.usage() <= limit
     _same(got, list(lk.stream("train", seed=3, batch_packs=2)))
 
 
@@ -467,7 +498,7 @@ def test_eviction_order_follows_the_live_claims(small_packs, tmp_path):
     claims = tmp_path / _cache.CLAIMS
 
     def claim(name, host, pid, batches, start=0, cur=-1, window=0, pinned=(), age=0.0):
-        """A claim as a process writes it (see ``cache._Claim``): its batches' shards, and where it is."""
+        """A claim as a process writes it (see ``claims.Claim``): its batches' shards, and where it is."""
         offsets = np.cumsum([0] + [len(b) for b in batches])
         np.concatenate([[len(batches)], offsets, *batches]).astype("<i8").tofile(claims / f"{name}.plan")
         p = claims / f"{name}.json"
