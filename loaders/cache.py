@@ -10,7 +10,8 @@ reads this epoch, a window of ``cache_window`` shards ahead of use, into ``DIR/<
   killed mid-download (even ``kill -9``) leaves a ``.tmp`` file, never a torn shard (stale ``.tmp`` files of
   dead processes are removed when a cache opens). The fetching process itself does not wait for the file: it
   serves its own first reads of the shard from the rows it just read (``shardfile.Frames``: the same frames,
-  so the same batches) while a writer thread writes, fsyncs and renames it, then releases the lock. An
+  so the same batches) while a writer thread writes and renames it, then releases the lock (no fsync: a shard
+  torn by a crash is caught by its checksums after the reboot, see ``shardfile``). An
   iteration ends once the shards it fetched have landed, and a write still under way when a process exits is
   finished on its way out (a lock released with no file would make another process fetch the shard again);
 - a bounded size, evicting the shard least soon *needed* by any process of the node: every process (rank or
@@ -27,24 +28,31 @@ reads this epoch, a window of ``cache_window`` shards ahead of use, into ``DIR/<
   folder goes over it by those. A claim is dead, and removed, when its process is gone (same host, pid not
   running: a ``kill -9`` included) or it has not been refreshed for ``CLAIM_TTL`` seconds (a process of
   another pid namespace that stopped). An evicted shard that is still needed is fetched again; a reader that
-  has the file open keeps reading it.
+  has the file open keeps reading it. Only a cache with a limit evicts: until one has opened the folder (it
+  leaves ``DIR/.limited``), processes without a limit keep their position to themselves (rewriting it costs a
+  rename per batch, ~0.25 ms on ext4, ~15% of a warm epoch of PushT; measured).
+
+Without ``cache_limit`` nothing fetched is evicted, so an iteration starts fetching every missing shard its plan
+reads at once, as one read of the table (``prefetch``; up to ``LOCKS`` shards at a time, each lock an open file): on a node reading the whole split, about one read per
+epoch, an allow-list scan in table order. From a local table, a cold iteration (most of its shards missing) does
+not wait for that read: it reads its batches from the table as a loader without a cache does until the scan has
+read every shard, then from the shards (``fill_behind``). With a limit, a cold start's first batch from a local table is one
+``take`` of exactly its packs (``ShardSource.packs``), read while its shards are fetched.
 
 The sample order is untouched (a pure function of seed, epoch and layout, see ``loader``): the cache only
 changes where bytes come from, so resume and world-size changes keep exactly-once with any cache state.
 ``STATS`` counts, per process: hits, fetches (shards read from the table), takes (reads of the table:
-neighbouring missing shards a process needs soon are fetched with one read, see ``NodeCache._obtain``), bytes
-fetched (Arrow bytes read from the table), bytes written (compressed, on disk), evictions.
+neighbouring missing shards a process needs soon are fetched with one read, see ``NodeCache._obtain``), direct
+(batches read from the table itself: a cold start's first), bytes fetched (Arrow bytes read from the table),
+bytes written (compressed, on disk), evictions.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
-import itertools
-import json
 import os
 import re
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -56,16 +64,16 @@ import pyarrow as pa
 
 from . import retry as _retry
 from . import fragfiles, shardfile
+from .claims import CLAIM_TTL, CLAIMS, LIMITED, Claim, live_claims  # noqa: F401 - CLAIM_TTL: kept as cache.CLAIM_TTL
+from .reads import GROUP_ROWS
 from .retry import retrying
 
-STATS = {"hits": 0, "fetches": 0, "takes": 0, "fetched_bytes": 0, "written_bytes": 0, "evictions": 0}
+STATS = {"hits": 0, "fetches": 0, "takes": 0, "direct": 0, "fetched_bytes": 0, "written_bytes": 0, "evictions": 0}
 _STATS_LOCK = threading.Lock()
-CLAIMS = ".claims"  # folder of the claim files, under cache_dir
-CLAIM_TTL = 300.0  # s: a claim not refreshed for this long is dead, whatever its pid (refreshed every batch)
-CLAIM_HORIZON = 1024  # shards a claim announces ahead: enough to order evictions, small to rewrite per batch
-_CLAIM_IDS = itertools.count()
 FRESH_BYTES = 512 * 2**20  # shards read and not yet written that a process holds in memory; past it, reads wait
-WRITERS = 4  # threads per process writing shards (each file ends with an fsync: several overlap the disk's waits)
+LOCKS = 256  # shards one process takes the locks of for reads started ahead (each lock an open file until its
+#              shard lands; a whole split's could pass the open-file limit), and most shards in one read
+WRITERS = 4  # threads per process writing shards (copies into the page cache and checksums, both without the GIL)
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
           "GIB": 2**30, "TIB": 2**40}
 
@@ -118,6 +126,23 @@ class ShardSource:
     def __getstate__(self):
         return {**self.__dict__, "_ds": None}
 
+    def direct(self) -> bool:
+        """Whether this process reads a local table itself (``packs`` is then a cheap take)."""
+        from . import forks
+
+        return "://" not in self.source.uri and not forks.lance_forbidden()
+
+    def packs(self, packs: np.ndarray) -> pa.Table:
+        """The packs (split-local numbers) as one table, in that order: one take of exactly their rows."""
+        rows = self.rows[np.asarray(packs, dtype=np.int64)]
+        order = np.argsort(rows, kind="stable")
+        ds = self._open()
+        table = retrying(lambda: ds.take(rows[order], columns=self.columns), f"fetching packs of {self.source.table}",
+                         self.source.backoff)
+        if np.any(order != np.arange(len(order))):
+            table = table.take(np.argsort(order))
+        return table.combine_chunks()
+
     def __call__(self, s: int, count: int = 1) -> pa.Table:
         from . import forks
 
@@ -154,8 +179,9 @@ class ShardSource:
                 # small batches cost several requests each (a 16-pack batch size read the same rows with 6x the
                 # GETs; measured). From local files a request costs nothing, and one batch of the whole read
                 # costs ~2.5x the CPU of shard-sized ones (Lance assembles it in fresh buffers: page faults and
-                # copies; the PushT split: 1.0-1.5 vs 0.36-0.58 CPU-s, measured in session 8): there,
-                # shard-sized batches, which also hand out each shard as soon as it is read.
+                # copies; the PushT split: 1.0-1.5 vs 0.36-0.58 CPU-s, measured in session 8): there, batches of
+                # at most GROUP_ROWS rows (small buffers the allocator reuses: 8 rows took 0.15-0.19 CPU-s on the
+                # PushT split vs 0.29-0.31 for 16 and 0.37-0.51 for 32), each shard handed out once read.
                 # From an object store the allow-list alone selects the rows: the filter (there for speed
                 # locally: late materialization) reads its column too, 3 more GETs of the PushT split (42 vs 39).
                 store = "://" in src.uri
@@ -165,7 +191,7 @@ class ShardSource:
                 if batches is None:
                     batches = ds.scanner(columns=self.columns, filter=None if store else self.filter,
                                          scan_in_order=True, row_addr_allowlist=serialize_row_addrs(addrs.tolist()),
-                                         batch_size=len(addrs) if store else sp).to_batches()
+                                         batch_size=len(addrs) if store else min(sp, GROUP_ROWS)).to_batches()
                 pieces, have = [], 0
                 for rb in batches:
                     pieces.append(rb)
@@ -196,8 +222,7 @@ class NodeCache:
     least recently used, sparing only this process's own window (the behaviour before claims; a baseline)."""
 
     def __init__(self, root, key: str, packs: int, shard_packs: int, fetch: Callable[[int], pa.Table],
-                 limit: int | None = None, window: int = 4, level: int = shardfile.LEVEL, plans: bool = True,
-                 long_reads: bool = False):
+                 limit: int | None = None, window: int = 4, level: int = shardfile.LEVEL, plans: bool = True):
         if shard_packs < 1 or window < 0:
             raise ValueError(f"shard_packs must be >= 1 and cache_window >= 0, got {shard_packs}, {window}")
         self.root = Path(os.fspath(root)).expanduser()
@@ -206,9 +231,10 @@ class NodeCache:
         self.packs, self.shard_packs, self.fetch = int(packs), int(shard_packs), fetch
         self.limit, self.window, self.level = parse_size(limit), int(window), int(level)
         self.plans = bool(plans)
-        self.long_reads = bool(long_reads)  # an object store: see _run_cap
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.root / CLAIMS).mkdir(exist_ok=True)
+        if self.limit is not None:
+            (self.root / LIMITED).touch()
         self._init_local()
         self._sweep_tmp()
         live_claims(self.root)  # removes the claims of dead processes
@@ -264,7 +290,7 @@ class NodeCache:
         ``extend``: shards this process needs soon (with ``plans``, so do those the node's live claims need
         soon). The consecutive ones next to ``s`` among them that are missing and that no other process is
         fetching (their lock is free) are fetched with ``s`` in one read of the table, up to ``window + 1``
-        shards (from an object store without a limit, all of them: see ``_run_cap``): an object store serves
+        shards (without a limit, all of them: see ``_run_cap``): an object store serves
         whole pages around the rows a read asks for, so one read of k neighbouring shards costs fewer requests
         and bytes than k reads (benchmarks/RESULTS.md, Node shard cache). The read streams shard by shard
         (``ShardSource.pieces``): this returns once ``s`` is read; each shard is written on a writer thread,
@@ -350,13 +376,17 @@ class NodeCache:
         """Start fetching the missing ones of ``shards`` (in order of need) on side threads (up to 4 at once),
         in runs (``_run_cap``); their locks are taken before this returns, so a process that needs one meanwhile
         (a DataLoader worker forked just after) waits for it instead of fetching it too. Only without a limit
-        (with one, shards fetched far ahead would be evicted before their use). Returns the reads started."""
+        (with one, shards fetched far ahead would be evicted before their use), and up to ``LOCKS`` shards being
+        fetched by this process. Returns the reads started."""
         if self.limit is not None or self.window == 0:
             return 0
-        want, started = {int(s) for s in shards}, 0
+        want, started, here = {int(s) for s in shards}, 0, _landing()
         for s in dict.fromkeys(int(s) for s in shards):
+            with here.cv:
+                if len(here.coming) >= LOCKS:  # the rest is fetched as it is needed (or by a later call)
+                    break
             held: dict = {}
-            if s not in want or not self._lock_missing(s, held):
+            if s not in want or self.path(s).exists() or not self._lock_missing(s, held):
                 continue
             run = self._grow([s], held, want)
             want.difference_update(run)
@@ -366,21 +396,42 @@ class NodeCache:
             started += 1
         return started
 
+    def fill_behind(self, batches: list[np.ndarray]) -> "_Fill | None":
+        """Whether an iteration over ``batches`` should read the table itself while this cache fills behind it:
+        without a limit, from a table this process reads itself (local: a second read costs CPU, no transfer),
+        when at least half of the shards it needs are missing. If so, their fetch is started (``prefetch``) and
+        the returned ``_Fill`` says when the iteration may go over to the shards; else None."""
+        direct = getattr(self.fetch, "direct", None)
+        if not self._whole() or direct is None or not direct():
+            return None
+        seq = shard_order(batches, self.shard_packs)
+        if 2 * sum(not self.path(s).exists() for s in seq) < max(1, len(seq)):
+            return None
+        self.prefetch(seq)
+        return _Fill(self, seq)
+
+    def all_read(self) -> bool:
+        """Whether every shard this process is fetching for this cache has been read (it may still be being
+        written: it is then served from memory)."""
+        here = _landing()
+        with here.cv:
+            return all(k in here.fresh for k in here.coming if k[0] == self.dir)
+
     def _run_cap(self) -> int:
-        """Most shards one read takes: ``window + 1``; from an object store (``long_reads``) without a limit,
-        every missing shard in a row that is needed (nothing fetched is evicted; on a node reading all of the
-        split about one read per epoch: there a request costs more than its bytes, while local reads are
-        faster as several smaller ones in parallel, measured)."""
+        """Most shards one read takes: ``window + 1``; without a limit, every missing shard in a row that is
+        needed, up to ``LOCKS`` (nothing fetched is evicted; on a node reading all of the split, about one read per epoch: from
+        an object store a request costs more than its bytes, and from local files one scan in table order
+        costs less than many reads, measured in benchmarks/RESULTS.md, issue 15)."""
         if self.window == 0:
             return 1
-        return self.shards if self._whole() else self.window + 1
+        return min(self.shards, LOCKS) if self._whole() else self.window + 1
 
     def _whole(self) -> bool:
-        return self.long_reads and self.limit is None
+        return self.limit is None and self.window > 0
 
     def horizon(self) -> int:
         """How many shards after the next one a fetch may take along (see ``_run_cap``)."""
-        return self.shards if self._whole() else 4 * (self.window + 1)
+        return min(self.shards, LOCKS) if self._whole() else 4 * (self.window + 1)
 
     def _drop(self, held: dict) -> None:
         """Give up the shards of ``held`` (their locks) that were not read: whoever needs one fetches it."""
@@ -398,8 +449,7 @@ class NodeCache:
         """Shards ``run[first:last]`` from ``pieces`` (the run's shards, in order): each is prepared as frames
         and held in memory, where this process's readers take it at once, then written on a writer thread,
         which releases its lock (moved out of ``held``) when it lands and then drops the frames. So a cold
-        epoch serves a shard's first reads from the rows just read, while the file (and its fsync) lands
-        behind; other processes wait for the file. Past ``FRESH_BYTES`` held, reading waits for writes."""
+        epoch serves a shard's first reads from the rows just read, while the file lands behind; other processes wait for the file. Past ``FRESH_BYTES`` held, reading waits for writes."""
         here = _landing()
         for i in range(first, last):
             table = next(pieces, None)
@@ -541,6 +591,9 @@ class NodeCache:
         opened: dict = {}  # shard -> an open ShardFile, or its frames while this process writes it
         try:
             for s in dict.fromkeys((packs // self.shard_packs).tolist()):
+                f = self._open_landed(s)  # a hit opens the file once (``_obtain`` would check it, then open it)
+                if f is not None:
+                    opened[s] = f
                 while s not in opened:
                     frames = self._obtain(s)
                     if frames is not None:
@@ -557,17 +610,45 @@ class NodeCache:
                 f.close()
         return pa.Table.from_batches([batch])
 
+    def _open_landed(self, s: int) -> shardfile.ShardFile | None:
+        """Shard ``s``'s file, open, if it is on disk and whole (a hit: its last use recorded, for eviction), else
+        None (a damaged one is removed, as ``_valid`` does)."""
+        path = self.path(s)
+        try:
+            f = shardfile.ShardFile(path)
+        except FileNotFoundError:
+            return None
+        except shardfile.TornShard:
+            path.unlink(missing_ok=True)
+            return None
+        try:
+            os.utime(f.fd if os.utime in os.supports_fd else path)
+        except OSError:
+            pass
+        _count(hits=1)
+        return f
+
     def units(self, batches: list[np.ndarray], make: Callable[[pa.Table], object]):
         """One callable per batch (in order) reading it from the cache; shards are fetched ``window`` shards
         ahead of the batch being handed out, on one side thread, and pinned while in that window. With
         ``plans``, the process's claim (see the module doc) is rewritten as batches are handed out and read,
         and removed at the end. The iteration ends once the shards it fetched have landed (``flush``)."""
         seq, need = _shard_sequence(batches, self.shard_packs)
-        if self._whole():  # from an object store without a limit: every missing shard now, in one read or few
+        # a cold start from a local table: the first batch is one take of its packs, not a wait for its shards
+        direct, here = getattr(self.fetch, "direct", None), _landing()
+        with here.cv:
+            coming = set(here.coming)
+        first = len(batches) > 0 and direct is not None and direct() and not any(
+            self.path(s).exists() or (self.dir, s) in coming
+            for s in dict.fromkeys((np.asarray(batches[0]) // self.shard_packs).tolist()))
+        if self._whole():  # without a limit: every missing shard now, in one read or few
             self.prefetch(seq)
-        claim = _Claim(self, batches) if self.plans else None
+        claim = Claim(self, batches) if self.plans else None
         ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loaders-cache")
         submitted = 0
+        # the last landings evict while read-ahead batches still pin their shards: the iteration's last unpin
+        # (after this generator has ended) evicts once more, or the folder could end a shard or two over its limit
+        tail = _Tail(self.evict if self.limit is not None else None)
         try:
             for b, packs in enumerate(batches):
                 lo = 0 if b == 0 else need[b - 1]
@@ -579,7 +660,10 @@ class NodeCache:
                     ahead.submit(self._obtain, seq[submitted],
                                  frozenset(seq[submitted + 1:submitted + 1 + self.horizon()]))
                     submitted += 1
-                yield lambda b=b, packs=packs, pins=seq[lo:hi]: self._read_unpin(b, packs, pins, make, claim)
+                read = self._direct if b == 0 and first else self.read
+                tail.add()
+                yield lambda b=b, packs=packs, pins=seq[lo:hi], read=read: self._read_unpin(b, packs, pins, make,
+                                                                                            claim, read, tail)
         finally:
             ahead.shutdown(wait=True, cancel_futures=True)
             # the shards this process fetched land before the iteration ends: a process that ends right after
@@ -587,14 +671,22 @@ class NodeCache:
             self.flush()
             if claim is not None:
                 claim.remove()
+            tail.end()
 
-    def _read_unpin(self, b, packs, pins, make, claim):
+    def _direct(self, packs: np.ndarray) -> pa.Table:
+        """The packs read from the table itself (``ShardSource.packs``), not from shards."""
+        table = self.fetch.packs(packs)
+        _count(direct=1)
+        return table
+
+    def _read_unpin(self, b, packs, pins, make, claim, read, tail):
         try:
-            return make(self.read(packs))
+            return make(read(packs))
         finally:
             self._unpin(pins)
             if claim is not None:
                 claim.done(b)
+            tail.done()
 
     def _pin(self, shards) -> None:
         with self._lock:
@@ -611,93 +703,73 @@ class NodeCache:
                     self._pinned.pop(int(s), None)
 
 
-class _Claim:
-    """This process's announcement for one iteration over ``batches`` (see the module doc), as two files:
-    ``NAME.plan``, the shards of every batch in order (int64: batches, their offsets, the shards; written
-    once), and ``NAME.json``, where the process is in it (the oldest batch not finished, the last one handed
-    out, its window, its pinned shards; rewritten, small, each time a batch is handed out: its mtime is the
-    heartbeat). Whoever evicts works out from both what the process holds and needs next. Removed at the
-    end of the iteration."""
+class _Tail:
+    """Calls ``last`` (if any) once an iteration's generator has ended and every unit it handed out has been read
+    (units handed out but never read, as when a consumer stops early, leave their shards pinned anyway)."""
 
-    def __init__(self, cache: NodeCache, batches: list[np.ndarray]):
-        self.cache = cache
-        sizes = np.fromiter((len(b) for b in batches), dtype=np.int64, count=len(batches))
-        packs = np.concatenate(batches).astype(np.int64) if batches else np.empty(0, np.int64)
-        shards = packs // cache.shard_packs
-        batch = np.repeat(np.arange(len(batches)), sizes)
-        keep = np.r_[True, (shards[1:] != shards[:-1]) | (batch[1:] != batch[:-1])] if len(shards) else []
-        flat, per = shards[keep], np.bincount(batch[keep], minlength=len(batches))  # a batch's packs ascend
-        offsets = np.concatenate([[0], np.cumsum(per)]).astype(np.int64)
-        stem = cache.root / CLAIMS / f"{socket.gethostname()}-{os.getpid()}-{next(_CLAIM_IDS)}"
-        self.path, self.plan = stem.with_suffix(".json"), stem.with_suffix(".plan")
-        tmp = self.plan.with_name(f".{self.plan.name}.tmp")
-        np.concatenate([[len(batches)], offsets, flat]).astype("<i8").tofile(tmp)
-        os.replace(tmp, self.plan)
-        self.lock = threading.Lock()
-        self.open: set[int] = set()  # batches handed out, not finished
-        self.last = -1  # last batch handed out
+    def __init__(self, last):
+        self.last, self.open, self.ended, self.lock = last, 0, False, threading.Lock()
 
-    def handed(self, b: int) -> None:
-        """(The iterating thread only: the one writer of the position.)"""
+    def add(self) -> None:
         with self.lock:
-            self.open.add(b)
-            self.last = b
-            start = min(self.open) if self.open else self.last + 1
-        self._write(start, max(b, start))
+            self.open += 1
 
-    def done(self, b: int) -> None:
-        with self.lock:  # published with the next batch handed out (one small write per batch: ~0.1 ms)
-            self.open.discard(b)
-
-    def _write(self, start: int, cur: int) -> None:
-        """Publish the position; the file I/O outside ``lock``, so readers finishing batches never wait for it
-        (a rename can wait for the file system's journal while shards are fsync'ed: several ms, measured)."""
-        with self.cache._lock:
-            pinned = list(self.cache._pinned)
-        doc = {"host": socket.gethostname(), "pid": os.getpid(), "key": self.cache.key, "start": start,
-               "cur": cur, "window": self.cache.window, "pinned": pinned}
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, json.dumps(doc).encode())
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)  # readers see a whole position, old or new
-
-    def remove(self) -> None:
+    def done(self) -> None:
         with self.lock:
-            self.path.unlink(missing_ok=True)
-            self.plan.unlink(missing_ok=True)
+            self.open -= 1
+            fire = self.ended and self.open == 0
+        if fire and self.last is not None:
+            self.last()
+
+    def end(self) -> None:
+        with self.lock:
+            self.ended = True
+            fire = self.open == 0
+        if fire and self.last is not None:
+            self.last()
 
 
-_PLANS: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # claim plan file -> (offsets, shards): written once
+class _Fill:
+    """A fill behind an iteration that reads the table (``NodeCache.fill_behind``): ``read()`` is True once every
+    shard of ``seq`` is on disk or read by this process; until then, whenever this process's fetches have all
+    been read, it starts the next missing ones (``prefetch`` locks at most ``LOCKS`` at a time). ``at``: every
+    shard before it is known to be on disk or on its way (so each call looks at each shard about once)."""
 
+    AGAIN = 0.05  # s between two tries to start the next fetches (a try opens the lock files of missing shards)
 
-def _plan_of(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets, shards) of a claim's plan file; ValueError if it does not check out."""
-    key = str(path)
-    if key not in _PLANS:
-        a = np.fromfile(path, dtype="<i8")
-        n = int(a[0]) if len(a) else -1
-        if n < 0 or len(a) < n + 2 or int(a[n + 1]) != len(a) - n - 2 or np.any(np.diff(a[1:n + 2]) < 0):
-            raise ValueError(f"{path}: not a claim plan")
-        if len(_PLANS) > 256:
-            _PLANS.clear()
-        _PLANS[key] = (a[1:n + 2], a[n + 2:])
-    return _PLANS[key]
+    def __init__(self, cache: NodeCache, seq: list[int]):
+        self.cache, self.seq, self.at, self.tried = cache, seq, 0, time.monotonic()
 
+    def read(self) -> bool:
+        cache = self.cache
+        if not cache.all_read():
+            return False
+        here = _landing()
+        with here.cv:
+            coming = {s for d, s in here.coming if d == cache.dir}
+        while self.at < len(self.seq) and (self.seq[self.at] in coming or cache.path(self.seq[self.at]).exists()):
+            self.at += 1
+        if self.at == len(self.seq):
+            return True
+        # missing shards that this process could not lock yet (its LOCKS are taken by shards read and being
+        # written) or that another process is fetching: the iteration goes on reading the table meanwhile
+        if time.monotonic() - self.tried >= self.AGAIN:
+            self.tried = time.monotonic()
+            cache.prefetch(self.seq[self.at:])
+        return False
 
-def _needs(offsets: np.ndarray, shards: np.ndarray, start: int, cur: int, window: int) -> tuple[list, list]:
-    """(shards in order of next use from batch ``start``, up to ``CLAIM_HORIZON``; those held: the shards of
-    batches ``start..cur`` and ``window`` more)."""
-    batches = len(offsets) - 1
-    lo = int(offsets[min(max(start, 0), batches)])
-    ahead = shards[lo:lo + 4 * CLAIM_HORIZON]
-    _, first = np.unique(ahead, return_index=True)
-    nxt = ahead[np.sort(first)][:CLAIM_HORIZON]
-    now = int(offsets[min(max(cur + 1, 0), batches)]) - lo
-    k = len(np.unique(ahead[:max(now, 0)])) + max(window, 0)
-    return nxt.tolist(), nxt[:k].tolist()
+    def finish(self) -> None:
+        """The rest of the fill, run to its end (the iteration read every batch from the table first); stops early
+        only where other processes are fetching what is missing."""
+        here = _landing()
+        while True:
+            self.cache.flush()  # what this process fetches has landed: its locks are free again
+            self.tried = -self.AGAIN
+            if self.read():
+                return
+            with here.cv:
+                if not any(d == self.cache.dir for d, _ in here.coming):  # nothing started: others fetch the rest
+                    return
 
 
 def _release(f) -> None:
@@ -779,55 +851,6 @@ def _count(**deltas) -> None:
     with _STATS_LOCK:  # side threads and readers count at once
         for k, v in deltas.items():
             STATS[k] += v
-
-
-def live_claims(root) -> list[dict]:
-    """The claims of live processes under cache folder ``root``: ``key``, ``hold`` (shards never to evict) and
-    ``next`` (shards in order of next use). Those of dead processes (same host, pid gone) or not refreshed for
-    ``CLAIM_TTL`` seconds are removed. A claim whose files do not check out is skipped (claims only order
-    evictions), and removed once stale."""
-    out, host, now = [], socket.gethostname(), time.time()
-    folder = Path(root) / CLAIMS
-    for p in [*folder.glob(".*.tmp"), *folder.glob("*.plan")]:  # half-written claims, plans without a position
-        try:
-            if now - p.stat().st_mtime > CLAIM_TTL and not (p.suffix == ".plan" and p.with_suffix(".json").exists()):
-                p.unlink(missing_ok=True)
-        except FileNotFoundError:
-            pass
-    for p in folder.glob("*.json"):
-        try:
-            age = now - p.stat().st_mtime
-            doc = json.loads(p.read_text())
-            ok = (isinstance(doc, dict) and isinstance(doc.get("pid"), int) and isinstance(doc.get("key"), str)
-                  and all(isinstance(doc.get(f), int) for f in ("start", "cur", "window"))
-                  and isinstance(doc.get("pinned"), list))
-        except FileNotFoundError:
-            continue
-        except (OSError, ValueError):
-            doc, ok = None, False
-        if age > CLAIM_TTL or (ok and doc.get("host") == host and not _alive(doc["pid"])):
-            p.unlink(missing_ok=True)
-            p.with_suffix(".plan").unlink(missing_ok=True)
-            _PLANS.pop(str(p.with_suffix(".plan")), None)
-            continue
-        if not ok:
-            continue
-        try:
-            nxt, hold = _needs(*_plan_of(p.with_suffix(".plan")), doc["start"], doc["cur"], doc["window"])
-        except (OSError, ValueError):  # the plan is gone (the claim just ended) or damaged
-            continue
-        out.append({"key": doc["key"], "pid": doc["pid"], "hold": hold + doc["pinned"], "next": nxt})
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _shard_id(path: Path) -> tuple[str, int]:

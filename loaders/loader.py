@@ -24,7 +24,11 @@ next ``GROUPS_AHEAD`` scanned concurrently, each batch then copied once out of i
 up to ``prefetch`` batches are read ahead on threads and retried on transient I/O errors. Memory is bounded by
 the read-ahead, whatever the table's size. With ``cache_dir`` the packs come from a per-node shard cache instead
 (``cache``): each process fetches the shards its plan reads, ahead of use, shared by the node, bounded by
-``cache_limit``; a batch is a few file reads and one concatenation, in any order.
+``cache_limit``; a batch is a few file reads and one concatenation, in any order. A cold cache without a limit
+over a local table is filled by one scan behind, while the iteration reads the table as it does without a
+cache (``NodeCache.fill_behind``) until that scan has read every shard, then reads the rest from the shards: in a
+shuffled order nearly every batch needs a shard near the end of the scan, so waiting for the shards would put
+the whole fill before the epoch's second batch.
 """
 
 from __future__ import annotations
@@ -166,8 +170,7 @@ class Loader(IterableDataset):
                                                              self.addrs, _split_filter(split), self._ds,
                                                              spool=cache_dir),
                                           limit=cache_limit, window=cache_window,
-                                          level=_shardfile.LEVEL if cache_level is None else int(cache_level),
-                                          long_reads="://" in source.uri)
+                                          level=_shardfile.LEVEL if cache_level is None else int(cache_level))
 
     def _read_index(self, source: PackedSource, split: str) -> _split_index.SplitIndex:
         from packers import pack_index as _pack_index  # here: ``lake`` is imported only where a stream starts
@@ -301,8 +304,29 @@ class Loader(IterableDataset):
         shared scan inside one, else a gather from its group's scan (the first batch: a take). The next
         group is read on a side thread as one starts, the next run's scan opened near a run's end: a scan's
         first batch takes ~4x a later one (Lance fills its pipeline), which would otherwise stall every start."""
-        if self.cache is not None:  # any batch is a few file reads: no runs, no Lance
-            yield from self.cache.units(batches, lambda table: self._batch(table, pin))
+        if self.cache is not None:
+            make = lambda table: self._batch(table, pin)  # noqa: E731
+            fill = self.cache.fill_behind(batches)
+            if fill is not None:  # cold: read as without a cache until the fill has read it all
+                done = 0
+                try:
+                    ds = self._dataset()
+                    grouped = self._grouped(batches, pin, _reads.lance_source(ds, self.columns), ds)
+                    for unit in grouped:
+                        if fill.read():  # the rest from the shards, a few file reads a batch
+                            break
+                        yield unit
+                        done += 1
+                    else:  # every batch came from the table first (a fill of more than LOCKS shards): finish it
+                        fill.finish()
+                    grouped.close()
+                    if done < len(batches):
+                        yield from self.cache.units(batches[done:], make)
+                finally:
+                    self.cache.flush()  # as ``units``: the iteration ends once its shards have landed
+                return
+            # any batch is a few file reads: no runs, no Lance
+            yield from self.cache.units(batches, make)
             return
         if _forks.lance_forbidden():  # forked from a process that used Lance: its helper process reads, in groups
             info = get_worker_info()

@@ -1,7 +1,8 @@
 """A cold fill of the node shard cache serves a shard's first reads from the frames it just read, while the file is
 written behind: those batches are the very ones Lance gives and the cache's files give afterwards, every pack once,
 none waiting for a write; a prepared shard reads exactly like the file it is written as; a forked child never waits
-for its parent's fetches."""
+for its parent's fetches. Without a limit, a cold iteration over a local table reads the table itself while one
+scan fills the whole cache behind it; with one, a cold start's first batch is one take of its packs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +25,10 @@ from test_cache import _same, _shards  # the same batch and shard-file checks as
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.parametrize("limit", [None, "1GB"])  # None: read from the table; a limit: from the frames just read
 @pytest.mark.parametrize("shuffle,batch_packs,world_size", [("random", 3, 1), ("blocks:8", 2, 2)])
 def test_a_cold_epoch_is_served_from_the_rows_just_read_before_any_shard_lands(packed, tmp_path, monkeypatch,
-                                                                               shuffle, batch_packs, world_size):
+                                                                               shuffle, batch_packs, world_size, limit):
     lk, _ = packed
     gate = threading.Event()  # holds every write until the epoch is read: nothing can come from a file
     write = shardfile.write_frames
@@ -45,7 +48,7 @@ def test_a_cold_epoch_is_served_from_the_rows_just_read_before_any_shard_lands(p
     for rank in range(world_size):
         kw = dict(batch_packs=batch_packs, seed=4, shuffle=shuffle, rank=rank, world_size=world_size)
         # (no read-ahead: the iteration's end, which lets the writes go, comes after its last batch)
-        cold = lk.stream("train", cache_dir=tmp_path / str(rank), shard_packs=4, prefetch=0, **kw)
+        cold = lk.stream("train", cache_dir=tmp_path / str(rank), shard_packs=4, prefetch=0, cache_limit=limit, **kw)
         got = []
         for b in cold:
             assert not _shards(tmp_path / str(rank))  # no file has landed: this batch came from memory
@@ -65,6 +68,92 @@ def test_a_cold_epoch_is_served_from_the_rows_just_read_before_any_shard_lands(p
     ids = [p for r in range(world_size) for b in lk.stream("train", batch_packs=batch_packs, seed=4, shuffle=shuffle,
                                                            rank=r, world_size=world_size) for p in b.pack_ids.tolist()]
     assert sorted(ids) == sorted(p for b in lk.stream("train", shuffle="none") for p in b.pack_ids.tolist())
+
+
+def test_a_cold_iteration_without_a_limit_reads_the_table_while_one_scan_fills_the_cache(packed, tmp_path,
+                                                                                         monkeypatch):
+    lk, _ = packed
+    kw = dict(batch_packs=2, seed=6)
+    want = list(lk.stream("train", **kw))
+    gate = threading.Event()  # holds the fill's read until the iteration ends: every batch must come from the table
+    pieces = _cache.ShardSource.pieces
+
+    def held(self, s, count):
+        gate.wait(timeout=120)
+        yield from pieces(self, s, count)
+
+    flush = _cache.NodeCache.flush
+
+    def flushing(self):
+        gate.set()
+        flush(self)
+
+    monkeypatch.setattr(_cache.ShardSource, "pieces", held)
+    monkeypatch.setattr(_cache.NodeCache, "flush", flushing)
+    before = dict(_cache.STATS)
+    cold = lk.stream("train", cache_dir=tmp_path, shard_packs=3, prefetch=0, **kw)
+    got = []
+    for b in cold:
+        assert not gate.is_set()  # not one batch waited for the fill
+        got.append(b)
+    _same(got, want)
+    took = {k: _cache.STATS[k] - before[k] for k in before}
+    assert took["takes"] == 1 and took["fetches"] == cold.cache.shards  # the whole split: one read, each shard once
+    assert took["hits"] == 0  # no batch came from the cache
+    assert len(_shards(tmp_path)) == cold.cache.shards and not list(tmp_path.rglob("*.tmp"))  # landed by its end
+    monkeypatch.undo()
+    # unheld: once the fill has read every shard, the rest of the iteration comes from the shards, the same batches
+    again = lk.stream("train", cache_dir=tmp_path / "again", shard_packs=3, prefetch=0, **kw)
+    it = iter(again)
+    got = [next(it)]
+    while not again.cache.all_read():
+        time.sleep(0.01)
+    hits = _cache.STATS["hits"]
+    got += list(it)
+    _same(got, want)
+    assert _cache.STATS["hits"] > hits
+    before = dict(_cache.STATS)
+    _same(list(lk.stream("train", cache_dir=tmp_path, shard_packs=3, **kw)), want)  # warm: from the files
+    assert _cache.STATS["fetches"] == before["fetches"] and _cache.STATS["hits"] > before["hits"]
+    # mostly warm (one shard missing): read through the cache, which fetches just that one
+    _shards(tmp_path)[1].unlink()
+    before = dict(_cache.STATS)
+    _same(list(lk.stream("train", cache_dir=tmp_path, shard_packs=3, **kw)), want)
+    assert _cache.STATS["fetches"] - before["fetches"] == 1 and _cache.STATS["hits"] > before["hits"]
+
+
+def test_a_fill_without_a_limit_locks_a_bounded_number_of_shards_at_once(packed, tmp_path, monkeypatch):
+    # each shard being fetched holds its lock file open: a whole split's at once could pass the open-file limit
+    lk, _ = packed
+    monkeypatch.setattr(_cache, "LOCKS", 2)
+    most = [0]
+    lock_missing = _cache.NodeCache._lock_missing
+
+    def counted(self, t, held):
+        got = lock_missing(self, t, held)
+        here = _cache._landing()
+        with here.cv:
+            most[0] = max(most[0], len(here.coming))
+        return got
+
+    monkeypatch.setattr(_cache.NodeCache, "_lock_missing", counted)
+    kw = dict(batch_packs=2, seed=3, prefetch=0)
+    before = dict(_cache.STATS)
+    loader = lk.stream("train", cache_dir=tmp_path, shard_packs=1, **kw)
+    needed = len({int(p) for b in loader.plan(position=(0, 0, 0)) for p in b})  # one pack a shard
+    _same(list(loader), list(lk.stream("train", **kw)))
+    assert _cache.STATS["fetches"] - before["fetches"] == needed == len(_shards(tmp_path))  # each once, all
+    assert 0 < most[0] <= 4 * _cache.LOCKS < needed  # prefetch, the read-ahead and a read: bounded
+
+
+def test_with_a_limit_a_cold_start_s_first_batch_is_one_take_of_its_packs(packed, tmp_path):
+    lk, _ = packed
+    kw = dict(batch_packs=3, seed=2, shard_packs=4, cache_limit="1GB")
+    before = _cache.STATS["direct"]
+    _same(list(lk.stream("train", cache_dir=tmp_path, **kw)), list(lk.stream("train", batch_packs=3, seed=2)))
+    assert _cache.STATS["direct"] - before == 1
+    list(lk.stream("train", cache_dir=tmp_path, **kw))  # warm: every batch from the shards
+    assert _cache.STATS["direct"] - before == 1
 
 
 @pytest.mark.parametrize("level", [0, 1])

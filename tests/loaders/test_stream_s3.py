@@ -129,35 +129,39 @@ def test_an_s3_lake_streams_from_a_local_cache_after_the_first_loader(s3_packed,
     want = _run(local.stream("train", batch_packs=2, seed=3, epoch=1))
     from loaders import cache
 
-    takes = cache.STATS["takes"]
+    takes, direct = cache.STATS["takes"], cache.STATS["direct"]
     first = s3.stream("train", batch_packs=2, seed=3, epoch=1, cache_dir=tmp_path, progress=False)
     assert first.cache.dir.parent == tmp_path and _run(first) == want
-    assert first.cache.long_reads and cache.STATS["takes"] - takes <= 2  # the split's shards in one read or two
+    assert cache.STATS["takes"] - takes <= 2  # no limit: the split's shards in one read or two
+    assert cache.STATS["direct"] == direct  # from an object store the first batch waits for its shards
     fetches = cache.STATS["fetches"]
     again = s3.stream("train", batch_packs=2, seed=3, epoch=1, cache_dir=tmp_path, progress=False)
     assert again.cache.dir == first.cache.dir and _run(again) == want
     assert cache.STATS["fetches"] == fetches  # every shard came from the node cache
 
 
-@pytest.mark.parametrize("shuffle", ["random", "none"])  # takes of single batches; one scan of the whole split
-def test_an_endpoint_restart_mid_epoch_loses_and_repeats_nothing(s3_packed, proxy, shuffle):
+# random: groups of 1, 2, 4, ... batches, each read as the group two before it starts: stopped after batch 0 with
+# no read-ahead of batches, the fourth group (batches 7-) is certainly read after the endpoint went away (stopped
+# later, every group could already have been read: a race the test lost now and then). none: one scan of the split
+@pytest.mark.parametrize("shuffle,stop_after,prefetch", [("random", 0, 0), ("none", 2, 2)])
+def test_an_endpoint_restart_mid_epoch_loses_and_repeats_nothing(s3_packed, proxy, shuffle, stop_after, prefetch):
     s3, local = s3_packed
     want = _run(local.stream("train", seed=4, shuffle=shuffle))
     retries = retry.STATS["retries"]
     outage = {}
 
     def restart_after(i: int) -> None:
-        if i == 2:  # the endpoint goes away mid-epoch, with reads in flight, and comes back 1.5 s later
+        if i == stop_after:  # the endpoint goes away mid-epoch, with reads to come, and comes back 1.5 s later
             proxy.stop()
             outage["at"] = time.monotonic()
             threading.Timer(1.5, proxy.start).start()
 
-    # one pack per batch, so that reads are still to come when the endpoint goes away: further takes, or the
+    # one pack per batch, so that reads are still to come when the endpoint goes away: further groups, or the
     # rest of the one scan (which then resumes after the last batch it delivered)
-    got = _run(s3.stream("train", seed=4, prefetch=2, shuffle=shuffle), during=restart_after)
+    got = _run(s3.stream("train", seed=4, prefetch=prefetch, shuffle=shuffle), during=restart_after)
     assert got == want  # every pack once, in order, same bytes
     assert retry.STATS["retries"] > retries  # the loader's retry, not luck, bridged the outage
-    assert len(want) > 4 and "at" in outage
+    assert len(want) >= 8 and "at" in outage
 
 
 @pytest.fixture(scope="module")
