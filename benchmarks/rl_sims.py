@@ -1,4 +1,4 @@
-# .venv/bin/python benchmarks/rl_sims.py [--learner small|sim-sized] [--train-steps 4] [--out DIR] [--record]
+# .venv/bin/python benchmarks/rl_sims.py [--learner small|sim-sized] [--train-steps 4] [--inference rollout|env] [--out DIR] [--record]
 # .venv/bin/python benchmarks/rl_sims.py --eval DIR [--episodes 50] [--record]   (closed loop, not timed)
 """RL-VLA3's throughput claim on a real rendered simulator: ss vs as vs aa on LIBERO, no modelled latency.
 
@@ -199,10 +199,12 @@ def load() -> str:
 
 
 def config(learner: str, train_steps: int | None, seed: int | None = None, epochs: int | None = None,
-           lr: float | None = None, pin: bool = False):
+           lr: float | None = None, pin: bool = False, inference: str | None = None):
     from training.rl import load_config
 
     over = dict(LEARNERS[learner])
+    if inference:  # where the acting policy runs (workers.inference), the same in every mode
+        over["workers.inference"] = inference
     if pin:  # every actor on a fixed core (PIN), in every mode
         over.update(PIN)
     if train_steps:
@@ -249,7 +251,8 @@ def summarize(rep, cfg, cpu: StageCPU | None = None) -> dict:
     w = rep.workers
     vsteps, esteps = max(sum(x.vector_steps for x in w), 1), max(sum(x.env_steps for x in w), 1)
     busy_env = sum(x.busy_s for x in w)
-    busy_roll = sum(r.batcher.busy_s for r in rep.rollouts)
+    # the forward passes: a rollout worker's batches, or the env workers' own (workers.inference: env)
+    busy_roll = sum(r.batcher.busy_s for r in rep.rollouts) + sum(x.infer_s for x in w)
     busy_tr = (1 - rep.idle["trainer"]) * rep.wall_s
     busy_lake = (1 - rep.idle.get("lake_writer", 1.0)) * rep.wall_s
     return {
@@ -286,7 +289,8 @@ def run_all(args) -> Path:
     from lake._ray import ensure_ray
     from training.rl import run, summary, with_overrides
 
-    cfg = config(args.learner, args.train_steps, args.seed, args.epochs, args.lr, pin=args.pin)
+    cfg = config(args.learner, args.train_steps, args.seed, args.epochs, args.lr, pin=args.pin,
+                 inference=args.inference)
     pinned = any(getattr(cfg.placement, a).cpus for a in ("env_worker", "rollout", "trainer", "lake_writer"))
     if pinned:  # before Ray starts: its raylet and GCS inherit this process's CPUs
         from training.rl.affinity import pin
@@ -321,7 +325,7 @@ def run_all(args) -> Path:
         (out / "runs.partial.json").write_text(json.dumps(runs, indent=1))  # a later failure keeps these
     ray.shutdown()
     meta = {"learner": args.learner, "overrides": LEARNERS[args.learner], "train_steps": cfg.algo.train_steps,
-            "epochs": cfg.algo.epochs, "lr": cfg.algo.lr,
+            "epochs": cfg.algo.epochs, "lr": cfg.algo.lr, "inference": cfg.workers.inference,
             "pinned": ({a: list(getattr(cfg.placement, a).cpus) for a in ("env_worker", "rollout", "trainer",
                                                                           "lake_writer")} | {"driver": DRIVER_CPUS}
                        if pinned else None),
@@ -374,7 +378,9 @@ def bench_locked(path: str = "/work/notes/bench.lock") -> bool:
 def _cfg_line(cfg) -> str:
     w, a, p = cfg.workers, cfg.algo, cfg.policy
     return (f"{cfg.env.id} (reward {cfg.env.kwargs.get('reward', 'sparse')}, {cfg.env.max_episode_steps} steps), "
-            f"{w.env_workers} env workers x {w.envs_per_worker} envs, policy hidden {p.hidden}"
+            f"{w.env_workers} env workers x {w.envs_per_worker} envs, "
+            f"{'inference in the env workers' if w.inference == 'env' else f'{w.rollout_workers} rollout workers'}, "
+            f"policy hidden {p.hidden}"
             f"{' + CNN on agentview ' + str(p.image_size) + 'x' + str(p.image_size) if p.image else ''}, "
             f"PPO-{a.advantage} ({a.correction}, lr {a.lr:g}), global batch {a.batch_trajectories} trajectories, "
             f"micro-batch {a.micro_batch_trajectories}, {a.epochs} epochs, {a.train_steps} versions, max staleness "
@@ -633,6 +639,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=None, help="PPO epochs per version (default: the learner's)")
     ap.add_argument("--lr", type=float, default=None, help="learner step size (default: the config's)")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated, run in this order (ss first)")
+    ap.add_argument("--inference", choices=("rollout", "env"), default=None,
+                    help="where the acting policy runs (workers.inference; default: the config's, rollout workers)")
     ap.add_argument("--pin", action="store_true",
                     help="pin the actors and this driver to cores (PIN; all modes); default: where the OS puts them")
     ap.add_argument("--out", default=None, help="folder for the runs' lakes, checkpoints and runs.json")
