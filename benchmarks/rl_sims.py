@@ -58,6 +58,17 @@ disturbed by other jobs (aa got 1.52 cores: 1.45x), so the spread, not a gain, i
 (rasterize in the calling thread) gave the same pixels (bitwise) and the same CPU per step as 1, alone and beside a
 busy core, so it stays 1. What is left in aa: each side still slows beside the other (simulator 204 -> 225 ms per
 vector step, learner 7.8 -> 9.3 s busy per version at +7% CPU: the rest is time preempted by the small stages).
+(5) Session 12 (branch colo): ``--inference env`` (``workers.inference: env``, ``training.rl.acting``) runs the
+acting policy inside the env worker process: no rollout actor, no Ray call per step (the weights, ``as``'s pause
+and the end of a run come through a long poll of the trainer, checked with ``ray.wait(timeout=0)``, ~0.04 ms of
+CPU per step); the same forward code, so ss reproduces the rollout path (tests). Paired locked runs (same command,
+``--inference env`` then ``--inference rollout`` = main's path, 24 versions, 10 epochs), all under other helpers'
+nice-19 load 3-15 (autogroup off): pair 1 (12:47 / 13:04 UTC): env ss 3.91 / aa 6.90 env steps/s = **1.76x whole,
+1.82x steady** against rollout ss 3.77 / aa 5.96 = 1.58x / 1.64x. Per vector step, waiting for actions (env: the
+forward itself) 20 / 25 -> 12.5 / 14 ms (ss / aa); per version the rollout's 0.8 CPU-s is gone and the env
+worker's CPU rose 0.3 (the forward moved there), Ray's own 0.40 -> 0.36 (ss). But rollout1's aa got only 1.62 of
+the 2 cores (load 11.8 -> 13.4) against env1's 1.80, and its simulator slowed to 298 ms per vector step (env1:
+255): most of that pair's ratio gap is load, not code. (Second pair: see below.)
 
 Every process of the runs (env workers, rollout, trainer, lake writer, this driver) gets one thread for math and
 for rendering (``OMP_NUM_THREADS=1``, ``LP_NUM_THREADS=1``: Mesa's llvmpipe otherwise starts a rasterizer thread
