@@ -7,6 +7,9 @@
 - ``aa`` fully asynchronous: rollouts never pause; the trainer consumes micro-batches as they stream in and
   publishes a version after each global batch; data beyond ``max_staleness`` versions is dropped (counted).
 
+With ``workers.inference: env`` the env workers run the acting policy themselves (no rollout worker actors;
+weights, pause and stop come from the trainer's board: ``training.rl.acting``), with the same semantics per mode.
+
 A dead env worker is restarted by Ray (``max_restarts``); the driver starts it again as a new incarnation
 and the run goes on. The run ends after ``algo.train_steps`` published versions.
 """
