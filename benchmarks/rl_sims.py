@@ -68,7 +68,15 @@ nice-19 load 3-15 (autogroup off): pair 1 (12:47 / 13:04 UTC): env ss 3.91 / aa 
 forward itself) 20 / 25 -> 12.5 / 14 ms (ss / aa); per version the rollout's 0.8 CPU-s is gone and the env
 worker's CPU rose 0.3 (the forward moved there), Ray's own 0.40 -> 0.36 (ss). But rollout1's aa got only 1.62 of
 the 2 cores (load 11.8 -> 13.4) against env1's 1.80, and its simulator slowed to 298 ms per vector step (env1:
-255): most of that pair's ratio gap is load, not code. (Second pair: see below.)
+255): most of that pair's ratio gap is load, not code. A second pair (12 versions, so
+its whole-run ratio has more pipeline fill) ran only its env half (ended 13:36 UTC, load 3-11): ss 3.91 / aa 7.04 =
+1.80x whole, 1.98x steady; its rollout half could not run before the session's deadline. Reading: the hop is gone
+(7.7 ms less per vector step in ss, ss ~4% faster) and the env runs gave 1.76-1.80x whole / 1.82-1.98x steady
+(session 11's rollout runs: 1.69-1.78x / 1.74-1.85x), but with one clean-load pair missing, a ratio gain from
+this option is suggested, not shown; ss reward per step (0.0509, second half of 24 versions) equals the rollout
+path's (0.0509-0.0511 over sessions 11-12), aa 0.0485 vs rollout 0.0476 (equal within noise). The default stays
+``rollout`` (the env option is not shown strictly better in every mode: ``as`` was not timed). With it, the
+column "rollout" of the cores table is 0: the forward is in the env worker's CPU.
 
 Every process of the runs (env workers, rollout, trainer, lake writer, this driver) gets one thread for math and
 for rendering (``OMP_NUM_THREADS=1``, ``LP_NUM_THREADS=1``: Mesa's llvmpipe otherwise starts a rasterizer thread
