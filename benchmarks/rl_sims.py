@@ -1,4 +1,4 @@
-# .venv/bin/python benchmarks/rl_sims.py [--learner small|sim-sized] [--train-steps 4] [--out DIR] [--record]
+# .venv/bin/python benchmarks/rl_sims.py [--learner small|sim-sized] [--train-steps 4] [--inference rollout|env] [--out DIR] [--record]
 # .venv/bin/python benchmarks/rl_sims.py --eval DIR [--episodes 50] [--record]   (closed loop, not timed)
 """RL-VLA3's throughput claim on a real rendered simulator: ss vs as vs aa on LIBERO, no modelled latency.
 
@@ -58,6 +58,25 @@ disturbed by other jobs (aa got 1.52 cores: 1.45x), so the spread, not a gain, i
 (rasterize in the calling thread) gave the same pixels (bitwise) and the same CPU per step as 1, alone and beside a
 busy core, so it stays 1. What is left in aa: each side still slows beside the other (simulator 204 -> 225 ms per
 vector step, learner 7.8 -> 9.3 s busy per version at +7% CPU: the rest is time preempted by the small stages).
+(5) Session 12 (branch colo): ``--inference env`` (``workers.inference: env``, ``training.rl.acting``) runs the
+acting policy inside the env worker process: no rollout actor, no Ray call per step (the weights, ``as``'s pause
+and the end of a run come through a long poll of the trainer, checked with ``ray.wait(timeout=0)``, ~0.04 ms of
+CPU per step); the same forward code, so ss reproduces the rollout path (tests). Paired locked runs (same command,
+``--inference env`` then ``--inference rollout`` = main's path, 24 versions, 10 epochs), all under other helpers'
+nice-19 load 3-15 (autogroup off): pair 1 (12:47 / 13:04 UTC): env ss 3.91 / aa 6.90 env steps/s = **1.76x whole,
+1.82x steady** against rollout ss 3.77 / aa 5.96 = 1.58x / 1.64x. Per vector step, waiting for actions (env: the
+forward itself) 20 / 25 -> 12.5 / 14 ms (ss / aa); per version the rollout's 0.8 CPU-s is gone and the env
+worker's CPU rose 0.3 (the forward moved there), Ray's own 0.40 -> 0.36 (ss). But rollout1's aa got only 1.62 of
+the 2 cores (load 11.8 -> 13.4) against env1's 1.80, and its simulator slowed to 298 ms per vector step (env1:
+255): most of that pair's ratio gap is load, not code. A second pair (12 versions, so
+its whole-run ratio has more pipeline fill) ran only its env half (ended 13:36 UTC, load 3-11): ss 3.91 / aa 7.04 =
+1.80x whole, 1.98x steady; its rollout half could not run before the session's deadline. Reading: the hop is gone
+(7.7 ms less per vector step in ss, ss ~4% faster) and the env runs gave 1.76-1.80x whole / 1.82-1.98x steady
+(session 11's rollout runs: 1.69-1.78x / 1.74-1.85x), but with one clean-load pair missing, a ratio gain from
+this option is suggested, not shown; ss reward per step (0.0509, second half of 24 versions) equals the rollout
+path's (0.0509-0.0511 over sessions 11-12), aa 0.0485 vs rollout 0.0476 (equal within noise). The default stays
+``rollout`` (the env option is not shown strictly better in every mode: ``as`` was not timed). With it, the
+column "rollout" of the cores table is 0: the forward is in the env worker's CPU.
 
 Every process of the runs (env workers, rollout, trainer, lake writer, this driver) gets one thread for math and
 for rendering (``OMP_NUM_THREADS=1``, ``LP_NUM_THREADS=1``: Mesa's llvmpipe otherwise starts a rasterizer thread
@@ -199,10 +218,12 @@ def load() -> str:
 
 
 def config(learner: str, train_steps: int | None, seed: int | None = None, epochs: int | None = None,
-           lr: float | None = None, pin: bool = False):
+           lr: float | None = None, pin: bool = False, inference: str | None = None):
     from training.rl import load_config
 
     over = dict(LEARNERS[learner])
+    if inference:  # where the acting policy runs (workers.inference), the same in every mode
+        over["workers.inference"] = inference
     if pin:  # every actor on a fixed core (PIN), in every mode
         over.update(PIN)
     if train_steps:
@@ -249,7 +270,8 @@ def summarize(rep, cfg, cpu: StageCPU | None = None) -> dict:
     w = rep.workers
     vsteps, esteps = max(sum(x.vector_steps for x in w), 1), max(sum(x.env_steps for x in w), 1)
     busy_env = sum(x.busy_s for x in w)
-    busy_roll = sum(r.batcher.busy_s for r in rep.rollouts)
+    # the forward passes: a rollout worker's batches, or the env workers' own (workers.inference: env)
+    busy_roll = sum(r.batcher.busy_s for r in rep.rollouts) + sum(x.infer_s for x in w)
     busy_tr = (1 - rep.idle["trainer"]) * rep.wall_s
     busy_lake = (1 - rep.idle.get("lake_writer", 1.0)) * rep.wall_s
     return {
@@ -286,7 +308,8 @@ def run_all(args) -> Path:
     from lake._ray import ensure_ray
     from training.rl import run, summary, with_overrides
 
-    cfg = config(args.learner, args.train_steps, args.seed, args.epochs, args.lr, pin=args.pin)
+    cfg = config(args.learner, args.train_steps, args.seed, args.epochs, args.lr, pin=args.pin,
+                 inference=args.inference)
     pinned = any(getattr(cfg.placement, a).cpus for a in ("env_worker", "rollout", "trainer", "lake_writer"))
     if pinned:  # before Ray starts: its raylet and GCS inherit this process's CPUs
         from training.rl.affinity import pin
@@ -321,7 +344,7 @@ def run_all(args) -> Path:
         (out / "runs.partial.json").write_text(json.dumps(runs, indent=1))  # a later failure keeps these
     ray.shutdown()
     meta = {"learner": args.learner, "overrides": LEARNERS[args.learner], "train_steps": cfg.algo.train_steps,
-            "epochs": cfg.algo.epochs, "lr": cfg.algo.lr,
+            "epochs": cfg.algo.epochs, "lr": cfg.algo.lr, "inference": cfg.workers.inference,
             "pinned": ({a: list(getattr(cfg.placement, a).cpus) for a in ("env_worker", "rollout", "trainer",
                                                                           "lake_writer")} | {"driver": DRIVER_CPUS}
                        if pinned else None),
@@ -374,7 +397,9 @@ def bench_locked(path: str = "/work/notes/bench.lock") -> bool:
 def _cfg_line(cfg) -> str:
     w, a, p = cfg.workers, cfg.algo, cfg.policy
     return (f"{cfg.env.id} (reward {cfg.env.kwargs.get('reward', 'sparse')}, {cfg.env.max_episode_steps} steps), "
-            f"{w.env_workers} env workers x {w.envs_per_worker} envs, policy hidden {p.hidden}"
+            f"{w.env_workers} env workers x {w.envs_per_worker} envs, "
+            f"{'inference in the env workers' if w.inference == 'env' else f'{w.rollout_workers} rollout workers'}, "
+            f"policy hidden {p.hidden}"
             f"{' + CNN on agentview ' + str(p.image_size) + 'x' + str(p.image_size) if p.image else ''}, "
             f"PPO-{a.advantage} ({a.correction}, lr {a.lr:g}), global batch {a.batch_trajectories} trajectories, "
             f"micro-batch {a.micro_batch_trajectories}, {a.epochs} epochs, {a.train_steps} versions, max staleness "
@@ -633,6 +658,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=None, help="PPO epochs per version (default: the learner's)")
     ap.add_argument("--lr", type=float, default=None, help="learner step size (default: the config's)")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated, run in this order (ss first)")
+    ap.add_argument("--inference", choices=("rollout", "env"), default=None,
+                    help="where the acting policy runs (workers.inference; default: the config's, rollout workers)")
     ap.add_argument("--pin", action="store_true",
                     help="pin the actors and this driver to cores (PIN; all modes); default: where the OS puts them")
     ap.add_argument("--out", default=None, help="folder for the runs' lakes, checkpoints and runs.json")

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 MODES = ("ss", "as", "aa")
+INFERENCE = ("rollout", "env")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,10 @@ class WorkersConfig:
     envs_per_worker: int = 4  # one Gymnasium vector env of this width per worker
     rollout_workers: int = 1
     max_restarts: int = 3  # Ray restarts a dead env worker this many times; the run goes on
+    # where the acting policy runs: rollout (rollout worker actors, dynamic batching across env workers) | env
+    # (inside each env worker process, no Ray call per step; rollout_workers and placement.rollout are then not
+    # used, but ss with several env workers keeps its per-step barrier in a small actor: see training.rl.acting)
+    inference: str = "rollout"
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,8 @@ def validate(cfg: RLConfig, where: str = "config") -> RLConfig:
 
     if cfg.mode not in MODES:
         bad("mode", f"{cfg.mode!r} is not one of {MODES}")
+    if w.inference not in INFERENCE:
+        bad("workers.inference", f"{w.inference!r} is not one of {INFERENCE}")
     if a.advantage not in ADVANTAGES:
         bad("algo.advantage", f"{a.advantage!r} is not one of {sorted(ADVANTAGES)}")
     if a.correction not in CORRECTIONS:

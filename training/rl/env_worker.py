@@ -1,8 +1,8 @@
 """Env worker (a Ray actor): one Gymnasium vector env, its own loop, no global barrier.
 
-Each step it sends the observations of its running envs to its rollout worker, steps the vector env with
-the actions (after a long-tail latency draw, see ``latency``), and ships every finished trajectory to the
-trainer, waiting for the acknowledgement: once ``submit`` returns, the trajectory is the trainer's to
+Each step it sends the observations of its running envs to its rollout worker (or, with ``workers.inference:
+env``, runs the acting policy itself: ``training.rl.acting``), steps the vector env with the actions (after a
+long-tail latency draw, see ``latency``), and ships every finished trajectory to the trainer, waiting for the acknowledgement: once ``submit`` returns, the trajectory is the trainer's to
 consume or to count as dropped, even if this process dies the next instant.
 
 Seeds: env ``i``'s ``j``-th episode is episode ``n = j * envs + i`` of the worker; its env seed is a pure
@@ -31,10 +31,11 @@ class WorkerReport:
     vector_steps: int
     env_steps: int  # rows stepped for running episodes
     busy_s: float  # stepping the simulator (latency included) and bookkeeping
-    wait_act_s: float  # waiting for actions
+    wait_act_s: float  # waiting for actions (inference: env: acting in this process, and its waits)
     wait_submit_s: float  # waiting for the trainer's acknowledgement
     slept_s: float  # modelled simulator latency (part of busy_s)
     wall_s: float
+    infer_s: float = 0.0  # inference: env: this process's forward passes (part of wait_act_s)
 
 
 def env_seed(seed: int, worker: int, incarnation: int, group: int) -> int:
@@ -42,11 +43,18 @@ def env_seed(seed: int, worker: int, incarnation: int, group: int) -> int:
 
 
 class EnvWorker:
-    def __init__(self, worker_id: int, cfg, rollout, trainer):
+    def __init__(self, worker_id: int, cfg, rollout, trainer, spec=None):
+        """``rollout``: the rollout worker serving this worker, or with ``workers.inference: env`` the ``ss``
+        barrier (``acting.Lockstep``) or None; ``spec``: the policy to act with (``inference: env``)."""
         from .envs import get_family, make_vector_env
         from .latency import LatencyWrapper
 
         self.id, self.cfg, self.rollout, self.trainer = worker_id, cfg, rollout, trainer
+        self.local = None
+        if cfg.workers.inference == "env":
+            from .acting import LocalActor
+
+            self.local = LocalActor(spec, trainer, barrier=rollout)
         self.family = get_family(cfg.env.id)
         self.k = cfg.workers.envs_per_worker
         self.task = cfg.env.task or self.family.default_task
@@ -76,9 +84,10 @@ class EnvWorker:
         g = n // self.cfg.algo.group_size
         return env_seed(self.cfg.seed, self.id, self.incarnation, g), f"w{self.id}.i{self.incarnation}.g{g}"
 
-    def run(self, incarnation: int, episodes_per_env: int | None = None) -> WorkerReport:
+    def run(self, incarnation: int, episodes_per_env: int | None = None, version: int = 0) -> WorkerReport:
         """Run episodes until the rollout worker says stop (``episodes_per_env=None``) or until every env has
-        finished ``episodes_per_env`` more episodes (a synchronous round)."""
+        finished ``episodes_per_env`` more episodes (a synchronous round). ``version``: the policy version the
+        round must act with (``inference: env``; a rollout worker has it already when the round starts)."""
         import ray
 
         from .envs import to_features
@@ -87,6 +96,9 @@ class EnvWorker:
             self._start_incarnation(incarnation)
         k, t_start = self.k, time.perf_counter()
         busy = wait_act = wait_submit = 0.0
+        infer0 = self.local.infer_s if self.local is not None else 0.0
+        if self.local is not None and episodes_per_env is not None:
+            self.local.require(version)
         slept0 = self.env.slept_s
         produced, vsteps, esteps = [], 0, 0
         todo = [episodes_per_env] * k if episodes_per_env is not None else None
@@ -100,7 +112,7 @@ class EnvWorker:
             seeds = self.row_rng.integers(0, 2**62, size=k)  # drawn for all envs: the stream stays aligned
             req = ActRequest(self.id, {n: x[idx] for n, x in obs.items()}, seeds[idx])
             t = time.perf_counter()
-            reply = ray.get(self.rollout.act.remote(req))
+            reply = self.local.act(req) if self.local is not None else ray.get(self.rollout.act.remote(req))
             t1 = time.perf_counter()
             wait_act += t1 - t
             if reply.stop:
@@ -158,10 +170,11 @@ class EnvWorker:
                     for n in obs:
                         obs[n][i] = fresh[n][i]
             busy += time.perf_counter() - t4
-        if todo is not None and self.cfg.mode == "ss":
+        if todo is not None and self.cfg.mode == "ss" and self.rollout is not None:
             ray.get(self.rollout.leave.remote(self.id))  # lockstep: this worker's round is over
         return WorkerReport(self.id, incarnation, tuple(produced), vsteps, esteps, busy, wait_act, wait_submit,
-                            self.env.slept_s - slept0, time.perf_counter() - t_start)
+                            self.env.slept_s - slept0, time.perf_counter() - t_start,
+                            (self.local.infer_s - infer0) if self.local is not None else 0.0)
 
     def _maybe_die(self, incarnation: int) -> None:
         f = self.cfg.fault

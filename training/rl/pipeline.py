@@ -7,6 +7,9 @@
 - ``aa`` fully asynchronous: rollouts never pause; the trainer consumes micro-batches as they stream in and
   publishes a version after each global batch; data beyond ``max_staleness`` versions is dropped (counted).
 
+With ``workers.inference: env`` the env workers run the acting policy themselves (no rollout worker actors;
+weights, pause and stop come from the trainer's board: ``training.rl.acting``), with the same semantics per mode.
+
 A dead env worker is restarted by Ray (``max_restarts``); the driver starts it again as a new incarnation
 and the run goes on. The run ends after ``algo.train_steps`` published versions.
 """
@@ -61,15 +64,25 @@ class _Actors:
     writer: object | None
 
     def rollout_of(self, w: int):
-        return self.rollouts[w % len(self.rollouts)]
+        """The rollout worker (or, ``inference: env``, the ``ss`` barrier) serving env worker ``w``; None: none."""
+        return self.rollouts[w % len(self.rollouts)] if self.rollouts else None
 
     def all(self) -> list:
         return [self.trainer, *self.rollouts, *self.workers] + ([self.writer] if self.writer is not None else [])
 
 
+def rollout_actors(cfg: RLConfig) -> int:
+    """Rollout worker actors started: ``workers.rollout_workers``; with ``inference: env`` none, except one
+    barrier actor for ``ss`` with several env workers (its per-step lockstep)."""
+    w = cfg.workers
+    if w.inference == "env":
+        return 1 if cfg.mode == "ss" and w.env_workers > 1 else 0
+    return w.rollout_workers
+
+
 def required_cpus(cfg: RLConfig) -> float:
     p, w = cfg.placement, cfg.workers
-    return (w.env_workers * p.env_worker.num_cpus + w.rollout_workers * p.rollout.num_cpus + p.trainer.num_cpus
+    return (w.env_workers * p.env_worker.num_cpus + rollout_actors(cfg) * p.rollout.num_cpus + p.trainer.num_cpus
             + (p.lake_writer.num_cpus if cfg.lake.uri else 0.0))
 
 
@@ -102,6 +115,7 @@ def _check_resources(cfg: RLConfig, wait_s: float = 15.0) -> None:
 def _create(cfg: RLConfig, spec, run_id: str, fps: float, robot_type: str, storage_options) -> _Actors:
     import ray
 
+    from .acting import Lockstep
     from .affinity import pinned
     from .env_worker import EnvWorker
     from .lake_writer import LakeWriter
@@ -119,13 +133,23 @@ def _create(cfg: RLConfig, spec, run_id: str, fps: float, robot_type: str, stora
     if cfg.lake.uri:
         writer = ray.remote(LakeWriter).options(**opts(p.lake_writer), max_concurrency=1).remote(
             cfg.lake.uri, cfg.lake, cfg.env.id, run_id, fps, robot_type, storage_options)
-    rollouts = [ray.remote(RolloutWorker).options(**opts(p.rollout)).remote(
-        spec, batch_rows(cfg, r), cfg.batching.batch_timeout_ms, lockstep=cfg.mode == "ss")
-        for r in range(cfg.workers.rollout_workers)]
-    trainer = ray.remote(Trainer).options(**opts(p.trainer), max_concurrency=8).remote(cfg, spec, rollouts, writer)
-    workers = [ray.remote(EnvWorker).options(**opts(p.env_worker), max_restarts=cfg.workers.max_restarts,
-                                             max_task_retries=0).remote(i, cfg, rollouts[i % len(rollouts)], trainer)
-               for i in range(cfg.workers.env_workers)]
+    w = cfg.workers
+    local = w.inference == "env"
+    if local:  # env workers act themselves; ss with several of them keeps its per-step barrier
+        rollouts = [ray.remote(pinned(Lockstep, p.rollout.cpus)).options(**opts(p.rollout)).remote()
+                    for _ in range(rollout_actors(cfg))]
+    else:
+        rollouts = [ray.remote(RolloutWorker).options(**opts(p.rollout)).remote(
+            spec, batch_rows(cfg, r), cfg.batching.batch_timeout_ms, lockstep=cfg.mode == "ss")
+            for r in range(w.rollout_workers)]
+    # inference: env: each env worker (and a dead one's, until it times out) keeps one long poll of the trainer
+    concurrency = 8 + (2 * w.env_workers if local else 0)
+    trainer = ray.remote(Trainer).options(**opts(p.trainer), max_concurrency=concurrency).remote(
+        cfg, spec, [] if local else rollouts, writer)
+    workers = [ray.remote(EnvWorker).options(**opts(p.env_worker), max_restarts=w.max_restarts,
+                                             max_task_retries=0).remote(
+        i, cfg, rollouts[i % len(rollouts)] if rollouts else None, trainer, spec if local else None)
+               for i in range(w.env_workers)]
     return _Actors(trainer, rollouts, workers, writer)
 
 
@@ -135,12 +159,13 @@ class _Fleet:
 
     def __init__(self, workers: list, max_restarts: int, on_death=None, on_start=None):
         self.workers, self.max = workers, max_restarts
+        self.version = 0  # the policy version a synchronous round acts with (passed to run)
         self.incarnation, self.deaths = [0] * len(workers), [0] * len(workers)
         self.on_death, self.on_start = on_death or (lambda w: None), on_start or (lambda w: None)
         self.calls: dict = {}  # ObjectRef -> (worker, "run" | "probe", episodes_per_env)
 
     def start(self, w: int, episodes: int | None) -> None:
-        self.calls[self.workers[w].run.remote(self.incarnation[w], episodes)] = (w, "run", episodes)
+        self.calls[self.workers[w].run.remote(self.incarnation[w], episodes, self.version)] = (w, "run", episodes)
 
     @property
     def total_deaths(self) -> int:
@@ -190,10 +215,11 @@ def _run_ss(cfg: RLConfig, a: _Actors, deadline: float) -> tuple[list[WorkerRepo
     reports: list[WorkerReport] = []
     # lockstep bookkeeping: a dead worker leaves the barrier; its restarted incarnation joins it again
     fleet = _Fleet(a.workers, cfg.workers.max_restarts,
-                   on_death=lambda w: ray.get(a.rollout_of(w).leave.remote(w)),
-                   on_start=lambda w: ray.get(a.rollout_of(w).join.remote(w)))
+                   on_death=lambda w: a.rollout_of(w) and ray.get(a.rollout_of(w).leave.remote(w)),
+                   on_start=lambda w: a.rollout_of(w) and ray.get(a.rollout_of(w).join.remote(w)))
     trainer_ref = a.trainer.run.remote()
     for step in range(cfg.algo.train_steps):
+        fleet.version = step  # published before this round (version 0 by run, then each step's)
         for _ in range(rounds):
             ray.get([r.expect.remote([w for w in range(len(a.workers)) if a.rollout_of(w) is r]) for r in a.rollouts])
             for w in range(len(a.workers)):
@@ -231,6 +257,8 @@ def _run_async(cfg: RLConfig, a: _Actors, deadline: float) -> tuple[list[WorkerR
             if rep is not None:
                 reports.append(rep)  # a loop only ends on stop; keep its report anyway
     ray.get([r.stop.remote() for r in a.rollouts])  # workers see stop at their next request
+    if cfg.workers.inference == "env":
+        ray.get(a.trainer.halt_acting.remote())  # ... or at their next step
     for ref in list(fleet.calls):
         rep = fleet.handle(ref, restart=False)
         if rep is not None:
@@ -312,7 +340,7 @@ def _report(cfg, run_id, t_start, tr, workers, rollout_stats, lake_rep, deaths, 
 
     idle = {"env_workers": 1 - frac(sum(r.busy_s for r in workers), n),
             "env_waiting_for_actions": frac(sum(r.wait_act_s for r in workers), n),
-            "rollout": 1 - frac(sum(r.batcher.busy_s for r in rollout_stats), len(rollout_stats)),
+            "rollout": 1 - frac(sum(r.batcher.busy_s for r in rollout_stats), max(len(rollout_stats), 1)),
             "trainer": 1 - frac(tr.busy_s), "rollouts_paused": frac(tr.paused_s)}
     if lake_rep is not None:
         idle["lake_writer"] = 1 - frac(lake_rep.busy_s)

@@ -94,14 +94,21 @@ class RolloutWorker:
         self._swap()  # between batches: in-flight episodes simply continue under the new version
         if self.version < 0:
             raise RuntimeError("rollout worker has no weights yet (the trainer publishes version 0 first)")
-        names = list(reqs[0].obs)
-        obs = {n: np.concatenate([r.obs[n] for r in reqs]) for n in names}
-        seeds = np.concatenate([r.seeds for r in reqs])
-        act = self.policy.act_with_logprob
-        s = act(obs, seeds, value=False) if self._acting else act(obs, seeds)
-        out, start = [], 0
-        for r in reqs:
-            sl = slice(start, start + r.rows)
-            out.append(ActReply(s.actions[sl], s.raw[sl], s.logprob[sl], s.value[sl], self.version))
-            start += r.rows
-        return out
+        return infer(self.policy, self._acting, self.version, reqs)
+
+
+def infer(policy, acting: bool, version: int, reqs: list[ActRequest]) -> list[ActReply]:
+    """One forward pass over the requests' rows (``acting``: without the critic, values NaN), split back into
+    one reply per request, tagged ``version``. Shared by the rollout worker and the env worker's own acting
+    (``training.rl.acting``), so both sample the same actions and log-probs for the same weights and seeds."""
+    names = list(reqs[0].obs)
+    obs = {n: np.concatenate([r.obs[n] for r in reqs]) for n in names}
+    seeds = np.concatenate([r.seeds for r in reqs])
+    act = policy.act_with_logprob
+    s = act(obs, seeds, value=False) if acting else act(obs, seeds)
+    out, start = [], 0
+    for r in reqs:
+        sl = slice(start, start + r.rows)
+        out.append(ActReply(s.actions[sl], s.raw[sl], s.logprob[sl], s.value[sl], version))
+        start += r.rows
+    return out

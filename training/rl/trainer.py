@@ -10,7 +10,8 @@ group until the group is complete. ``run`` is the training loop:
 - a unit whose oldest step is more than ``max_staleness`` versions behind is dropped and counted when its
   turn comes, never used;
 - after the batch (``epochs`` optimizer steps over it) the version goes up by one and the weights are
-  published to every rollout worker.
+  published to every rollout worker (with ``workers.inference: env``: on the trainer's ``ControlBoard``, which
+  the env workers long-poll with ``control``; ``as``'s pause / resume go there too).
 
 The loss of a micro-batch is the configured objective (``algo.loss``, ``training.rl.losses.OBJECTIVES``): the
 corrected policy gradient, or advantage-weighted flow matching for flow policies. With ``demo_coef`` > 0 every
@@ -102,6 +103,11 @@ class Trainer:
         self._history: list[dict] = []
         self._writer_refs: list = []
         self._error: BaseException | None = None
+        self._local = cfg.workers.inference == "env"
+        if self._local:
+            from .acting import ControlBoard
+
+            self.board = ControlBoard()
 
     def ready(self) -> bool:
         return True
@@ -187,13 +193,30 @@ class Trainer:
 
         keys = acting_keys(self.policy)
         ref = ray.put(self.policy.get_weights() if keys is None else self.policy.get_weights(keys))
-        ray.get([r.set_weights.remote(self.version, ref) for r in self.rollouts])
+        if self._local:  # env workers act themselves: they read it off the board at their next step
+            self.board.publish(self.version, [ref])
+        else:
+            ray.get([r.set_weights.remote(self.version, ref) for r in self.rollouts])
         return self.version
+
+    def control(self, seen: int, timeout_s: float = 10.0) -> tuple:
+        """``inference: env``: the acting state once it is newer than ``seen`` (a long poll; see ``acting``)."""
+        return self.board.control(seen, timeout_s)
+
+    def halt_acting(self) -> None:
+        """``inference: env``: the env workers stop at their next step (what ``rollout.stop`` does otherwise)."""
+        self.board.halt()
+
+    def _pause(self, paused: bool) -> None:
+        import ray
+
+        if self._local:
+            self.board.pause(paused)
+        else:
+            ray.get([(r.pause if paused else r.resume).remote() for r in self.rollouts])
 
     def run(self) -> int:
         """Train until ``train_steps`` versions are published or ``stop()``; returns the version."""
-        import ray
-
         self._started = time.time()
         a, mode = self.algo, self.cfg.mode
         try:
@@ -202,13 +225,13 @@ class Trainer:
                     break
                 if mode == "as":
                     paused = time.perf_counter()
-                    ray.get([r.pause.remote() for r in self.rollouts])
+                    self._pause(True)
                 if not self._train_batch(ordered=mode != "aa"):
                     break
                 t = time.perf_counter()
                 self.publish()
                 if mode == "as":
-                    ray.get([r.resume.remote() for r in self.rollouts])
+                    self._pause(False)
                     self._paused += time.perf_counter() - paused
                 self._busy += time.perf_counter() - t
                 with self._cv:
