@@ -77,6 +77,9 @@ this option is suggested, not shown; ss reward per step (0.0509, second half of 
 path's (0.0509-0.0511 over sessions 11-12), aa 0.0485 vs rollout 0.0476 (equal within noise). The default stays
 ``rollout`` (the env option is not shown strictly better in every mode: ``as`` was not timed). With it, the
 column "rollout" of the cores table is 0: the forward is in the env worker's CPU.
+The quiet pair the lead ran after (14:00-14:17 UTC, 12 versions, load 0.3-2.3, env first) measured env 1.69x /
+1.78x and rollout 1.80x / 1.95x: aa equal (6.50 vs 6.49 steps/s), ss faster with env (3.84 vs 3.60: no hop to wait
+for), so the option lowers the ratio while speeding ss; the loaded runs' reading was load.
 
 Every process of the runs (env workers, rollout, trainer, lake writer, this driver) gets one thread for math and
 for rendering (``OMP_NUM_THREADS=1``, ``LP_NUM_THREADS=1``: Mesa's llvmpipe otherwise starts a rasterizer thread
