@@ -31,7 +31,7 @@ import time
 
 from .batcher import STOP, ActReply, ActRequest, DynamicBatcher
 from .policy import acting_keys
-from .rollout import RolloutStats, infer
+from .rollout import BatcherHost, RolloutStats, infer
 
 
 class ControlBoard:
@@ -128,40 +128,14 @@ class LocalActor:
         return reply
 
 
-class Lockstep:
+class Lockstep(BatcherHost):
     """``ss``'s per-step barrier for env workers that act themselves (a Ray async actor): ``act`` returns once
     every expected worker has arrived at this step (the rollout worker's lockstep batcher, with no forward)."""
 
-    def __init__(self):
-        self.batcher: DynamicBatcher | None = None
-
-    def _ensure(self) -> DynamicBatcher:
-        import asyncio
-
-        if self.batcher is None:
-            self.batcher = DynamicBatcher(lambda reqs: [ActReply() for _ in reqs], 1, 0.0)
-            self.batcher.expect(())
-            self._task = asyncio.get_running_loop().create_task(self.batcher.run())
-        return self.batcher
-
-    async def ready(self) -> bool:
-        self._ensure()
-        return True
-
-    async def act(self, req: ActRequest) -> ActReply:
-        return await self._ensure().submit(req)
-
-    async def expect(self, workers: list[int]) -> None:
-        self._ensure().expect(workers)
-
-    async def leave(self, worker: int) -> None:
-        self._ensure().leave(worker)
-
-    async def join(self, worker: int) -> None:
-        self._ensure().join(worker)
-
-    async def stop(self) -> None:
-        self._ensure().stop()
+    def _new_batcher(self) -> DynamicBatcher:
+        batcher = DynamicBatcher(lambda reqs: [ActReply() for _ in reqs], 1, 0.0)
+        batcher.expect(())
+        return batcher
 
     async def stats(self) -> RolloutStats:
         return RolloutStats(-1, 0, self._ensure().stats())

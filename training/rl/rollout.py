@@ -25,7 +25,44 @@ class RolloutStats:
     batcher: BatcherStats
 
 
-class RolloutWorker:
+class BatcherHost:
+    """The Ray-async-actor side of a ``DynamicBatcher``: created on the actor's event loop at the first call
+    (the loop exists only once an async method runs), then every env-worker call forwarded to it. Subclasses
+    say how to build it (``_new_batcher``)."""
+
+    batcher: DynamicBatcher | None = None
+    _task = None
+
+    def _new_batcher(self) -> DynamicBatcher:
+        raise NotImplementedError
+
+    def _ensure(self) -> DynamicBatcher:
+        if self.batcher is None:
+            self.batcher = self._new_batcher()
+            self._task = asyncio.get_running_loop().create_task(self.batcher.run())
+        return self.batcher
+
+    async def ready(self) -> bool:
+        self._ensure()
+        return True
+
+    async def act(self, req: ActRequest) -> ActReply:
+        return await self._ensure().submit(req)
+
+    async def stop(self) -> None:
+        self._ensure().stop()
+
+    async def expect(self, workers: list[int]) -> None:
+        self._ensure().expect(workers)
+
+    async def leave(self, worker: int) -> None:
+        self._ensure().leave(worker)
+
+    async def join(self, worker: int) -> None:
+        self._ensure().join(worker)
+
+
+class RolloutWorker(BatcherHost):
     def __init__(self, spec, max_batch_size: int, batch_timeout_ms: float, lockstep: bool = False):
         import torch
 
@@ -37,23 +74,12 @@ class RolloutWorker:
         self._pending: tuple[int, dict] | None = None
         self._lockstep = lockstep
         self._cfg = (max_batch_size, batch_timeout_ms / 1000.0)
-        self.batcher: DynamicBatcher | None = None
-        self._task = None
 
-    def _ensure(self) -> DynamicBatcher:
-        if self.batcher is None:  # the event loop exists only once an async method runs
-            self.batcher = DynamicBatcher(self._infer, *self._cfg)
-            if self._lockstep:
-                self.batcher.expect(())
-            self._task = asyncio.get_running_loop().create_task(self.batcher.run())
-        return self.batcher
-
-    async def ready(self) -> bool:
-        self._ensure()
-        return True
-
-    async def act(self, req: ActRequest) -> ActReply:
-        return await self._ensure().submit(req)
+    def _new_batcher(self) -> DynamicBatcher:
+        batcher = DynamicBatcher(self._infer, *self._cfg)
+        if self._lockstep:
+            batcher.expect(())
+        return batcher
 
     async def set_weights(self, version: int, weights: dict) -> int:
         """Queue weights; the next batch uses them. Older versions than the queued one are ignored."""
@@ -68,18 +94,6 @@ class RolloutWorker:
 
     async def resume(self) -> None:
         self._ensure().resume()
-
-    async def stop(self) -> None:
-        self._ensure().stop()
-
-    async def expect(self, workers: list[int]) -> None:
-        self._ensure().expect(workers)
-
-    async def leave(self, worker: int) -> None:
-        self._ensure().leave(worker)
-
-    async def join(self, worker: int) -> None:
-        self._ensure().join(worker)
 
     async def stats(self) -> RolloutStats:
         return RolloutStats(self.version, self.swaps, self._ensure().stats())
