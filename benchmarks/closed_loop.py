@@ -206,6 +206,7 @@ def run_rl_vla(name: str, args, root: Path) -> dict:
                  "algo.demo_version": (head.get("lineage") or {}).get("lake_version")}
     seg = _rl_segments(name, args, work / tag, uri, start_ckpt, start, lr,
                        {**objective, "algo.epochs": args.rl_epochs, "batching.max_batch_size": 8,
+                        "algo.target_kl": getattr(args, "rl_target_kl", 0.0),
                         "algo.batch_trajectories": args.rl_batch, **group, **_rl_loss(args), **demos},
                        source=f"rl-vla/{name}", steps_per_row=k)
     result = {"task": name, "env_id": env_id, "policy": "vla", "init": init, "init_step": head.get("step"),
@@ -214,6 +215,7 @@ def run_rl_vla(name: str, args, root: Path) -> dict:
               "versions": args.rl_segments * args.rl_versions, "lr": lr, "epochs": args.rl_epochs, "max_steps": ms,
               "exec_steps": k, "tag": tag, "batch_trajectories": args.rl_batch, "x0_zero": args.rl_x0_zero,
               "group_size": group.get("algo.group_size"), "rl_seed": getattr(args, "rl_seed", 1),
+              "target_kl": getattr(args, "rl_target_kl", 0.0),
               "loss": args.rl_loss, **({"rwr_weight": args.rl_rwr_weight, "rwr_beta": args.rl_rwr_beta,
                                            "rwr_min_return": args.rl_rwr_min_return}
                                        if args.rl_loss == "flow_rwr" else {}), "demo_coef": args.rl_demo_coef}
@@ -515,7 +517,8 @@ def vla_report(root: Path, command: str, load: str, out: Path = HERE, earlier: P
             f"| {r['task']} | {_act_mode(r)} | `{r['task']}/{Path(r['init']).parent.name}/{Path(r['init']).name}` "
             f"(step {r['init_step']}) "
             f"| {_objective(r)} / {r['sigma']} / "
-            f"{r['lr']} / {r['epochs']} / {r.get('reward', 'success')} / {_per_version(r)} "
+            f"{r['lr']} / {r['epochs']} / {r.get('reward', 'success')} / {_per_version(r)}"
+            f"{f', RL seed {seed}' if (seed := r.get('rl_seed', 1)) != 1 else ''} "
             f"| {pct(s)} | **{pct(e)}** "
             f"| {_paired(s, e)} | {r['env_steps']} | {r['rl_seconds'] / 60:.1f} min "
             f"| v{r['demo_version']} / `{lin.get('packed_table')}` / `{Path(r['init']).name}` (trained on "
@@ -536,7 +539,7 @@ def vla_report(root: Path, command: str, load: str, out: Path = HERE, earlier: P
 def _objective(r: dict) -> str:
     loss = r.get("loss", "pg")
     if loss != "flow_rwr":
-        return loss
+        return loss + (f" (KL <= {r['target_kl']:g} per version, adaptive lr)" if r.get("target_kl") else "")
     w = r["rwr_weight"]
     demos = f" + demos x {r['demo_coef']}" if r.get("demo_coef") else ""
     if w == "return" and r.get("rwr_min_return", 0.0) >= CONTROL_MIN_RETURN:  # the control keeps no RL row
@@ -712,6 +715,9 @@ def main(argv=None) -> int:
                          "configuration of one act mode keeps the first's row")
     ap.add_argument("--rl-sigma", type=float, default=0.1, help="vla: noise std per denoising step (normalized units)")
     ap.add_argument("--rl-epochs", type=int, default=2, help="vla: optimizer steps per global batch")
+    ap.add_argument("--rl-target-kl", type=float, default=0.0,
+                    help="vla, pg: a KL trust region per version (algo.target_kl, nats on the batch): steps halved "
+                         "back into it, lr adapted between versions from --rl-lr (0: a fixed lr)")
     ap.add_argument("--rl-reward", default="success", choices=["success", "dense", "dense-grpo"])
     ap.add_argument("--rl-loss", default="pg", choices=["pg", "flow_rwr"],
                     help="vla: the trainer's objective (algo.loss): pg (PPO/GRPO on the chain's log-prob) or flow_rwr "

@@ -192,6 +192,94 @@ def test_update_kl_is_the_kl_from_the_proximal_policy_after_all_but_the_last_opt
     assert _one_version(pcfg, trajs, epochs=1)[1].history[0]["update_kl"] == 0.0
 
 
+def _kl_batch(pcfg, trajs, **over):
+    """A batch whose behaviour log-probs are the initial policy's, and the trainer config for it."""
+    import torch
+
+    rng = np.random.default_rng(2)
+    init = Trainer(small_config(), pcfg, rollouts=[]).policy
+    out = []
+    for i in range(trajs):
+        raw = rng.normal(0, 0.5, (3, 2)).astype(np.float32)
+        obs = _traj(i, 0).obs
+        with torch.no_grad():
+            logp = init.evaluate_actions({k: torch.as_tensor(v) for k, v in obs.items()}, torch.as_tensor(raw))[0]
+        out.append(_traj(i, 0, rewards=rng.normal(0, 1, 3).astype(np.float32), raw=raw, logp=logp.numpy()))
+    cfg = small_config(**{"algo.batch_trajectories": trajs, "algo.micro_batch_trajectories": 1, "algo.epochs": 2,
+                          "algo.lr": 0.05, "algo.train_steps": 2, "algo.max_staleness": 2, **over})
+    return init, out, cfg
+
+
+def _run_versions(cfg, pcfg, trajs, versions):
+    """Feed the same batch once per version (stamped with the version it is fed at: never stale)."""
+    import dataclasses
+
+    tr = Trainer(cfg, pcfg, rollouts=[])
+    th = _start(tr)
+    for v in range(versions):
+        for t in trajs:
+            tr.submit(dataclasses.replace(t, traj_id=f"{t.traj_id}.v{v}", versions=np.full_like(t.versions, v)))
+        assert tr.wait_version(v + 1, 30) == v + 1
+    th.join(10)
+    return tr, tr.finish()
+
+
+def test_target_kl_holds_every_version_within_its_trust_region_and_lowers_lr_after_halving(ray_session, pcfg):
+    """With lr 0.05 an unconstrained version moves the policy far (checked); with target_kl each version ends
+    within target_kl of its proximal policy on its batch (recomputed here from the weights of a trainer stopped
+    after version 1), it had to halve, and the next version's lr is lr / 1.5."""
+    import torch
+
+    init, trajs, cfg = _kl_batch(pcfg, 2, **{"algo.train_steps": 1})
+    free, _ = _run_versions(cfg, pcfg, trajs, 1)
+    target = 1e-3
+
+    def kl_from_init(policy):
+        kls = []
+        for t in trajs:
+            obs, raw = {k: torch.as_tensor(v) for k, v in t.obs.items()}, torch.as_tensor(t.raw_actions)
+            with torch.no_grad():
+                log_r = policy.evaluate_actions(obs, raw)[0] - init.evaluate_actions(obs, raw)[0]
+            kls.append(float((log_r.exp() - 1 - log_r).mean()))
+        return float(np.mean(kls))
+
+    assert kl_from_init(free.policy) > 10 * target  # without the trust region this batch moves it far
+    one, rep1 = _run_versions(small_config(**{**_flat(cfg), "algo.target_kl": target}), pcfg, trajs, 1)
+    h = rep1.history[0]
+    assert h["kl_halvings"] > 0 and h["lr"] == 0.05
+    assert h["version_kl"] == pytest.approx(kl_from_init(one.policy), rel=1e-4) and h["version_kl"] <= target
+    _, rep2 = _run_versions(small_config(**{**_flat(cfg), "algo.target_kl": target, "algo.train_steps": 2}),
+                            pcfg, trajs, 2)
+    assert rep2.history[1]["lr"] == pytest.approx(0.05 / 1.5) and rep2.history[1]["version_kl"] <= target
+
+
+def test_target_kl_far_above_the_steps_changes_no_weights_and_raises_lr(ray_session, pcfg):
+    """A trust region the steps never reach: version 1's weights are bit-identical to the run without one, and
+    the next version's lr is x 1.5 (its KL stayed under target_kl / 2), capped at 10x the configured lr."""
+    _, trajs, cfg = _kl_batch(pcfg, 2, **{"algo.lr": 1e-3, "algo.train_steps": 1})
+    free, _ = _run_versions(cfg, pcfg, trajs, 1)
+    big, rep = _run_versions(small_config(**{**_flat(cfg), "algo.target_kl": 1e6}), pcfg, trajs, 1)
+    assert rep.history[0]["kl_halvings"] == 0 and big.weights_sha256() == free.weights_sha256()
+    _, rep6 = _run_versions(small_config(**{**_flat(cfg), "algo.target_kl": 1e6, "algo.train_steps": 7}),
+                            pcfg, trajs, 7)
+    lrs = [r["lr"] for r in rep6.history]
+    assert lrs[:3] == pytest.approx([1e-3, 1.5e-3, 2.25e-3]) and lrs[-1] == pytest.approx(1e-2)
+
+
+def test_target_kl_needs_an_objective_with_log_probs():
+    with pytest.raises(ValueError, match="algo.target_kl"):
+        small_config(**{"algo.target_kl": 0.1, "algo.loss": "flow_rwr"})
+    with pytest.raises(ValueError, match="algo.target_kl"):
+        small_config(**{"algo.target_kl": -1.0})
+
+
+def _flat(cfg) -> dict:
+    """The algo overrides of ``cfg`` as with_overrides keys (to vary one setting of a test's config)."""
+    import dataclasses
+
+    return {f"algo.{k}": v for k, v in dataclasses.asdict(cfg.algo).items()}
+
+
 def test_publish_delivers_exactly_the_learners_acting_weights_to_the_rollout_workers(ray_session, pcfg):
     """What a rollout worker acts with after a publish is the trainer's policy, bit for bit (same actions and
     log-probs for the same rows and seeds), though only the acting weights travel; the critic is not run there."""

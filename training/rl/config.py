@@ -85,6 +85,13 @@ class AlgoConfig:
     entropy_coef: float = 0.0
     max_grad_norm: float = 0.5
     max_staleness: int = 2  # trajectories more than this many versions old are dropped (and counted)
+    # > 0 (objectives with log-probs): a trust region per published version, in nats of KL(proximal || current)
+    # on the batch. Adam's step is set by lr, not by the gradient, so one fixed lr makes the first updates huge
+    # (a sign step) and later ones vanish (noisy gradients average out in its moments). Each optimizer step is
+    # halved back towards the weights before it until the batch's KL is <= target_kl (after 5 halvings: undone),
+    # and lr adapts between versions: / 1.5 after a version that had to halve, x 1.5 after one that stayed
+    # under target_kl / 2, within [lr / 10, lr x 10] of the configured lr.
+    target_kl: float = 0.0
     train_steps: int = 10  # published versions (global batches) per run
 
 
@@ -200,6 +207,10 @@ def validate(cfg: RLConfig, where: str = "config") -> RLConfig:
                    ("batching.max_batch_size", cfg.batching.max_batch_size), ("lake.commit_every", cfg.lake.commit_every)):
         if int(v) < 1:
             bad(key, f"must be >= 1, got {v}")
+    if a.target_kl < 0:
+        bad("algo.target_kl", f"must be >= 0, got {a.target_kl}")
+    if a.target_kl > 0 and not OBJECTIVES[a.loss].kl:
+        bad("algo.target_kl", f"a KL trust region needs log-probs: algo.loss {a.loss!r} has none")
     if a.max_staleness < 0:
         bad("algo.max_staleness", f"must be >= 0, got {a.max_staleness}")
     if a.advantage == "grpo" and a.group_size < 2:

@@ -34,6 +34,10 @@ from .ledger import Ledger
 from .trajectory import Trajectory
 
 
+MAX_HALVINGS = 5  # target_kl: a step still outside the trust region after this many halvings is undone
+LR_FACTOR, LR_RANGE = 1.5, 10.0  # target_kl: lr's change per version, and its bounds around the configured lr
+
+
 @dataclass(frozen=True)
 class TrainerReport:
     version: int
@@ -264,8 +268,9 @@ class Trainer:
             self._busy += time.perf_counter() - t
         t = time.perf_counter()
         self._settle(trajs, used=True)  # staleness is measured against the version these gradients start from
+        lr = self.opt.param_groups[0]["lr"]
         demo = [self._demo_backward()]
-        self._step()
+        halvings = [self._step(stored)]
         kls = []
         for _ in range(a.epochs - 1):
             self.opt.zero_grad()
@@ -276,7 +281,7 @@ class Trainer:
                 if self.objective.kl:
                     kls.append(info["kl_prox"])
             demo.append(self._demo_backward())
-            self._step()
+            halvings.append(self._step(stored))
         # how far this version's update moved the policy on its own batch: KL(proximal || current) after all but
         # the last optimizer step, read off the last pass's forward (no extra compute); what the next versions'
         # data will be off-policy by, per version of staleness (0 with one epoch). Objectives without log-probs
@@ -287,6 +292,11 @@ class Trainer:
         if self._demos is not None:
             for m in metrics:
                 m["demo_loss"] = float(np.mean(demo))
+        if a.target_kl > 0:
+            version_kl = self._kl_on(stored)
+            for m in metrics:
+                m.update(lr=lr, version_kl=version_kl, kl_halvings=float(sum(halvings)))
+            self._adapt_lr(lr, backtracked=sum(halvings) > 0, version_kl=version_kl)
         with self._cv:
             self.version += 1
             self._record(trajs, metrics)
@@ -302,11 +312,51 @@ class Trainer:
         (self.algo.demo_coef * loss).backward()
         return float(loss.detach())
 
-    def _step(self) -> None:
+    def _step(self, stored: list[dict]) -> int:
+        """One optimizer step; with ``target_kl``, then held within the trust region on the batch ``stored``:
+        halved back towards the weights before it while KL(proximal || current) > target_kl, undone after
+        ``MAX_HALVINGS`` (the weights before it were within the region). Returns the halvings (undone: one more)."""
         import torch
 
-        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.algo.max_grad_norm)
+        params = list(self.policy.parameters())
+        torch.nn.utils.clip_grad_norm_(params, self.algo.max_grad_norm)
+        target = self.algo.target_kl
+        before = [p.detach().clone() for p in params] if target > 0 else None
         self.opt.step()
+        if before is None:
+            return 0
+        n = 0
+        while self._kl_on(stored) > target:
+            n += 1
+            with torch.no_grad():
+                for p, b in zip(params, before):
+                    p.copy_(b if n > MAX_HALVINGS else b + 0.5 * (p - b))
+            if n > MAX_HALVINGS:
+                break
+        return n
+
+    def _kl_on(self, stored: list[dict]) -> float:
+        """KL(proximal || current) on a batch's micro-batches, no gradient: the k3 estimate the objective's
+        ``kl_prox`` reports, the mean of the micro-batches' means (as ``update_kl``)."""
+        import torch
+
+        kls = []
+        with torch.no_grad():
+            for mb in stored:
+                log_r = self.policy.evaluate_actions(mb["obs"], mb["raw"])[0] - mb["logp_prox"]
+                kls.append(float((log_r.exp() - 1 - log_r).mean()))
+        return float(np.mean(kls))
+
+    def _adapt_lr(self, lr: float, backtracked: bool, version_kl: float) -> None:
+        """``target_kl``: the next version's lr (see ``AlgoConfig.target_kl``)."""
+        a = self.algo
+        if backtracked:
+            lr /= LR_FACTOR
+        elif version_kl < a.target_kl / 2:
+            lr *= LR_FACTOR
+        lr = min(max(lr, a.lr / LR_RANGE), a.lr * LR_RANGE)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
 
     def _prepare(self, trajs: list[Trajectory]) -> dict:
         """Tensors of a micro-batch, with advantages (critic values under the current weights)."""
