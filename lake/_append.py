@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import json
+import random
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -202,9 +204,20 @@ class _NothingNew(Exception):
     pass
 
 
+class _Raced(Exception):
+    """A compaction's table rewrite met another writer's commit to that table."""
+
+
+COMPACT_ATTEMPTS = 5  # a compaction losing a race to a concurrent writer starts over from the new head this often
+
+
 def compact(store: Store, target_rows_per_fragment: int = 1 << 20, min_fragments: int = 8,
             message: str | None = None) -> _versions.LogEntry | None:
-    """Rewrite each table with at least ``min_fragments`` fragments into fewer; one lake version (or None)."""
+    """Rewrite each table with at least ``min_fragments`` fragments into fewer; one lake version (or None).
+
+    A writer committing to a table while it is being rewritten makes the rewrite moot (Lance refuses the
+    conflicting commit, or the rewritten version holds the other writer's rows, not ours to publish): the
+    compaction starts over on the new head, up to ``COMPACT_ATTEMPTS`` times, then raises naming the table."""
 
     def build(head):
         out = {}
@@ -216,16 +229,29 @@ def compact(store: Store, target_rows_per_fragment: int = 1 << 20, min_fragments
             latest = _tables.overwrite_with(store, name, ds.schema, v, [])
             ds = store.dataset(name, version=latest)
             rows = ds.count_rows()
-            ds.optimize.compact_files(target_rows_per_fragment=target_rows_per_fragment, materialize_deletions=True)
+            _versions._fault_point("compact_rewrite")
+            try:
+                ds.optimize.compact_files(target_rows_per_fragment=target_rows_per_fragment,
+                                          materialize_deletions=True)
+            except OSError as e:  # Lance: "Incompatible transaction ... concurrent transaction ..."
+                if "incompatible" in str(e).lower() or "conflict" in str(e).lower():
+                    raise _Raced(name) from e
+                raise
             new = store.dataset(name)
             if new.count_rows() != rows:  # another writer's version slipped in between: not ours to publish
-                raise RuntimeError(f"table {name} changed during compaction; run compact again")
+                raise _Raced(name)
             out[name] = new.version
         if not out:
             raise _NothingNew()
         return out
 
-    try:
-        return _versions.commit(store, build, message or "compact", {"compacted": True})
-    except _NothingNew:
-        return None
+    for attempt in range(COMPACT_ATTEMPTS):
+        try:
+            return _versions.commit(store, build, message or "compact", {"compacted": True})
+        except _NothingNew:
+            return None
+        except _Raced as e:
+            raced = e
+            time.sleep(0.05 * (attempt + 1) * (1 + random.random()))  # jittered: two compactors do not lockstep
+    raise RuntimeError(f"table {raced} changed during compaction {COMPACT_ATTEMPTS} times (concurrent writers); "
+                       "run compact again")

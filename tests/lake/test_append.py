@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401
 import pytest
 
 import lake
@@ -72,6 +74,34 @@ def test_concurrent_small_commits_lose_nothing_and_compaction_keeps_data(tmp_pat
     for e, (f, v) in before.items():
         assert lk.frames(e).equals(f) and np.array_equal(lk.video(e, "observation.image"), v)
     assert lk.compact() is None  # nothing left to compact
+
+
+def test_a_compaction_raced_by_another_writer_starts_over_and_keeps_both_writers_data(tmp_path, monkeypatch):
+    """Another writer commits episodes while the compaction rewrites a table (deterministically: inside the
+    rewrite of the first attempt). The compaction used to raise ("run compact again"); it now starts over on
+    the new head: one compacted lake version holding every episode, the other writer's too, each once."""
+    from lake import _versions
+
+    lk = lake.open(tmp_path / "lake")
+    rng = np.random.default_rng(3)
+    for i in range(4):
+        lk.append_episodes([_episode(rng, T=8, version=i)], source="rl", fps=10)
+    other, late, hits = lake.open(lk.uri), _episode(rng, T=8, version=99), []
+
+    def append_meanwhile(name):
+        if name == "compact_rewrite":
+            hits.append(name)
+            if len(hits) == 1:
+                other.append_episodes([late], source="rl", fps=10)
+
+    monkeypatch.setattr(_versions, "_fault_point", append_meanwhile)
+    entry = lk.compact(min_fragments=2)
+    assert len(hits) > 1  # the first attempt was raced and the compaction ran again
+    assert entry is not None and entry.version == lk.version and entry.summary.get("compacted")
+    assert sorted(lk.episodes()["policy_version"].to_pylist()) == [0, 1, 2, 3, 99]
+    mine = lk.episodes().filter(pa.compute.equal(lk.episodes()["policy_version"], 99))["episode_id"][0].as_py()
+    assert np.array_equal(lk.frames(mine)["action"].to_numpy(zero_copy_only=False).tolist(),
+                          late.frames["action"].tolist())
 
 
 def test_an_edit_retries_when_another_writer_s_restore_lands_between_its_read_and_its_commit(tmp_path):
