@@ -466,16 +466,24 @@ def vla_report(root: Path, command: str, load: str, out: Path = HERE, earlier: P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    trainer = {id(r): trainer_history(root, r) for r in rl}
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.2))
     for r in rl:
         c = r["curve"]
-        ax.errorbar([p["env_steps"] for p in c], [p["rate"] for p in c], marker="o", capsize=3, label=_mode(r),
-                    yerr=[[p["rate"] - p["lo"] for p in c], [p["hi"] - p["rate"] for p in c]])
+        line = ax.errorbar([p["env_steps"] for p in c], [p["rate"] for p in c], marker="o", capsize=3,
+                           label=_mode(r), yerr=[[p["rate"] - p["lo"] for p in c], [p["hi"] - p["rate"] for p in c]])
+        if h := trainer[id(r)]:
+            bx.plot([x["env_steps"] for x in h], [x["success_rate"] for x in h], marker=".",
+                    color=line.lines[0].get_color(), label=_mode(r))
     ax.set_xlabel("RL env steps (consumed by the learner)")
     ax.set_ylabel("success on held-out goals")
     ax.set_ylim(-0.03, 1.03)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=6)
     ax.set_title("Meta-World: aa RL of the VLA itself from its SFT checkpoint (95% Wilson)", fontsize=9)
+    bx.set_xlabel("RL env steps (consumed by the learner)")
+    bx.set_ylabel("rollout success per version")
+    bx.set_ylim(-0.03, 1.03)
+    bx.set_title("the learner's batches: training goals, noisy chain (what RL optimizes)", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "closed_loop_rl_vla.png", dpi=110)
     plt.close(fig)
@@ -528,12 +536,37 @@ def vla_report(root: Path, command: str, load: str, out: Path = HERE, earlier: P
     for r in rl:  # after the table: a line between rows would end it
         lines += ["", f"RL curve ({_mode(r)}; env steps: successes / episodes): "
                   + ", ".join(f"{p['env_steps']}: {p['k']}/{p['n']}" for p in r["curve"])]
+    for r in rl:
+        if h := trainer[id(r)]:
+            lines += ["", f"Trainer per version ({_mode(r)}): " + _trainer_line(h)]
     lines += [f"\nNote ({_mode(r)}): {r['note']}" for r in rl if r.get("note")]
     lines += old.get("text", [])
     lines += ["", "![closed_loop_rl_vla.png](closed_loop_rl_vla.png)" + (
         " (the plot holds the runs whose result files are present; the earlier rows' curves are in the text)"
         if old.get("rows") else "")]
     return "\n".join(lines)
+
+
+def trainer_history(root: Path, r: dict) -> list[dict]:
+    """The learner's rows per published version over a run's segments (``segment_<k>.json`` beside its result),
+    with env steps = consumed rows x the act mode's k, cumulative over segments; [] when the files are gone."""
+    out, base = [], 0
+    for seg in range(1, r.get("versions", 0) + 1):
+        f = root / r["task"] / r.get("tag", "") / f"segment_{seg}.json"
+        if not f.exists():
+            break
+        h = json.loads(f.read_text()).get("history") or []
+        out += [{**x, "env_steps": base + x["consumed_steps"] * r.get("exec_steps", 1)} for x in h]
+        base = out[-1]["env_steps"] if out else base
+    return out
+
+
+def _trainer_line(h: list[dict]) -> str:
+    """One text line of a run's learner rows: rollout success, KL moved, lr where adapted, stale drops."""
+    parts = [("rollout success", "success_rate", "{:.2f}"), ("update KL (nats, after the first step)", "update_kl",
+             "{:.3f}"), ("version KL", "version_kl", "{:.3f}"), ("lr", "lr", "{:.2g}")]
+    text = "; ".join(f"{name} " + ", ".join(fmt.format(x[k]) for x in h) for name, k, fmt in parts if k in h[0])
+    return text + f"; trajectories dropped as too stale, cumulative: {h[-1].get('dropped_stale', 0)}"
 
 
 def _objective(r: dict) -> str:
@@ -568,6 +601,7 @@ def _mode(r: dict) -> str:
     """A run's name in curves and notes: task, act mode, reward, lr, trajectories per version."""
     loss = "" if r.get("loss", "pg") == "pg" else f"{_objective(r)}, "
     sigma = f", sigma {r['sigma']}" if r.get("sigma", 0.1) != 0.1 else ""
+    sigma += f", KL <= {r['target_kl']:g}/version" if r.get("target_kl") else ""
     base = "rl_vla" if r.get("exec_steps", 1) == 1 else f"rl_vla_exec{r['exec_steps']}"
     name = r.get("tag", base)[len(base) + 1:] if r.get("tag", base).startswith(base + "_") else ""
     return (f"{r['task']}, {_act_mode(r)}, {loss}{r.get('reward', 'success')}, lr {r['lr']}{sigma}, "

@@ -123,7 +123,8 @@ def test_earlier_rows_join_the_table_and_their_text_follows_the_notes(tmp_path):
 
 def test_the_committed_earlier_rows_parse_as_table_rows():
     old = closed_loop.earlier_vla_rows()
-    assert old["rows"] and all(r.startswith("| reach-v3 |") for r in old["rows"]) and old["commands"]
+    assert old["rows"] and all(r.startswith(("| reach-v3 |", "| push-v3 |")) for r in old["rows"]) and old["commands"]
+    assert sum(r.startswith("| push-v3 |") for r in old["rows"]) == 5  # session 12's fixed-lr runs
 
 
 def test_rl_group_sets_grpo_group_and_whole_group_micro_batches():
@@ -187,3 +188,21 @@ def test_rl_seed_sets_the_first_segments_run_seed(tmp_path, monkeypatch):
             closed_loop._rl_segments("push-v3", args, tmp_path, str(tmp_path / "lake"), "s.pt", _point(5, 50, 0, 1),
                                      1e-4, {})
         assert seeds[-1] == want
+
+
+def test_trainer_history_joins_segments_with_cumulative_env_steps_and_renders_each_version(tmp_path):
+    """The learner's rows of a 2-segment chunked run (exec 4): env steps continue across segments (rows x 4),
+    and the text line lists every version's rollout success, KL and lr in order."""
+    run = tmp_path / "push-v3" / "rl_vla_exec4_x"
+    run.mkdir(parents=True)
+    for seg, rows in ((1, [(10, 0.25, 1e-4), (20, 0.5, 1.5e-4)]), (2, [(12, 0.75, 1e-4)])):
+        hist = [{"consumed_steps": c, "success_rate": s, "update_kl": 0.01, "version_kl": 0.02, "lr": lr,
+                 "dropped_stale": seg} for c, s, lr in rows]
+        (run / f"segment_{seg}.json").write_text(json.dumps({"history": hist}))
+    r = {"task": "push-v3", "tag": "rl_vla_exec4_x", "versions": 2, "exec_steps": 4}
+    h = closed_loop.trainer_history(tmp_path, r)
+    assert [x["env_steps"] for x in h] == [40, 80, 128] and [x["success_rate"] for x in h] == [0.25, 0.5, 0.75]
+    line = closed_loop._trainer_line(h)
+    assert "rollout success 0.25, 0.50, 0.75" in line and "lr 0.0001, 0.00015, 0.0001" in line
+    assert line.endswith("cumulative: 2")
+    assert closed_loop.trainer_history(tmp_path, {**r, "tag": "gone"}) == []
