@@ -425,9 +425,10 @@ class NodeCache:
         A smaller fill is waited for instead (``units``: the first batch one take, the others from the frames
         the fill reads, or their files): in a shuffled order nearly every batch needs a shard near the end of
         the fill's scan, so the second batch waits for about the whole scan (~0.3 s for the 234 MiB PushT split),
-        but the table is read once, not twice (reading it beside the fill cost more CPU than the fill itself:
-        a cold epoch of PushT 0.61-0.64 -> 0.45-0.52 s, measured in benchmarks/RESULTS.md, issue 15). A large
-        cold split is read beside the fill, so the first batches do not wait for the scan of all of it."""
+        but the table is read once, not twice (the iteration's grouped reads of a shuffled epoch cost ~1.1 CPU-s
+        for that split, twice the whole fill's ~0.5; its cold epoch 1 went from a median of 0.75 s to 0.64 s
+        over 8 alternated runs each on a loaded 2-core machine, benchmarks/stream_peers.py, local copy cold). A
+        large cold split is read beside the fill, so the first batches do not wait for the scan of all of it."""
         direct = getattr(self.fetch, "direct", None)
         if not self._whole() or direct is None or not direct():
             return None
