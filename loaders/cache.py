@@ -34,10 +34,11 @@ reads this epoch, a window of ``cache_window`` shards ahead of use, into ``DIR/<
 
 Without ``cache_limit`` nothing fetched is evicted, so an iteration starts fetching every missing shard its plan
 reads at once, as one read of the table (``prefetch``; up to ``LOCKS`` shards at a time, each lock an open file): on a node reading the whole split, about one read per
-epoch, an allow-list scan in table order. From a local table, a cold iteration (most of its shards missing) does
-not wait for that read: it reads its batches from the table as a loader without a cache does until the scan has
-read every shard, then from the shards (``fill_behind``). With a limit, a cold start's first batch from a local table is one
-``take`` of exactly its packs (``ShardSource.packs``), read while its shards are fetched.
+epoch, an allow-list scan in table order. From a local table, a cold iteration (most of its shards missing) of a
+split of at most ``WAIT_BYTES`` waits for that read (its first batch excepted) and serves every batch from it, so
+the table is decoded once; a larger one does not wait: it reads its batches from the table as a loader without a
+cache does until the scan has read every shard, then from the shards (``fill_behind``). A cold start's first batch
+from a local table is one ``take`` of exactly its packs (``ShardSource.packs``), read while its shards are fetched.
 
 The sample order is untouched (a pure function of seed, epoch and layout, see ``loader``): the cache only
 changes where bytes come from, so resume and world-size changes keep exactly-once with any cache state.
@@ -65,12 +66,15 @@ import pyarrow as pa
 from . import retry as _retry
 from . import fragfiles, shardfile
 from .claims import CLAIM_TTL, CLAIMS, LIMITED, Claim, live_claims  # noqa: F401 - CLAIM_TTL: kept as cache.CLAIM_TTL
-from .reads import GROUP_ROWS
+from .reads import GROUP_BYTES, GROUP_ROWS
 from .retry import retrying
 
 STATS = {"hits": 0, "fetches": 0, "takes": 0, "direct": 0, "fetched_bytes": 0, "written_bytes": 0, "evictions": 0}
 _STATS_LOCK = threading.Lock()
 FRESH_BYTES = 512 * 2**20  # shards read and not yet written that a process holds in memory; past it, reads wait
+FILL_IO_BYTES = GROUP_BYTES  # Lance's I/O buffer for a fill's scan of a local table (None: Lance's default)
+WAIT_BYTES = FRESH_BYTES  # a cold fill from a local table of at most this many bytes is waited for, not read
+#                           beside (``NodeCache.fill_behind``)
 LOCKS = 256  # shards one process takes the locks of for reads started ahead (each lock an open file until its
 #              shard lands; a whole split's could pass the open-file limit), and most shards in one read
 WRITERS = 4  # threads per process writing shards (copies into the page cache and checksums, both without the GIL)
@@ -132,6 +136,18 @@ class ShardSource:
 
         return "://" not in self.source.uri and not forks.lance_forbidden()
 
+    def pack_bytes(self) -> float | None:
+        """Bytes per row of the table's data files (what reading a pack costs, about), None when Lance does not
+        record their sizes."""
+        ds, size, rows = self._open(), 0, 0
+        for f in ds.get_fragments():
+            for d in f.data_files():
+                if not d.file_size_bytes:
+                    return None
+                size += d.file_size_bytes
+            rows += f.physical_rows
+        return size / rows if rows else None
+
     def packs(self, packs: np.ndarray) -> pa.Table:
         """The packs (split-local numbers) as one table, in that order: one take of exactly their rows."""
         rows = self.rows[np.asarray(packs, dtype=np.int64)]
@@ -189,9 +205,12 @@ class ShardSource:
                 batches = fragfiles.fetch(ds, addrs, self.columns, src.table_uri, src.storage_options,
                                           self.spool) if store else None
                 if batches is None:
+                    # locally, Lance's read-ahead bounded as a group's (``reads.GROUP_BYTES``): its default
+                    # buffer is far larger, and the PushT split scanned with it cost ~1.5x the CPU (measured)
+                    io = {} if store or FILL_IO_BYTES is None else {"io_buffer_size": FILL_IO_BYTES}
                     batches = ds.scanner(columns=self.columns, filter=None if store else self.filter,
                                          scan_in_order=True, row_addr_allowlist=serialize_row_addrs(addrs.tolist()),
-                                         batch_size=len(addrs) if store else min(sp, GROUP_ROWS)).to_batches()
+                                         batch_size=len(addrs) if store else min(sp, GROUP_ROWS), **io).to_batches()
                 pieces, have = [], 0
                 for rb in batches:
                     pieces.append(rb)
@@ -399,13 +418,26 @@ class NodeCache:
     def fill_behind(self, batches: list[np.ndarray]) -> "_Fill | None":
         """Whether an iteration over ``batches`` should read the table itself while this cache fills behind it:
         without a limit, from a table this process reads itself (local: a second read costs CPU, no transfer),
-        when at least half of the shards it needs are missing. If so, their fetch is started (``prefetch``) and
-        the returned ``_Fill`` says when the iteration may go over to the shards; else None."""
+        when at least half of the shards it needs are missing and they weigh more than ``WAIT_BYTES`` (in the
+        table's data files). If so, their fetch is started (``prefetch``) and the returned ``_Fill`` says when
+        the iteration may go over to the shards; else None.
+
+        A smaller fill is waited for instead (``units``: the first batch one take, the others from the frames
+        the fill reads, or their files): in a shuffled order nearly every batch needs a shard near the end of
+        the fill's scan, so the second batch waits for about the whole scan (~0.3 s for the 234 MiB PushT split),
+        but the table is read once, not twice (the iteration's grouped reads of a shuffled epoch cost ~1.1 CPU-s
+        for that split, twice the whole fill's ~0.5; its cold epoch 1 went from a median of 0.75 s to 0.64 s
+        over 8 alternated runs each on a loaded 2-core machine, benchmarks/stream_peers.py, local copy cold). A
+        large cold split is read beside the fill, so the first batches do not wait for the scan of all of it."""
         direct = getattr(self.fetch, "direct", None)
         if not self._whole() or direct is None or not direct():
             return None
         seq = shard_order(batches, self.shard_packs)
-        if 2 * sum(not self.path(s).exists() for s in seq) < max(1, len(seq)):
+        missing = sum(not self.path(s).exists() for s in seq)
+        if 2 * missing < max(1, len(seq)):
+            return None
+        per = self.fetch.pack_bytes() if hasattr(self.fetch, "pack_bytes") else None
+        if per is not None and per * missing * self.shard_packs <= WAIT_BYTES:
             return None
         self.prefetch(seq)
         return _Fill(self, seq)

@@ -1,8 +1,9 @@
 """A cold fill of the node shard cache serves a shard's first reads from the frames it just read, while the file is
 written behind: those batches are the very ones Lance gives and the cache's files give afterwards, every pack once,
 none waiting for a write; a prepared shard reads exactly like the file it is written as; a forked child never waits
-for its parent's fetches. Without a limit, a cold iteration over a local table reads the table itself while one
-scan fills the whole cache behind it; with one, a cold start's first batch is one take of its packs."""
+for its parent's fetches. Without a limit, a cold iteration over a local table is filled by one scan: a small split
+(``WAIT_BYTES``) is read once, by that scan, the iteration serving from what it reads; a larger one is read by the
+iteration itself beside the scan. A cold start's first batch is one take of its packs."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from test_cache import _same, _shards  # the same batch and shard-file checks as
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("limit", [None, "1GB"])  # None: read from the table; a limit: from the frames just read
+@pytest.mark.parametrize("limit", [None, "1GB"])  # from the frames just read, with a limit or without (a small split)
 @pytest.mark.parametrize("shuffle,batch_packs,world_size", [("random", 3, 1), ("blocks:8", 2, 2)])
 def test_a_cold_epoch_is_served_from_the_rows_just_read_before_any_shard_lands(packed, tmp_path, monkeypatch,
                                                                                shuffle, batch_packs, world_size, limit):
@@ -73,6 +74,7 @@ def test_a_cold_epoch_is_served_from_the_rows_just_read_before_any_shard_lands(p
 def test_a_cold_iteration_without_a_limit_reads_the_table_while_one_scan_fills_the_cache(packed, tmp_path,
                                                                                          monkeypatch):
     lk, _ = packed
+    monkeypatch.setattr(_cache, "WAIT_BYTES", -1)  # as a split too large to wait for its fill
     kw = dict(batch_packs=2, seed=6)
     want = list(lk.stream("train", **kw))
     gate = threading.Event()  # holds the fill's read until the iteration ends: every batch must come from the table
@@ -102,6 +104,7 @@ def test_a_cold_iteration_without_a_limit_reads_the_table_while_one_scan_fills_t
     assert took["hits"] == 0  # no batch came from the cache
     assert len(_shards(tmp_path)) == cold.cache.shards and not list(tmp_path.rglob("*.tmp"))  # landed by its end
     monkeypatch.undo()
+    monkeypatch.setattr(_cache, "WAIT_BYTES", -1)
     # unheld: once the fill has read every shard, the rest of the iteration comes from the shards, the same batches
     again = lk.stream("train", cache_dir=tmp_path / "again", shard_packs=3, prefetch=0, **kw)
     it = iter(again)
@@ -120,6 +123,52 @@ def test_a_cold_iteration_without_a_limit_reads_the_table_while_one_scan_fills_t
     before = dict(_cache.STATS)
     _same(list(lk.stream("train", cache_dir=tmp_path, shard_packs=3, **kw)), want)
     assert _cache.STATS["fetches"] - before["fetches"] == 1 and _cache.STATS["hits"] > before["hits"]
+
+
+@pytest.mark.parametrize("shuffle,batch_packs", [("random", 2), ("blocks:4", 3)])
+def test_a_small_cold_split_is_read_once_its_iteration_served_from_the_fill(packed, tmp_path, monkeypatch, shuffle,
+                                                                             batch_packs):
+    # without a limit, from a local table, a split under WAIT_BYTES: the first batch is one take of its packs, every
+    # other batch comes from the fill's one scan (its frames, or the files they land as), never from a second read
+    lk, _ = packed
+    kw = dict(batch_packs=batch_packs, seed=7, shuffle=shuffle)
+    want = list(lk.stream("train", **kw))
+    cold = lk.stream("train", cache_dir=tmp_path, shard_packs=3, **kw)
+    assert cold.cache.fetch.pack_bytes() > 0
+    assert cold.cache.fill_behind(cold.plan()) is None  # small: waited for (no fill started by asking)
+    assert not list(tmp_path.rglob("shard-*.lks"))
+
+    def no_table_reads(*args, **kwargs):
+        raise AssertionError("a batch was read from the table beside the fill")
+
+    monkeypatch.setattr(type(cold), "_grouped", no_table_reads)
+    reads = []
+    pieces = _cache.ShardSource.pieces
+
+    def counted(self, s, count):
+        reads.append((s, count))
+        yield from pieces(self, s, count)
+
+    monkeypatch.setattr(_cache.ShardSource, "pieces", counted)
+    before = dict(_cache.STATS)
+    got = list(cold)
+    _same(got, want)  # the very batches Lance gives
+    took = {k: _cache.STATS[k] - before[k] for k in before}
+    assert reads == [(0, cold.cache.shards)]  # one read of the table, every shard in it
+    assert took["direct"] == 1 and took["takes"] == 1 and took["fetches"] == cold.cache.shards
+    assert len(_shards(tmp_path)) == cold.cache.shards and not list(tmp_path.rglob("*.tmp"))  # all landed by its end
+    before = dict(_cache.STATS)
+    _same(list(lk.stream("train", cache_dir=tmp_path, shard_packs=3, **kw)), want)  # warm: the files, same batches
+    assert _cache.STATS["fetches"] == before["fetches"] and _cache.STATS["direct"] == before["direct"]
+    # the same split counted as too large to wait for: the fill goes behind an iteration that reads the table
+    monkeypatch.setattr(_cache, "WAIT_BYTES", 10 * 2**20)
+    monkeypatch.setattr(_cache.ShardSource, "pack_bytes", lambda self: 2**20)  # 3 MiB a shard: 4+ shards too many
+    other = lk.stream("train", cache_dir=tmp_path / "large", shard_packs=3, **kw)
+    fill = other.cache.fill_behind(other.plan())
+    assert fill is not None
+    fill.finish()
+    other.cache.flush()
+    assert len(_shards(tmp_path / "large")) == other.cache.shards
 
 
 def test_a_fill_without_a_limit_locks_a_bounded_number_of_shards_at_once(packed, tmp_path, monkeypatch):
