@@ -287,7 +287,13 @@ def _rl_segments(name: str, args, out: Path, uri: str, start_ckpt: str, start: d
     from training.rl import RLConfig, run, with_overrides
 
     env_id, ms = f"metaworld/{name}", TASKS[name]["max_steps"]
-    curve = [{"env_steps": 0, "version": 0, **start}]
+    select = getattr(args, "rl_select", "last") == "val"
+
+    def val(ckpt) -> dict:  # a checkpoint on the validation goals (env seeds from VAL_SEED): what --rl-select reads
+        ev = evaluate_ckpt(ckpt, env_id, args.val_episodes, uri, ms, seed=VAL_SEED)
+        return {k: ev[k] for k in ("k", "n", "rate", "lo", "hi", "successes", "eval_version") if k in ev}
+
+    curve = [{"env_steps": 0, "version": 0, **start, **({"val": val(start_ckpt)} if select else {})}]
     prev, env_steps, lake_versions, t_rl = start_ckpt, 0, [], 0.0
     for seg in range(args.rl_segments):
         done = out / f"segment_{seg + 1}.json"  # a rerun resumes after the last finished segment
@@ -319,7 +325,8 @@ def _rl_segments(name: str, args, out: Path, uri: str, start_ckpt: str, start: d
         last = seg + 1 == args.rl_segments
         ev = evaluate_ckpt(prev, env_id, args.episodes if last else args.curve_episodes, uri, ms)
         curve.append({"env_steps": env_steps, "version": (seg + 1) * args.rl_versions,
-                      "lake_version": lake_versions[-1], "produced": rep.produced, **ev})
+                      "lake_version": lake_versions[-1], "produced": rep.produced, **ev, "checkpoint": prev,
+                      **({"val": val(prev)} if select else {})})
         done.write_text(json.dumps({"point": curve[-1], "checkpoint": prev, "rl_seconds": seg_s,
                                     "run_id": rep.run_id, "history": _jsonable(rep.history)}, indent=1))
         print(f"[{name}]   RL segment {seg + 1}: {env_steps} env steps, {ev['k']}/{ev['n']}", flush=True)
@@ -329,7 +336,19 @@ def _rl_segments(name: str, args, out: Path, uri: str, start_ckpt: str, start: d
         keep = {k: curve[-1][k] for k in ("env_steps", "version", "lake_version", "produced") if k in curve[-1]}
         curve[-1] = {**curve[-1], **ev, **keep, "intermediate": {k: curve[-1][k] for k in ("k", "n")}}
         print(f"[{name}]   end re-evaluated on {ev['n']} held-out goals: {ev['k']}/{ev['n']}", flush=True)
-    return {"end": curve[-1], "curve": curve, "env_steps": env_steps, "rl_seconds": t_rl,
+    end, selection = curve[-1], None
+    if select:  # the checkpoint (start included) best on the validation goals, earliest on ties; then held-out
+        if any("val" not in p for p in curve):
+            raise SystemExit(f"[{name}] --rl-select val: segments were run without validation; use a new --rl-name")
+        best = best_on_validation(curve)
+        selection = {"seed": VAL_SEED, "episodes": args.val_episodes, "val": [p["val"]["k"] for p in curve],
+                     "versions": [p["version"] for p in curve], "chosen_version": curve[best]["version"]}
+        if best < len(curve) - 1:
+            ckpt = start_ckpt if best == 0 else curve[best]["checkpoint"]
+            end = {**curve[best], **evaluate_ckpt(ckpt, env_id, args.episodes, uri, ms)}
+        print(f"[{name}]   chosen on validation: version {curve[best]['version']} "
+              f"({curve[best]['val']['k']}/{args.val_episodes}), held-out {end['k']}/{end['n']}", flush=True)
+    return {"end": end, "curve": curve, "env_steps": env_steps, "rl_seconds": t_rl, "selection": selection,
             "lake_versions": lake_versions, "lake_latest": lake.open(uri).version}
 
 
@@ -527,7 +546,7 @@ def vla_report(root: Path, command: str, load: str, out: Path = HERE, earlier: P
             f"| {_objective(r)} / {r['sigma']} / "
             f"{r['lr']} / {r['epochs']} / {r.get('reward', 'success')} / {_per_version(r)}"
             f"{f', RL seed {seed}' if (seed := r.get('rl_seed', 1)) != 1 else ''} "
-            f"| {pct(s)} | **{pct(e)}** "
+            f"| {pct(s)} | **{pct(e)}**{_chosen(r)} "
             f"| {_paired(s, e)} | {r['env_steps']} | {r['rl_seconds'] / 60:.1f} min "
             f"| v{r['demo_version']} / `{lin.get('packed_table')}` / `{Path(r['init']).name}` (trained on "
             f"v{lin.get('lake_version')}) / "
@@ -545,6 +564,22 @@ def vla_report(root: Path, command: str, load: str, out: Path = HERE, earlier: P
         " (the plot holds the runs whose result files are present; the earlier rows' curves are in the text)"
         if old.get("rows") else "")]
     return "\n".join(lines)
+
+
+def best_on_validation(curve: list[dict]) -> int:
+    """The index of the curve point (start included) with the most validation successes, the earliest on ties
+    (fewer RL updates for the same validation success)."""
+    return max(range(len(curve)), key=lambda i: (curve[i]["val"]["k"], -i))
+
+
+def _chosen(r: dict) -> str:
+    """The after-RL cell's note when the run's checkpoint was chosen on validation goals (``--rl-select val``)."""
+    sel = r.get("selection")
+    if not sel:
+        return ""
+    val = ", ".join(f"v{v}: {k}" for v, k in zip(sel["versions"], sel["val"]))
+    return (f" (version {sel['chosen_version']} of {r['versions']}, chosen on {sel['episodes']} validation goals: "
+            f"{val})")
 
 
 def trainer_history(root: Path, r: dict) -> list[dict]:
@@ -749,6 +784,9 @@ def main(argv=None) -> int:
                          "configuration of one act mode keeps the first's row")
     ap.add_argument("--rl-sigma", type=float, default=0.1, help="vla: noise std per denoising step (normalized units)")
     ap.add_argument("--rl-epochs", type=int, default=2, help="vla: optimizer steps per global batch")
+    ap.add_argument("--rl-select", default="last", choices=["last", "val"],
+                    help="vla: the run's result: its last checkpoint, or (val) the segment end (start included) "
+                         "best on --val-episodes validation goals (env seed VAL_SEED), as SFT chooses its step")
     ap.add_argument("--rl-target-kl", type=float, default=0.0,
                     help="vla, pg: a KL trust region per version (algo.target_kl, nats on the batch): steps halved "
                          "back into it, lr adapted between versions from --rl-lr (0: a fixed lr)")

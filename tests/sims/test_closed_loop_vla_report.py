@@ -206,3 +206,14 @@ def test_trainer_history_joins_segments_with_cumulative_env_steps_and_renders_ea
     assert "rollout success 0.25, 0.50, 0.75" in line and "lr 0.0001, 0.00015, 0.0001" in line
     assert line.endswith("cumulative: 2")
     assert closed_loop.trainer_history(tmp_path, {**r, "tag": "gone"}) == []
+
+
+def test_rl_select_val_chooses_the_earliest_best_validation_point_and_the_row_says_so():
+    curve = [{"version": v, "val": {"k": k}} for v, k in ((0, 20), (2, 26), (4, 24), (6, 26), (8, 25))]
+    assert closed_loop.best_on_validation(curve) == 1  # 26 twice: the earlier, version 2
+    assert closed_loop.best_on_validation(curve[:1] + [{"version": 2, "val": {"k": 19}}]) == 0  # start kept
+    r = {"versions": 8, "selection": {"episodes": 50, "versions": [0, 2, 4, 6, 8], "val": [20, 26, 24, 26, 25],
+                                      "chosen_version": 2}}
+    assert closed_loop._chosen(r) == (" (version 2 of 8, chosen on 50 validation goals: v0: 20, v2: 26, v4: 24, "
+                                      "v6: 26, v8: 25)")
+    assert closed_loop._chosen({"versions": 8}) == ""
