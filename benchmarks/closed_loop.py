@@ -591,7 +591,7 @@ def trainer_history(root: Path, r: dict) -> list[dict]:
         if not f.exists():
             break
         h = json.loads(f.read_text()).get("history") or []
-        out += [{**x, "env_steps": base + x["consumed_steps"] * r.get("exec_steps", 1)} for x in h]
+        out += [{**x, "env_steps": base + x["consumed_steps"] * r.get("exec_steps", 1), "segment": seg} for x in h]
         base = out[-1]["env_steps"] if out else base
     return out
 
@@ -601,7 +601,8 @@ def _trainer_line(h: list[dict]) -> str:
     parts = [("rollout success", "success_rate", "{:.2f}"), ("update KL (nats, after the first step)", "update_kl",
              "{:.3f}"), ("version KL", "version_kl", "{:.3f}"), ("lr", "lr", "{:.2g}")]
     text = "; ".join(f"{name} " + ", ".join(fmt.format(x[k]) for x in h) for name, k, fmt in parts if k in h[0])
-    return text + f"; trajectories dropped as too stale, cumulative: {h[-1].get('dropped_stale', 0)}"
+    last = {x.get("segment", 1): x.get("dropped_stale", 0) for x in h}  # each segment's trainer counts its own
+    return text + f"; trajectories dropped as too stale: {sum(last.values())}"
 
 
 def _objective(r: dict) -> str:

@@ -204,7 +204,7 @@ def test_trainer_history_joins_segments_with_cumulative_env_steps_and_renders_ea
     assert [x["env_steps"] for x in h] == [40, 80, 128] and [x["success_rate"] for x in h] == [0.25, 0.5, 0.75]
     line = closed_loop._trainer_line(h)
     assert "rollout success 0.25, 0.50, 0.75" in line and "lr 0.0001, 0.00015, 0.0001" in line
-    assert line.endswith("cumulative: 2")
+    assert line.endswith("too stale: 3")  # segment 1's 1 + segment 2's 2
     assert closed_loop.trainer_history(tmp_path, {**r, "tag": "gone"}) == []
 
 
