@@ -586,11 +586,9 @@ def trainer_history(root: Path, r: dict) -> list[dict]:
     """The learner's rows per published version over a run's segments (``segment_<k>.json`` beside its result),
     with env steps = consumed rows x the act mode's k, cumulative over segments; [] when the files are gone."""
     out, base = [], 0
-    for seg in range(1, r.get("versions", 0) + 1):
-        f = root / r["task"] / r.get("tag", "") / f"segment_{seg}.json"
-        if not f.exists():
-            break
-        h = json.loads(f.read_text()).get("history") or []
+    run = root / r["task"] / r.get("tag", "")
+    for seg in range(1, len(list(run.glob("segment_*.json"))) + 1):  # segment_1.json, segment_2.json, ...
+        h = json.loads((run / f"segment_{seg}.json").read_text()).get("history") or []
         out += [{**x, "env_steps": base + x["consumed_steps"] * r.get("exec_steps", 1), "segment": seg} for x in h]
         base = out[-1]["env_steps"] if out else base
     return out

@@ -544,14 +544,10 @@ class NodeCache:
 
     def _valid(self, path: Path) -> bool:
         """Whether ``path`` is a whole shard; a damaged one is removed (it is then fetched again)."""
-        try:
-            with shardfile.ShardFile(path):
-                return True
-        except FileNotFoundError:
-            return False
-        except shardfile.TornShard:
-            path.unlink(missing_ok=True)
-            return False
+        f = _open_whole(path)
+        if f is not None:
+            f.close()
+        return f is not None
 
     def usage(self) -> int:
         """Bytes of shards under ``root`` (every key)."""
@@ -646,12 +642,8 @@ class NodeCache:
         """Shard ``s``'s file, open, if it is on disk and whole (a hit: its last use recorded, for eviction), else
         None (a damaged one is removed, as ``_valid`` does)."""
         path = self.path(s)
-        try:
-            f = shardfile.ShardFile(path)
-        except FileNotFoundError:
-            return None
-        except shardfile.TornShard:
-            path.unlink(missing_ok=True)
+        f = _open_whole(path)
+        if f is None:
             return None
         try:
             os.utime(f.fd if os.utime in os.supports_fd else path)
@@ -733,6 +725,17 @@ class NodeCache:
                     self._pinned[int(s)] = n
                 else:
                     self._pinned.pop(int(s), None)
+
+
+def _open_whole(path: Path) -> shardfile.ShardFile | None:
+    """``path`` opened if it is a whole shard; None if absent, or damaged (then removed: it is fetched again)."""
+    try:
+        return shardfile.ShardFile(path)
+    except FileNotFoundError:
+        return None
+    except shardfile.TornShard:
+        path.unlink(missing_ok=True)
+        return None
 
 
 class _Tail:

@@ -270,7 +270,7 @@ class Trainer:
         self._settle(trajs, used=True)  # staleness is measured against the version these gradients start from
         lr = self.opt.param_groups[0]["lr"]
         demo = [self._demo_backward()]
-        halvings = [self._step(stored)]
+        halvings, kl = self._step(stored, 0.0)  # the proximal weights: KL 0
         kls = []
         for _ in range(a.epochs - 1):
             self.opt.zero_grad()
@@ -281,7 +281,8 @@ class Trainer:
                 if self.objective.kl:
                     kls.append(info["kl_prox"])
             demo.append(self._demo_backward())
-            halvings.append(self._step(stored))
+            n, kl = self._step(stored, kl)
+            halvings += n
         # how far this version's update moved the policy on its own batch: KL(proximal || current) after all but
         # the last optimizer step, read off the last pass's forward (no extra compute); what the next versions'
         # data will be off-policy by, per version of staleness (0 with one epoch). Objectives without log-probs
@@ -293,10 +294,9 @@ class Trainer:
             for m in metrics:
                 m["demo_loss"] = float(np.mean(demo))
         if a.target_kl > 0:
-            version_kl = self._kl_on(stored)
             for m in metrics:
-                m.update(lr=lr, version_kl=version_kl, kl_halvings=float(sum(halvings)))
-            self._adapt_lr(lr, backtracked=sum(halvings) > 0, version_kl=version_kl)
+                m.update(lr=lr, version_kl=kl, kl_halvings=float(halvings))
+            self._adapt_lr(lr, backtracked=halvings > 0, version_kl=kl)
         with self._cv:
             self.version += 1
             self._record(trajs, metrics)
@@ -312,10 +312,11 @@ class Trainer:
         (self.algo.demo_coef * loss).backward()
         return float(loss.detach())
 
-    def _step(self, stored: list[dict]) -> int:
+    def _step(self, stored: list[dict], kl_before: float) -> tuple[int, float]:
         """One optimizer step; with ``target_kl``, then held within the trust region on the batch ``stored``:
         halved back towards the weights before it while KL(proximal || current) > target_kl, undone after
-        ``MAX_HALVINGS`` (the weights before it were within the region). Returns the halvings (undone: one more)."""
+        ``MAX_HALVINGS`` (the weights before it, at ``kl_before``, were within the region). Returns the halvings
+        (undone: one more) and the KL of the weights it leaves (0.0 without ``target_kl``: not measured)."""
         import torch
 
         params = list(self.policy.parameters())
@@ -324,16 +325,16 @@ class Trainer:
         before = [p.detach().clone() for p in params] if target > 0 else None
         self.opt.step()
         if before is None:
-            return 0
+            return 0, 0.0
         n = 0
-        while self._kl_on(stored) > target:
+        while (kl := self._kl_on(stored)) > target:
             n += 1
             with torch.no_grad():
                 for p, b in zip(params, before):
                     p.copy_(b if n > MAX_HALVINGS else b + 0.5 * (p - b))
             if n > MAX_HALVINGS:
-                break
-        return n
+                return n, kl_before
+        return n, kl
 
     def _kl_on(self, stored: list[dict]) -> float:
         """KL(proximal || current) on a batch's micro-batches, no gradient: the k3 estimate the objective's
