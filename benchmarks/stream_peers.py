@@ -280,6 +280,7 @@ def run_child(side: str, storage: str, access: str, args, data: dict, moto: Moto
     if side == "lake" and s3:
         cmd += ["--storage-options", json.dumps(moto.lake_options())]
     before = moto.served() if moto else (0, 0)
+    os.sync()  # the dirty pages of earlier runs' caches are written back now, not inside this run's timing
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     if p.returncode != 0:
         print(f"{side} {storage} {access} failed:\n{p.stderr[-3000:]}", flush=True)

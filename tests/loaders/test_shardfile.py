@@ -82,12 +82,13 @@ def test_a_corrupt_frame_in_a_file_of_an_earlier_boot_is_refused(packed, tmp_pat
     assert _boot_of(path) == EARLIER  # never stamped
 
 
-def test_a_file_of_the_layout_before_checksums_is_refused(packed, tmp_path):
+@pytest.mark.parametrize("magic", [b"LKSHARD2", b"LKSHARD3"])  # before checksums; CRC-32 checksums
+def test_a_file_of_an_earlier_layout_is_refused(packed, tmp_path, magic):
     _, table = packed
     path = tmp_path / "s.lks"
     _write(path, table.slice(0, 3), 0)
     data = path.read_bytes()
-    path.write_bytes(b"LKSHARD2" + data[8:-8] + b"LKSHARD2")
+    path.write_bytes(magic + data[8:-8] + magic)
     shardfile._INDEXES.clear()
     with pytest.raises(shardfile.TornShard, match="layout"):
         shardfile.ShardFile(path)
@@ -105,3 +106,45 @@ def test_without_a_boot_id_files_are_synced_and_served(packed, tmp_path, monkeyp
     assert synced and _boot_of(path) == shardfile.SYNCED
     with shardfile.ShardFile(path) as f:
         assert np.array_equal(f.sizes, shardfile.Frames(table.slice(0, 3)).sizes)
+
+
+def _ranges(batch) -> list[tuple[int, int]]:
+    return [(b.address, b.address + b.size) for col in batch.columns for b in col.buffers() if b is not None and b.size]
+
+
+def test_small_columns_kept_between_reads_are_never_handed_out(packed, tmp_path):
+    """A process keeps each pack's parsed small columns (``ShardFile.small``); a batch must still own its memory
+    (a user may write into its tensors in place), with one pack or several."""
+    _, table = packed
+    path = tmp_path / "s.lks"
+    _write(path, table.slice(0, 6), 0)
+    shardfile._SMALL.clear()
+    for k in (3, 1, 3, 2):
+        with shardfile.ShardFile(path) as f:
+            got = shardfile.read_batch([(f, i) for i in range(k)])
+        assert got.equals(shardfile.read_batch([(shardfile.Frames(table.slice(0, 6)), i) for i in range(k)]))
+        kept = [r for packs in shardfile._SMALL.values() for b in packs.values() for r in _ranges(b)]
+        assert kept  # the batches of several packs kept what they parsed
+        assert not [(a, b) for a, b in _ranges(got) for lo, hi in kept if a < hi and lo < b]
+
+
+def test_kept_small_columns_stay_within_their_bound_and_follow_the_file(packed, tmp_path, monkeypatch):
+    _, table = packed
+    monkeypatch.setattr(shardfile, "SMALL_BYTES", 1)  # at most one file's at a time
+    shardfile._SMALL.clear()
+    shardfile._SMALL_HELD[0] = 0
+    paths = []
+    for s in range(3):
+        paths.append(tmp_path / f"s{s}.lks")
+        _write(paths[-1], table.slice(2 * s, 2), 0)
+    for s, path in enumerate(paths):
+        with shardfile.ShardFile(path) as f:
+            got = shardfile.read_batch([(f, 0), (f, 1)])
+        assert got.equals(shardfile.read_batch([(shardfile.Frames(table.slice(2 * s, 2)), i) for i in range(2)]))
+        assert len(shardfile._SMALL) == 1
+    # the same name refetched with other packs: another index, so the packs kept for the old file are not served
+    _write(paths[2], table.slice(0, 2), 0)
+    with shardfile.ShardFile(paths[2]) as f:
+        got = shardfile.read_batch([(f, 0), (f, 1)])
+    assert got.equals(shardfile.read_batch([(shardfile.Frames(table.slice(0, 2)), i) for i in range(2)]))
+    assert shardfile._SMALL_HELD[0] == sum(b.nbytes for packs in shardfile._SMALL.values() for b in packs.values())
