@@ -3,10 +3,12 @@
 Layout: ``MAGIC | schema length (int64) | schema (Arrow IPC) | frames | offsets (int64, k*F+1) |
 sizes (int64, k*F) | big columns (int64, F-1) | checksums (int64, k*F) | boot id (16 bytes) | k | F | level (int64
 each) | MAGIC``. Pack ``i`` is ``F``
-consecutive frames: frame 0 holds its other columns (an Arrow IPC stream of one record batch), frames ``1..F-1``
-the raw values of its *big* columns: flat ones (``list<T>`` / ``list<fixed_size_list<T>>`` of a number type)
-holding at least ``BIG_SHARE`` of the shard's bytes (the image payload), in schema order; ``sizes`` are the
-frames' decompressed sizes. (A frame per small column would cost more in zstd set-up than it saves.)
+consecutive frames: frames ``1..F-1`` hold the raw values of its *big* columns: flat ones (``list<T>`` /
+``list<fixed_size_list<T>>`` of a number type) holding at least ``BIG_SHARE`` of the shard's bytes (the image
+payload), in schema order; frame 0 of pack 0 holds the other columns of every pack of the shard (an Arrow IPC
+stream of one record batch of ``k`` rows), frame 0 of the other packs is empty. ``sizes`` are the frames'
+decompressed sizes. (A frame per small column would cost more in zstd set-up than it saves; one per pack cost a
+parse per pack read, more than reading a PushT pack's image payload: measured.)
 
 Why column frames: a batch of ``k`` packs (``read_batch``) allocates one buffer per flat column and decompresses
 each pack's frame straight into its slice, so the batch's columns come out contiguous and the decompression is
@@ -22,8 +24,9 @@ the disk, and it also reboots the kernel: so the footer carries the boot id of t
 is; one of an earlier boot has each frame's checksum verified when it is first opened, and is then stamped with
 the current boot id (or, where it cannot be rewritten, remembered by this process), so the check runs once.
 ``ShardFile`` also checks both magics and the offsets before serving anything: a torn file, a file whose frames
-do not match their checksums, and a file of another layout (e.g. ``LKSHARD2``, before checksums, or ``LKSHARD3``,
-CRC-32) are refused (``TornShard``) and fetched again. Where the kernel has no boot id, files are fsync'ed and stamped ``SYNCED``.
+do not match their checksums, and a file of another layout (e.g. ``LKSHARD2``, before checksums, ``LKSHARD3``,
+CRC-32, or ``LKSHARD4``, a small-columns frame per pack) are refused (``TornShard``) and fetched again. Where the
+kernel has no boot id, files are fsync'ed and stamped ``SYNCED``.
 
 Why XXH3-64 (``xxhash``, stored in 64-bit slots): a checksum is computed for every byte a cold fill writes, and
 XXH3 runs at ~20 GB/s on this machine against ~3.9 GB/s for zlib's CRC-32 (``LKSHARD3``: ~9% of a cold epoch's
@@ -47,7 +50,7 @@ from xxhash import xxh3_64_intdigest
 
 from .tensors import _NUMPY_BY_ID, list_values
 
-MAGIC = b"LKSHARD4"
+MAGIC = b"LKSHARD5"
 _BOOT = 16  # bytes of the boot id in the footer
 _FOOTER = _BOOT + 8 * 3 + len(MAGIC)
 SYNCED = b"\xff" * _BOOT  # the boot id of a file fsync'ed before its rename (where the kernel has no boot id)
@@ -62,7 +65,7 @@ _LOCAL = threading.local()
 _SCHEMAS: dict[bytes, pa.Schema] = {}  # parsed once per process (every open of a shard would parse it again)
 _INDEXES: dict[tuple, tuple] = {}  # (path, size) -> (index + footer bytes, what they say)
 SMALL_BYTES = 64 * 2**20  # parsed small columns (frame 0 of each pack) a process keeps, least recently used out
-_SMALL: "OrderedDict[tuple, dict]" = OrderedDict()  # (path, index + footer bytes) -> {pack: its frame 0, parsed}
+_SMALL: "OrderedDict[tuple, pa.RecordBatch]" = OrderedDict()  # (path, index + footer) -> small columns, parsed
 _SMALL_HELD = [0]  # bytes in _SMALL
 _SMALL_LOCK = threading.Lock()  # read-ahead threads read batches at once
 
@@ -129,28 +132,32 @@ class Frames:
     """A shard prepared in memory: the frames ``write_frames`` stores, readable like an open ``ShardFile``
     (``read_batch`` takes either). A cold fill serves its first reads of a shard from these while the file is
     written behind (``cache``), and the batches are the very ones the file gives: the same frames, assembled
-    by the same code. Holds views of ``table``'s buffers (the small columns serialized, one IPC stream per
-    pack); frames are raw whatever the level (compression happens when written)."""
+    by the same code. Holds views of ``table``'s big columns (the small ones serialized, one IPC stream for the
+    shard); frames are raw whatever the level (compression happens when written)."""
 
     level = 0
 
     def __init__(self, table: pa.Table, path="<memory>"):
         self.path, self.schema, self.big = path, table.schema, tuple(_big(table))
         small = [i for i in range(table.num_columns) if i not in self.big]
+        # the small columns joined into one record batch (a copy of them alone), serialized once for the shard
+        smalls = table.select(small)
+        head = memoryview(_ipc(pa.concat_batches(smalls.to_batches()) if smalls.num_rows
+                               else pa.RecordBatch.from_pylist([], schema=smalls.schema)))
         self.raw = []  # per pack: its frames
         # row by row through the record batches as they are: a shard cut from a scan's batches spans several,
         # and joining them first (combine_chunks) copied every byte (~0.1-0.2 CPU-s per cold fill of PushT)
         for rb in table.to_batches():
             for r in range(rb.num_rows):
                 row = rb.slice(r, 1)
-                frames = [memoryview(_ipc(row.select(small)))]
+                frames = [head if not self.raw else memoryview(b"")]
                 frames += [memoryview(np.ascontiguousarray(list_values(row.column(i), table.schema[i].name)))
                            .cast("B") for i in self.big]
                 self.raw.append(frames)
         self.sizes = [[len(m) for m in frames] for frames in self.raw]
         self.frames = 1 + len(self.big)
         self.nbytes = sum(map(sum, self.sizes))
-        self._small: dict = {}
+        self._head: list = []  # the shard's small columns, parsed (once)
 
     @property
     def packs(self) -> int:
@@ -159,14 +166,11 @@ class Frames:
     def _into(self, i: int, j: int, out: memoryview) -> None:
         out[:] = self.raw[i][j]
 
-    def small(self, i: int, keep: bool = True) -> pa.RecordBatch:
-        """Pack ``i``'s small columns (frame 0), parsed (once, with ``keep``: see ``ShardFile.small``)."""
-        got = self._small.get(i) if keep else None
-        if got is None:
-            got = _parse_small(bytearray(self.raw[i][0]))
-            if keep:
-                self._small[i] = got
-        return got
+    def small(self, i: int) -> pa.RecordBatch:
+        """Pack ``i``'s small columns: a row of the shard's, parsed once (shared: see ``read_batch``)."""
+        if not self._head:
+            self._head.append(_parse_small(bytearray(self.raw[0][0])))
+        return self._head[0].slice(i, 1)
 
     def close(self) -> None:
         pass
@@ -352,35 +356,28 @@ class ShardFile:
         elif len(out) and os.preadv(self.fd, [out], self.offsets[i * self.frames + j]) != len(out):
             raise TornShard(f"{what} is cut short")
 
-    def small(self, i: int, keep: bool = True) -> pa.RecordBatch:
-        """Pack ``i``'s small columns (frame 0), parsed. With ``keep``, parsed once per process while the file's
-        index and footer are these bytes (they hold every frame's checksum: the same index, the same frames),
-        up to ``SMALL_BYTES``: a batch of four PushT packs spent more on parsing them than on reading the image
-        payload (measured). Kept batches are shared: callers copy before handing them out (``read_batch``)."""
-        if not keep:
-            return _parse_small(self._frame0(i))
+    def small(self, i: int) -> pa.RecordBatch:
+        """Pack ``i``'s small columns: a row of the shard's (pack 0's frame 0), parsed once per process while the
+        file's index and footer are these bytes (they hold every frame's checksum: the same index, the same
+        frames), up to ``SMALL_BYTES`` of them, least recently used out. Shared: see ``read_batch``."""
         with _SMALL_LOCK:
-            packs = _SMALL.get(self._key)
-            if packs is not None:
+            head = _SMALL.get(self._key)
+            if head is not None:
                 _SMALL.move_to_end(self._key)
-                got = packs.get(i)
-                if got is not None:
-                    return got
-        got = _parse_small(self._frame0(i))
+                return head.slice(i, 1)
+        raw = bytearray(self.sizes[0][0])  # writable: torch views it without a read-only warning
+        self._into(0, 0, memoryview(raw))
+        head = _parse_small(raw)
+        if head.num_rows != self.packs:
+            raise TornShard(f"shard {self.path}: its small columns hold {head.num_rows} packs, not {self.packs}")
         with _SMALL_LOCK:
-            packs = _SMALL.setdefault(self._key, {})
-            if i not in packs:
-                packs[i] = got
-                _SMALL_HELD[0] += got.nbytes
+            if self._key not in _SMALL:
+                _SMALL[self._key] = head
+                _SMALL_HELD[0] += head.nbytes
             while _SMALL_HELD[0] > SMALL_BYTES and len(_SMALL) > 1:
                 _, old = _SMALL.popitem(last=False)
-                _SMALL_HELD[0] -= sum(b.nbytes for b in old.values())
-        return got
-
-    def _frame0(self, i: int) -> bytearray:
-        raw = bytearray(self.sizes[i][0])  # writable: torch views it without a read-only warning
-        self._into(i, 0, memoryview(raw))
-        return raw
+                _SMALL_HELD[0] -= old.nbytes
+        return head.slice(i, 1)
 
     def read(self, i: int) -> pa.RecordBatch:
         return read_batch([(self, i)])
@@ -411,10 +408,10 @@ def read_batch(items: list[tuple[ShardFile, int]]) -> pa.RecordBatch:
             raise TornShard(f"shard {f.path} has another schema than {first.path}")
         if f.big != flat:  # shards that split their columns differently: pack by pack, then joined (a copy)
             return pa.concat_batches([read_batch([(f, i)]) for f, i in items])
-    if len(items) > 1:  # joined into new buffers: the kept small columns are never handed out
-        rest = pa.concat_batches([f.small(i) for f, i in items])
-    else:  # a batch of one pack would view them: parsed afresh
-        rest = items[0][0].small(items[0][1], keep=False)
+    # copied into new buffers, so the parsed small columns a process keeps are never handed out (a user may write
+    # into a batch's tensors): joined, or taken for a batch of one pack
+    rests = [f.small(i) for f, i in items]
+    rest = pa.concat_batches(rests) if len(rests) > 1 else rests[0].take(pa.array([0]))
     columns: list = [None] * len(schema)
     for name, col in zip(rest.schema.names, rest.columns):
         columns[schema.get_field_index(name)] = col
