@@ -261,9 +261,10 @@ class NodeCache:
     def _init_local(self):
         self._lock = threading.Lock()
         self._pinned: dict[int, int] = {}
+        self._paths: dict[int, Path] = {}
 
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_pinned")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_pinned", "_paths")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -274,7 +275,10 @@ class NodeCache:
         return -(-self.packs // self.shard_packs)
 
     def path(self, s: int) -> Path:
-        return self.dir / f"shard-{s:06d}.lks"
+        got = self._paths.get(s)  # (made once: a Path costs ~10 us, a few per batch read)
+        if got is None:
+            got = self._paths[s] = self.dir / f"shard-{s:06d}.lks"
+        return got
 
     def _sweep_tmp(self) -> None:
         """Remove temporary files left by processes that died mid-download (their pid is in the name)."""

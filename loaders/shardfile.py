@@ -48,7 +48,7 @@ import numpy as np
 import pyarrow as pa
 from xxhash import xxh3_64_intdigest
 
-from .tensors import _NUMPY_BY_ID, list_values
+from .tensors import _NUMPY_BY_ID, list_parts
 
 MAGIC = b"LKSHARD5"
 _BOOT = 16  # bytes of the boot id in the footer
@@ -148,11 +148,13 @@ class Frames:
         # row by row through the record batches as they are: a shard cut from a scan's batches spans several,
         # and joining them first (combine_chunks) copied every byte (~0.1-0.2 CPU-s per cold fill of PushT)
         for rb in table.to_batches():
+            # each big column's offsets and values read once per record batch, each row a view of them
+            parts = [list_parts(rb.column(i), table.schema[i].name) for i in self.big]
             for r in range(rb.num_rows):
-                row = rb.slice(r, 1)
                 frames = [head if not self.raw else memoryview(b"")]
-                frames += [memoryview(np.ascontiguousarray(list_values(row.column(i), table.schema[i].name)))
-                           .cast("B") for i in self.big]
+                for offs, vals in parts:
+                    lo, hi = int(offs[r] - offs[0]), int(offs[r + 1] - offs[0])
+                    frames.append(memoryview(np.ascontiguousarray(vals[lo:hi])).cast("B"))
                 self.raw.append(frames)
         self.sizes = [[len(m) for m in frames] for frames in self.raw]
         self.frames = 1 + len(self.big)
