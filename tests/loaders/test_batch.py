@@ -167,3 +167,13 @@ def test_a_pickled_batch_travels_as_one_buffer_and_reads_back_equal():
         assert u.dtype == t.dtype and u.shape == t.shape and torch.equal(u, t), name
         storages.add(u.untyped_storage().data_ptr())
     assert len(storages) == 1  # one segment, not one per tensor
+
+
+def test_a_shared_buffer_is_made_in_shared_memory_at_its_size():
+    from loaders.batch import _shared
+
+    for n in (1, 4096, 3 * 2**20 + 5):
+        buf = _shared(n)
+        assert buf.is_shared() and buf.dtype == torch.uint8 and buf.shape == (n,)
+        buf[-1] = 7
+        assert int(buf[-1]) == 7

@@ -188,3 +188,20 @@ def test_lerobot_style_dataset_under_forked_persistent_workers_serves_every_fram
     for i, (top, wrist) in check.items():  # what forked workers read equals what this process reads
         item = ds[i]
         assert torch.equal(item[TOP], top) and torch.equal(item[WRIST], wrist)
+
+
+def test_the_lance_helper_keeps_freed_memory_unless_the_user_chose(monkeypatch):
+    """The helper process's glibc keeps freed buffers for the next read (``forks._helper_env``); a user's own
+    settings of the same variables win."""
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    env = forks._helper_env()
+    assert int(env["MALLOC_TRIM_THRESHOLD_"]) >= 2**30 and env["MALLOC_MMAP_THRESHOLD_"] == "65536"
+    helper = forks.LanceHelper()
+    try:
+        proc = helper._start()
+        with open(f"/proc/{proc.pid}/environ", "rb") as f:
+            seen = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        assert seen[b"MALLOC_MMAP_THRESHOLD_"] == b"65536" and int(seen[b"MALLOC_TRIM_THRESHOLD_"]) >= 2**30
+    finally:
+        helper.close()
