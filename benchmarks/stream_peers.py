@@ -34,6 +34,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -371,6 +372,8 @@ def main() -> None:
                         best = results.get((side, storage, access))
                         if best is None or res["sps"] > best["sps"]:
                             results[(side, storage, access)] = res
+                        # every round's samples/s, for the medians and the spread beside the best
+                        saved.setdefault("runs", {}).setdefault(f"{side}|{storage}|{access}", []).append(res["sps"])
                         print(f"round {r + 1} {side:4} {storage:17} {access:17} {res['sps']:9,.0f} samples/s "
                               f"first {res['first']:.3f} s epochs {[round(x, 2) for x in res['epochs']]} "
                               f"{'ok' if res['ok'] else 'WRONG'}", flush=True)
@@ -393,20 +396,22 @@ def main() -> None:
 
 def _report_saved(saved, args, what, cpu_model) -> str:
     results = {tuple(k.split("|")): v for k, v in saved.get("results", {}).items()}
+    runs = {tuple(k.split("|")): v for k, v in saved.get("runs", {}).items()}
     return report(results, saved.get("raw"), [s for s in STORAGE if s in saved.get("load", {})], args, what,
-                  cpu_model, saved["load"])
+                  cpu_model, saved["load"], runs)
 
 
 def _mib(n) -> str:
     return "–" if n is None else f"{n / 2**20:,.0f}"
 
 
-def report(results, raw, storages, args, what, cpu_model, loads) -> str:
-    rows = ["| storage | access | lake samples/s | MDS samples/s | **lake ÷ MDS** | lake ÷ raw scan | MiB/s lake / MDS | "
+def report(results, raw, storages, args, what, cpu_model, loads, runs=None) -> str:
+    rows = ["| storage | access | lake samples/s | MDS samples/s | **lake ÷ MDS** | median ÷ median (rounds) | "
+            "lake ÷ raw scan | MiB/s lake / MDS | "
             "first batch s lake / MDS | epoch 1 s lake / MDS | fetched MiB lake / MDS | peak RSS MiB lake / MDS | "
-            "mixing lake / MDS | every pack once |", "|---|---|" + "---:|" * 10 + "---|"]
+            "mixing lake / MDS | every pack once |", "|---|---|" + "---:|" * 11 + "---|"]
     raw_sps = raw["samples"] / raw["wall"] if raw else None
-    ratios = []
+    ratios, medians, runs = [], [], runs or {}
     for storage in storages:
         for access in ACCESS:
             a, b = results.get(("lake", storage, access)), results.get(("mds", storage, access))
@@ -414,6 +419,13 @@ def report(results, raw, storages, args, what, cpu_model, loads) -> str:
                 continue
             ratio = a["sps"] / b["sps"]
             ratios.append(ratio)
+            la, mb = runs.get(("lake", storage, access), []), runs.get(("mds", storage, access), [])
+            if la and mb:  # the median round of each side; in brackets each round's ratio (rounds paired in order)
+                medians.append(statistics.median(la) / statistics.median(mb))
+                paired = [x / y for x, y in zip(la, mb)]
+                median = f"{medians[-1]:.2f} ({min(paired):.2f}-{max(paired):.2f})"
+            else:
+                median = "–"
             if storage.startswith("S3"):
                 fetched = (f"{_mib(a['s3_bytes'])} / {_mib(b['s3_bytes'])} ({a['s3_requests']:,} / "
                            f"{b['s3_requests']:,} GETs)")
@@ -422,7 +434,7 @@ def report(results, raw, storages, args, what, cpu_model, loads) -> str:
             else:
                 fetched = "– / –"
             rows.append(
-                f"| {storage} | {access} | {a['sps']:,.0f} | {b['sps']:,.0f} | **{ratio:.2f}** | "
+                f"| {storage} | {access} | {a['sps']:,.0f} | {b['sps']:,.0f} | **{ratio:.2f}** | {median} | "
                 f"{a['sps'] / raw_sps:.2f} | {a['bytes'] / 2**20 / a['wall']:,.0f} / {b['bytes'] / 2**20 / b['wall']:,.0f} | "
                 f"{a['first']:.3f} / {b['first']:.3f} | {a['epochs'][0]:.2f} / {b['epochs'][0]:.2f} | {fetched} | "
                 f"{a['rss_mib']:,.0f} / {b['rss_mib']:,.0f} | {a['mixing']:.1f} / {b['mixing']:.1f} | "
@@ -431,9 +443,12 @@ def report(results, raw, storages, args, what, cpu_model, loads) -> str:
     raw_line = (f"Raw Lance scan of the split (table order, list columns to numpy, {args.epochs} epochs in a fresh "
                 f"process, same accounting): {raw_sps:,.0f} samples/s." if raw else "")
     ok = ratios and min(ratios) >= GOAL
+    median_line = (f" Median round against median round: ≥ {GOAL}× in {sum(m >= GOAL for m in medians)} of "
+                   f"{len(medians)} modes (min {min(medians):.2f}×)." if medians else "")
     return f"""Command: `.venv/bin/python {cmd}` · machine: {cpu_model()}, {os.cpu_count()} cores, {platform.system()} ·
 data: {what}; train split, {args.batch_packs} packs per batch, {args.epochs} epochs per run, each run a fresh process,
-best of {args.rounds} round(s) alternating sides. MDS: mosaicml-streaming 0.13.0 (`benchmarks/.venv-mds`), shards
+best of {args.rounds} round(s) alternating sides (median ÷ median: each side's median round; in brackets the
+range of the rounds' own ratios, round i of the lake against round i of MDS). MDS: mosaicml-streaming 0.13.0 (`benchmarks/.venv-mds`), shards
 raw (no compression). Lake cache: node shard cache at zstd level {args.cache_level} ({'raw, as MDS keeps its local shards' if args.cache_level == 0 else 'compressed'}).
 Load average (1 min) at start / end of the run that measured each storage mode: {'; '.join(f'{s}: {loads[s][0][0]:.1f} / {loads[s][1][0]:.1f}' for s in storages)}
 (2 cores shared with other engineers' jobs at nice 15-19; timed under `flock /work/notes/bench.lock`).
@@ -443,7 +458,7 @@ during the run; local copy, cold: bytes in the cache after the run. {raw_line}
 
 {chr(10).join(rows)}
 
-Goal: lake ≥ {GOAL}× MDS in every mode: {'met' if ok else 'NOT met'} (min {min(ratios) if ratios else float('nan'):.2f}×).
+Goal: lake ≥ {GOAL}× MDS in every mode: {'met' if ok else 'NOT met'} (min {min(ratios) if ratios else float('nan'):.2f}×).{median_line}
 """
 
 

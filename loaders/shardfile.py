@@ -64,7 +64,7 @@ _LIST_ID, _FSL_ID = pa.list_(pa.int8()).id, pa.list_(pa.int8(), 2).id
 _LOCAL = threading.local()
 _SCHEMAS: dict[bytes, pa.Schema] = {}  # parsed once per process (every open of a shard would parse it again)
 _INDEXES: dict[tuple, tuple] = {}  # (path, size) -> (index + footer bytes, what they say)
-SMALL_BYTES = 64 * 2**20  # parsed small columns (frame 0 of each pack) a process keeps, least recently used out
+SMALL_BYTES = 64 * 2**20  # shards' small columns (parsed) a process keeps, least recently used out
 _SMALL: "OrderedDict[tuple, pa.RecordBatch]" = OrderedDict()  # (path, index + footer) -> small columns, parsed
 _SMALL_HELD = [0]  # bytes in _SMALL
 _SMALL_LOCK = threading.Lock()  # read-ahead threads read batches at once
@@ -367,7 +367,7 @@ class ShardFile:
             if head is not None:
                 _SMALL.move_to_end(self._key)
                 return head.slice(i, 1)
-        raw = bytearray(self.sizes[0][0])  # writable: torch views it without a read-only warning
+        raw = bytearray(self.sizes[0][0])
         self._into(0, 0, memoryview(raw))
         head = _parse_small(raw)
         if head.num_rows != self.packs:

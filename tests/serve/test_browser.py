@@ -19,8 +19,8 @@ pytestmark = pytest.mark.slow
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
-@pytest.fixture(scope="session")
-def browser(tmp_path_factory):
+@pytest.fixture(scope="module")  # quit with this module: left open, its renderers kept two cores busy while the
+def browser(tmp_path_factory):  # next tests ran (a LIBERO test starved past its timeout, seen once)
     import os
 
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
