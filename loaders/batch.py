@@ -264,13 +264,36 @@ class Rows:
                 self.episodes = (offs - offs[0], arr.flatten().to_pylist())
 
 
-def _slices(picks, name: str) -> list[np.ndarray]:
-    """The values of column ``name`` of every picked row, in order (views)."""
+def _slices(picks, name: str) -> list:
+    """The values of column ``name`` of every picked row, in order: views, or pieces still to be read (``into``,
+    from rows that keep some columns elsewhere, as a shard file's big ones: ``shardfile.Packs``)."""
     out = []
     for rows, start, count in picks:
-        offs, vals = rows.lists[name]
-        out.append(vals[offs[start]:offs[start + count]])
+        got = rows.lists.get(name)
+        if got is None:
+            out += rows.pieces(name, start, count)
+        else:
+            offs, vals = got
+            out.append(vals[offs[start]:offs[start + count]])
     return out
+
+
+def _fill(out: np.ndarray, pieces: list) -> None:
+    """``pieces`` laid end to end into ``out`` (rows along the first axis); a piece with ``into`` reads itself."""
+    if not any(hasattr(p, "into") for p in pieces):
+        if len(pieces) == 1:
+            out[...] = pieces[0]
+        else:
+            np.concatenate(pieces, out=out)
+        return
+    at = 0
+    for p in pieces:
+        n = len(p)
+        if hasattr(p, "into"):
+            p.into(out[at:at + n])
+        else:
+            out[at:at + n] = p
+        at += n
 
 
 def _gathered_cu(picks) -> tuple[np.ndarray, int]:
@@ -326,8 +349,10 @@ def gathered_batch(picks: list[tuple[Rows, int, int]], layout: dict | None = Non
     if layout is None:
         layout = layout_of(picks[0][0].schema)
     have = picks[0][0]
+    elsewhere = getattr(have, "big", ())  # columns only copied may lie elsewhere (``_slices``); these two are read
     missing = [c for c in ("cu_seqlens", "modality", "position_ids", "segment_ids", "loss_mask", "prefix_lens",
-                           "origin_frame") if c not in have.lists]
+                           "origin_frame") if c not in have.lists and (c in ("cu_seqlens", "origin_frame")
+                                                                        or c not in elsewhere)]
     missing += [c for c in ("pack_id", "max_seqlen") if c not in have.prims]
     missing += ["origin_episode"] if have.episodes is None else []
     if missing or sum(count for _, _, count in picks) == 0:
@@ -353,7 +378,7 @@ def gathered_batch(picks: list[tuple[Rows, int, int]], layout: dict | None = Non
             parts[name] = [np.repeat(np.arange(n_samples, dtype=np.int32), cu[1:] - cu[:-1])]
         elif name == "pack_ids":
             parts[name] = [pack_ids]
-        elif name in have.lists:
+        elif name in have.lists or name in getattr(have, "big", ()):
             parts[name] = _slices(picks, name)
         elif name == "text_ids":
             parts[name] = [np.empty(0, np.int32)]
@@ -376,11 +401,8 @@ def gathered_batch(picks: list[tuple[Rows, int, int]], layout: dict | None = Non
     arrays = {}
     for name, start, nbytes, dtype, shape in layout_in:
         out = raw[start:start + nbytes].view(dtype).reshape(shape)
-        pieces = parts[name]
-        if len(pieces) == 1:
-            out[...] = pieces[0]
-        elif nbytes:
-            np.concatenate(pieces, out=out)
+        if nbytes:
+            _fill(out, parts[name])
         arrays[name] = out
     modality = arrays["modality"]
     for name, modality_name in _PAYLOAD_2D.items():

@@ -66,7 +66,7 @@ import pyarrow as pa
 from . import retry as _retry
 from . import fragfiles, shardfile
 from .claims import CLAIM_TTL, CLAIMS, LIMITED, Claim, live_claims  # noqa: F401 - CLAIM_TTL: kept as cache.CLAIM_TTL
-from .reads import GROUP_BYTES, GROUP_ROWS
+from .reads import GROUP_BYTES, GROUP_ROWS, Gathered
 from .retry import retrying
 
 STATS = {"hits": 0, "fetches": 0, "takes": 0, "direct": 0, "fetched_bytes": 0, "written_bytes": 0, "evictions": 0}
@@ -617,8 +617,10 @@ class NodeCache:
 
     # --- reading ------------------------------------------------------------------------------------------------
 
-    def read(self, packs: np.ndarray) -> pa.Table:
-        """The packs (split-local numbers) as one table of single-chunk columns, in that order."""
+    def read(self, packs: np.ndarray, make: Callable | None = None):
+        """The packs (split-local numbers) as one table of single-chunk columns, in that order; with ``make``,
+        ``make(reads.Gathered(...))`` of them (their rows as they lie in the shards: the batch is then built
+        with one copy, each big column read straight into its buffer), made while the shards are open."""
         packs = np.asarray(packs, dtype=np.int64)
         opened: dict = {}  # shard -> an open ShardFile, or its frames while this process writes it
         try:
@@ -635,12 +637,17 @@ class NodeCache:
                         opened[s] = shardfile.ShardFile(self.path(s))
                     except FileNotFoundError:  # evicted between _obtain and open: fetch again
                         continue
+            views = {s: f.rows() for s, f in opened.items()} if make is not None else {}
+            if views and all(v.gatherable for v in views.values()):
+                return make(Gathered([(views[int(p) // self.shard_packs], int(p) % self.shard_packs, 1)
+                                      for p in packs]))
             batch = shardfile.read_batch([(opened[int(p) // self.shard_packs], int(p) % self.shard_packs)
                                           for p in packs])  # each column decompressed into one buffer
         finally:
             for f in opened.values():
                 f.close()
-        return pa.Table.from_batches([batch])
+        table = pa.Table.from_batches([batch])
+        return table if make is None else make(table)
 
     def _open_landed(self, s: int) -> shardfile.ShardFile | None:
         """Shard ``s``'s file, open, if it is on disk and whole (a hit: its last use recorded, for eviction), else
@@ -701,15 +708,15 @@ class NodeCache:
                 claim.remove()
             tail.end()
 
-    def _direct(self, packs: np.ndarray) -> pa.Table:
-        """The packs read from the table itself (``ShardSource.packs``), not from shards."""
+    def _direct(self, packs: np.ndarray, make: Callable) -> object:
+        """``make`` of the packs read from the table itself (``ShardSource.packs``), not from shards."""
         table = self.fetch.packs(packs)
         _count(direct=1)
-        return table
+        return make(table)
 
     def _read_unpin(self, b, packs, pins, make, claim, read, tail):
         try:
-            return make(read(packs))
+            return read(packs, make)
         finally:
             self._unpin(pins)
             if claim is not None:

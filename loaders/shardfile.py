@@ -48,6 +48,7 @@ import numpy as np
 import pyarrow as pa
 from xxhash import xxh3_64_intdigest
 
+from .batch import Rows
 from .tensors import _NUMPY_BY_ID, list_parts
 
 MAGIC = b"LKSHARD5"
@@ -65,7 +66,7 @@ _LOCAL = threading.local()
 _SCHEMAS: dict[bytes, pa.Schema] = {}  # parsed once per process (every open of a shard would parse it again)
 _INDEXES: dict[tuple, tuple] = {}  # (path, size) -> (index + footer bytes, what they say)
 SMALL_BYTES = 64 * 2**20  # shards' small columns (parsed) a process keeps, least recently used out
-_SMALL: "OrderedDict[tuple, pa.RecordBatch]" = OrderedDict()  # (path, index + footer) -> small columns, parsed
+_SMALL: "OrderedDict[tuple, list]" = OrderedDict()  # (path, index + footer) -> [small columns parsed, Rows]
 _SMALL_HELD = [0]  # bytes in _SMALL
 _SMALL_LOCK = threading.Lock()  # read-ahead threads read batches at once
 
@@ -159,7 +160,8 @@ class Frames:
         self.sizes = [[len(m) for m in frames] for frames in self.raw]
         self.frames = 1 + len(self.big)
         self.nbytes = sum(map(sum, self.sizes))
-        self._head: list = []  # the shard's small columns, parsed (once)
+        self._head: pa.RecordBatch | None = None  # the shard's small columns, parsed (once)
+        self._rows: Rows | None = None  # and as ``batch.Rows``
 
     @property
     def packs(self) -> int:
@@ -170,9 +172,18 @@ class Frames:
 
     def small(self, i: int) -> pa.RecordBatch:
         """Pack ``i``'s small columns: a row of the shard's, parsed once (shared: see ``read_batch``)."""
-        if not self._head:
-            self._head.append(_parse_small(bytearray(self.raw[0][0])))
-        return self._head[0].slice(i, 1)
+        head = self._head
+        if head is None:  # (two readers at once may both parse it: the same batch either way)
+            head = self._head = _parse_small(bytearray(self.raw[0][0]))
+        return head.slice(i, 1)
+
+    def rows(self) -> "Packs":
+        """The shard's packs as ``batch.gathered_batch`` reads them (see ``ShardFile.rows``)."""
+        rows = self._rows
+        if rows is None:
+            self.small(0)
+            rows = self._rows = Rows(self._head)
+        return Packs(self, rows)
 
     def close(self) -> None:
         pass
@@ -362,24 +373,36 @@ class ShardFile:
         """Pack ``i``'s small columns: a row of the shard's (pack 0's frame 0), parsed once per process while the
         file's index and footer are these bytes (they hold every frame's checksum: the same index, the same
         frames), up to ``SMALL_BYTES`` of them, least recently used out. Shared: see ``read_batch``."""
+        return self._kept()[0].slice(i, 1)
+
+    def rows(self) -> "Packs":
+        """The shard's packs as ``batch.gathered_batch`` reads them (``Packs``; small columns kept as ``small``)."""
+        kept = self._kept()
+        if kept[1] is None:
+            kept[1] = Rows(kept[0])
+        return Packs(self, kept[1])
+
+    def _kept(self) -> list:
+        """[small columns (a record batch of every pack), their ``batch.Rows`` or None], kept per process."""
         with _SMALL_LOCK:
-            head = _SMALL.get(self._key)
-            if head is not None:
+            kept = _SMALL.get(self._key)
+            if kept is not None:
                 _SMALL.move_to_end(self._key)
-                return head.slice(i, 1)
+                return kept
         raw = bytearray(self.sizes[0][0])
         self._into(0, 0, memoryview(raw))
         head = _parse_small(raw)
         if head.num_rows != self.packs:
             raise TornShard(f"shard {self.path}: its small columns hold {head.num_rows} packs, not {self.packs}")
         with _SMALL_LOCK:
-            if self._key not in _SMALL:
-                _SMALL[self._key] = head
+            kept = _SMALL.get(self._key)
+            if kept is None:
+                kept = _SMALL[self._key] = [head, None]
                 _SMALL_HELD[0] += head.nbytes
             while _SMALL_HELD[0] > SMALL_BYTES and len(_SMALL) > 1:
                 _, old = _SMALL.popitem(last=False)
-                _SMALL_HELD[0] -= old.nbytes
-        return head.slice(i, 1)
+                _SMALL_HELD[0] -= old[0].nbytes
+        return kept
 
     def read(self, i: int) -> pa.RecordBatch:
         return read_batch([(self, i)])
@@ -394,6 +417,63 @@ class ShardFile:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class Piece:
+    """One pack's values of a big column, still in its frame: ``into(out)`` reads them into ``out`` (an array of
+    ``shape`` and ``dtype``, contiguous: a slice of a batch's one buffer), decompressing if need be."""
+
+    __slots__ = ("shard", "i", "j", "shape", "dtype")
+
+    def __init__(self, shard, i: int, j: int, dtype: np.dtype, width: int | None):
+        size = shard.sizes[i][j]
+        unit = dtype.itemsize * (width or 1)
+        if size % unit:
+            raise TornShard(f"shard {shard.path}: pack {i}, frame {j} holds {size} bytes, not whole items of {unit}")
+        self.shard, self.i, self.j, self.dtype = shard, i, j, dtype
+        self.shape = (size // unit,) if width is None else (size // unit, width)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def itemsize(self) -> int:
+        return self.dtype.itemsize
+
+    def into(self, out: np.ndarray) -> None:
+        self.shard._into(self.i, self.j, memoryview(out.reshape(-1).view(np.uint8)))
+
+
+class Packs:
+    """A shard's packs as ``batch.gathered_batch`` reads them (like ``batch.Rows``): the small columns as the
+    ``Rows`` of its small-columns frame (kept per process: ``gathered_batch`` copies from them, never hands them
+    out), the big ones as ``Piece``s still in their frames, read straight into the batch's buffer. Valid while the
+    shard is open."""
+
+    __slots__ = ("num_rows", "lists", "prims", "episodes", "schema", "big", "_shard")
+    READ = frozenset(("cu_seqlens", "origin_frame"))  # columns ``gathered_batch`` reads, not only copies
+
+    def __init__(self, shard, rows: Rows):
+        self.num_rows, self.lists, self.prims, self.episodes = rows.num_rows, rows.lists, rows.prims, rows.episodes
+        self.schema, self._shard = shard.schema, shard
+        self.big = {shard.schema[c].name: (j, c) for j, c in enumerate(shard.big, start=1)}
+
+    @property
+    def gatherable(self) -> bool:
+        """Whether ``gathered_batch`` can build from these (no column it reads lies in a big frame; else
+        ``read_batch``)."""
+        return not self.READ.intersection(self.big)
+
+    def pieces(self, name: str, start: int, count: int) -> list[Piece]:
+        j, c = self.big[name]
+        leaf, width = _flat(self.schema[c].type)
+        fixed = self.schema[c].type.value_type.id == _FSL_ID
+        dtype = np.dtype(_NUMPY_BY_ID[leaf.id])
+        return [Piece(self._shard, i, j, dtype, width if fixed else None) for i in range(start, start + count)]
 
 
 def _parse_small(raw: bytearray) -> pa.RecordBatch:

@@ -123,7 +123,7 @@ def test_small_columns_kept_between_reads_are_never_handed_out(packed, tmp_path)
         with shardfile.ShardFile(path) as f:
             got = shardfile.read_batch([(f, i) for i in range(k)])
         assert got.equals(shardfile.read_batch([(shardfile.Frames(table.slice(0, 6)), i) for i in range(k)]))
-        kept = [r for b in shardfile._SMALL.values() for r in _ranges(b)]
+        kept = [r for b in shardfile._SMALL.values() for r in _ranges(b[0])]
         assert kept
         assert not [(a, b) for a, b in _ranges(got) for lo, hi in kept if a < hi and lo < b]
 
@@ -147,4 +147,35 @@ def test_kept_small_columns_stay_within_their_bound_and_follow_the_file(packed, 
     with shardfile.ShardFile(paths[2]) as f:
         got = shardfile.read_batch([(f, 0), (f, 1)])
     assert got.equals(shardfile.read_batch([(shardfile.Frames(table.slice(0, 2)), i) for i in range(2)]))
-    assert shardfile._SMALL_HELD[0] == sum(b.nbytes for b in shardfile._SMALL.values())
+    assert shardfile._SMALL_HELD[0] == sum(b[0].nbytes for b in shardfile._SMALL.values())
+
+
+@pytest.mark.parametrize("share", [0.0, 0.02, shardfile.BIG_SHARE])
+def test_a_batch_gathered_from_a_shard_equals_the_one_built_from_its_rows(packed, tmp_path, monkeypatch, share):
+    """``Packs``: the node cache builds a batch straight from a shard (small columns kept per process, big ones
+    read from their frames into the batch's buffer); it must be the batch of those rows of the table, from a
+    file and from frames in memory. With every flat column in a frame of its own (share 0) the columns the build
+    reads are there too, and it says it cannot (the cache then joins the packs as a table)."""
+    import torch
+
+    from loaders.batch import gathered_batch, packed_batch
+
+    _, table = packed
+    monkeypatch.setattr(shardfile, "BIG_SHARE", share)
+    shard = table.slice(0, 6)
+    path = tmp_path / "s.lks"
+    _write(path, shard, 0)
+    shardfile._SMALL.clear()
+    picks = [4, 0, 5, 2]
+    want = packed_batch(shard.take(picks))
+    with shardfile.ShardFile(path) as f:
+        for src in (f, shardfile.Frames(shard)):
+            packs = src.rows()
+            assert set(packs.big) == {shard.schema[c].name for c in shardfile._big(shard)}
+            if not packs.gatherable:
+                assert share == 0.0
+                continue
+            got = gathered_batch([(packs, i, 1) for i in picks])
+            assert got.origin == want.origin and got.max_seqlen == want.max_seqlen
+            for name, t in want._tensors().items():
+                assert torch.equal(getattr(got, name), t), name
