@@ -321,8 +321,10 @@ def _shared(nbytes: int):
     every page twice: ~40% of a W=2 worker's page faults, measured with perf)."""
     import torch
 
-    storage = torch.UntypedStorage._new_shared(nbytes)
-    return torch.empty(0, dtype=torch.uint8).set_(storage, 0, (nbytes,))
+    new_shared = getattr(torch.UntypedStorage, "_new_shared", None)  # (torch's private API: fall back without it)
+    if new_shared is None:
+        return torch.empty(nbytes, dtype=torch.uint8).share_memory_()
+    return torch.empty(0, dtype=torch.uint8).set_(new_shared(nbytes), 0, (nbytes,))
 
 
 def _buffer(nbytes: int):
