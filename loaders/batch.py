@@ -237,6 +237,8 @@ def packed_batch(table: pa.Table | pa.RecordBatch, layout: dict | None = None) -
 
 # --- gathering a batch from rows scattered over several record batches (``reads.Group``) --------------------------
 
+READ_COLUMNS = frozenset(("cu_seqlens", "origin_frame"))  # list columns ``gathered_batch`` reads; the others it
+#                                                            only copies (so they may still lie in a file: ``_slices``)
 _LISTS = ("cu_seqlens", "prefix_lens", "origin_frame", "modality", "position_ids", "segment_ids", "loss_mask",
           "text_ids", "image_patches", "image_embeds", "state", "state_is_pad", "actions", "action_is_pad",
           "action_bins", "mixture_slot")
@@ -351,10 +353,10 @@ def gathered_batch(picks: list[tuple[Rows, int, int]], layout: dict | None = Non
     if layout is None:
         layout = layout_of(picks[0][0].schema)
     have = picks[0][0]
-    elsewhere = getattr(have, "big", ())  # columns only copied may lie elsewhere (``_slices``); these two are read
-    missing = [c for c in ("cu_seqlens", "modality", "position_ids", "segment_ids", "loss_mask", "prefix_lens",
-                           "origin_frame") if c not in have.lists and (c in ("cu_seqlens", "origin_frame")
-                                                                        or c not in elsewhere)]
+    elsewhere = getattr(have, "big", ())  # columns still in their files (``_slices``)
+    missing = [c for c in sorted(READ_COLUMNS) if c not in have.lists]
+    missing += [c for c in ("modality", "position_ids", "segment_ids", "loss_mask", "prefix_lens")
+                if c not in have.lists and c not in elsewhere]
     missing += [c for c in ("pack_id", "max_seqlen") if c not in have.prims]
     missing += ["origin_episode"] if have.episodes is None else []
     if missing or sum(count for _, _, count in picks) == 0:
@@ -380,7 +382,7 @@ def gathered_batch(picks: list[tuple[Rows, int, int]], layout: dict | None = Non
             parts[name] = [np.repeat(np.arange(n_samples, dtype=np.int32), cu[1:] - cu[:-1])]
         elif name == "pack_ids":
             parts[name] = [pack_ids]
-        elif name in have.lists or name in getattr(have, "big", ()):
+        elif name in have.lists or name in elsewhere:
             parts[name] = _slices(picks, name)
         elif name == "text_ids":
             parts[name] = [np.empty(0, np.int32)]

@@ -617,10 +617,11 @@ class NodeCache:
 
     # --- reading ------------------------------------------------------------------------------------------------
 
-    def read(self, packs: np.ndarray, make: Callable | None = None):
-        """The packs (split-local numbers) as one table of single-chunk columns, in that order; with ``make``,
-        ``make(reads.Gathered(...))`` of them (their rows as they lie in the shards: the batch is then built
-        with one copy, each big column read straight into its buffer), made while the shards are open."""
+    def read(self, packs: np.ndarray, make: Callable):
+        """``make`` of the packs (split-local numbers), in that order, made while their shards are open: of a
+        ``reads.Gathered`` (their rows as they lie in the shards: the batch is built with one copy, each big
+        column read straight into its slice of the batch's buffer), or, where a column the build reads lies in a
+        big frame (``Packs.gatherable``), of one table of single-chunk columns (``shardfile.read_batch``)."""
         packs = np.asarray(packs, dtype=np.int64)
         opened: dict = {}  # shard -> an open ShardFile, or its frames while this process writes it
         try:
@@ -637,8 +638,8 @@ class NodeCache:
                         opened[s] = shardfile.ShardFile(self.path(s))
                     except FileNotFoundError:  # evicted between _obtain and open: fetch again
                         continue
-            views = {s: f.rows() for s, f in opened.items()} if make is not None else {}
-            if views and all(v.gatherable for v in views.values()):
+            views = {s: f.rows() for s, f in opened.items()}
+            if all(v.gatherable for v in views.values()):
                 return make(Gathered([(views[int(p) // self.shard_packs], int(p) % self.shard_packs, 1)
                                       for p in packs]))
             batch = shardfile.read_batch([(opened[int(p) // self.shard_packs], int(p) % self.shard_packs)
@@ -646,8 +647,7 @@ class NodeCache:
         finally:
             for f in opened.values():
                 f.close()
-        table = pa.Table.from_batches([batch])
-        return table if make is None else make(table)
+        return make(pa.Table.from_batches([batch]))
 
     def _open_landed(self, s: int) -> shardfile.ShardFile | None:
         """Shard ``s``'s file, open, if it is on disk and whole (a hit: its last use recorded, for eviction), else

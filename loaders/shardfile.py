@@ -48,7 +48,7 @@ import numpy as np
 import pyarrow as pa
 from xxhash import xxh3_64_intdigest
 
-from .batch import Rows
+from .batch import READ_COLUMNS, Rows
 from .tensors import _NUMPY_BY_ID, list_parts
 
 MAGIC = b"LKSHARD5"
@@ -129,7 +129,23 @@ def _ipc(batch: pa.RecordBatch) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-class Frames:
+class _Kept:
+    """``small`` and ``rows`` of a shard in memory (``Frames``) or on disk (``ShardFile``), over ``_kept()``:
+    ``[its small columns parsed (a record batch of every pack), their batch.Rows or None]``."""
+
+    def small(self, i: int) -> pa.RecordBatch:
+        """Pack ``i``'s small columns: a row of the shard's, parsed once (shared: ``read_batch`` copies them)."""
+        return self._kept()[0].slice(i, 1)
+
+    def rows(self) -> "Packs":
+        """The shard's packs as ``batch.gathered_batch`` reads them (``Packs``)."""
+        kept = self._kept()
+        if kept[1] is None:  # (two readers at once may both make them: the same rows either way)
+            kept[1] = Rows(kept[0])
+        return Packs(self, kept[1])
+
+
+class Frames(_Kept):
     """A shard prepared in memory: the frames ``write_frames`` stores, readable like an open ``ShardFile``
     (``read_batch`` takes either). A cold fill serves its first reads of a shard from these while the file is
     written behind (``cache``), and the batches are the very ones the file gives: the same frames, assembled
@@ -160,8 +176,7 @@ class Frames:
         self.sizes = [[len(m) for m in frames] for frames in self.raw]
         self.frames = 1 + len(self.big)
         self.nbytes = sum(map(sum, self.sizes))
-        self._head: pa.RecordBatch | None = None  # the shard's small columns, parsed (once)
-        self._rows: Rows | None = None  # and as ``batch.Rows``
+        self._small: list | None = None  # see ``_Kept``
 
     @property
     def packs(self) -> int:
@@ -170,20 +185,10 @@ class Frames:
     def _into(self, i: int, j: int, out: memoryview) -> None:
         out[:] = self.raw[i][j]
 
-    def small(self, i: int) -> pa.RecordBatch:
-        """Pack ``i``'s small columns: a row of the shard's, parsed once (shared: see ``read_batch``)."""
-        head = self._head
-        if head is None:  # (two readers at once may both parse it: the same batch either way)
-            head = self._head = _parse_small(bytearray(self.raw[0][0]))
-        return head.slice(i, 1)
-
-    def rows(self) -> "Packs":
-        """The shard's packs as ``batch.gathered_batch`` reads them (see ``ShardFile.rows``)."""
-        rows = self._rows
-        if rows is None:
-            self.small(0)
-            rows = self._rows = Rows(self._head)
-        return Packs(self, rows)
+    def _kept(self) -> list:
+        if self._small is None:  # (two readers at once may both parse it: the same batch either way)
+            self._small = [_parse_small(bytearray(self.raw[0][0])), None]
+        return self._small
 
     def close(self) -> None:
         pass
@@ -261,7 +266,7 @@ def _decompress_into(frame: bytes, out: memoryview, what: str) -> None:
             done += n
 
 
-class ShardFile:
+class ShardFile(_Kept):
     """An open shard: ``read(i)`` is pack ``i`` as a record batch; ``read_batch`` reads several packs (of
     several shards) as one.
 
@@ -369,21 +374,10 @@ class ShardFile:
         elif len(out) and os.preadv(self.fd, [out], self.offsets[i * self.frames + j]) != len(out):
             raise TornShard(f"{what} is cut short")
 
-    def small(self, i: int) -> pa.RecordBatch:
-        """Pack ``i``'s small columns: a row of the shard's (pack 0's frame 0), parsed once per process while the
-        file's index and footer are these bytes (they hold every frame's checksum: the same index, the same
-        frames), up to ``SMALL_BYTES`` of them, least recently used out. Shared: see ``read_batch``."""
-        return self._kept()[0].slice(i, 1)
-
-    def rows(self) -> "Packs":
-        """The shard's packs as ``batch.gathered_batch`` reads them (``Packs``; small columns kept as ``small``)."""
-        kept = self._kept()
-        if kept[1] is None:
-            kept[1] = Rows(kept[0])
-        return Packs(self, kept[1])
-
     def _kept(self) -> list:
-        """[small columns (a record batch of every pack), their ``batch.Rows`` or None], kept per process."""
+        """See ``_Kept``: parsed once per process while the file's index and footer are these bytes (they hold
+        every frame's checksum: the same index, the same frames), up to ``SMALL_BYTES`` of shards, least
+        recently used out."""
         with _SMALL_LOCK:
             kept = _SMALL.get(self._key)
             if kept is not None:
@@ -455,7 +449,6 @@ class Packs:
     shard is open."""
 
     __slots__ = ("num_rows", "lists", "prims", "episodes", "schema", "big", "_shard")
-    READ = frozenset(("cu_seqlens", "origin_frame"))  # columns ``gathered_batch`` reads, not only copies
 
     def __init__(self, shard, rows: Rows):
         self.num_rows, self.lists, self.prims, self.episodes = rows.num_rows, rows.lists, rows.prims, rows.episodes
@@ -466,7 +459,7 @@ class Packs:
     def gatherable(self) -> bool:
         """Whether ``gathered_batch`` can build from these (no column it reads lies in a big frame; else
         ``read_batch``)."""
-        return not self.READ.intersection(self.big)
+        return not READ_COLUMNS.intersection(self.big)
 
     def pieces(self, name: str, start: int, count: int) -> list[Piece]:
         j, c = self.big[name]
